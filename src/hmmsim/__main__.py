@@ -1,0 +1,3 @@
+from hmmsim.cli import main
+
+main()

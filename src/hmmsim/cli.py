@@ -1,0 +1,123 @@
+"""The `hmmsim` command.
+
+Subcommands: `info` (the pinned kernel, feature switches, memory sizes) and
+`demo` (a narrated walk through faults, fork/COW, mprotect and munmap with
+the real page-table words). Errors a user can cause print one line and exit
+non-zero; no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from hmmsim import __version__
+from hmmsim.kconfig import KERNEL_COMMIT, KERNEL_TAG, KERNEL_TREE, SERIES, ConfigError, KConfig
+
+
+def _parse_size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().rstrip("ib")
+    mult = 1
+    if t and t[-1] in units:
+        mult = units[t[-1]]
+        t = t[:-1]
+    try:
+        value = int(t) * mult
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a size like 256M or 4G") from None
+    return value
+
+
+def _make_config(features: tuple[str, ...], ram: str) -> KConfig:
+    try:
+        return KConfig(features=frozenset({"d", *features}), ram_bytes=_parse_size(ram))
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from None
+
+
+feature_option = click.option(
+    "--feature",
+    "features",
+    multiple=True,
+    type=click.Choice(sorted(SERIES)),
+    help="Enable a seed series (repeatable): " + "; ".join(f"{k}: {v}" for k, v in SERIES.items()),
+)
+ram_option = click.option("--ram", default="256M", show_default=True, help="Modelled RAM size.")
+
+
+class OneLineErrors(click.Group):
+    """A group whose usage errors print one line, with no usage dump or traceback."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as e:
+            click.echo(f"hmmsim: error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        except click.exceptions.Abort:
+            click.echo("hmmsim: aborted", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="hmmsim")
+def main() -> None:
+    """hmmsim: an executable model of Linux HMM and device-memory migration."""
+
+
+@main.command()
+@feature_option
+@ram_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def info(features: tuple[str, ...], ram: str, as_json: bool) -> None:
+    """Show the pinned kernel, the seed-series switches and memory sizes."""
+    import time
+
+    from hmmsim.kernel import Kernel
+
+    cfg = _make_config(features, ram)
+    t0 = time.perf_counter()
+    k = Kernel(cfg)
+    boot = time.perf_counter() - t0
+    mem = k.memory_report()
+    data = {
+        "version": __version__,
+        "kernel": {"tree": KERNEL_TREE, "commit": KERNEL_COMMIT, "tag": KERNEL_TAG},
+        "features": {s: (s in cfg.features) for s in sorted(SERIES)},
+        "bits_per_long": cfg.bits_per_long,
+        "memory": mem,
+        "metadata_bytes_per_page": mem["struct_page_bytes"],
+        "kernel_create_seconds": round(boot, 4),
+        "thp_enabled": k.thp_enabled,
+    }
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"hmmsim {__version__}")
+    click.echo(f"kernel     {KERNEL_TREE} @ {KERNEL_COMMIT}  ({KERNEL_TAG})")
+    for s, desc in SERIES.items():
+        mark = "on " if s in cfg.features else "off"
+        click.echo(f"series {s}   [{mark}] {desc}")
+    click.echo(
+        f"RAM        {mem['ram_bytes'] >> 20} MiB = {mem['ram_pages']} pages "
+        f"({mem['free_pages']} free)"
+    )
+    click.echo(
+        f"metadata   {mem['struct_page_bytes']} bytes per 4 KiB page "
+        f"({mem['metadata_bytes'] >> 20} MiB in all; the kernel's struct page is 64)"
+    )
+    click.echo(f"hugetlb    {mem['hugetlb_pages']} x 2 MiB pages ({mem['hugetlb_free']} free)")
+    click.echo(f"THP        enabled=[{k.thp_enabled}]")
+    click.echo(f"boot       Kernel() took {boot * 1000:.1f} ms")
+
+
+@main.command()
+@feature_option
+def demo(features: tuple[str, ...]) -> None:
+    """A narrated walk: faults, fork with COW, mprotect, munmap, THP."""
+    from hmmsim.demo import run_demo
+
+    run_demo(_make_config(features, "64M"), click.echo)

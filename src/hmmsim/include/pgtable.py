@@ -1,0 +1,447 @@
+"""x86-64 page-table entry words: bit layout, encoders and predicates.
+
+Models: arch/x86/include/asm/pgtable_types.h, pgtable.h, pgtable_64.h,
+pgtable_64_types.h and arch/x86/mm/pgprot.c @ torvalds/linux 0eaed89c18ae.
+
+Entries are plain Python ints holding the 64-bit word the hardware walks.
+Simplified: no SME/TDX encryption bit, no protection keys, no shadow stacks
+(so pte_wrprotect never moves Dirty to SavedDirty), 4-level paging only.
+The L1TF mitigation is modelled: a non-present, non-empty entry (PROT_NONE)
+stores its PFN bits inverted, exactly like protnone_mask() in the kernel.
+"""
+
+from __future__ import annotations
+
+from hmmsim.kconfig import PAGE_SHIFT, PGDIR_SHIFT, PMD_SHIFT, PUD_SHIFT
+
+# --- bit numbers (pgtable_types.h) -------------------------------------------
+_PAGE_BIT_PRESENT = 0
+_PAGE_BIT_RW = 1
+_PAGE_BIT_USER = 2
+_PAGE_BIT_PWT = 3
+_PAGE_BIT_PCD = 4
+_PAGE_BIT_ACCESSED = 5
+_PAGE_BIT_DIRTY = 6
+_PAGE_BIT_PSE = 7
+_PAGE_BIT_PAT = 7
+_PAGE_BIT_GLOBAL = 8
+_PAGE_BIT_SOFTW1 = 9
+_PAGE_BIT_SOFTW2 = 10
+_PAGE_BIT_SOFTW3 = 11
+_PAGE_BIT_PAT_LARGE = 12
+_PAGE_BIT_SOFTW4 = 57
+_PAGE_BIT_SOFTW5 = 58
+_PAGE_BIT_NX = 63
+_PAGE_BIT_SPECIAL = _PAGE_BIT_SOFTW1
+_PAGE_BIT_UFFD_WP = _PAGE_BIT_SOFTW2
+_PAGE_BIT_SOFT_DIRTY = _PAGE_BIT_SOFTW3
+_PAGE_BIT_SAVED_DIRTY = _PAGE_BIT_SOFTW5
+#: PROT_NONE entries reuse the Global bit: they are never global.
+_PAGE_BIT_PROTNONE = _PAGE_BIT_GLOBAL
+
+_PAGE_PRESENT = 1 << _PAGE_BIT_PRESENT
+_PAGE_RW = 1 << _PAGE_BIT_RW
+_PAGE_USER = 1 << _PAGE_BIT_USER
+_PAGE_PWT = 1 << _PAGE_BIT_PWT
+_PAGE_PCD = 1 << _PAGE_BIT_PCD
+_PAGE_ACCESSED = 1 << _PAGE_BIT_ACCESSED
+_PAGE_DIRTY = 1 << _PAGE_BIT_DIRTY
+_PAGE_PSE = 1 << _PAGE_BIT_PSE
+_PAGE_GLOBAL = 1 << _PAGE_BIT_GLOBAL
+_PAGE_SPECIAL = 1 << _PAGE_BIT_SPECIAL
+_PAGE_UFFD_WP = 1 << _PAGE_BIT_UFFD_WP
+_PAGE_SOFT_DIRTY = 1 << _PAGE_BIT_SOFT_DIRTY
+_PAGE_SAVED_DIRTY = 1 << _PAGE_BIT_SAVED_DIRTY
+_PAGE_PROTNONE = 1 << _PAGE_BIT_PROTNONE
+_PAGE_NX = 1 << _PAGE_BIT_NX
+_PAGE_DIRTY_BITS = _PAGE_DIRTY | _PAGE_SAVED_DIRTY
+#: Knights Landing erratum: A/D may be set in an otherwise empty entry.
+_PAGE_KNL_ERRATUM_MASK = _PAGE_DIRTY | _PAGE_ACCESSED
+
+#: Software bits of swap (non-present) PTEs, x86-64.
+_PAGE_SWP_SOFT_DIRTY = _PAGE_RW
+_PAGE_SWP_UFFD_WP = _PAGE_USER
+_PAGE_SWP_EXCLUSIVE = _PAGE_PWT
+
+__PHYSICAL_MASK_SHIFT = 52
+__PHYSICAL_MASK = (1 << __PHYSICAL_MASK_SHIFT) - 1
+PAGE_MASK_64 = ~((1 << PAGE_SHIFT) - 1) & 0xFFFF_FFFF_FFFF_FFFF
+PHYSICAL_PAGE_MASK = PAGE_MASK_64 & __PHYSICAL_MASK
+PHYSICAL_PMD_PAGE_MASK = (~((1 << PMD_SHIFT) - 1)) & __PHYSICAL_MASK
+PTE_PFN_MASK = PHYSICAL_PAGE_MASK
+PTE_FLAGS_MASK = ~PTE_PFN_MASK & 0xFFFF_FFFF_FFFF_FFFF
+#: Bits pte_modify() keeps from the old entry.
+_PAGE_CHG_MASK = (
+    PTE_PFN_MASK
+    | _PAGE_PCD
+    | _PAGE_PWT
+    | _PAGE_SPECIAL
+    | _PAGE_ACCESSED
+    | _PAGE_DIRTY_BITS
+    | _PAGE_SOFT_DIRTY
+    | _PAGE_UFFD_WP
+)
+_HPAGE_CHG_MASK = _PAGE_CHG_MASK | _PAGE_PSE
+
+U64 = 0xFFFF_FFFF_FFFF_FFFF
+
+# --- protections (pgtable_types.h, mm/pgprot.c) ------------------------------
+PAGE_NONE = _PAGE_ACCESSED | _PAGE_GLOBAL
+PAGE_SHARED = _PAGE_PRESENT | _PAGE_RW | _PAGE_USER | _PAGE_ACCESSED | _PAGE_NX
+PAGE_SHARED_EXEC = _PAGE_PRESENT | _PAGE_RW | _PAGE_USER | _PAGE_ACCESSED
+PAGE_COPY_NOEXEC = _PAGE_PRESENT | _PAGE_USER | _PAGE_ACCESSED | _PAGE_NX
+PAGE_COPY_EXEC = _PAGE_PRESENT | _PAGE_USER | _PAGE_ACCESSED
+PAGE_COPY = PAGE_COPY_NOEXEC
+PAGE_READONLY = _PAGE_PRESENT | _PAGE_USER | _PAGE_ACCESSED | _PAGE_NX
+PAGE_READONLY_EXEC = _PAGE_PRESENT | _PAGE_USER | _PAGE_ACCESSED
+#: Upper-level entry pointing at a user page table.
+_PAGE_TABLE = _PAGE_PRESENT | _PAGE_RW | _PAGE_USER | _PAGE_ACCESSED | _PAGE_DIRTY
+
+# VM_READ/WRITE/EXEC/SHARED as in include/linux/mm.h
+_VM_READ, _VM_WRITE, _VM_EXEC, _VM_SHARED = 0x1, 0x2, 0x4, 0x8
+
+#: arch/x86/mm/pgprot.c protection_map[], indexed by VM_READ|WRITE|EXEC|SHARED.
+protection_map = (
+    PAGE_NONE,  # ---p
+    PAGE_READONLY,  # r--p
+    PAGE_COPY,  # -w-p
+    PAGE_COPY,  # rw-p
+    PAGE_READONLY_EXEC,  # --xp
+    PAGE_READONLY_EXEC,  # r-xp
+    PAGE_COPY_EXEC,  # -wxp
+    PAGE_COPY_EXEC,  # rwxp
+    PAGE_NONE,  # ---s
+    PAGE_READONLY,  # r--s
+    PAGE_SHARED,  # -w-s
+    PAGE_SHARED,  # rw-s
+    PAGE_READONLY_EXEC,  # --xs
+    PAGE_READONLY_EXEC,  # r-xs
+    PAGE_SHARED_EXEC,  # -wxs
+    PAGE_SHARED_EXEC,  # rwxs
+)
+
+
+def vm_get_page_prot(vm_flags: int) -> int:
+    """The pgprot for a vma's flags (arch/x86/mm/pgprot.c)."""
+    return protection_map[vm_flags & (_VM_READ | _VM_WRITE | _VM_EXEC | _VM_SHARED)]
+
+
+# --- table indices -----------------------------------------------------------
+def pgd_index(addr: int) -> int:
+    return (addr >> PGDIR_SHIFT) & 511
+
+
+def pud_index(addr: int) -> int:
+    return (addr >> PUD_SHIFT) & 511
+
+
+def pmd_index(addr: int) -> int:
+    return (addr >> PMD_SHIFT) & 511
+
+
+def pte_index(addr: int) -> int:
+    return (addr >> PAGE_SHIFT) & 511
+
+
+# --- L1TF inversion (asm/pgtable-invert.h) -----------------------------------
+def __pte_needs_invert(val: int) -> bool:
+    return val != 0 and not (val & _PAGE_PRESENT)
+
+
+def protnone_mask(val: int) -> int:
+    return U64 if __pte_needs_invert(val) else 0
+
+
+def flip_protnone_guard(oldval: int, val: int, mask: int) -> int:
+    if __pte_needs_invert(oldval) != __pte_needs_invert(val):
+        val = (val & ~mask) | (~val & mask)
+    return val & U64
+
+
+# --- PTE ---------------------------------------------------------------------
+def pte_none(pte: int) -> bool:
+    return not (pte & ~_PAGE_KNL_ERRATUM_MASK)
+
+
+def pte_present(pte: int) -> bool:
+    return bool(pte & (_PAGE_PRESENT | _PAGE_PROTNONE))
+
+
+def pte_protnone(pte: int) -> bool:
+    return (pte & (_PAGE_PROTNONE | _PAGE_PRESENT)) == _PAGE_PROTNONE
+
+
+def pte_write(pte: int) -> bool:
+    return bool(pte & _PAGE_RW)
+
+
+def pte_dirty(pte: int) -> bool:
+    return bool(pte & _PAGE_DIRTY_BITS)
+
+
+def pte_young(pte: int) -> bool:
+    return bool(pte & _PAGE_ACCESSED)
+
+
+def pte_special(pte: int) -> bool:
+    return bool(pte & _PAGE_SPECIAL)
+
+
+def pte_soft_dirty(pte: int) -> bool:
+    return bool(pte & _PAGE_SOFT_DIRTY)
+
+
+def pte_uffd_wp(pte: int) -> bool:
+    return bool(pte & _PAGE_UFFD_WP)
+
+
+def pte_exec(pte: int) -> bool:
+    return not (pte & _PAGE_NX)
+
+
+def pte_pfn(pte: int) -> int:
+    pfn = pte ^ protnone_mask(pte)
+    return (pfn & PTE_PFN_MASK) >> PAGE_SHIFT
+
+
+def pfn_pte(pfn: int, prot: int) -> int:
+    """A PTE mapping `pfn` with protection `prot` (PFN inverted if PROT_NONE)."""
+    v = (pfn << PAGE_SHIFT) ^ protnone_mask(prot)
+    return (v & PTE_PFN_MASK) | (prot & PTE_FLAGS_MASK)
+
+
+def pte_mkwrite_novma(pte: int) -> int:
+    return pte | _PAGE_RW
+
+
+def pte_wrprotect(pte: int) -> int:
+    return pte & ~_PAGE_RW
+
+
+def pte_mkdirty(pte: int) -> int:
+    return pte | _PAGE_DIRTY | _PAGE_SOFT_DIRTY
+
+
+def pte_mkclean(pte: int) -> int:
+    return pte & ~_PAGE_DIRTY_BITS
+
+
+def pte_mkyoung(pte: int) -> int:
+    return pte | _PAGE_ACCESSED
+
+
+def pte_mkold(pte: int) -> int:
+    return pte & ~_PAGE_ACCESSED
+
+
+def pte_mkspecial(pte: int) -> int:
+    return pte | _PAGE_SPECIAL
+
+
+def pte_mksoft_dirty(pte: int) -> int:
+    return pte | _PAGE_SOFT_DIRTY
+
+
+def pte_clear_soft_dirty(pte: int) -> int:
+    return pte & ~_PAGE_SOFT_DIRTY
+
+
+def pte_mkuffd_wp(pte: int) -> int:
+    return pte_wrprotect(pte | _PAGE_UFFD_WP)
+
+
+def pte_modify(pte: int, newprot: int) -> int:
+    """Change the protection bits of `pte`, keeping PFN, A/D, special, soft bits."""
+    val = pte & _PAGE_CHG_MASK
+    val |= newprot & ~_PAGE_CHG_MASK & U64
+    return flip_protnone_guard(pte, val, PTE_PFN_MASK)
+
+
+# --- swap-PTE soft bits (pgtable.h) ------------------------------------------
+def pte_swp_soft_dirty(pte: int) -> bool:
+    return bool(pte & _PAGE_SWP_SOFT_DIRTY)
+
+
+def pte_swp_mksoft_dirty(pte: int) -> int:
+    return pte | _PAGE_SWP_SOFT_DIRTY
+
+
+def pte_swp_clear_soft_dirty(pte: int) -> int:
+    return pte & ~_PAGE_SWP_SOFT_DIRTY
+
+
+def pte_swp_uffd_wp(pte: int) -> bool:
+    return bool(pte & _PAGE_SWP_UFFD_WP)
+
+
+def pte_swp_mkuffd_wp(pte: int) -> int:
+    return pte | _PAGE_SWP_UFFD_WP
+
+
+def pte_swp_clear_uffd_wp(pte: int) -> int:
+    return pte & ~_PAGE_SWP_UFFD_WP
+
+
+def pte_swp_exclusive(pte: int) -> bool:
+    return bool(pte & _PAGE_SWP_EXCLUSIVE)
+
+
+def pte_swp_mkexclusive(pte: int) -> int:
+    return pte | _PAGE_SWP_EXCLUSIVE
+
+
+def pte_swp_clear_exclusive(pte: int) -> int:
+    return pte & ~_PAGE_SWP_EXCLUSIVE
+
+
+# --- PMD ---------------------------------------------------------------------
+def pmd_none(pmd: int) -> bool:
+    return not (pmd & ~_PAGE_KNL_ERRATUM_MASK)
+
+
+def pmd_present(pmd: int) -> bool:
+    """Present, PROT_NONE or a huge PMD being split (PSE alone counts)."""
+    return bool(pmd & (_PAGE_PRESENT | _PAGE_PROTNONE | _PAGE_PSE))
+
+
+def pmd_protnone(pmd: int) -> bool:
+    return (pmd & (_PAGE_PROTNONE | _PAGE_PRESENT)) == _PAGE_PROTNONE
+
+
+def pmd_leaf(pmd: int) -> bool:
+    return bool(pmd & _PAGE_PSE)
+
+
+def pmd_trans_huge(pmd: int) -> bool:
+    return bool(pmd & _PAGE_PSE)
+
+
+def pmd_write(pmd: int) -> bool:
+    return bool(pmd & _PAGE_RW)
+
+
+def pmd_dirty(pmd: int) -> bool:
+    return bool(pmd & _PAGE_DIRTY_BITS)
+
+
+def pmd_young(pmd: int) -> bool:
+    return bool(pmd & _PAGE_ACCESSED)
+
+
+def pmd_soft_dirty(pmd: int) -> bool:
+    return bool(pmd & _PAGE_SOFT_DIRTY)
+
+
+def pmd_pfn_mask(pmd: int) -> int:
+    return PHYSICAL_PMD_PAGE_MASK if pmd & _PAGE_PSE else PTE_PFN_MASK
+
+
+def pmd_pfn(pmd: int) -> int:
+    pfn = pmd ^ protnone_mask(pmd)
+    return (pfn & pmd_pfn_mask(pmd)) >> PAGE_SHIFT
+
+
+def pfn_pmd(pfn: int, prot: int) -> int:
+    """A huge-PMD-style entry for `pfn` (call pmd_mkhuge to set PSE)."""
+    v = (pfn << PAGE_SHIFT) ^ protnone_mask(prot)
+    return (v & PHYSICAL_PMD_PAGE_MASK) | (prot & PTE_FLAGS_MASK)
+
+
+def pmd_mkhuge(pmd: int) -> int:
+    return pmd | _PAGE_PSE
+
+
+def pmd_mkwrite_novma(pmd: int) -> int:
+    return pmd | _PAGE_RW
+
+
+def pmd_wrprotect(pmd: int) -> int:
+    return pmd & ~_PAGE_RW
+
+
+def pmd_mkdirty(pmd: int) -> int:
+    return pmd | _PAGE_DIRTY | _PAGE_SOFT_DIRTY
+
+
+def pmd_mkclean(pmd: int) -> int:
+    return pmd & ~_PAGE_DIRTY_BITS
+
+
+def pmd_mkyoung(pmd: int) -> int:
+    return pmd | _PAGE_ACCESSED
+
+
+def pmd_mkold(pmd: int) -> int:
+    return pmd & ~_PAGE_ACCESSED
+
+
+def pmd_modify(pmd: int, newprot: int) -> int:
+    val = pmd & _HPAGE_CHG_MASK
+    val |= newprot & ~_HPAGE_CHG_MASK & U64
+    return flip_protnone_guard(pmd, val, PHYSICAL_PMD_PAGE_MASK)
+
+
+def pmd_swp_soft_dirty(pmd: int) -> bool:
+    return bool(pmd & _PAGE_SWP_SOFT_DIRTY)
+
+
+def pmd_swp_mksoft_dirty(pmd: int) -> int:
+    return pmd | _PAGE_SWP_SOFT_DIRTY
+
+
+def pmd_swp_clear_soft_dirty(pmd: int) -> int:
+    return pmd & ~_PAGE_SWP_SOFT_DIRTY
+
+
+def pmd_swp_uffd_wp(pmd: int) -> bool:
+    return bool(pmd & _PAGE_SWP_UFFD_WP)
+
+
+def pmd_swp_clear_uffd_wp(pmd: int) -> int:
+    return pmd & ~_PAGE_SWP_UFFD_WP
+
+
+# --- upper-level (table) entries ----------------------------------------------
+def mk_table_entry(table_pfn: int) -> int:
+    """What pmd_populate()/pud_populate()/p4d_populate() write: _PAGE_TABLE | phys."""
+    return (table_pfn << PAGE_SHIFT) | _PAGE_TABLE
+
+
+def table_entry_pfn(entry: int) -> int:
+    """PFN of the next-level table an upper-level entry points to."""
+    return (entry & PTE_PFN_MASK) >> PAGE_SHIFT
+
+
+def pmd_bad(pmd: int) -> bool:
+    """A present PMD that neither maps a huge page nor points to a user table."""
+    flags = pmd & PTE_FLAGS_MASK
+    return (flags & ~(_PAGE_USER | _PAGE_ACCESSED | _PAGE_DIRTY | _PAGE_RW | _PAGE_NX)) != (
+        _PAGE_PRESENT
+    ) and not pmd_leaf(pmd)
+
+
+# --- human-readable decode ---------------------------------------------------
+_FLAG_NAMES = (
+    (_PAGE_PRESENT, "P"),
+    (_PAGE_RW, "RW"),
+    (_PAGE_USER, "U"),
+    (_PAGE_PWT, "PWT"),
+    (_PAGE_PCD, "PCD"),
+    (_PAGE_ACCESSED, "A"),
+    (_PAGE_DIRTY, "D"),
+    (_PAGE_PSE, "PSE"),
+    (_PAGE_GLOBAL, "G"),
+    (_PAGE_SPECIAL, "SPECIAL"),
+    (_PAGE_UFFD_WP, "UFFD_WP"),
+    (_PAGE_SOFT_DIRTY, "SOFT_DIRTY"),
+    (_PAGE_SAVED_DIRTY, "SAVED_DIRTY"),
+    (_PAGE_NX, "NX"),
+)
+
+
+def pte_flag_names(pte: int) -> list[str]:
+    """Names of the hardware/software flag bits set in a present entry."""
+    names = [n for bit, n in _FLAG_NAMES if pte & bit]
+    if pte_protnone(pte):
+        names = ["PROTNONE" if n == "G" else n for n in names]
+    return names

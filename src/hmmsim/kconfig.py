@@ -1,0 +1,153 @@
+"""The pinned kernel, its geometry, and the seed-series switches.
+
+Models: the Kconfig of an x86-64 kernel with CONFIG_ZONE_DEVICE,
+CONFIG_DEVICE_PRIVATE, CONFIG_MIGRATION, CONFIG_MEMORY_FAILURE,
+CONFIG_PTE_MARKER_UFFD_WP, CONFIG_TRANSPARENT_HUGEPAGE and
+CONFIG_ARCH_ENABLE_THP_MIGRATION all on, at torvalds/linux @ 0eaed89c18ae.
+
+Every model module names this commit in its docstring. The five seed series
+(a)-(e) are switches on top of it, off by default, like Kconfig options; a
+`KConfig` is immutable and checked when it is built, so an impossible
+combination never reaches a `Kernel`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+#: The upstream commit every name, bit and errno in hmmsim follows.
+KERNEL_COMMIT = "0eaed89c18aeedf0898baf2dbf5ff027c6795152"
+KERNEL_TREE = "torvalds/linux"
+#: Human name of the pin (mainline during the v7.3 release candidates).
+KERNEL_TAG = "v7.3-rc (mainline 0eaed89c18ae)"
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+PAGE_MASK = ~(PAGE_SIZE - 1)
+PMD_SHIFT = 21
+PMD_SIZE = 1 << PMD_SHIFT
+PMD_MASK = ~(PMD_SIZE - 1)
+PUD_SHIFT = 30
+PUD_SIZE = 1 << PUD_SHIFT
+PGDIR_SHIFT = 39
+PTRS_PER_PTE = PTRS_PER_PMD = PTRS_PER_PUD = PTRS_PER_PGD = 512
+HPAGE_PMD_ORDER = PMD_SHIFT - PAGE_SHIFT
+HPAGE_PMD_NR = 1 << HPAGE_PMD_ORDER
+HPAGE_PMD_SIZE = PMD_SIZE
+#: x86-64 with 4-level paging.
+MAX_PHYSMEM_BITS = 46
+#: Page indices of series (c) device-private pages start here: above every
+#: possible physical PFN, so one can never be mistaken for the other.
+DEVICE_PRIVATE_BASE = 1 << (MAX_PHYSMEM_BITS - PAGE_SHIFT)
+#: Userspace ends below the canonical hole (x86-64 TASK_SIZE_MAX, 4-level).
+TASK_SIZE = (1 << 47) - PAGE_SIZE
+#: Linux's default mmap_min_addr.
+MMAP_MIN_ADDR = 0x10000
+
+#: The five seed series, by the letter the reference uses.
+SERIES = {
+    "a": "MIGRATE_PFN_DEVICE_PRIVATE: a migrate-PFN flag for device-private pages",
+    "b": "SWP_MIGRATION_DEVICE_*: separate migration-entry types for device-private pages",
+    "c": "device-private address space outside physical memory",
+    "d": "THP (compound) migration of device pages (merged upstream: on at the pin)",
+    "e": "unified HMM/migrate_device page walk (HMM_PFN_REQ_MIGRATE)",
+}
+
+#: (c) is built on (a) and (b) in the real series.
+SERIES_REQUIRES = {"c": ("a", "b")}
+
+
+class ConfigError(ValueError):
+    """A KConfig that the real series could not build."""
+
+
+@dataclass(frozen=True)
+class KConfig:
+    """Configuration of one modelled kernel.
+
+    Fields:
+        features: enabled seed series letters; "d" is merged at the pin, so it
+            is on unless removed explicitly.
+        bits_per_long: 64 (x86-64) or 32, for the HMM/migrate PFN budgets.
+        ram_bytes: size of modelled system RAM.
+        hugetlb_pages: PMD-sized pages in the hugetlb pool (HugeTLB default
+            size 2 MiB on x86-64).
+        phys_addr_bits: size of the physical address space (iomem_resource)
+            that legacy device-private pgmaps are carved from; at most
+            MAX_PHYSMEM_BITS.
+        conflict_resolution: how to resolve the (c)/(e) HMM_PFN bit clash
+            when both are enabled; see `hmmsim.include.hmm`.
+
+    Invariant: every series in SERIES_REQUIRES has its prerequisites enabled.
+    """
+
+    features: frozenset[str] = field(default_factory=lambda: frozenset({"d"}))
+    bits_per_long: int = 64
+    ram_bytes: int = 256 << 20
+    hugetlb_pages: int = 4
+    phys_addr_bits: int = MAX_PHYSMEM_BITS
+    conflict_resolution: str | None = None
+
+    def __post_init__(self) -> None:
+        unknown = set(self.features) - set(SERIES)
+        if unknown:
+            raise ConfigError(
+                f"unknown seed series {sorted(unknown)}: choose from {sorted(SERIES)}"
+            )
+        for s, needs in SERIES_REQUIRES.items():
+            if s in self.features:
+                missing = [n for n in needs if n not in self.features]
+                if missing:
+                    raise ConfigError(
+                        f"series ({s}) needs series {', '.join(f'({m})' for m in missing)}: "
+                        "the device-private address space is built on the "
+                        "MIGRATE_PFN_DEVICE_PRIVATE flag (a) and the device migration "
+                        "entry types (b); enable them too"
+                    )
+        if self.bits_per_long not in (32, 64):
+            raise ConfigError("bits_per_long must be 32 or 64")
+        if self.ram_bytes < 16 * PMD_SIZE or self.ram_bytes % PMD_SIZE:
+            raise ConfigError(
+                f"ram_bytes must be a multiple of {PMD_SIZE} and at least {16 * PMD_SIZE}"
+            )
+        if (
+            not 20 <= self.phys_addr_bits <= MAX_PHYSMEM_BITS
+            or (1 << self.phys_addr_bits) <= self.ram_bytes
+        ):
+            raise ConfigError(
+                f"phys_addr_bits must be in 20..{MAX_PHYSMEM_BITS} and leave room above RAM"
+            )
+        if self.hugetlb_pages < 0:
+            raise ConfigError("hugetlb_pages must be >= 0")
+        if {"c", "e"} <= set(self.features) and self.conflict_resolution not in (
+            "c-first",
+            "e-first",
+        ):
+            raise ConfigError(
+                "series (c) and (e) both claim HMM_PFN bit BITS_PER_LONG-7 "
+                f"(bit {self.bits_per_long - 7}: HMM_PFN_DEVICE_PRIVATE vs HMM_PFN_MIGRATE) "
+                "and both move HMM_PFN_ORDER_SHIFT; pick conflict_resolution='c-first' "
+                "or 'e-first' (see hmmsim.include.hmm)"
+            )
+
+    def has(self, series: str) -> bool:
+        """True if seed series `series` ("a".."e") is enabled."""
+        return series in self.features
+
+    def with_features(self, *letters: str) -> KConfig:
+        """A copy with `letters` enabled in addition to the current ones."""
+        return replace(self, features=frozenset(self.features) | set(letters))
+
+    @property
+    def nr_ram_pages(self) -> int:
+        return self.ram_bytes >> PAGE_SHIFT
+
+    def __repr__(self) -> str:
+        f = "".join(sorted(self.features)) or "-"
+        return (
+            f"<KConfig {KERNEL_COMMIT[:12]} series={f} BITS_PER_LONG={self.bits_per_long} "
+            f"ram={self.ram_bytes >> 20}MiB>"
+        )
+
+
+DEFAULT = KConfig()

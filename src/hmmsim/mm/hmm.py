@@ -1,0 +1,365 @@
+"""hmm_range_fault: mirror a CPU address range into HMM PFNs, faulting if asked.
+
+Models: mm/hmm.c (hmm_range_fault, hmm_vma_walk_hole, hmm_vma_walk_pmd,
+hmm_vma_handle_pte, hmm_vma_handle_pmd, hmm_vma_handle_absent_pmd,
+hmm_vma_walk_hugetlb_entry, hmm_vma_walk_test, hmm_vma_fault,
+hmm_pte_need_fault, hmm_range_need_fault) @ torvalds/linux 0eaed89c18ae.
+
+Output words use the HMM_PFN_* layout of the Kernel's configuration
+(`Kernel.hmm`, include/hmm.py): BITS_PER_LONG and series (c)/(e) move bits.
+A PFN that does not fit below the flag bits is a clear ValueError, never a
+silently truncated word. hmm_pfns is the caller's array, updated in place.
+Context: the mmap_lock of range.notifier.mm is held (read).
+"""
+
+from __future__ import annotations
+
+from hmmsim.bug import KernelBug
+from hmmsim.errno import EBUSY, EFAULT, EPERM
+from hmmsim.include.mm import (
+    FAULT_FLAG_REMOTE,
+    FAULT_FLAG_WRITE,
+    VM_FAULT_ERROR,
+    VM_IO,
+    VM_PFNMAP,
+    VM_READ,
+    VM_WRITE,
+)
+from hmmsim.include.pgtable import (
+    pmd_none,
+    pmd_pfn,
+    pmd_present,
+    pmd_protnone,
+    pmd_trans_huge,
+    pmd_write,
+    pte_none,
+    pte_pfn,
+    pte_present,
+    pte_protnone,
+    pte_write,
+)
+from hmmsim.kconfig import HPAGE_PMD_ORDER, PAGE_SHIFT, PAGE_SIZE, PMD_MASK
+from hmmsim.mm.memory import handle_mm_fault, is_zero_pfn, vm_normal_page
+from hmmsim.mm.memremap import page_pgmap
+from hmmsim.mm.migrate import migration_entry_wait, pmd_migration_entry_wait
+from hmmsim.mm.mmu_notifier import mmu_interval_check_retry
+from hmmsim.mm.pagewalk import mm_walk_ops, walk_page_range
+from hmmsim.mm.pgtable import pmdp_get, pte_offset_map, ptep_get
+
+HMM_NEED_FAULT = 1 << 0
+HMM_NEED_WRITE_FAULT = 1 << 1
+HMM_NEED_ALL_BITS = HMM_NEED_FAULT | HMM_NEED_WRITE_FAULT
+
+
+class hmm_vma_walk:
+    """Walk state: the range and `last`, the first slot not yet output."""
+
+    __slots__ = ("range", "last", "L")
+
+    def __init__(self, range_, layout) -> None:
+        self.range = range_
+        self.last = range_.start
+        self.L = layout
+
+
+def _get(r, i: int) -> int:
+    return int(r.hmm_pfns[i])
+
+
+def _set(w: hmm_vma_walk, i: int, new_flags: int) -> None:
+    """out = (in & HMM_PFN_INOUT_FLAGS) | new."""
+    r = w.range
+    r.hmm_pfns[i] = (_get(r, i) & w.L.HMM_PFN_INOUT_FLAGS) | new_flags
+
+
+def _pfn_word(w: hmm_vma_walk, pfn: int) -> int:
+    """The PFN field of an output word; refuses a PFN that does not fit."""
+    if pfn & w.L.HMM_PFN_FLAGS or pfn < 0:
+        raise ValueError(
+            f"hmm_range_fault: PFN {pfn:#x} does not fit below the HMM_PFN flag bits "
+            f"(BITS_PER_LONG={w.L.bits_per_long}, {w.L.HMM_PFN_ORDER_SHIFT} PFN bits)"
+        )
+    return pfn
+
+
+def hmm_pfn_flags_order(w: hmm_vma_walk, order: int) -> int:
+    return order << w.L.HMM_PFN_ORDER_SHIFT
+
+
+def hmm_pte_need_fault(w: hmm_vma_walk, pfn_req_flags: int, cpu_flags: int) -> int:
+    L = w.L
+    r = w.range
+    pfn_req_flags &= r.pfn_flags_mask
+    pfn_req_flags |= r.default_flags
+    if not pfn_req_flags & L.HMM_PFN_REQ_FAULT:
+        return 0
+    if pfn_req_flags & L.HMM_PFN_REQ_WRITE and not cpu_flags & L.HMM_PFN_WRITE:
+        return HMM_NEED_FAULT | HMM_NEED_WRITE_FAULT
+    if not cpu_flags & L.HMM_PFN_VALID:
+        return HMM_NEED_FAULT
+    return 0
+
+
+def hmm_range_need_fault(w: hmm_vma_walk, i: int, npages: int, cpu_flags: int) -> int:
+    r = w.range
+    if not (r.default_flags | r.pfn_flags_mask) & w.L.HMM_PFN_REQ_FAULT:
+        return 0
+    required = 0
+    for j in range(npages):
+        required |= hmm_pte_need_fault(w, _get(r, i + j), cpu_flags)
+        if required == HMM_NEED_ALL_BITS:
+            return required
+    return required
+
+
+def hmm_vma_fault(addr: int, end: int, required_fault: int, walk) -> int:
+    """Fault [addr, end) in; -EBUSY asks the caller to rewalk from addr."""
+    w = walk.private
+    vma = walk.vma
+    fault_flags = FAULT_FLAG_REMOTE
+    w.last = addr
+    if required_fault & HMM_NEED_WRITE_FAULT:
+        if not vma.vm_flags & VM_WRITE:
+            return -EPERM
+        fault_flags |= FAULT_FLAG_WRITE
+    while addr < end:
+        if handle_mm_fault(vma, addr, fault_flags) & VM_FAULT_ERROR:
+            return -EFAULT
+        addr += PAGE_SIZE
+    return -EBUSY
+
+
+def hmm_pfns_fill(addr: int, end: int, w: hmm_vma_walk, cpu_flags: int) -> int:
+    i = (addr - w.range.start) >> PAGE_SHIFT
+    while addr < end:
+        _set(w, i, cpu_flags)
+        addr += PAGE_SIZE
+        i += 1
+    return 0
+
+
+def hmm_vma_walk_hole(addr: int, end: int, depth: int, walk) -> int:
+    w = walk.private
+    i = (addr - w.range.start) >> PAGE_SHIFT
+    npages = (end - addr) >> PAGE_SHIFT
+    required_fault = hmm_range_need_fault(w, i, npages, 0)
+    if walk.vma is None:
+        if required_fault:
+            return -EFAULT
+        return hmm_pfns_fill(addr, end, w, w.L.HMM_PFN_ERROR)
+    if required_fault:
+        return hmm_vma_fault(addr, end, required_fault, walk)
+    return hmm_pfns_fill(addr, end, w, 0)
+
+
+def pte_to_hmm_pfn_flags(w: hmm_vma_walk, pte: int) -> int:
+    if pte_none(pte) or not pte_present(pte) or pte_protnone(pte):
+        return 0
+    L = w.L
+    return L.HMM_PFN_VALID | L.HMM_PFN_WRITE if pte_write(pte) else L.HMM_PFN_VALID
+
+
+def pmd_to_hmm_pfn_flags(w: hmm_vma_walk, pmd: int) -> int:
+    if pmd_protnone(pmd):
+        return 0
+    L = w.L
+    flags = L.HMM_PFN_VALID | L.HMM_PFN_WRITE if pmd_write(pmd) else L.HMM_PFN_VALID
+    return flags | hmm_pfn_flags_order(w, HPAGE_PMD_ORDER)
+
+
+def _device_private_word(w: hmm_vma_walk, page) -> int:
+    """PFN field for an owned device-private page: its PFN, or (c) its offset."""
+    from hmmsim.mm.memremap import device_private_page_to_offset, is_dp_index_space_page
+
+    if is_dp_index_space_page(page):
+        return _pfn_word(w, device_private_page_to_offset(page)) | w.L.HMM_PFN_DEVICE_PRIVATE
+    return _pfn_word(w, page.pfn)
+
+
+def hmm_vma_handle_pte(walk, addr: int, end: int, pmdp: int, ptep: int, i: int) -> int:
+    w = walk.private
+    k = walk.mm.k
+    swp = k.swp
+    L = w.L
+    r = w.range
+    pte = ptep_get(k, ptep)
+    pfn_req_flags = _get(r, i)
+    if pte_none(pte) or (
+        not pte_present(pte) and swp.softleaf_is_marker(swp.softleaf_from_pte(pte))
+    ):
+        required_fault = hmm_pte_need_fault(w, pfn_req_flags, 0)
+        if required_fault:
+            return hmm_vma_fault(addr, end, required_fault, walk)
+        _set(w, i, 0)
+        return 0
+    if not pte_present(pte):
+        entry = swp.softleaf_from_pte(pte)
+        if swp.softleaf_is_device_private(entry):
+            page = k.softleaf_to_page(entry)
+            if page_pgmap(page).owner is r.dev_private_owner and r.dev_private_owner is not None:
+                cpu_flags = L.HMM_PFN_VALID
+                if swp.softleaf_is_device_private_write(entry):
+                    cpu_flags |= L.HMM_PFN_WRITE
+                _set(w, i, _device_private_word(w, page) | cpu_flags)
+                return 0
+        required_fault = hmm_pte_need_fault(w, pfn_req_flags, 0)
+        if not required_fault:
+            _set(w, i, 0)
+            return 0
+        if (
+            swp.softleaf_is_swap(entry)
+            or swp.softleaf_is_device_private(entry)
+            or (swp.softleaf_is_device_exclusive(entry))
+        ):
+            return hmm_vma_fault(addr, end, required_fault, walk)
+        if swp.softleaf_is_migration(entry):
+            w.last = addr
+            migration_entry_wait(walk.mm, pmdp, addr)
+            return -EBUSY
+        return -EFAULT
+    cpu_flags = pte_to_hmm_pfn_flags(w, pte)
+    required_fault = hmm_pte_need_fault(w, pfn_req_flags, cpu_flags)
+    if required_fault:
+        return hmm_vma_fault(addr, end, required_fault, walk)
+    if vm_normal_page(walk.vma, addr, pte) is None and not is_zero_pfn(k, pte_pfn(pte)):
+        if hmm_pte_need_fault(w, pfn_req_flags, 0):
+            return -EFAULT
+        _set(w, i, L.HMM_PFN_ERROR)
+        return 0
+    _set(w, i, _pfn_word(w, pte_pfn(pte)) | cpu_flags)
+    return 0
+
+
+def hmm_vma_handle_pmd(walk, addr: int, end: int, i: int, pmd: int) -> int:
+    w = walk.private
+    npages = (end - addr) >> PAGE_SHIFT
+    cpu_flags = pmd_to_hmm_pfn_flags(w, pmd)
+    required_fault = hmm_range_need_fault(w, i, npages, cpu_flags)
+    if required_fault:
+        return hmm_vma_fault(addr, end, required_fault, walk)
+    pfn = pmd_pfn(pmd) + ((addr & ~PMD_MASK) >> PAGE_SHIFT)
+    for j in range(npages):
+        _set(w, i + j, _pfn_word(w, pfn + j) | cpu_flags)
+    return 0
+
+
+def hmm_vma_handle_absent_pmd(walk, start: int, end: int, i: int, pmd: int) -> int:
+    w = walk.private
+    k = walk.mm.k
+    swp = k.swp
+    L = w.L
+    r = w.range
+    npages = (end - start) >> PAGE_SHIFT
+    entry = swp.softleaf_from_pmd(pmd)
+    if swp.softleaf_is_device_private(entry):
+        page = k.softleaf_to_page(entry)
+        if page_pgmap(page).owner is r.dev_private_owner and r.dev_private_owner is not None:
+            cpu_flags = L.HMM_PFN_VALID | hmm_pfn_flags_order(w, HPAGE_PMD_ORDER)
+            if swp.softleaf_is_device_private_write(entry):
+                cpu_flags |= L.HMM_PFN_WRITE
+            base = _device_private_word(w, page) + ((start & ~PMD_MASK) >> PAGE_SHIFT)
+            for j in range(npages):
+                _set(w, i + j, (base + j) | cpu_flags)
+            return 0
+    required_fault = hmm_range_need_fault(w, i, npages, 0)
+    if required_fault:
+        if swp.softleaf_is_device_private(entry):
+            return hmm_vma_fault(start, end, required_fault, walk)
+        return -EFAULT
+    return hmm_pfns_fill(start, end, w, L.HMM_PFN_ERROR)
+
+
+def hmm_vma_walk_pmd(pmdp: int, start: int, end: int, walk) -> int:
+    w = walk.private
+    k = walk.mm.k
+    swp = k.swp
+    i = (start - w.range.start) >> PAGE_SHIFT
+    npages = (end - start) >> PAGE_SHIFT
+    while True:
+        pmd = pmdp_get(k, pmdp)
+        if pmd_none(pmd):
+            return hmm_vma_walk_hole(start, end, -1, walk)
+        if not pmd_present(pmd) and swp.softleaf_is_migration(swp.softleaf_from_pmd(pmd)):
+            if hmm_range_need_fault(w, i, npages, 0):
+                w.last = start
+                pmd_migration_entry_wait(walk.mm, pmdp)
+                return -EBUSY
+            return hmm_pfns_fill(start, end, w, 0)
+        if not pmd_present(pmd):
+            return hmm_vma_handle_absent_pmd(walk, start, end, i, pmd)
+        if pmd_trans_huge(pmd):
+            return hmm_vma_handle_pmd(walk, start, end, i, pmd)
+        ptep = pte_offset_map(k, pmd, start)
+        if ptep is None:
+            continue
+        addr = start
+        while addr < end:
+            ret = hmm_vma_handle_pte(walk, addr, addr + PAGE_SIZE, pmdp, ptep, i)
+            if ret:
+                return ret
+            addr += PAGE_SIZE
+            ptep += 8
+            i += 1
+        return 0
+
+
+def hmm_vma_walk_hugetlb_entry(pmdp: int, hmask: int, start: int, end: int, walk) -> int:
+    w = walk.private
+    k = walk.mm.k
+    i = (start - w.range.start) >> PAGE_SHIFT
+    entry = pmdp_get(k, pmdp)
+    cpu_flags = pte_to_hmm_pfn_flags(w, entry) | hmm_pfn_flags_order(w, HPAGE_PMD_ORDER)
+    required_fault = hmm_pte_need_fault(w, _get(w.range, i), cpu_flags)
+    if required_fault:
+        return hmm_vma_fault(start, end, required_fault, walk)
+    pfn = pmd_pfn(entry) + ((start & ~hmask) >> PAGE_SHIFT)
+    addr = start
+    while addr < end:
+        _set(w, i, _pfn_word(w, pfn) | cpu_flags)
+        addr += PAGE_SIZE
+        i += 1
+        pfn += 1
+    return 0
+
+
+def hmm_vma_walk_test(start: int, end: int, walk) -> int:
+    w = walk.private
+    vma = walk.vma
+    if not vma.vm_flags & (VM_IO | VM_PFNMAP) and vma.vm_flags & VM_READ:
+        return 0
+    i = (start - w.range.start) >> PAGE_SHIFT
+    if hmm_range_need_fault(w, i, (end - start) >> PAGE_SHIFT, 0):
+        return -EFAULT
+    hmm_pfns_fill(start, end, w, w.L.HMM_PFN_ERROR)
+    return 1
+
+
+HMM_WALK_OPS = mm_walk_ops(
+    pmd_entry=hmm_vma_walk_pmd,
+    pte_hole=hmm_vma_walk_hole,
+    hugetlb_entry=hmm_vma_walk_hugetlb_entry,
+    test_walk=hmm_vma_walk_test,
+)
+
+
+def hmm_range_fault(range_) -> int:
+    """Fill range.hmm_pfns for [start, end), faulting pages in where requested.
+
+    Returns: 0; -EBUSY when the notifier sequence changed (the caller must
+    retry from mmu_interval_read_begin); -EFAULT when a requested page cannot
+    be made valid (no vma, VM_IO/VM_PFNMAP/!VM_READ, special PFN, poison,
+    fault error); -EPERM when a write fault is needed in a vma without
+    VM_WRITE.
+    """
+    mm = range_.notifier.mm
+    k = mm.k
+    if not mm.mmap_lock.is_locked():
+        raise KernelBug("hmm_range_fault: mmap_lock not held")
+    w = hmm_vma_walk(range_, k.hmm)
+    while True:
+        if mmu_interval_check_retry(range_.notifier, range_.notifier_seq):
+            return -EBUSY
+        ret = walk_page_range(mm, w.last, range_.end, HMM_WALK_OPS, w)
+        if ret != -EBUSY:
+            return ret
+        k.stats["hmm_range_fault_rewalks"] += 1

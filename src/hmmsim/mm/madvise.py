@@ -1,0 +1,94 @@
+"""madvise(2): DONTNEED zaps, HUGEPAGE/NOHUGEPAGE set vma flags.
+
+Models: mm/madvise.c (do_madvise, madvise_dontneed_free,
+madvise_dontneed_free_valid_vma, madvise_behavior_valid) and
+mm/khugepaged.c (hugepage_madvise) @ torvalds/linux 0eaed89c18ae.
+
+Accepted but without effect in the model (no reclaim, no readahead):
+MADV_NORMAL, RANDOM, SEQUENTIAL, WILLNEED, FREE. MADV_COLLAPSE is not
+modelled and returns -EINVAL.
+"""
+
+from __future__ import annotations
+
+from hmmsim.errno import EINVAL, ENOMEM
+from hmmsim.include.mm import (
+    VM_DONTCOPY,
+    VM_HUGEPAGE,
+    VM_HUGETLB,
+    VM_LOCKED,
+    VM_NOHUGEPAGE,
+    VM_PFNMAP,
+)
+from hmmsim.include.mman import (
+    MADV_DOFORK,
+    MADV_DONTFORK,
+    MADV_DONTNEED,
+    MADV_FREE,
+    MADV_HUGEPAGE,
+    MADV_NOHUGEPAGE,
+    MADV_NORMAL,
+    MADV_RANDOM,
+    MADV_SEQUENTIAL,
+    MADV_WILLNEED,
+)
+from hmmsim.kconfig import PAGE_SIZE, PMD_MASK
+from hmmsim.mm.memory import zap_page_range_single
+from hmmsim.mm.mmap import PAGE_ALIGN, split_range, vmas_in
+
+_NOOP = {MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL, MADV_WILLNEED, MADV_FREE}
+_FLAGS = {
+    MADV_HUGEPAGE: (VM_HUGEPAGE, VM_NOHUGEPAGE),
+    MADV_NOHUGEPAGE: (VM_NOHUGEPAGE, VM_HUGEPAGE),
+    MADV_DONTFORK: (VM_DONTCOPY, 0),
+    MADV_DOFORK: (0, VM_DONTCOPY),
+}
+
+
+def madvise_behavior_valid(behavior: int) -> bool:
+    return behavior in _NOOP or behavior in _FLAGS or behavior == MADV_DONTNEED
+
+
+def do_madvise(mm, start: int, len_in: int, behavior: int) -> int:
+    """madvise(2): 0, -EINVAL (unaligned, unknown advice, locked vma), -ENOMEM (hole)."""
+    if start & (PAGE_SIZE - 1):
+        return -EINVAL
+    length = PAGE_ALIGN(len_in)
+    if len_in and not length:
+        return -EINVAL
+    end = start + length
+    if end < start:
+        return -EINVAL
+    if not madvise_behavior_valid(behavior):
+        return -EINVAL
+    if end == start:
+        return 0
+    unmapped = 0
+    pos = start
+    for vma in vmas_in(mm, start, end):
+        if vma.vm_start > pos:
+            unmapped = -ENOMEM
+        s, e = max(start, vma.vm_start), min(end, vma.vm_end)
+        pos = e
+        if behavior == MADV_DONTNEED:
+            if vma.vm_flags & (VM_LOCKED | VM_PFNMAP):
+                return -EINVAL
+            if vma.vm_flags & VM_HUGETLB:
+                if s & ~PMD_MASK:
+                    return -EINVAL
+                e = e & PMD_MASK
+                if e <= s:
+                    continue
+            zap_page_range_single(vma, s, e - s)
+        elif behavior in _FLAGS:
+            if behavior in (MADV_HUGEPAGE, MADV_NOHUGEPAGE) and vma.vm_flags & VM_HUGETLB:
+                continue
+            pieces = split_range(mm, s, e)
+            if isinstance(pieces, int):
+                return pieces
+            set_bits, clear_bits = _FLAGS[behavior]
+            for piece in pieces:
+                piece.vm_flags = (piece.vm_flags | set_bits) & ~clear_bits
+    if pos < end:
+        unmapped = -ENOMEM
+    return unmapped

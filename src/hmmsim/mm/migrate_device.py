@@ -1,0 +1,970 @@
+"""Device memory migration: migrate_vma_* and migrate_device_*.
+
+Models: mm/migrate_device.c @ torvalds/linux 0eaed89c18ae, with the THP
+support of series (d) (merged) as in linux-mm 75515d8a: collect (holes,
+zero page, present pages, device-private entries, huge PMDs), unmap
+(isolation, try_to_migrate, the migrate_vma_check_page pin rule, restore),
+migrate_vma_pages (hole insertion, THP split fallback, destination checks,
+folio_migrate_mapping), finalize, and the pfn-range variants used for
+eviction. Series (a)/(b)/(c) change only the encodings, through
+`migrate_pfn_from_page`, `migrate_pfn_to_page` and the migration-entry
+helpers in mm/migrate.py.
+
+src/dst are arrays the caller owns (lists or NumPy uint64), updated in
+place. The mmap_lock must be held for read across setup..finalize.
+Differences from kernel: no LRU lists (PG_lru marks an isolatable folio),
+no memcg charging, TLB flushes are implicit.
+"""
+
+from __future__ import annotations
+
+from hmmsim.bug import KernelBug
+from hmmsim.errno import EAGAIN, EINVAL, ENOENT
+from hmmsim.include.migrate import (
+    MIGRATE_PFN_COMPOUND,
+    MIGRATE_PFN_MIGRATE,
+    MIGRATE_PFN_SHIFT,
+    MIGRATE_PFN_VALID,
+    MIGRATE_PFN_WRITE,
+    MIGRATE_VMA_SELECT_COMPOUND,
+    MIGRATE_VMA_SELECT_DEVICE_COHERENT,
+    MIGRATE_VMA_SELECT_DEVICE_PRIVATE,
+    MIGRATE_VMA_SELECT_SYSTEM,
+)
+from hmmsim.include.mm import VM_HUGETLB, VM_SPECIAL, VM_WRITE
+from hmmsim.include.mm_types import (
+    MM_ANONPAGES,
+    PageAnonExclusive,
+    PG_locked,
+    folio_get,
+    folio_mapcount,
+    folio_mapped,
+    folio_mark_dirty,
+    folio_nr_pages,
+    folio_order,
+    folio_page,
+    folio_put,
+    folio_ref_count,
+    folio_test_anon,
+    folio_test_large,
+    page_folio,
+    vma_is_anonymous,
+)
+from hmmsim.include.mmu_notifier import MMU_NOTIFY_MIGRATE
+from hmmsim.include.pgtable import (
+    pfn_pte,
+    pmd_none,
+    pmd_present,
+    pmd_trans_huge,
+    pmd_write,
+    pte_dirty,
+    pte_mkdirty,
+    pte_mkwrite_novma,
+    pte_none,
+    pte_pfn,
+    pte_present,
+    pte_soft_dirty,
+    pte_swp_mksoft_dirty,
+    pte_swp_mkuffd_wp,
+    pte_swp_soft_dirty,
+    pte_swp_uffd_wp,
+    pte_uffd_wp,
+    pte_write,
+    pte_young,
+)
+from hmmsim.kconfig import HPAGE_PMD_NR, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE
+from hmmsim.locking import folio_lock, folio_trylock, folio_unlock
+from hmmsim.mm import huge_memory
+from hmmsim.mm.memory import is_zero_pfn, vm_normal_page
+from hmmsim.mm.memremap import (
+    folio_is_device_coherent,
+    folio_is_device_private,
+    folio_is_zone_device,
+    is_device_private_page,
+    page_pgmap,
+)
+from hmmsim.mm.migrate import (
+    folio_isolate_lru,
+    folio_migrate_flags,
+    folio_migrate_mapping,
+    folio_putback_lru,
+    make_device_private_entry_for,
+    make_migration_entry_for,
+    migrate_pfn,
+    migrate_pfn_from_page,
+    migrate_pfn_to_page,
+    remove_migration_ptes,
+)
+from hmmsim.mm.mmu_notifier import notify_range
+from hmmsim.mm.pagewalk import mm_walk_ops, walk_page_range
+from hmmsim.mm.pgtable import (
+    pmd_lockptr,
+    pmd_offset,
+    pmdp_get,
+    pte_alloc,
+    pte_lockptr,
+    pte_offset_map,
+    ptep_get,
+    ptep_get_and_clear,
+    set_pmd_at,
+    set_pte_at,
+)
+from hmmsim.mm.rmap import (
+    RMAP_EXCLUSIVE,
+    anon_vma_prepare,
+    folio_add_new_anon_rmap,
+    folio_remove_rmap_pte,
+    folio_try_share_anon_rmap_pte,
+    try_to_migrate,
+)
+
+
+def thp_migration_supported() -> bool:
+    """CONFIG_ARCH_ENABLE_THP_MIGRATION: always on for the modelled x86-64."""
+    return True
+
+
+def _rd(arr, i: int) -> int:
+    return int(arr[i])
+
+
+# ----------------------------------------------------------------------------------------
+# collect
+
+
+def _collect_skip(migrate, start: int, end: int) -> int:
+    for _ in range(start, end, PAGE_SIZE):
+        migrate.dst[migrate.npages] = 0
+        migrate.src[migrate.npages] = 0
+        migrate.npages += 1
+    return 0
+
+
+def migrate_vma_collect_hole(start: int, end: int, depth: int, walk) -> int:
+    """A missing table or empty PMD: anon holes may be populated by the device."""
+    migrate = walk.private
+    if not vma_is_anonymous(walk.vma):
+        return _collect_skip(migrate, start, end)
+    if (
+        thp_migration_supported()
+        and migrate.flags & MIGRATE_VMA_SELECT_COMPOUND
+        and start % PMD_SIZE == 0
+        and end % PMD_SIZE == 0
+    ):
+        migrate.src[migrate.npages] = MIGRATE_PFN_MIGRATE | MIGRATE_PFN_COMPOUND
+        migrate.dst[migrate.npages] = 0
+        migrate.npages += 1
+        migrate.cpages += 1
+        # the rest of the range stays as holes in case a split is needed later
+        return _collect_skip(migrate, start + PAGE_SIZE, end)
+    for _ in range(start, end, PAGE_SIZE):
+        migrate.src[migrate.npages] = MIGRATE_PFN_MIGRATE
+        migrate.dst[migrate.npages] = 0
+        migrate.npages += 1
+        migrate.cpages += 1
+    return 0
+
+
+def migrate_vma_split_folio(folio, fault_page) -> int:
+    """Split a large folio met by collect; the fault page's folio stays locked."""
+    fault_folio = page_folio(fault_page) if fault_page is not None else None
+    if folio != fault_folio:
+        folio_get(folio)
+        folio_lock(folio)
+    ret = huge_memory.split_folio(folio)
+    if ret:
+        if folio != fault_folio:
+            folio_unlock(folio)
+            folio_put(folio)
+        return ret
+    new_fault_folio = page_folio(fault_page) if fault_page is not None else None
+    if new_fault_folio is None:
+        folio_unlock(folio)
+        folio_put(folio)
+    elif folio != new_fault_folio:
+        if new_fault_folio != fault_folio:
+            folio_get(new_fault_folio)
+            folio_lock(new_fault_folio)
+        folio_unlock(folio)
+        folio_put(folio)
+    return 0
+
+
+def migrate_vma_collect_huge_pmd(pmdp: int, start: int, end: int, walk, fault_folio) -> int:
+    """A huge PMD (THP or device-private PMD): 0 done, -EAGAIN retry, -ENOENT use PTEs."""
+    migrate = walk.private
+    mm = walk.mm
+    k = mm.k
+    swp = k.swp
+    ptl = pmd_lockptr(mm, pmdp)
+    ptl.lock()
+    pmd = pmdp_get(k, pmdp)
+    write = 0
+    if pmd_none(pmd):
+        ptl.unlock()
+        return migrate_vma_collect_hole(start, end, -1, walk)
+    if pmd_trans_huge(pmd) and pmd_present(pmd):
+        if not migrate.flags & MIGRATE_VMA_SELECT_SYSTEM:
+            ptl.unlock()
+            return _collect_skip(migrate, start, end)
+        if huge_memory.is_huge_zero_pmd(k, pmd):
+            ptl.unlock()
+            return migrate_vma_collect_hole(start, end, -1, walk)
+        from hmmsim.include.pgtable import pmd_pfn
+
+        folio = page_folio(k.mem.pfn_to_page(pmd_pfn(pmd)))
+        if pmd_write(pmd):
+            write = MIGRATE_PFN_WRITE
+    elif not pmd_present(pmd):
+        entry = swp.softleaf_from_pmd(pmd)
+        if not swp.softleaf_is_device_private(entry):
+            ptl.unlock()
+            return _collect_skip(migrate, start, end)
+        folio = page_folio(k.softleaf_to_page(entry))
+        if (
+            not migrate.flags & MIGRATE_VMA_SELECT_DEVICE_PRIVATE
+            or page_pgmap(folio).owner is not migrate.pgmap_owner
+        ):
+            ptl.unlock()
+            return _collect_skip(migrate, start, end)
+        if swp.softleaf_is_device_private_write(entry):
+            write = MIGRATE_PFN_WRITE
+    else:
+        ptl.unlock()
+        return -EAGAIN
+
+    folio_get(folio)
+    if folio != fault_folio and not folio_trylock(folio):
+        ptl.unlock()
+        folio_put(folio)
+        return _collect_skip(migrate, start, end)
+
+    if (
+        thp_migration_supported()
+        and migrate.flags & MIGRATE_VMA_SELECT_COMPOUND
+        and start % PMD_SIZE == 0
+        and end % PMD_SIZE == 0
+    ):
+        migrate.src[migrate.npages] = (
+            migrate_pfn_from_page(folio) | write | MIGRATE_PFN_MIGRATE | MIGRATE_PFN_COMPOUND
+        )
+        migrate.dst[migrate.npages] = 0
+        migrate.npages += 1
+        migrate.cpages += 1
+        ret = huge_memory.set_pmd_migration_entry(walk.vma, pmdp, start, folio)
+        if ret:
+            migrate.npages -= 1
+            migrate.cpages -= 1
+            migrate.src[migrate.npages] = 0
+            migrate.dst[migrate.npages] = 0
+        else:
+            _collect_skip(migrate, start + PAGE_SIZE, end)
+            ptl.unlock()
+            return 0
+    ptl.unlock()
+    if not folio_test_large(folio):
+        return -ENOENT
+    ret = huge_memory.split_folio(folio)
+    if fault_folio != folio:
+        folio_unlock(folio)
+    folio_put(folio)
+    if ret:
+        return _collect_skip(migrate, start, end)
+    if pmd_none(pmdp_get(k, pmdp)):
+        return migrate_vma_collect_hole(start, end, -1, walk)
+    return -ENOENT
+
+
+def migrate_vma_collect_pmd(pmdp: int, start: int, end: int, walk) -> int:
+    """pmd_entry of the collect walk: one slot per page of [start, end)."""
+    migrate = walk.private
+    vma = walk.vma
+    mm = vma.vm_mm
+    k = mm.k
+    swp = k.swp
+    fault_folio = page_folio(migrate.fault_page) if migrate.fault_page is not None else None
+    addr = start
+    while True:  # the kernel's "again" label
+        pmd = pmdp_get(k, pmdp)
+        if (pmd_trans_huge(pmd) and pmd_present(pmd)) or (not pmd_present(pmd)):
+            ret = migrate_vma_collect_huge_pmd(pmdp, start, end, walk, fault_folio)
+            if ret == -EAGAIN:
+                continue
+            if ret == 0:
+                return 0
+        ptep0 = pte_offset_map(k, pmdp_get(k, pmdp), start)
+        if ptep0 is None:
+            continue
+        ptl = pte_lockptr(mm, ptep0)
+        ptl.lock()
+        ptep = ptep0 + ((addr - start) // PAGE_SIZE) * 8
+        restart = False
+        while addr < end:
+            pte = ptep_get(k, ptep)
+            mpfn = 0
+            page = None
+            if pte_none(pte):
+                if vma_is_anonymous(vma):
+                    mpfn = MIGRATE_PFN_MIGRATE
+                    migrate.cpages += 1
+                _emit(migrate, mpfn)
+                addr += PAGE_SIZE
+                ptep += 8
+                continue
+            if not pte_present(pte):
+                entry = swp.softleaf_from_pte(pte)
+                if not swp.softleaf_is_device_private(entry):
+                    _emit(migrate, 0)
+                    addr += PAGE_SIZE
+                    ptep += 8
+                    continue
+                page = k.softleaf_to_page(entry)
+                if (
+                    not migrate.flags & MIGRATE_VMA_SELECT_DEVICE_PRIVATE
+                    or page_pgmap(page).owner is not migrate.pgmap_owner
+                ):
+                    _emit(migrate, 0)
+                    addr += PAGE_SIZE
+                    ptep += 8
+                    continue
+                folio = page_folio(page)
+                if folio_test_large(folio):
+                    ptl.unlock()
+                    if migrate_vma_split_folio(folio, migrate.fault_page):
+                        return _collect_skip(migrate, addr, end)
+                    restart = True
+                    break
+                mpfn = migrate_pfn_from_page(page) | MIGRATE_PFN_MIGRATE
+                if swp.softleaf_is_device_private_write(entry):
+                    mpfn |= MIGRATE_PFN_WRITE
+            else:
+                pfn = pte_pfn(pte)
+                if is_zero_pfn(k, pfn) and migrate.flags & MIGRATE_VMA_SELECT_SYSTEM:
+                    migrate.cpages += 1
+                    _emit(migrate, MIGRATE_PFN_MIGRATE)
+                    addr += PAGE_SIZE
+                    ptep += 8
+                    continue
+                page = vm_normal_page(vma, addr, pte)
+                if page is not None and not folio_is_zone_device(page):
+                    if not migrate.flags & MIGRATE_VMA_SELECT_SYSTEM:
+                        _emit(migrate, 0)
+                        addr += PAGE_SIZE
+                        ptep += 8
+                        continue
+                elif page is not None and folio_is_device_coherent(page):
+                    if (
+                        not migrate.flags & MIGRATE_VMA_SELECT_DEVICE_COHERENT
+                        or page_pgmap(page).owner is not migrate.pgmap_owner
+                    ):
+                        _emit(migrate, 0)
+                        addr += PAGE_SIZE
+                        ptep += 8
+                        continue
+                folio = page_folio(page) if page is not None else None
+                if folio is not None and folio_test_large(folio):
+                    ptl.unlock()
+                    if migrate_vma_split_folio(folio, migrate.fault_page):
+                        return _collect_skip(migrate, addr, end)
+                    restart = True
+                    break
+                mpfn = migrate_pfn_from_page(page) if page is not None else migrate_pfn(pfn)
+                mpfn |= MIGRATE_PFN_MIGRATE
+                if pte_write(pte):
+                    mpfn |= MIGRATE_PFN_WRITE
+            if page is None or not int(page_folio(page).a.mapping[page_folio(page).i]):
+                _emit(migrate, 0)
+                addr += PAGE_SIZE
+                ptep += 8
+                continue
+            folio = page_folio(page)
+            folio_get(folio)
+            if folio == fault_folio or folio_trylock(folio):
+                anon_exclusive = folio_test_anon(folio) and PageAnonExclusive(page)
+                old = ptep_get_and_clear(mm, addr, ptep)
+                if anon_exclusive and folio_try_share_anon_rmap_pte(folio, page):
+                    set_pte_at(mm, addr, ptep, old)
+                    if folio != fault_folio:
+                        folio_unlock(folio)
+                    folio_put(folio)
+                    _emit(migrate, 0)
+                    addr += PAGE_SIZE
+                    ptep += 8
+                    continue
+                migrate.cpages += 1
+                present = pte_present(old)
+                if present and pte_dirty(old):
+                    folio_mark_dirty(folio)
+                entry = make_migration_entry_for(
+                    page,
+                    write=bool(mpfn & MIGRATE_PFN_WRITE),
+                    anon_exclusive=anon_exclusive,
+                    young=present and pte_young(old),
+                    dirty=present and pte_dirty(old),
+                )
+                swp_pte = swp.swp_entry_to_pte(entry)
+                if present:
+                    if pte_soft_dirty(old):
+                        swp_pte = pte_swp_mksoft_dirty(swp_pte)
+                    if pte_uffd_wp(old):
+                        swp_pte = pte_swp_mkuffd_wp(swp_pte)
+                else:
+                    if pte_swp_soft_dirty(old):
+                        swp_pte = pte_swp_mksoft_dirty(swp_pte)
+                    if pte_swp_uffd_wp(old):
+                        swp_pte = pte_swp_mkuffd_wp(swp_pte)
+                set_pte_at(mm, addr, ptep, swp_pte)
+                folio_remove_rmap_pte(folio, page, vma)
+                folio_put(folio)
+            else:
+                folio_put(folio)
+                mpfn = 0
+            _emit(migrate, mpfn)
+            addr += PAGE_SIZE
+            ptep += 8
+        if restart:
+            continue
+        ptl.unlock()
+        return 0
+
+
+def _emit(migrate, mpfn: int) -> None:
+    migrate.dst[migrate.npages] = 0
+    migrate.src[migrate.npages] = mpfn
+    migrate.npages += 1
+
+
+def migrate_vma_collect(migrate) -> None:
+    """Walk [start, end) under one MMU_NOTIFY_MIGRATE notification (owner = pgmap_owner)."""
+    mm = migrate.vma.vm_mm
+    ops = mm_walk_ops(pmd_entry=migrate_vma_collect_pmd, pte_hole=migrate_vma_collect_hole)
+    with notify_range(
+        mm, MMU_NOTIFY_MIGRATE, migrate.start, migrate.end, owner=migrate.pgmap_owner, flags=0
+    ):
+        walk_page_range(mm, migrate.start, migrate.end, ops, migrate)
+    migrate.end = migrate.start + (migrate.npages << PAGE_SHIFT)
+
+
+# ----------------------------------------------------------------------------------------
+# unmap
+
+
+def migrate_vma_check_page(page, fault_page) -> bool:
+    """False if the page holds references beyond its mappings (a pin)."""
+    from hmmsim.mm.rmap import folio_mapping
+
+    folio = page_folio(page)
+    extra = 1 + (1 if page == fault_page else 0)
+    if folio_is_zone_device(folio):
+        extra += 1
+    if folio_mapping(folio) is not None:
+        extra += 1
+    return folio_ref_count(folio) - extra <= folio_mapcount(folio)
+
+
+def migrate_device_unmap(src_pfns, npages: int, fault_page, *, k) -> int:
+    """Isolate and unmap every collected page; returns the slots still migrating."""
+    fault_folio = page_folio(fault_page) if fault_page is not None else None
+    restore = 0
+    unmapped = 0
+    i = 0
+    while i < npages:
+        v = _rd(src_pfns, i)
+        page = migrate_pfn_to_page(v, k=k)
+        nr = 1
+        if page is None:
+            if v & MIGRATE_PFN_MIGRATE:
+                unmapped += 1
+            i += nr
+            continue
+        folio = page_folio(page)
+        nr = folio_nr_pages(folio)
+        if nr > 1:
+            src_pfns[i] = _rd(src_pfns, i) | MIGRATE_PFN_COMPOUND
+        if not folio_is_zone_device(folio):
+            if not folio_isolate_lru(folio):
+                src_pfns[i] = _rd(src_pfns, i) & ~MIGRATE_PFN_MIGRATE
+                restore += 1
+                i += nr
+                continue
+            folio_put(folio)  # the collect reference; isolation holds one now
+        if folio_mapped(folio):
+            try_to_migrate(folio, 0)
+        if folio_mapped(folio) or not migrate_vma_check_page(page, fault_page):
+            if not folio_is_zone_device(folio):
+                folio_get(folio)
+                folio_putback_lru(folio)
+            src_pfns[i] = _rd(src_pfns, i) & ~MIGRATE_PFN_MIGRATE
+            restore += 1
+            i += nr
+            continue
+        unmapped += 1
+        i += nr
+    i = 0
+    while i < npages and restore:
+        v = _rd(src_pfns, i)
+        page = migrate_pfn_to_page(v, k=k)
+        if page is None or v & MIGRATE_PFN_MIGRATE:
+            i += 1
+            continue
+        folio = page_folio(page)
+        remove_migration_ptes(folio, folio, 0)
+        src_pfns[i] = 0
+        if fault_folio != folio:
+            folio_unlock(folio)
+        folio_put(folio)
+        restore -= 1
+        i += 1
+    return unmapped
+
+
+def migrate_vma_unmap(migrate) -> None:
+    migrate.cpages = migrate_device_unmap(
+        migrate.src, migrate.npages, migrate.fault_page, k=migrate.vma.vm_mm.k
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# setup
+
+
+def migrate_vma_setup(args) -> int:
+    """Collect and unmap [start, end) of args.vma for migration.
+
+    Returns: 0 (also when nothing could be collected: inspect src[]), or
+    -EINVAL for: no vma / hugetlb / VM_SPECIAL vma; nr_pages <= 0 (computed
+    before start and end are masked to pages, as in the kernel); start or end
+    outside the vma; src or dst missing; fault_page not a locked
+    device-private page.
+    Context: mmap_lock held for read.
+    """
+    nr_pages = (args.end - args.start) >> PAGE_SHIFT
+    args.start &= PAGE_MASK
+    args.end &= PAGE_MASK
+    vma = args.vma
+    if vma is None or vma.vm_flags & VM_HUGETLB or vma.vm_flags & VM_SPECIAL:
+        return -EINVAL
+    if nr_pages <= 0:
+        return -EINVAL
+    if args.start < vma.vm_start or args.start >= vma.vm_end:
+        return -EINVAL
+    if args.end <= vma.vm_start or args.end > vma.vm_end:
+        return -EINVAL
+    if args.src is None or args.dst is None:
+        return -EINVAL
+    if args.fault_page is not None and not is_device_private_page(args.fault_page):
+        return -EINVAL
+    if args.fault_page is not None and not args.fault_page.test(PG_locked):
+        return -EINVAL
+    if len(args.src) < nr_pages or len(args.dst) < nr_pages:
+        raise ValueError(
+            f"migrate_vma_setup: src/dst must hold {nr_pages} slots "
+            f"(have {len(args.src)}/{len(args.dst)})"
+        )
+    if not vma.vm_mm.mmap_lock.is_locked():
+        raise KernelBug("migrate_vma_setup: mmap_lock not held")
+    for i in range(nr_pages):
+        args.src[i] = 0
+    args.cpages = 0
+    args.npages = 0
+    migrate_vma_collect(args)
+    if args.cpages:
+        migrate_vma_unmap(args)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------
+# pages
+
+
+def migrate_vma_insert_huge_pmd_page(migrate, addr: int, page, src, idx: int, pmdp: int) -> int:
+    """Map a PMD-sized destination where a PMD-sized hole was; 0 even on abort."""
+    vma = migrate.vma
+    mm = vma.vm_mm
+    k = mm.k
+    folio = page_folio(page)
+    if not (vma.vm_start <= addr and addr + PMD_SIZE <= vma.vm_end and addr % PMD_SIZE == 0):
+        return -EINVAL
+    anon_vma_prepare(vma)
+    from hmmsim.mm.page_alloc import PhysMem
+
+    if not folio_test_large(folio):
+        PhysMem.prep_compound_page(folio.a, folio.i, huge_memory.HPAGE_PMD_ORDER)
+
+    def abort() -> int:
+        for j in range(HPAGE_PMD_NR):
+            if idx + j < len(src):
+                src[idx + j] = _rd(src, idx + j) & ~MIGRATE_PFN_MIGRATE
+        return 0
+
+    from hmmsim.mm.pgtable import alloc_table, free_table
+
+    table = alloc_table(k)
+    if table is None:
+        return abort()
+    if folio_is_device_private(folio):
+        entry = k.swp.swp_entry_to_pmd(
+            make_device_private_entry_for(page, write=bool(vma.vm_flags & VM_WRITE))
+        )
+    else:
+        if folio_is_zone_device(folio) and not folio_is_device_coherent(folio):
+            free_table(k, table)
+            return abort()
+        entry = huge_memory.mk_huge_pmd(folio, vma.vm_page_prot)
+        if vma.vm_flags & VM_WRITE:
+            from hmmsim.include.pgtable import pmd_mkdirty, pmd_mkwrite_novma
+
+            entry = pmd_mkwrite_novma(pmd_mkdirty(entry))
+    ptl = pmd_lockptr(mm, pmdp)
+    ptl.lock()
+    cur = pmdp_get(k, pmdp)
+    flush = huge_memory.is_huge_zero_pmd(k, cur)
+    if not flush and not pmd_none(cur):
+        ptl.unlock()
+        free_table(k, table)
+        return abort()
+    mm.rss_stat[MM_ANONPAGES] += HPAGE_PMD_NR
+    folio_add_new_anon_rmap(folio, vma, addr, RMAP_EXCLUSIVE)
+    folio_get(folio)
+    if flush:
+        free_table(k, table)  # the huge zero PMD already has its deposit
+    else:
+        huge_memory.pgtable_trans_huge_deposit(mm, pmdp, table)
+    if not folio_is_zone_device(folio):
+        from hmmsim.mm.migrate import folio_add_lru
+
+        folio_add_lru(folio)
+    set_pmd_at(mm, addr, pmdp, entry)
+    ptl.unlock()
+    k.stats["thp_fault_alloc"] += 1
+    return 0
+
+
+def migrate_vma_insert_page(migrate, addr: int, dst, src, idx: int) -> None:
+    """Map a new page where collect found a hole or the zero page."""
+    vma = migrate.vma
+    mm = vma.vm_mm
+    k = mm.k
+    dval = _rd(dst, idx)
+    page = migrate_pfn_to_page(dval, k=k)
+    folio = page_folio(page)
+
+    def abort() -> None:
+        src[idx] = _rd(src, idx) & ~MIGRATE_PFN_MIGRATE
+
+    if not vma_is_anonymous(vma):
+        return abort()
+    pmdp = pmd_offset(mm, addr, alloc=True)
+    if pmdp is None:
+        return abort()
+    if thp_migration_supported() and dval & MIGRATE_PFN_COMPOUND:
+        if migrate_vma_insert_huge_pmd_page(migrate, addr, page, src, idx, pmdp):
+            return abort()
+        return None
+    pmd = pmdp_get(k, pmdp)
+    if not pmd_none(pmd):
+        if pmd_trans_huge(pmd) and pmd_present(pmd):
+            if not huge_memory.is_huge_zero_pmd(k, pmd):
+                return abort()
+            huge_memory.__split_huge_pmd(vma, pmdp, addr)
+        elif not pmd_present(pmd) or pmd & 0x80:
+            return abort()
+    if not pte_alloc(mm, pmdp):
+        return abort()
+    anon_vma_prepare(vma)
+    if folio_is_device_private(folio):
+        entry = k.swp.swp_entry_to_pte(
+            make_device_private_entry_for(page, write=bool(vma.vm_flags & VM_WRITE))
+        )
+    else:
+        if folio_is_zone_device(folio) and not folio_is_device_coherent(folio):
+            k.warn_once("insert-unsupported", "Unsupported ZONE_DEVICE page type.")
+            return abort()
+        entry = pfn_pte(page.pfn, vma.vm_page_prot)
+        if vma.vm_flags & VM_WRITE:
+            entry = pte_mkwrite_novma(pte_mkdirty(entry))
+    ptep = pte_offset_map(k, pmdp_get(k, pmdp), addr)
+    ptl = pte_lockptr(mm, ptep)
+    ptl.lock()
+    orig = ptep_get(k, ptep)
+    if pte_present(orig):
+        if not is_zero_pfn(k, pte_pfn(orig)):
+            ptl.unlock()
+            return abort()
+    elif not pte_none(orig):
+        ptl.unlock()
+        return abort()
+    mm.rss_stat[MM_ANONPAGES] += 1
+    folio_add_new_anon_rmap(folio, vma, addr, RMAP_EXCLUSIVE)
+    if not folio_is_zone_device(folio):
+        from hmmsim.mm.migrate import folio_add_lru
+
+        folio_add_lru(folio)
+    folio_get(folio)
+    if pte_present(orig):
+        ptep_get_and_clear(mm, addr, ptep)
+    set_pte_at(mm, addr, ptep, entry)
+    ptl.unlock()
+    src[idx] = MIGRATE_PFN_MIGRATE
+    return None
+
+
+def migrate_vma_split_unmapped_folio(migrate, idx: int, addr: int, folio) -> int:
+    """A PMD-mapped source going to small destinations: split it, now unmapped."""
+    k = folio.k
+    folio_get(folio)
+    huge_memory.split_huge_pmd_address(migrate.vma, addr, freeze=True)
+    ret = huge_memory.folio_split_unmapped(folio)
+    if ret:
+        return ret
+    v = _rd(migrate.src, idx) & ~MIGRATE_PFN_COMPOUND
+    migrate.src[idx] = v
+    flags = v & ((1 << MIGRATE_PFN_SHIFT) - 1)
+    base = migrate_pfn_to_page(v, k=k)
+    for j in range(1, HPAGE_PMD_NR):
+        migrate.src[idx + j] = migrate_pfn_from_page(folio_page(base, j)) | flags
+    return 0
+
+
+def __migrate_device_pages(src_pfns, dst_pfns, npages: int, migrate, *, k) -> None:
+    from hmmsim.mm.rmap import folio_mapping
+
+    r = None
+    i = 0
+    try:
+        while i < npages:
+            nr = 1
+            dval = _rd(dst_pfns, i)
+            sval = _rd(src_pfns, i)
+            newpage = migrate_pfn_to_page(dval, k=k)
+            page = migrate_pfn_to_page(sval, k=k)
+            if newpage is None:
+                src_pfns[i] = sval & ~MIGRATE_PFN_MIGRATE
+                i += nr
+                continue
+            if page is None:
+                if not sval & MIGRATE_PFN_MIGRATE:
+                    i += nr
+                    continue
+                if migrate is None:
+                    raise KernelBug("__migrate_device_pages: a hole without a migrate_vma")
+                addr = migrate.start + i * PAGE_SIZE
+                if r is None:
+                    r = notify_range(
+                        migrate.vma.vm_mm,
+                        MMU_NOTIFY_MIGRATE,
+                        addr,
+                        migrate.end,
+                        owner=migrate.pgmap_owner,
+                        flags=0,
+                    )
+                    r.__enter__()
+                if sval & MIGRATE_PFN_COMPOUND and not dval & MIGRATE_PFN_COMPOUND:
+                    nr = HPAGE_PMD_NR
+                    src_pfns[i] = sval & ~MIGRATE_PFN_COMPOUND
+                for j in range(nr):
+                    if i + j >= npages:
+                        break
+                    src_pfns[i + j] = _rd(src_pfns, i + j) | MIGRATE_PFN_MIGRATE
+                    migrate_vma_insert_page(
+                        migrate, addr + j * PAGE_SIZE, dst_pfns, src_pfns, i + j
+                    )
+                i += nr
+                continue
+            newfolio = page_folio(newpage)
+            folio = page_folio(page)
+            mapping = folio_mapping(folio)
+            if thp_migration_supported():
+                sval = _rd(src_pfns, i)
+                if (
+                    sval & MIGRATE_PFN_MIGRATE
+                    and sval & MIGRATE_PFN_COMPOUND
+                    and not (dval & MIGRATE_PFN_COMPOUND)
+                ):
+                    if migrate is None:
+                        src_pfns[i] = sval & ~(MIGRATE_PFN_MIGRATE | MIGRATE_PFN_COMPOUND)
+                        i += nr
+                        continue
+                    nr = 1 << folio_order(folio)
+                    addr = migrate.start + i * PAGE_SIZE
+                    if migrate_vma_split_unmapped_folio(migrate, i, addr, folio):
+                        src_pfns[i] = sval & ~(MIGRATE_PFN_MIGRATE | MIGRATE_PFN_COMPOUND)
+                        i += nr
+                        continue
+                elif (
+                    sval & MIGRATE_PFN_MIGRATE
+                    and dval & MIGRATE_PFN_COMPOUND
+                    and not (sval & MIGRATE_PFN_COMPOUND)
+                ):
+                    # kernel quirk: the slot fails but the loop does not skip ahead
+                    src_pfns[i] = sval & ~MIGRATE_PFN_MIGRATE
+            if folio_is_device_private(newfolio) or folio_is_device_coherent(newfolio):
+                if mapping is not None and not folio_test_anon(folio):
+                    src_pfns[i] = _rd(src_pfns, i) & ~MIGRATE_PFN_MIGRATE
+                    i += nr
+                    continue
+            elif folio_is_zone_device(newfolio):
+                src_pfns[i] = _rd(src_pfns, i) & ~MIGRATE_PFN_MIGRATE
+                i += nr
+                continue
+            extra_cnt = 1 if migrate is not None and migrate.fault_page == page else 0
+            for j in range(nr):
+                if i + j >= npages:
+                    break
+                sf = page_folio(migrate_pfn_to_page(_rd(src_pfns, i + j), k=k))
+                df = page_folio(migrate_pfn_to_page(_rd(dst_pfns, i + j), k=k))
+                if folio_migrate_mapping(mapping, df, sf, extra_cnt):
+                    src_pfns[i + j] = _rd(src_pfns, i + j) & ~MIGRATE_PFN_MIGRATE
+                else:
+                    folio_migrate_flags(df, sf)
+            i += nr
+    finally:
+        if r is not None:
+            r.__exit__(None, None, None)
+
+
+def migrate_vma_pages(migrate) -> None:
+    """Move struct page state from each source to its destination (or fill holes)."""
+    __migrate_device_pages(migrate.src, migrate.dst, migrate.npages, migrate, k=migrate.vma.vm_mm.k)
+
+
+def migrate_device_pages(src_pfns, dst_pfns, npages: int, *, k) -> None:
+    __migrate_device_pages(src_pfns, dst_pfns, npages, None, k=k)
+
+
+# ----------------------------------------------------------------------------------------
+# finalize
+
+
+def __migrate_device_finalize(src_pfns, dst_pfns, npages: int, fault_page, *, k) -> None:
+    fault_folio = page_folio(fault_page) if fault_page is not None else None
+    for i in range(npages):
+        sval = _rd(src_pfns, i)
+        newpage = migrate_pfn_to_page(_rd(dst_pfns, i), k=k)
+        page = migrate_pfn_to_page(sval, k=k)
+        dst = page_folio(newpage) if newpage is not None else None
+        if page is None:
+            if dst is not None:
+                if fault_folio == dst:
+                    k.warn("migrate finalize: the fault folio was a destination")
+                folio_unlock(dst)
+                folio_put(dst)
+            continue
+        src = page_folio(page)
+        if not sval & MIGRATE_PFN_MIGRATE or dst is None:
+            if dst is not None:
+                if fault_folio == dst:
+                    k.warn("migrate finalize: the fault folio was a destination")
+                folio_unlock(dst)
+                folio_put(dst)
+            dst = src
+        if not folio_is_zone_device(dst):
+            from hmmsim.mm.migrate import folio_add_lru
+
+            folio_add_lru(dst)
+        remove_migration_ptes(src, dst, 0)
+        if fault_folio != src:
+            folio_unlock(src)
+        folio_put(src)
+        if dst != src:
+            if fault_folio == dst:
+                k.warn("migrate finalize: the fault folio was a destination")
+            folio_unlock(dst)
+            folio_put(dst)
+
+
+def migrate_vma_finalize(migrate) -> None:
+    """Point every migration entry at the destination (or back at the source)."""
+    __migrate_device_finalize(
+        migrate.src, migrate.dst, migrate.npages, migrate.fault_page, k=migrate.vma.vm_mm.k
+    )
+
+
+def migrate_device_finalize(src_pfns, dst_pfns, npages: int, *, k) -> None:
+    __migrate_device_finalize(src_pfns, dst_pfns, npages, None, k=k)
+
+
+# ----------------------------------------------------------------------------------------
+# device-range variants
+
+
+def migrate_device_pfn_lock(page) -> int:
+    """A referenced, locked slot for a device page in use; 0 if free/tail/locked."""
+    from hmmsim.include.mm_types import PageTail, folio_try_get
+
+    if PageTail(page) or not folio_try_get(page):
+        return 0
+    if not folio_trylock(page):
+        folio_put(page)
+        return 0
+    return migrate_pfn_from_page(page) | MIGRATE_PFN_MIGRATE
+
+
+def _range_pages(k, src_pfns, npages: int, page_at) -> None:
+    i = 0
+    while i < npages:
+        page = page_at(i)
+        folio = page_folio(page)
+        src_pfns[i] = migrate_device_pfn_lock(page)
+        nr = folio_nr_pages(folio)
+        if nr > 1:
+            src_pfns[i] = _rd(src_pfns, i) | MIGRATE_PFN_COMPOUND
+            for j in range(1, nr):
+                if i + j < len(src_pfns):
+                    src_pfns[i + j] = 0
+            i += nr
+            continue
+        i += 1
+    migrate_device_unmap(src_pfns, npages, None, k=k)
+
+
+def migrate_device_range(
+    src_pfns, start: int, npages: int, *, k, device_private: bool = False
+) -> int:
+    """Collect the device pages [start, start+npages) for eviction; always 0.
+
+    Free pages and tail pages give 0 slots. With series (c), device-private
+    pages have no PFN: pass their device-private offsets and
+    device_private=True (the series' drivers do the same through
+    device_private_offset_to_page()).
+    """
+    from hmmsim.mm.migrate import index_to_page
+
+    _range_pages(k, src_pfns, npages, lambda i: index_to_page(k, start + i, device_private))
+    return 0
+
+
+def migrate_device_pfns(src_pfns, npages: int, *, k, device_private: bool = False) -> int:
+    """Like migrate_device_range for a list of (non-contiguous) device pages."""
+    from hmmsim.mm.migrate import index_to_page
+
+    raw = [_rd(src_pfns, i) for i in range(npages)]
+    _range_pages(k, src_pfns, npages, lambda i: index_to_page(k, raw[i], device_private))
+    return 0
+
+
+def migrate_device_coherent_folio(folio) -> int:
+    """Move a coherent device page to system RAM before a long-term pin; 0 or -EBUSY."""
+    from hmmsim.errno import EBUSY
+
+    k = folio.k
+    if folio_test_large(folio):
+        k.warn("migrate_device_coherent_folio: large folio")
+    folio_lock(folio)
+    src = [migrate_pfn_from_page(folio) | MIGRATE_PFN_MIGRATE]
+    dst = [0]
+    migrate_device_unmap(src, 1, None, k=k)
+    if not src[0] & MIGRATE_PFN_MIGRATE:
+        return -EBUSY
+    dfolio = k.mem.alloc_pages(0)
+    if dfolio is not None:
+        folio_lock(dfolio)
+        dst[0] = migrate_pfn(dfolio.pfn)
+    migrate_device_pages(src, dst, 1, k=k)
+    if src[0] & MIGRATE_PFN_MIGRATE:
+        k.mem.copy_frame(dfolio.pfn, folio.pfn)
+    migrate_device_finalize(src, dst, 1, k=k)
+    return 0 if src[0] & MIGRATE_PFN_MIGRATE else -EBUSY
+
+
+_ = (MIGRATE_PFN_VALID, ENOENT)

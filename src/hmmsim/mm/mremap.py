@@ -1,0 +1,187 @@
+"""mremap(2): shrink, grow in place, or move a mapping with its page tables.
+
+Models: mm/mremap.c (do_mremap, mremap_to, move_vma, move_page_tables,
+move_ptes) and mm/huge_memory.c (move_huge_pmd) @ torvalds/linux 0eaed89c18ae.
+
+Pages are never copied: PTEs and whole huge PMDs move to the new address,
+and the new vma keeps the old vm_pgoff so anon rmap still finds every page.
+Differences from kernel: hugetlb mappings and MREMAP_DONTUNMAP of shared
+mappings return -EINVAL; old_len == 0 (duplicating a shared mapping) is
+not modelled and returns -EINVAL.
+"""
+
+from __future__ import annotations
+
+from hmmsim.errno import EFAULT, EINVAL, ENOMEM
+from hmmsim.include.mm import VM_HUGETLB, VM_SHARED
+from hmmsim.include.mm_types import vm_area_struct
+from hmmsim.include.mman import MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE
+from hmmsim.include.mmu_notifier import MMU_NOTIFY_UNMAP
+from hmmsim.include.pgtable import pmd_none, pte_none
+from hmmsim.kconfig import PAGE_SHIFT, PAGE_SIZE, PMD_MASK, PMD_SIZE, TASK_SIZE
+from hmmsim.mm import huge_memory
+from hmmsim.mm.mmap import (
+    PAGE_ALIGN,
+    do_vmi_munmap,
+    find_vma,
+    find_vma_prev_end,
+    get_unmapped_area,
+    remove_vma,
+    split_range,
+    vma_link,
+    vma_lookup,
+    vma_unlink,
+    vmas_in,
+)
+from hmmsim.mm.mmu_notifier import notify_range
+from hmmsim.mm.pgtable import (
+    free_pgd_range,
+    pmd_offset,
+    pmdp_get,
+    pte_alloc,
+    pte_lockptr,
+    pte_offset_map,
+    ptep_get,
+    ptep_get_and_clear,
+    set_pte_at,
+)
+from hmmsim.mm.rmap import anon_vma_clone
+
+
+def move_page_tables(vma, old_addr: int, new_vma, new_addr: int, length: int) -> int:
+    """Move every entry of [old_addr, +length) to new_addr; returns bytes moved."""
+    mm = vma.vm_mm
+    k = mm.k
+    done = 0
+    with notify_range(mm, MMU_NOTIFY_UNMAP, old_addr, old_addr + length):
+        while done < length:
+            o, n = old_addr + done, new_addr + done
+            old_pmdp = pmd_offset(mm, o)
+            extent = min(PMD_SIZE - (o & ~PMD_MASK), PMD_SIZE - (n & ~PMD_MASK), length - done)
+            if old_pmdp is None or pmd_none(pmdp_get(k, old_pmdp)):
+                done += extent
+                continue
+            new_pmdp = pmd_offset(mm, n, alloc=True)
+            if new_pmdp is None:
+                return done
+            if huge_memory.is_huge_pmd_entry(k, pmdp_get(k, old_pmdp)):
+                if extent == PMD_SIZE and pmd_none(pmdp_get(k, new_pmdp)):
+                    huge_memory.move_huge_pmd(vma, old_pmdp, new_pmdp, o, n)
+                    done += extent
+                    continue
+                huge_memory.__split_huge_pmd(vma, old_pmdp, o)
+            if not pte_alloc(mm, new_pmdp):
+                return done
+            move_ptes(mm, old_pmdp, o, new_pmdp, n, extent)
+            done += extent
+    return done
+
+
+def move_ptes(mm, old_pmdp: int, old_addr: int, new_pmdp: int, new_addr: int, extent: int) -> None:
+    k = mm.k
+    src = pte_offset_map(k, pmdp_get(k, old_pmdp), old_addr)
+    dst = pte_offset_map(k, pmdp_get(k, new_pmdp), new_addr)
+    with pte_lockptr(mm, src):
+        for off in range(0, extent, PAGE_SIZE):
+            pte = ptep_get(k, src)
+            if not pte_none(pte):
+                ptep_get_and_clear(mm, old_addr + off, src)
+                set_pte_at(mm, new_addr + off, dst, pte)
+            src += 8
+            dst += 8
+
+
+def move_vma(vma, old_addr: int, old_len: int, new_len: int, new_addr: int, flags: int) -> int:
+    mm = vma.vm_mm
+    k = mm.k
+    pieces = split_range(mm, old_addr, old_addr + old_len)
+    if isinstance(pieces, int):
+        return pieces
+    vma = pieces[0]
+    pgoff = vma.vm_pgoff
+    new_vma = vm_area_struct(mm, new_addr, new_addr + new_len, vma.vm_flags, pgoff, vma.vm_file)
+    new_vma.vm_page_prot = vma.vm_page_prot
+    anon_vma_clone(new_vma, vma)
+    if vma.vm_file is not None:
+        k.fget(vma.vm_file)
+    vma_link(mm, new_vma)
+    moved = move_page_tables(vma, old_addr, new_vma, new_addr, old_len)
+    if moved < old_len:  # out of page tables: move back what moved
+        move_page_tables(new_vma, new_addr, vma, old_addr, moved)
+        vma_unlink(mm, new_vma)
+        remove_vma(new_vma)
+        return -ENOMEM
+    if flags & MREMAP_DONTUNMAP:
+        return new_addr
+    vma_unlink(mm, vma)
+    prev = find_vma_prev_end(mm, old_addr)
+    nxt = find_vma(mm, old_addr + old_len)
+    ceiling = nxt.vm_start if nxt is not None else TASK_SIZE + 1
+    free_pgd_range(mm, old_addr, old_addr + old_len, prev, ceiling)
+    remove_vma(vma)
+    return new_addr
+
+
+def do_mremap(mm, addr: int, old_len: int, new_len: int, flags: int, new_addr: int = 0) -> int:
+    """mremap(2): the new address, or -EINVAL/-EFAULT/-ENOMEM."""
+    if flags & ~(MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP):
+        return -EINVAL
+    if flags & MREMAP_FIXED and not flags & MREMAP_MAYMOVE:
+        return -EINVAL
+    if flags & MREMAP_DONTUNMAP and (not flags & MREMAP_MAYMOVE or old_len != new_len):
+        return -EINVAL
+    if addr & (PAGE_SIZE - 1):
+        return -EINVAL
+    old_len = PAGE_ALIGN(old_len)
+    new_len = PAGE_ALIGN(new_len)
+    if not new_len or not old_len:
+        return -EINVAL
+    vma = vma_lookup(mm, addr)
+    if vma is None:
+        return -EFAULT
+    if vma.vm_flags & VM_HUGETLB:
+        return -EINVAL
+    if flags & MREMAP_DONTUNMAP and vma.vm_flags & VM_SHARED:
+        return -EINVAL
+    if addr + old_len > vma.vm_end:
+        return -EFAULT
+    if flags & MREMAP_FIXED:
+        if new_addr & (PAGE_SIZE - 1) or new_len > TASK_SIZE or new_addr > TASK_SIZE - new_len:
+            return -EINVAL
+        if addr < new_addr + new_len and new_addr < addr + old_len:
+            return -EINVAL
+        ret = do_vmi_munmap(mm, new_addr, new_len)
+        if ret:
+            return ret
+        if old_len > new_len:
+            ret = do_vmi_munmap(mm, addr + new_len, old_len - new_len)
+            if ret:
+                return ret
+            old_len = new_len
+        return move_vma(vma_lookup(mm, addr), addr, old_len, new_len, new_addr, flags)
+    if flags & MREMAP_DONTUNMAP:  # mremap_to() with a fresh address
+        dest = get_unmapped_area(mm, 0, new_len)
+        if dest < 0:
+            return dest
+        return move_vma(vma, addr, old_len, new_len, dest, flags)
+    if new_len <= old_len:
+        if new_len < old_len:
+            ret = do_vmi_munmap(mm, addr + new_len, old_len - new_len)
+            if ret:
+                return ret
+        return addr
+    # grow: in place if the vma ends at the old end and the space above is free
+    if addr + old_len == vma.vm_end and not vmas_in(mm, vma.vm_end, addr + new_len):
+        if addr + new_len <= TASK_SIZE:
+            if vma.vm_file is not None and vma.vm_file.i_size < (
+                (vma.vm_pgoff << PAGE_SHIFT) + (addr + new_len - vma.vm_start)
+            ):
+                pass  # growing past EOF is allowed; faults there give SIGBUS
+            vma.vm_end = addr + new_len
+            return addr
+    if not flags & MREMAP_MAYMOVE:
+        return -ENOMEM
+    dest = get_unmapped_area(mm, 0, new_len)
+    if dest < 0:
+        return dest
+    return move_vma(vma, addr, old_len, new_len, dest, flags)

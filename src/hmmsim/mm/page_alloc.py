@@ -1,0 +1,262 @@
+"""Physical memory: frames with real bytes, struct page columns, buddy allocator.
+
+Models: mm/page_alloc.c (buddy allocator, __free_pages, prep_compound_page),
+mm/mm_init.c (memmap init), mm/swap.c (__folio_put) and the sparse vmemmap
+(pfn_to_page) @ torvalds/linux 0eaed89c18ae.
+
+System RAM is one contiguous PFN range starting at 0; the frame store is a
+NumPy array the OS commits lazily, so a Kernel with GiBs of modelled RAM is
+cheap until pages are touched. Page-table pages are ordinary frames viewed
+as 512 little-endian u64 words, as on x86-64. ZONE_DEVICE ranges are added
+by memremap (later) as further `PageArrays`, with or without frame bytes.
+
+Differences from kernel: one zone, one node; orders 0..HPAGE_PMD_ORDER only
+(MAX_PAGE_ORDER is 10 upstream); no per-cpu lists, watermarks or reclaim: an
+allocation that finds no free block fails at once.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+import numpy as np
+
+from hmmsim.bug import KernelBug
+from hmmsim.include.mm_types import (
+    FOLIO_MAPPING_ANON,
+    Page,
+    PageArrays,
+    PG_head,
+    PG_hugetlb,
+    PG_reserved,
+    PG_zero,
+    PGTY_buddy,
+)
+from hmmsim.kconfig import HPAGE_PMD_ORDER, PAGE_SIZE
+
+#: Allocation flags the model honours (include/linux/gfp_types.h names).
+__GFP_ZERO = 0x100
+__GFP_COMP = 0x40000
+GFP_KERNEL = 0xCC0
+GFP_HIGHUSER_MOVABLE = 0x140CCA
+GFP_TRANSHUGE = GFP_HIGHUSER_MOVABLE | __GFP_COMP
+#: the same bit, usable inside class bodies (where Python mangles __names)
+GFP_ZERO_BIT = __GFP_ZERO
+
+MAX_ORDER_MODELLED = HPAGE_PMD_ORDER
+#: PFNs below this are firmware/kernel-image pages (PG_reserved, never freed).
+RESERVED_PFNS = 1 << HPAGE_PMD_ORDER
+
+
+class MemRange:
+    """A contiguous PFN range with struct pages and, if CPU-addressable, bytes."""
+
+    __slots__ = ("pages", "frames", "words", "name", "pgmap_id")
+
+    def __init__(self, base: int, nr: int, name: str, with_frames: bool) -> None:
+        self.pages = PageArrays(base, nr)
+        self.frames = np.zeros((nr, PAGE_SIZE), dtype=np.uint8) if with_frames else None
+        self.words = self.frames.view(np.uint64) if with_frames else None
+        self.name = name
+        self.pgmap_id = 0
+
+    @property
+    def base(self) -> int:
+        return self.pages.base
+
+    @property
+    def end(self) -> int:
+        return self.pages.base + self.pages.nr
+
+    def __repr__(self) -> str:
+        return f"<MemRange {self.name} pfn [{self.base:#x}, {self.end:#x})>"
+
+
+class PhysMem:
+    """All physical memory of one Kernel: RAM, device ranges, the buddy lists.
+
+    Invariant: every free RAM block of order o starts at a multiple of 1 << o,
+    and all its pages carry PGTY_buddy with _refcount 0.
+    """
+
+    def __init__(self, k, nr_ram_pages: int) -> None:
+        self.k = k
+        self.ram = MemRange(0, nr_ram_pages, "System RAM", with_frames=True)
+        self.ranges: list[MemRange] = [self.ram]
+        self._bases: list[int] = [0]
+        #: free_area[order] = set of free block start PFNs (RAM only).
+        self.free_area: list[set[int]] = [set() for _ in range(MAX_ORDER_MODELLED + 1)]
+        self.nr_free = 0
+        #: Test hook: called with (order,) before each allocation; True fails it.
+        self.should_fail_alloc = None
+        p = self.ram.pages
+        p.flags[:RESERVED_PFNS] = PG_reserved
+        p._refcount[:RESERVED_PFNS] = 1
+        p.flags[RESERVED_PFNS:] = PGTY_buddy
+        top = MAX_ORDER_MODELLED
+        for pfn in range(RESERVED_PFNS, nr_ram_pages, 1 << top):
+            self.free_area[top].add(pfn)
+        self.nr_free = nr_ram_pages - RESERVED_PFNS
+        # The shared zero page lives in the reserved (kernel image) area.
+        self.zero_pfn = 1
+        p.flags[self.zero_pfn] |= PG_zero
+
+    # --- pfn -> page -----------------------------------------------------------------
+    def add_range(self, base: int, nr: int, name: str, with_frames: bool) -> MemRange:
+        """Register struct pages (and bytes) for [base, base + nr); no overlap."""
+        for r in self.ranges:
+            if base < r.end and r.base < base + nr:
+                raise KernelBug(f"add_range: {name} overlaps {r!r}")
+        r = MemRange(base, nr, name, with_frames)
+        i = bisect.bisect(self._bases, base)
+        self.ranges.insert(i, r)
+        self._bases.insert(i, base)
+        return r
+
+    def remove_range(self, r: MemRange) -> None:
+        i = self.ranges.index(r)
+        del self.ranges[i]
+        del self._bases[i]
+
+    def range_of(self, pfn: int) -> MemRange | None:
+        if 0 <= pfn < self.ram.pages.nr:
+            return self.ram
+        i = bisect.bisect(self._bases, pfn) - 1
+        if i >= 0 and pfn < self.ranges[i].end:
+            return self.ranges[i]
+        return None
+
+    def pfn_valid(self, pfn: int) -> bool:
+        return self.range_of(pfn) is not None
+
+    def pfn_to_page(self, pfn: int) -> Page:
+        r = self.range_of(pfn)
+        if r is None:
+            raise KernelBug(f"pfn_to_page: pfn {pfn:#x} has no struct page")
+        return Page(self.k, r.pages, pfn - r.base)
+
+    def page_range(self, page: Page) -> MemRange:
+        return self.range_of(page.a.base)
+
+    # --- bytes ------------------------------------------------------------------------
+    def frame(self, pfn: int) -> np.ndarray:
+        """The 4096 bytes of a CPU-addressable frame (the kernel's linear map)."""
+        r = self.range_of(pfn)
+        if r is None or r.frames is None:
+            from hmmsim.bug import KernelOops
+
+            raise KernelOops("page_address", f"pfn {pfn:#x} has no linear mapping")
+        return r.frames[pfn - r.base]
+
+    def table(self, pfn: int) -> np.ndarray:
+        """A page-table page as 512 u64 words (RAM only)."""
+        return self.ram.words[pfn]
+
+    def copy_frame(self, dst_pfn: int, src_pfn: int) -> None:
+        self.frame(dst_pfn)[:] = self.frame(src_pfn)
+
+    # --- buddy allocator -----------------------------------------------------------
+    def alloc_pages(self, order: int, gfp: int = 0) -> Page | None:
+        """Allocate a 1 << order block; refcount 1; compound if order > 0.
+
+        Returns None when no block is free (the caller turns that into
+        VM_FAULT_OOM / -ENOMEM like the kernel).
+        """
+        if order > MAX_ORDER_MODELLED or order < 0:
+            raise ValueError(f"alloc_pages: order {order} not modelled (0..{MAX_ORDER_MODELLED})")
+        if self.should_fail_alloc is not None and self.should_fail_alloc(order):
+            return None
+        o = order
+        while o <= MAX_ORDER_MODELLED and not self.free_area[o]:
+            o += 1
+        if o > MAX_ORDER_MODELLED:
+            return None
+        pfn = min(self.free_area[o]) if o == MAX_ORDER_MODELLED else self.free_area[o].pop()
+        if o == MAX_ORDER_MODELLED:
+            self.free_area[o].discard(pfn)
+        while o > order:  # expand(): hand the upper halves back
+            o -= 1
+            self.free_area[o].add(pfn + (1 << o))
+        n = 1 << order
+        self.nr_free -= n
+        p = self.ram.pages
+        sl = slice(pfn, pfn + n)
+        p.flags[sl] = 0
+        p._refcount[sl] = 0
+        p._refcount[pfn] = 1
+        p.mapping[sl] = 0
+        p.index[sl] = 0
+        if order:
+            self.prep_compound_page(p, pfn, order)
+        if gfp & GFP_ZERO_BIT:
+            self.ram.frames[sl] = 0
+        return Page(self.k, p, pfn)
+
+    @staticmethod
+    def prep_compound_page(p: PageArrays, i: int, order: int) -> None:
+        n = 1 << order
+        p.flags[i] |= PG_head
+        p.order[i] = order
+        p.head_off[i + 1 : i + n] = np.arange(1, n, dtype=np.uint32)
+        p._entire_mapcount[i] = -1
+        p._large_mapcount[i] = -1
+
+    def free_folio(self, folio: Page) -> None:
+        """__folio_put(): the last reference is gone."""
+        a, i = folio.a, folio.i
+        if folio.a is not self.ram.pages:
+            self.k.free_zone_device_folio(folio)
+            return
+        fl = int(a.flags[i])
+        if fl & (PG_reserved | PG_zero):
+            raise KernelBug(f"free_folio: freeing reserved page {folio!r}")
+        if fl & PG_hugetlb:
+            self.k.hugetlb.free_huge_folio(folio)
+            return
+        order = int(a.order[i]) if fl & PG_head else 0
+        n = 1 << order
+        sl = slice(i, i + n)
+        if (a._mapcount[sl] != -1).any() or (fl & PG_head and a._entire_mapcount[i] != -1):
+            raise KernelBug(f"Bad page state: freeing mapped page {folio!r}")
+        if (a._refcount[sl] != 0).any():
+            raise KernelBug(f"Bad page state: tail page with references in {folio!r}")
+        self.free_pages_ok(i, order)
+
+    def free_pages_ok(self, pfn: int, order: int) -> None:
+        """Give a block back to the buddy lists, merging with free buddies."""
+        p = self.ram.pages
+        n = 1 << order
+        sl = slice(pfn, pfn + n)
+        p.flags[sl] = PGTY_buddy
+        p.order[sl] = 0
+        p.head_off[sl] = 0
+        p.mapping[sl] = 0
+        p.index[sl] = 0
+        p._refcount[sl] = 0
+        p._mapcount[sl] = -1
+        p._entire_mapcount[pfn] = -1
+        p._large_mapcount[pfn] = -1
+        p.zone_device_data[sl] = 0
+        self.nr_free += n
+        o = order
+        while o < MAX_ORDER_MODELLED:
+            buddy = pfn ^ (1 << o)
+            if buddy not in self.free_area[o]:
+                break
+            self.free_area[o].discard(buddy)
+            pfn = min(pfn, buddy)
+            o += 1
+        self.free_area[o].add(pfn)
+
+    def is_free(self, pfn: int) -> bool:
+        return self.range_of(pfn) is self.ram and bool(self.ram.pages.flags[pfn] & PGTY_buddy)
+
+    def __repr__(self) -> str:
+        return (
+            f"<PhysMem ram={self.ram.pages.nr} pages free={self.nr_free} ranges={len(self.ranges)}>"
+        )
+
+
+def folio_mapping_id(folio: Page) -> int:
+    """The object id in folio->mapping without the anon tag bit."""
+    return int(folio.a.mapping[folio.i]) & ~FOLIO_MAPPING_ANON

@@ -1,0 +1,378 @@
+"""The invariant checker: recompute what the metadata must say, and compare.
+
+Callable after any operation (tests call it after every step). It walks every
+live address space's page tables and the allocator, recomputes mapcounts,
+reference counts and rss counters from first principles, and reports every
+disagreement. Nothing here is kernel code; the rules are the kernel's
+(mm/debug.c's dump_page checks, mm/page_alloc.c's bad_page, rmap.h's
+mapcount scheme) @ torvalds/linux 0eaed89c18ae.
+
+Checked:
+- no lock is held (the checker runs between syscalls);
+- every free RAM page carries PGTY_buddy, refcount 0, mapcount -1, and
+  PhysMem.nr_free matches the buddy lists;
+- every entry decodes: present entries name an allocated page (never a
+  free one), software leaf entries have a known type and name a page;
+- vmas are sorted, disjoint, page aligned, and no entry maps outside a vma;
+- each page's _mapcount, each folio's _entire_mapcount and _large_mapcount
+  equal the PTE/PMD mappings found (device-private and device-exclusive
+  entries count as mappings, migration entries do not);
+- each folio's refcount equals its mappings plus page-cache, page-table,
+  pin and registered extra references (exact, so a leak is caught);
+- each mm's rss counters equal the pages found;
+- every anon page is reachable through rmap from each vma that maps it;
+- each huge PMD has exactly one deposited page table.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from hmmsim.bug import KernelBug
+from hmmsim.include.mm import VM_HUGETLB
+from hmmsim.include.mm_types import (
+    FOLIO_MAPPING_ANON,
+    MM_ANONPAGES,
+    MM_FILEPAGES,
+    MM_SHMEMPAGES,
+    PG_head,
+    PG_hugetlb,
+    PG_reserved,
+    PG_zero,
+    PGTY_buddy,
+    PGTY_table,
+)
+from hmmsim.include.pgtable import (
+    PTE_PFN_MASK,
+    pmd_leaf,
+    pmd_pfn,
+    pte_pfn,
+    pte_present,
+    pte_special,
+)
+from hmmsim.kconfig import HPAGE_PMD_NR, PAGE_SHIFT, PGDIR_SHIFT, PMD_SHIFT, PUD_SHIFT
+from hmmsim.mm.gup import GUP_PIN_COUNTING_BIAS
+
+
+class InvariantViolation(KernelBug):
+    """One or more invariants do not hold; .problems lists them all."""
+
+    def __init__(self, problems: list[str]) -> None:
+        head = "\n  ".join(problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        super().__init__(f"{len(problems)} invariant violation(s):\n  {head}{more}")
+        self.problems = problems
+
+
+def check_invariants(k, *, raise_on_error: bool = True) -> list[str]:
+    """Check every invariant of Kernel k; raise InvariantViolation (or return problems)."""
+    c = _Checker(k)
+    c.run()
+    if c.problems and raise_on_error:
+        raise InvariantViolation(c.problems)
+    return c.problems
+
+
+class _Checker:
+    def __init__(self, k) -> None:
+        self.k = k
+        self.problems: list[str] = []
+        self.pte_maps: Counter = Counter()  # pfn -> PTE-level mappings
+        self.pmd_maps: Counter = Counter()  # head pfn -> PMD-level mappings
+        self.refs: Counter = Counter()  # head pfn -> references found
+        self.tables: Counter = Counter()  # table pfn -> times referenced
+        self.huge_pmds: set[int] = set()
+        self.migrating: set[int] = set()
+
+    def bad(self, msg: str) -> None:
+        self.problems.append(msg)
+
+    def run(self) -> None:
+        k = self.k
+        if k.held_locks:
+            self.bad(f"locks held between operations: {sorted(map(repr, k.held_locks))}")
+        self.check_buddy()
+        for p in list(k.processes.values()):
+            if p.alive:
+                self.check_mm(p.mm)
+        self.check_deposits()
+        self.check_counts()
+        for hook in getattr(k, "invariant_hooks", ()):
+            self.problems.extend(hook(k))
+
+    # --- allocator --------------------------------------------------------------------------
+    def check_buddy(self) -> None:
+        mem = self.k.mem
+        p = mem.ram.pages
+        in_lists = np.zeros(p.nr, dtype=bool)
+        for order, blocks in enumerate(mem.free_area):
+            for pfn in blocks:
+                if pfn % (1 << order):
+                    self.bad(f"free block {pfn:#x} of order {order} is misaligned")
+                if in_lists[pfn : pfn + (1 << order)].any():
+                    self.bad(f"free block {pfn:#x} overlaps another free block")
+                in_lists[pfn : pfn + (1 << order)] = True
+        buddy = (p.flags & PGTY_buddy) != 0
+        if (buddy != in_lists).any():
+            pfn = int(np.nonzero(buddy != in_lists)[0][0])
+            self.bad(f"pfn {pfn:#x}: PGTY_buddy disagrees with the free lists")
+        if int(in_lists.sum()) != mem.nr_free:
+            self.bad(f"nr_free {mem.nr_free} but {int(in_lists.sum())} pages on the free lists")
+        if (p._refcount[in_lists] != 0).any() or (p._mapcount[in_lists] != -1).any():
+            self.bad("a free page has a reference or a mapping")
+
+    # --- page tables ------------------------------------------------------------------------
+    def check_mm(self, mm) -> None:
+        k = self.k
+        prev_end = 0
+        for vma in mm.vmas:
+            if vma.vm_start >= vma.vm_end or (vma.vm_start | vma.vm_end) & 0xFFF:
+                self.bad(f"bad vma bounds {vma!r}")
+            if vma.vm_start < prev_end:
+                self.bad(f"vmas overlap or are unsorted at {vma!r}")
+            prev_end = vma.vm_end
+        self.rss = [0, 0, 0, 0]
+        self.tables[mm.pgd] += 1
+        words = k.mem.table(mm.pgd)
+        for i in np.nonzero(words)[0]:
+            self.walk_pud(mm, int(words[i]), int(i) << PGDIR_SHIFT)
+        for idx, name in ((MM_ANONPAGES, "anon"), (MM_FILEPAGES, "file"), (MM_SHMEMPAGES, "shmem")):
+            if self.rss[idx] != mm.rss_stat[idx]:
+                self.bad(
+                    f"pid {mm.owner.pid}: rss {name} counter {mm.rss_stat[idx]} but "
+                    f"{self.rss[idx]} pages mapped"
+                )
+
+    def _table(self, entry: int, where: str) -> np.ndarray | None:
+        pfn = (entry & PTE_PFN_MASK) >> PAGE_SHIFT
+        mem = self.k.mem
+        if mem.range_of(pfn) is not mem.ram or not mem.ram.pages.flags[pfn] & PGTY_table:
+            self.bad(f"{where}: entry {entry:#x} does not point to a page table")
+            return None
+        self.tables[pfn] += 1
+        return mem.table(pfn)
+
+    def walk_pud(self, mm, pgd_e: int, base: int) -> None:
+        t = self._table(pgd_e, f"pgd@{base:#x}")
+        if t is None:
+            return
+        for i in np.nonzero(t)[0]:
+            self.walk_pmd(mm, int(t[i]), base + (int(i) << PUD_SHIFT))
+
+    def walk_pmd(self, mm, pud_e: int, base: int) -> None:
+        from hmmsim.mm.mmap import vma_lookup
+        from hmmsim.mm.pgtable import entry_ptr
+
+        t = self._table(pud_e, f"pud@{base:#x}")
+        if t is None:
+            return
+        table_pfn = (pud_e & PTE_PFN_MASK) >> PAGE_SHIFT
+        for i in np.nonzero(t)[0]:
+            addr = base + (int(i) << PMD_SHIFT)
+            e = int(t[i])
+            pmdp = entry_ptr(table_pfn, int(i))
+            if not e & 1 or pmd_leaf(e):
+                vma = vma_lookup(mm, addr)
+                if vma is None or vma.vm_end < addr + (1 << PMD_SHIFT):
+                    self.bad(f"pid {mm.owner.pid}: huge PMD at {addr:#x} outside a vma")
+                    continue
+                self.huge_pmds.add(pmdp) if not vma.vm_flags & VM_HUGETLB else None
+                self.check_pmd_leaf(mm, vma, addr, e)
+                continue
+            self.walk_pte(mm, e, addr)
+
+    def check_pmd_leaf(self, mm, vma, addr: int, e: int) -> None:
+        k = self.k
+        if e & 1:
+            pfn = pmd_pfn(e)
+            if pfn == k.huge_zero_pfn:
+                return
+            page = self._page(pfn, f"PMD {addr:#x}")
+            if page is None:
+                return
+            if not page.a.flags[page.i] & PG_head:
+                self.bad(f"PMD at {addr:#x} maps pfn {pfn:#x} that is not a folio head")
+            self.pmd_maps[pfn] += 1
+            self.refs[pfn] += 1
+            if not vma.vm_flags & VM_HUGETLB:
+                self.rss[MM_ANONPAGES] += HPAGE_PMD_NR
+                self.check_anon_index(vma, addr, page)
+            return
+        swp = k.swp
+        entry = swp.softleaf_from_pmd(e)
+        if not (swp.softleaf_is_migration(entry) or swp.softleaf_is_device_private(entry)):
+            self.bad(f"PMD at {addr:#x}: invalid PMD softleaf {e:#x}")
+            return
+        page = k.softleaf_to_page(entry)
+        self.rss[MM_ANONPAGES] += HPAGE_PMD_NR
+        if swp.softleaf_is_migration(entry):
+            self.migrating.add(page.pfn)
+            return
+        self.pmd_maps[page.pfn] += 1
+        self.refs[page.pfn] += 1
+
+    def walk_pte(self, mm, pmd_e: int, base: int) -> None:
+        from hmmsim.mm.memory import mm_counter
+        from hmmsim.mm.mmap import vma_lookup
+
+        k = self.k
+        t = self._table(pmd_e, f"pmd@{base:#x}")
+        if t is None:
+            return
+        swp = k.swp
+        for i in np.nonzero(t)[0]:
+            addr = base + (int(i) << PAGE_SHIFT)
+            e = int(t[i])
+            if not e & ~0x60:  # pte_none (A/D only)
+                continue
+            vma = vma_lookup(mm, addr)
+            if vma is None:
+                self.bad(f"pid {mm.owner.pid}: PTE {e:#x} at {addr:#x} outside any vma")
+                continue
+            if pte_present(e):
+                pfn = pte_pfn(e)
+                if pte_special(e) or pfn == k.mem.zero_pfn:
+                    if pfn != k.mem.zero_pfn:
+                        self.bad(f"special PTE at {addr:#x} maps {pfn:#x}, not the zero page")
+                    continue
+                page = self._page(pfn, f"PTE {addr:#x}")
+                if page is None:
+                    continue
+                self.pte_maps[pfn] += 1
+                head = pfn - int(page.a.head_off[page.i])
+                self.refs[head] += 1
+                from hmmsim.include.mm_types import page_folio
+
+                self.rss[mm_counter(page_folio(page))] += 1
+                if page.a.mapping[page.i] & FOLIO_MAPPING_ANON:
+                    self.check_anon_index(vma, addr, page)
+                continue
+            entry = swp.softleaf_from_pte(e)
+            try:
+                typ = swp.softleaf_type(entry)
+            except Exception as exc:  # noqa: BLE001 - report, do not crash
+                self.bad(f"PTE {e:#x} at {addr:#x} does not decode: {exc}")
+                continue
+            if not swp.softleaf_has_pfn(entry):
+                if not swp.softleaf_is_marker(entry):
+                    self.bad(f"PTE {e:#x} at {addr:#x}: unexpected softleaf {typ!r}")
+                continue
+            page = k.softleaf_to_page(entry)
+            from hmmsim.include.mm_types import page_folio
+
+            folio = page_folio(page)
+            self.rss[mm_counter(folio)] += 1
+            if swp.softleaf_is_migration(entry):
+                self.migrating.add(folio.pfn)
+            elif swp.softleaf_is_device_private(entry) or swp.softleaf_is_device_exclusive(entry):
+                self.pte_maps[page.pfn] += 1
+                self.refs[folio.pfn] += 1
+
+    def check_anon_index(self, vma, addr: int, page) -> None:
+        from hmmsim.mm.rmap import vma_address
+
+        av_id = int(page.a.mapping[page.i]) & ~FOLIO_MAPPING_ANON
+        av = self.k.objects.get(av_id)
+        if av is None or av not in vma.anon_vma_chain:
+            self.bad(f"anon page {page.pfn:#x} at {addr:#x} is not in the vma's anon_vma chain")
+            return
+        if vma_address(vma, int(page.a.index[page.i]), 1) != addr:
+            self.bad(
+                f"anon page {page.pfn:#x}: index {int(page.a.index[page.i]):#x} "
+                f"does not give address {addr:#x} in {vma!r}"
+            )
+
+    def _page(self, pfn: int, where: str):
+        mem = self.k.mem
+        r = mem.range_of(pfn)
+        if r is None:
+            self.bad(f"{where}: pfn {pfn:#x} has no struct page")
+            return None
+        page = mem.pfn_to_page(pfn)
+        if r is mem.ram and page.a.flags[page.i] & PGTY_buddy:
+            self.bad(f"{where}: maps free page {pfn:#x}")
+            return None
+        return page
+
+    def check_deposits(self) -> None:
+        dep = set(self.k.deposited)
+        if dep != self.huge_pmds:
+            missing = sorted(self.huge_pmds - dep)
+            extra = sorted(dep - self.huge_pmds)
+            if missing:
+                self.bad(f"huge PMDs without a deposited table: {[hex(x) for x in missing]}")
+            if extra:
+                self.bad(f"deposited tables for no huge PMD: {[hex(x) for x in extra]}")
+        for t in self.k.deposited.values():
+            self.tables[t] += 1
+
+    # --- metadata vs what was found ---------------------------------------------------------
+    def check_counts(self) -> None:
+        k = self.k
+        mem = k.mem
+        for pfn, n in self.tables.items():
+            if n != 1:
+                self.bad(f"page table {pfn:#x} is referenced {n} times")
+        cache_refs: Counter = Counter()
+        for obj in k.objects.values():
+            for pfn in getattr(obj, "cache", {}).values():
+                cache_refs[pfn] += 1
+        for pfn in k.hugetlb.shared_cache.values():
+            cache_refs[pfn] += 1
+        for r in mem.ranges:
+            p = r.pages
+            base = r.base
+            in_use = (p.flags & PGTY_buddy) == 0
+            if r is mem.ram:
+                in_use &= (p.flags & PG_reserved) == 0
+            pte = np.zeros(p.nr, dtype=np.int64)
+            for pfn, n in self.pte_maps.items():
+                if base <= pfn < r.end:
+                    pte[pfn - base] = n
+            bad = np.nonzero(in_use & (p._mapcount.astype(np.int64) + 1 != pte))[0]
+            for i in bad[:10]:
+                self.bad(
+                    f"pfn {base + int(i):#x}: _mapcount says {int(p._mapcount[i]) + 1} "
+                    f"PTE mappings, page tables have {int(pte[i])}"
+                )
+            heads = np.nonzero(in_use & ((p.flags & PG_head) != 0))[0]
+            for i in heads:
+                i = int(i)
+                pfn = base + i
+                n = 1 << int(p.order[i])
+                ent = self.pmd_maps.get(pfn, 0)
+                if int(p._entire_mapcount[i]) + 1 != ent:
+                    self.bad(
+                        f"folio {pfn:#x}: entire mapcount {int(p._entire_mapcount[i]) + 1}"
+                        f" but {ent} PMD mappings"
+                    )
+                total = ent + int(pte[i : i + n].sum())
+                if int(p._large_mapcount[i]) + 1 != total:
+                    self.bad(
+                        f"folio {pfn:#x}: large mapcount {int(p._large_mapcount[i]) + 1}"
+                        f" but {total} mappings"
+                    )
+            for i in np.nonzero(in_use)[0]:
+                i = int(i)
+                pfn = base + i
+                if p.head_off[i]:
+                    if p._refcount[i]:
+                        self.bad(f"tail page {pfn:#x} has refcount {int(p._refcount[i])}")
+                    continue
+                fl = int(p.flags[i])
+                if fl & (PG_zero | PGTY_table) or pfn in self.migrating:
+                    continue
+                if fl & PG_hugetlb and p._refcount[i] == 0:
+                    continue  # in the hugetlb free pool
+                pins = k.pins.get(pfn, 0) * (1 if p.flags[i] & PG_head else GUP_PIN_COUNTING_BIAS)
+                expected = self.refs.get(pfn, 0) + cache_refs.get(pfn, 0) + pins
+                extra = getattr(k, "extra_refs", None)
+                if extra is not None:
+                    expected += extra(pfn)
+                if int(p._refcount[i]) != expected:
+                    self.bad(
+                        f"folio {pfn:#x}: refcount {int(p._refcount[i])} but "
+                        f"{expected} references found (mappings, cache, pins)"
+                    )

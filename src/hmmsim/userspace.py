@@ -1,0 +1,513 @@
+"""A simulated user process: raw syscalls returning -errno, and CPU accesses.
+
+Models: the userspace side of the syscalls hmm-tests.c uses (mmap, munmap,
+mprotect, mremap, madvise, fork, waitpid, _exit, open, close, ioctl, pread,
+pwrite, ftruncate) and the x86-64 MMU walk plus arch/x86/mm/fault.c
+(do_user_addr_fault) for loads and stores, @ torvalds/linux 0eaed89c18ae.
+
+Every syscall method returns what the raw syscall returns: a non-negative
+result, or a negative errno (so tests read like `ASSERT_EQ(ret, -EFAULT)`).
+`load()`/`store()` behave like CPU instructions: they walk the page tables,
+set Accessed/Dirty like the hardware, take page faults through
+handle_mm_fault, and raise SegmentationFault/BusError where a real process
+would get SIGSEGV/SIGBUS.
+
+A forked child is another Process object; the test drives it and calls
+`_exit()`; the parent reaps it with `waitpid()`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hmmsim.bug import KernelBug
+from hmmsim.errno import EBADF, ECHILD, EINVAL, ENOENT, ENOTTY, ESRCH
+from hmmsim.include.mm import (
+    FAULT_FLAG_USER,
+    FAULT_FLAG_WRITE,
+    VM_FAULT_HWPOISON,
+    VM_FAULT_OOM,
+    VM_FAULT_SIGBUS,
+    VM_FAULT_SIGSEGV,
+)
+from hmmsim.include.mman import (
+    MAP_ANONYMOUS,
+    O_ACCMODE,
+    O_CREAT,
+    O_RDONLY,
+    O_RDWR,
+    O_TMPFILE,
+    O_WRONLY,
+)
+from hmmsim.include.pgtable import (
+    _PAGE_ACCESSED,
+    _PAGE_DIRTY,
+    _PAGE_PRESENT,
+    _PAGE_PSE,
+    _PAGE_RW,
+    _PAGE_USER,
+    pmd_pfn,
+    pte_pfn,
+)
+from hmmsim.kconfig import PAGE_SHIFT, PAGE_SIZE, PMD_SIZE
+from hmmsim.mm import madvise as _madvise
+from hmmsim.mm import mmap as _mmap
+from hmmsim.mm import mprotect as _mprotect
+from hmmsim.mm import mremap as _mremap
+from hmmsim.mm.fork import dup_mmap
+from hmmsim.mm.memory import access_error, handle_mm_fault
+from hmmsim.mm.mmap import FMODE_READ, FMODE_WRITE
+from hmmsim.mm.pgtable import pmd_offset, pmdp_get, pte_offset_map, ptep_get, set_pte_at
+from hmmsim.mm.shmem import shmem_inode
+
+SIGSEGV = 11
+SIGBUS = 7
+SIGKILL = 9
+SEGV_MAPERR = 1
+SEGV_ACCERR = 2
+
+#: A fault that is retried this many times without progress is a livelock.
+FAULT_RETRY_LIMIT = 64
+
+
+class SegmentationFault(Exception):
+    """The access would kill a real process with SIGSEGV."""
+
+    def __init__(self, addr: int, code: int) -> None:
+        what = "no mapping" if code == SEGV_MAPERR else "permission denied"
+        super().__init__(f"SIGSEGV at {addr:#x} ({what})")
+        self.addr = addr
+        self.si_code = code
+
+
+class BusError(Exception):
+    """The access would kill a real process with SIGBUS (e.g. past EOF)."""
+
+    def __init__(self, addr: int, why: str = "bus error") -> None:
+        super().__init__(f"SIGBUS at {addr:#x} ({why})")
+        self.addr = addr
+
+
+class OutOfMemory(Exception):
+    """The fault returned VM_FAULT_OOM: the modelled RAM is exhausted."""
+
+
+def WIFEXITED(status: int) -> bool:
+    return (status & 0x7F) == 0
+
+
+def WEXITSTATUS(status: int) -> int:
+    return (status >> 8) & 0xFF
+
+
+def WIFSIGNALED(status: int) -> bool:
+    return ((status & 0x7F) + 1) >> 1 > 0 and (status & 0x7F) != 0x7F and (status & 0x7F) != 0
+
+
+def WTERMSIG(status: int) -> int:
+    return status & 0x7F
+
+
+class OpenFile:
+    """struct file: what an fd names (an inode or a device) and its mode."""
+
+    __slots__ = ("obj", "fmode", "count", "private")
+
+    def __init__(self, obj, fmode: int) -> None:
+        self.obj = obj
+        self.fmode = fmode
+        self.count = 1
+        self.private = None
+
+    def __repr__(self) -> str:
+        return f"<file {self.obj!r} mode={self.fmode}>"
+
+
+class Process:
+    """A user process: pid, address space, file descriptors.
+
+    Lifecycle: Kernel.spawn() or fork() creates it; _exit() tears down its
+    mm and closes its fds (it stays a zombie); the parent's waitpid() reaps.
+    """
+
+    def __init__(self, k, name: str = "proc", mm=None, parent: Process | None = None) -> None:
+        self.k = k
+        self.pid = k.alloc_pid()
+        self.name = name
+        self.mm = mm if mm is not None else k.new_mm(self)
+        self.mm.owner = self
+        self.parent = parent
+        self.children: dict[int, Process] = {}
+        self.fds: dict[int, OpenFile] = {}
+        self.alive = True
+        self.exit_status: int | None = None
+        k.processes[self.pid] = self
+
+    def __repr__(self) -> str:
+        state = "running" if self.alive else f"exited({self.exit_status})"
+        return f"<Process {self.pid} {self.name} {state} vmas={len(self.mm.vmas)}>"
+
+    def _check_alive(self) -> None:
+        if not self.alive:
+            raise RuntimeError(f"process {self.pid} has exited; it cannot run syscalls")
+
+    # --- memory syscalls ------------------------------------------------------------------
+    def mmap(
+        self, addr: int, length: int, prot: int, flags: int, fd: int = -1, offset: int = 0
+    ) -> int:
+        """mmap(2): the mapped address, or -errno (MAP_FAILED's errno)."""
+        self._check_alive()
+        _check_int(addr=addr, length=length, prot=prot, flags=flags, fd=fd, offset=offset)
+        if offset & (PAGE_SIZE - 1):
+            return -EINVAL
+        file, fmode = None, 0
+        if not flags & MAP_ANONYMOUS:
+            f = self.fds.get(fd)
+            if f is None:
+                return -EBADF
+            if not isinstance(f.obj, shmem_inode):
+                mmap_op = getattr(f.obj, "mmap", None)
+                if mmap_op is None:
+                    from hmmsim.errno import ENODEV
+
+                    return -ENODEV
+            file, fmode = f.obj, f.fmode
+        with _mmap_write(self.mm):
+            return _mmap.do_mmap(
+                self.mm, addr, length, prot, flags, file, fmode, offset >> PAGE_SHIFT
+            )
+
+    def munmap(self, addr: int, length: int) -> int:
+        self._check_alive()
+        _check_int(addr=addr, length=length)
+        with _mmap_write(self.mm):
+            return _mmap.do_vmi_munmap(self.mm, addr, length)
+
+    def mprotect(self, addr: int, length: int, prot: int) -> int:
+        self._check_alive()
+        _check_int(addr=addr, length=length, prot=prot)
+        with _mmap_write(self.mm):
+            return _mprotect.do_mprotect_pkey(self.mm, addr, length, prot)
+
+    def mremap(
+        self, old_address: int, old_size: int, new_size: int, flags: int = 0, new_address: int = 0
+    ) -> int:
+        self._check_alive()
+        _check_int(old_address=old_address, old_size=old_size, new_size=new_size, flags=flags)
+        with _mmap_write(self.mm):
+            return _mremap.do_mremap(self.mm, old_address, old_size, new_size, flags, new_address)
+
+    def madvise(self, addr: int, length: int, advice: int) -> int:
+        self._check_alive()
+        _check_int(addr=addr, length=length, advice=advice)
+        with _mmap_read(self.mm):
+            return _madvise.do_madvise(self.mm, addr, length, advice)
+
+    # --- processes -------------------------------------------------------------------------
+    def fork(self) -> int:
+        """fork(2): the child's pid (the child is `k.processes[pid]`)."""
+        self._check_alive()
+        child = Process(self.k, name=self.name, parent=self)
+        ret = dup_mmap(child.mm, self.mm)
+        if ret:
+            child._exit(0)
+            del self.k.processes[child.pid]
+            return ret
+        for fd, f in self.fds.items():
+            f.count += 1
+            child.fds[fd] = f
+        self.children[child.pid] = child
+        return child.pid
+
+    def child(self, pid: int) -> Process:
+        return self.children[pid]
+
+    def _exit(self, status: int) -> None:
+        """_exit(2): close every fd, tear the mm down, become a zombie."""
+        if not self.alive:
+            return
+        for fd in sorted(self.fds):
+            self.close(fd)
+        _mmap.exit_mmap(self.mm)
+        self.alive = False
+        self.exit_status = (status & 0xFF) << 8
+
+    def kill(self, sig: int) -> None:
+        """The process dies of signal `sig` (e.g. SIGKILL from its parent)."""
+        if self.alive:
+            self._exit(0)
+            self.exit_status = sig & 0x7F
+
+    def waitpid(self, pid: int, options: int = 0) -> tuple[int, int]:
+        """waitpid(2): (pid, status) once the child has exited; (-ECHILD, 0) if none."""
+        child = self.children.get(pid)
+        if child is None:
+            return -ECHILD, 0
+        if child.alive:
+            raise KernelBug(
+                f"waitpid({pid}) would block forever: drive the child and call _exit first"
+            )
+        del self.children[pid]
+        self.k.processes.pop(pid, None)
+        return pid, child.exit_status
+
+    # --- files --------------------------------------------------------------------------------
+    def open(self, path: str, flags: int = O_RDONLY, mode: int = 0o600) -> int:
+        """open(2) of a tmpfs path (O_TMPFILE or O_CREAT under /tmp) or a device."""
+        self._check_alive()
+        acc = flags & O_ACCMODE
+        fmode = {O_RDONLY: FMODE_READ, O_WRONLY: FMODE_WRITE, O_RDWR: FMODE_READ | FMODE_WRITE}
+        if acc not in fmode:
+            return -EINVAL
+        k = self.k
+        if path in k.devices:
+            dev = k.devices[path]
+            f = OpenFile(dev, fmode[acc])
+            ret = dev.open(f, self)
+            if ret:
+                return ret
+        elif (flags & O_TMPFILE) == O_TMPFILE:
+            if path.rstrip("/") != "/tmp":
+                return -ENOENT
+            inode = shmem_inode(k, "/tmp/#tmpfile")
+            inode.nlink = 0
+            k.fget(inode)
+            f = OpenFile(inode, fmode[acc])
+        elif path.startswith("/tmp/"):
+            inode = k.tmpfs.get(path)
+            if inode is None:
+                if not flags & O_CREAT:
+                    return -ENOENT
+                inode = k.tmpfs[path] = shmem_inode(k, path)
+            k.fget(inode)
+            f = OpenFile(inode, fmode[acc])
+        else:
+            return -ENOENT
+        fd = 3
+        while fd in self.fds:
+            fd += 1
+        self.fds[fd] = f
+        return fd
+
+    def close(self, fd: int) -> int:
+        f = self.fds.pop(fd, None)
+        if f is None:
+            return -EBADF
+        f.count -= 1
+        if f.count == 0:
+            if isinstance(f.obj, shmem_inode):
+                self.k.fput(f.obj)
+            else:
+                f.obj.release(f)
+        return 0
+
+    def ioctl(self, fd: int, request: int, arg=None) -> int:
+        """ioctl(2): the driver's return value (0 or -errno)."""
+        self._check_alive()
+        f = self.fds.get(fd)
+        if f is None:
+            return -EBADF
+        handler = getattr(f.obj, "ioctl", None)
+        if handler is None:
+            return -ENOTTY
+        return handler(f, self, request, arg)
+
+    def _inode(self, fd: int):
+        f = self.fds.get(fd)
+        if f is None or not isinstance(f.obj, shmem_inode):
+            return None, None
+        return f, f.obj
+
+    def pread(self, fd: int, count: int, offset: int) -> bytes | int:
+        f, inode = self._inode(fd)
+        if inode is None:
+            return -EBADF
+        if not f.fmode & FMODE_READ:
+            return -EBADF
+        if offset < 0 or count < 0:
+            return -EINVAL
+        return inode.read(offset, count)
+
+    def pwrite(self, fd: int, data: bytes, offset: int) -> int:
+        f, inode = self._inode(fd)
+        if inode is None or not f.fmode & FMODE_WRITE:
+            return -EBADF
+        if offset < 0:
+            return -EINVAL
+        return inode.write(offset, bytes(data))
+
+    def ftruncate(self, fd: int, length: int) -> int:
+        f, inode = self._inode(fd)
+        if inode is None or not f.fmode & FMODE_WRITE:
+            return -EBADF if inode is None else -EINVAL
+        return inode.setattr_size(length)
+
+    # --- CPU accesses -----------------------------------------------------------------------
+    def _translate(self, addr: int, write: bool) -> int | None:
+        """The hardware walk: PFN for a permitted access, else None (fault)."""
+        k = self.k
+        mm = self.mm
+        pmdp = pmd_offset(mm, addr)
+        if pmdp is None:
+            return None
+        pmd = pmdp_get(k, pmdp)
+        need = _PAGE_PRESENT | _PAGE_USER | (_PAGE_RW if write else 0)
+        if pmd & _PAGE_PSE:
+            if pmd & need != need:
+                return None
+            new = pmd | _PAGE_ACCESSED | (_PAGE_DIRTY if write else 0)
+            if new != pmd:
+                set_pte_at(mm, addr, pmdp, new)
+            return pmd_pfn(pmd) + ((addr & (PMD_SIZE - 1)) >> PAGE_SHIFT)
+        ptep = pte_offset_map(k, pmd, addr)
+        if ptep is None:
+            return None
+        pte = ptep_get(k, ptep)
+        if pte & need != need:
+            return None
+        new = pte | _PAGE_ACCESSED | (_PAGE_DIRTY if write else 0)
+        if new != pte:
+            set_pte_at(mm, addr, ptep, new)
+        return pte_pfn(pte)
+
+    def _fault(self, addr: int, write: bool) -> None:
+        """do_user_addr_fault(): find the vma, check access, handle_mm_fault."""
+        mm = self.mm
+        mm.mmap_lock.down_read()
+        try:
+            vma = _mmap.vma_lookup(mm, addr)
+            if vma is None:
+                raise SegmentationFault(addr, SEGV_MAPERR)
+            flags = FAULT_FLAG_USER | (FAULT_FLAG_WRITE if write else 0)
+            if access_error(flags, vma):
+                raise SegmentationFault(addr, SEGV_ACCERR)
+            ret = handle_mm_fault(vma, addr, flags)
+        finally:
+            mm.mmap_lock.up_read()
+        if ret & VM_FAULT_OOM:
+            raise OutOfMemory(f"page fault at {addr:#x}: out of modelled memory")
+        if ret & VM_FAULT_SIGSEGV:
+            raise SegmentationFault(addr, SEGV_ACCERR)
+        if ret & (VM_FAULT_SIGBUS | VM_FAULT_HWPOISON):
+            raise BusError(addr, "hardware poison" if ret & VM_FAULT_HWPOISON else "bus error")
+
+    def page_for(self, addr: int, write: bool) -> int:
+        """PFN backing addr for this access, faulting as the CPU would."""
+        self._check_alive()
+        for _ in range(FAULT_RETRY_LIMIT):
+            pfn = self._translate(addr, write)
+            if pfn is not None:
+                return pfn
+            self._fault(addr, write)
+        raise KernelBug(f"fault livelock: {FAULT_RETRY_LIMIT} faults at {addr:#x} made no progress")
+
+    def load(self, addr: int, n: int) -> bytes:
+        """Read n bytes at addr like CPU loads."""
+        _check_int(addr=addr, n=n)
+        out = bytearray()
+        end = addr + n
+        while addr < end:
+            off = addr & (PAGE_SIZE - 1)
+            chunk = min(PAGE_SIZE - off, end - addr)
+            frame = self.k.mem.frame(self.page_for(addr, write=False))
+            out += frame[off : off + chunk].tobytes()
+            addr += chunk
+        return bytes(out)
+
+    def store(self, addr: int, data: bytes | bytearray | memoryview | np.ndarray) -> None:
+        """Write data at addr like CPU stores."""
+        buf = (
+            np.frombuffer(bytes(data), dtype=np.uint8)
+            if not isinstance(data, np.ndarray)
+            else np.ascontiguousarray(data).view(np.uint8).reshape(-1)
+        )
+        _check_int(addr=addr)
+        pos = 0
+        n = buf.size
+        while pos < n:
+            a = addr + pos
+            off = a & (PAGE_SIZE - 1)
+            chunk = min(PAGE_SIZE - off, n - pos)
+            frame = self.k.mem.frame(self.page_for(a, write=True))
+            frame[off : off + chunk] = buf[pos : pos + chunk]
+            pos += chunk
+
+    def load_array(self, addr: int, count: int, dtype=np.int32) -> np.ndarray:
+        """Read `count` elements of dtype at addr (e.g. an int buffer)."""
+        dt = np.dtype(dtype)
+        return np.frombuffer(self.load(addr, count * dt.itemsize), dtype=dt).copy()
+
+    def store_array(self, addr: int, values) -> None:
+        self.store(addr, np.ascontiguousarray(values))
+
+    def load_u32(self, addr: int) -> int:
+        return int(np.frombuffer(self.load(addr, 4), dtype=np.int32)[0])
+
+    def store_u32(self, addr: int, value: int) -> None:
+        self.store(addr, np.array([value], dtype=np.int32))
+
+
+class _mmap_write:
+    def __init__(self, mm) -> None:
+        self.mm = mm
+
+    def __enter__(self):
+        self.mm.mmap_lock.down_write()
+
+    def __exit__(self, *exc) -> None:
+        self.mm.mmap_lock.up_write()
+
+
+class _mmap_read:
+    def __init__(self, mm) -> None:
+        self.mm = mm
+
+    def __enter__(self):
+        self.mm.mmap_lock.down_read()
+
+    def __exit__(self, *exc) -> None:
+        self.mm.mmap_lock.up_read()
+
+
+def _check_int(**args) -> None:
+    for name, v in args.items():
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
+            raise TypeError(
+                f"{name} must be an int (got {type(v).__name__}); pass addresses "
+                "and lengths as integers, like the C prototypes"
+            )
+
+
+_ = (ESRCH, SIGBUS, SIGSEGV, SIGKILL)
+
+
+def entry_at(proc: Process, addr: int) -> tuple[str, int]:
+    """("pmd", word) for a huge/leaf PMD, ("pte", word), or ("none", 0)."""
+    k = proc.k
+    pmdp = pmd_offset(proc.mm, addr)
+    if pmdp is None:
+        return "none", 0
+    pmd = pmdp_get(k, pmdp)
+    if not pmd:
+        return "none", 0
+    if pmd & _PAGE_PSE or not pmd & _PAGE_PRESENT:
+        return "pmd", pmd
+    ptep = pte_offset_map(k, pmd, addr)
+    return "pte", ptep_get(k, ptep)
+
+
+def describe_entry(k, word: int, level: str = "pte") -> str:
+    """One line: the raw word and what it decodes to, kernel names."""
+    from hmmsim.include.pgtable import pte_flag_names, pte_present
+
+    if word == 0 or level == "none":
+        return f"{word:#018x}  none"
+    if pte_present(word) or (level == "pmd" and word & _PAGE_PSE and word & _PAGE_PRESENT):
+        pfn = pmd_pfn(word) if level == "pmd" else pte_pfn(word)
+        what = ""
+        if pfn == k.mem.zero_pfn or pfn == k.huge_zero_pfn:
+            what = " (zero page)" if pfn == k.mem.zero_pfn else " (huge zero page)"
+        return f"{word:#018x}  {level} pfn={pfn:#x}{what} [{' '.join(pte_flag_names(word))}]"
+    swp = k.swp
+    entry = swp.softleaf_from_pmd(word) if level == "pmd" else swp.softleaf_from_pte(word)
+    return f"{word:#018x}  {level} {swp.describe_softleaf(entry)}"

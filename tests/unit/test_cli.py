@@ -1,0 +1,47 @@
+import json
+
+from click.testing import CliRunner
+
+from hmmsim.cli import main
+
+
+def run(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_version_and_help():
+    r = run("--version")
+    assert r.exit_code == 0 and "hmmsim" in r.output
+    for sub in ("info", "demo"):
+        assert run(sub, "--help").exit_code == 0
+
+
+def test_info_reports_pin_features_and_memory():
+    r = run("info", "--json")
+    assert r.exit_code == 0
+    data = json.loads(r.output)
+    assert data["kernel"]["commit"].startswith("0eaed89c18ae")
+    assert data["features"] == {"a": False, "b": False, "c": False, "d": True, "e": False}
+    assert data["memory"]["struct_page_bytes"] <= 64
+    assert data["memory"]["ram_pages"] == (256 << 20) // 4096
+    r = run("info", "--feature", "a", "--feature", "b", "--feature", "c", "--ram", "1G")
+    assert r.exit_code == 0 and "series c   [on ]" in r.output and "1024 MiB" in r.output
+
+
+def test_bad_input_is_one_line_no_traceback():
+    for args in (("info", "--feature", "c"), ("info", "--ram", "lots"), ("info", "--feature", "q")):
+        r = run(*args)
+        assert r.exit_code != 0
+        assert "Traceback" not in r.output
+        lines = r.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("hmmsim: error:"), r.output
+
+
+def test_demo_prints_real_entries():
+    r = run("demo")
+    assert r.exit_code == 0, r.output
+    out = r.output
+    assert "(zero page)" in out and "SPECIAL" in out
+    assert "[P U A NX SPECIAL]" in out or "SPECIAL" in out
+    assert "pmd pfn=" in out and "PSE" in out
+    assert "The invariant checker agrees" in out
