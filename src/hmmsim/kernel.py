@@ -69,6 +69,8 @@ class Kernel:
         self.ptlocks: dict = {}
         self.deposited: dict[int, int] = {}
         self.pins: dict[int, int] = {}
+        #: references drivers hold on system folios (e.g. dmirror backing pages)
+        self.driver_refs: Counter = Counter()
         self.deferred_split_queue: list[int] = []
         self.pgmaps: dict[int, object] = {}
         self.devices: dict[str, object] = {}

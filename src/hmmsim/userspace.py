@@ -352,6 +352,8 @@ class Process:
             return None
         pmd = pmdp_get(k, pmdp)
         need = _PAGE_PRESENT | _PAGE_USER | (_PAGE_RW if write else 0)
+        if not pmd & _PAGE_PRESENT:
+            return None  # empty, PROT_NONE or a PMD softleaf entry: fault
         if pmd & _PAGE_PSE:
             if pmd & need != need:
                 return None

@@ -124,8 +124,8 @@ def pmd_offset(mm, addr: int, alloc: bool = False) -> int | None:
 
 def pte_offset_map(k, pmdval: int, addr: int) -> int | None:
     """Pointer to the PTE for addr under a PMD that points to a table."""
-    if pmd_none(pmdval) or pmd_leaf(pmdval):
-        return None
+    if pmd_none(pmdval) or pmd_leaf(pmdval) or not pmdval & 1:
+        return None  # empty, a huge leaf, or a PMD-level softleaf entry
     return entry_ptr(table_entry_pfn(pmdval), pte_index(addr))
 
 

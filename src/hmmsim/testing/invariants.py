@@ -321,7 +321,7 @@ class _Checker:
                 cache_refs[pfn] += 1
         for pfn in k.hugetlb.shared_cache.values():
             cache_refs[pfn] += 1
-        for r in mem.ranges:
+        for r in list(mem.ranges) + list(k.device_private_space.ranges):
             p = r.pages
             base = r.base
             in_use = (p.flags & PGTY_buddy) == 0
@@ -368,9 +368,7 @@ class _Checker:
                     continue  # in the hugetlb free pool
                 pins = k.pins.get(pfn, 0) * (1 if p.flags[i] & PG_head else GUP_PIN_COUNTING_BIAS)
                 expected = self.refs.get(pfn, 0) + cache_refs.get(pfn, 0) + pins
-                extra = getattr(k, "extra_refs", None)
-                if extra is not None:
-                    expected += extra(pfn)
+                expected += k.driver_refs.get(pfn, 0)
                 if int(p._refcount[i]) != expected:
                     self.bad(
                         f"folio {pfn:#x}: refcount {int(p._refcount[i])} but "

@@ -1,0 +1,1210 @@
+"""The dmirror test driver: a simulated device that mirrors a process and owns memory.
+
+Models: lib/test_hmm.c @ torvalds/linux 0eaed89c18ae (linux-mm 05ab5121):
+four /dev/hmm_dmirrorN devices (0, 1 MEMORY_DEVICE_PRIVATE; 2, 3
+MEMORY_DEVICE_COHERENT, always present here: the model reserves the two
+"special purpose memory" ranges the module parameters would name), a
+per-open mirror with its own device page table kept coherent through an
+interval notifier, 256 MiB device memory chunks on dev_pagemaps, the
+FAIL_ALLOC flag, eviction on close and RELEASE, migrate_to_ram and every
+ioctl of lib/test_hmm_uapi.h.
+
+The driver uses only what a real driver may call: migrate_vma_*,
+migrate_device_*, hmm_range_fault, the interval-notifier API,
+make_device_exclusive, memremap_pages (or memremap_device_private_pagemap
+under series (c)), zone_device_folio_init, folio/page helpers.
+
+Differences from the C: free lists are Python lists instead of pages
+threaded through zone_device_data; the mirror's page table is a dict keyed
+by VA page number; `ptr` buffers are NumPy/bytearray buffers the caller
+owns (copy_to_user cannot fail), or a user address in the calling process;
+"jiffies" are counted in retries (DMIRROR_RANGE_FAULT_TIMEOUT of them).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hmmsim.drivers.test_hmm_uapi import (
+    HMM_DMIRROR_CHECK_EXCLUSIVE,
+    HMM_DMIRROR_EXCLUSIVE,
+    HMM_DMIRROR_FLAG_FAIL_ALLOC,
+    HMM_DMIRROR_FLAGS,
+    HMM_DMIRROR_MEMORY_DEVICE_COHERENT,
+    HMM_DMIRROR_MEMORY_DEVICE_PRIVATE,
+    HMM_DMIRROR_MIGRATE_TO_DEV,
+    HMM_DMIRROR_MIGRATE_TO_SYS,
+    HMM_DMIRROR_PROT_DEV_COHERENT_LOCAL,
+    HMM_DMIRROR_PROT_DEV_COHERENT_REMOTE,
+    HMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL,
+    HMM_DMIRROR_PROT_DEV_PRIVATE_REMOTE,
+    HMM_DMIRROR_PROT_ERROR,
+    HMM_DMIRROR_PROT_NONE,
+    HMM_DMIRROR_PROT_PMD,
+    HMM_DMIRROR_PROT_PUD,
+    HMM_DMIRROR_PROT_READ,
+    HMM_DMIRROR_PROT_WRITE,
+    HMM_DMIRROR_PROT_ZERO,
+    HMM_DMIRROR_READ,
+    HMM_DMIRROR_RELEASE,
+    HMM_DMIRROR_SNAPSHOT,
+    HMM_DMIRROR_WRITE,
+)
+from hmmsim.errno import EBUSY, EFAULT, EINVAL, ENOENT, ENOMEM, EPERM
+from hmmsim.include.hmm import hmm_range
+from hmmsim.include.memremap import (
+    MEMORY_DEVICE_COHERENT,
+    MEMORY_DEVICE_PRIVATE,
+    dev_pagemap,
+    dev_pagemap_ops,
+)
+from hmmsim.include.migrate import (
+    MIGRATE_PFN_COMPOUND,
+    MIGRATE_PFN_MIGRATE,
+    MIGRATE_PFN_VALID,
+    MIGRATE_PFN_WRITE,
+    MIGRATE_VMA_SELECT_COMPOUND,
+    MIGRATE_VMA_SELECT_DEVICE_COHERENT,
+    MIGRATE_VMA_SELECT_DEVICE_PRIVATE,
+    MIGRATE_VMA_SELECT_SYSTEM,
+    migrate_vma,
+)
+from hmmsim.include.mm import VM_FAULT_OOM, VM_FAULT_SIGBUS, VM_READ
+from hmmsim.include.mm_types import (
+    Page,
+    folio_nr_pages,
+    folio_order,
+    folio_page,
+    folio_put,
+    page_folio,
+)
+from hmmsim.include.mmu_notifier import MMU_NOTIFY_MIGRATE, mmu_notifier_range_blockable
+from hmmsim.kconfig import (
+    HPAGE_PMD_NR,
+    HPAGE_PMD_ORDER,
+    PAGE_MASK,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PMD_SHIFT,
+    PTRS_PER_PTE,
+    PUD_SHIFT,
+)
+from hmmsim.locking import Lock, folio_lock, folio_unlock
+from hmmsim.mm.hmm import hmm_range_fault
+from hmmsim.mm.memory import is_zero_pfn
+from hmmsim.mm.memremap import (
+    folio_is_device_private,
+    is_device_coherent_page,
+    is_device_private_page,
+    is_zone_device_page,
+    memremap_device_private_pagemap,
+    memremap_pages,
+    memunmap_device_private_pagemap,
+    memunmap_pages,
+    page_pgmap,
+    zone_device_folio_init,
+)
+from hmmsim.mm.migrate import migrate_pfn, migrate_pfn_from_page, migrate_pfn_to_page
+from hmmsim.mm.migrate_device import (
+    migrate_device_finalize,
+    migrate_device_pages,
+    migrate_device_range,
+    migrate_vma_finalize,
+    migrate_vma_pages,
+    migrate_vma_setup,
+)
+from hmmsim.mm.mmap import vma_lookup
+from hmmsim.mm.mmu_notifier import (
+    mmu_interval_notifier,
+    mmu_interval_notifier_insert,
+    mmu_interval_notifier_remove,
+    mmu_interval_read_begin,
+    mmu_interval_read_retry,
+    mmu_interval_set_seq,
+)
+from hmmsim.mm.page_alloc import __GFP_ZERO
+from hmmsim.mm.rmap import make_device_exclusive
+
+DMIRROR_NDEVICES = 4
+DMIRROR_RANGE_FAULT_TIMEOUT = 1000
+DEVMEM_CHUNK_SIZE = 256 * 1024 * 1024
+DEVMEM_CHUNKS_RESERVE = 16
+DPT_XA_TAG_ATOMIC = 1
+DPT_XA_TAG_WRITE = 3
+ULONG_MAX = (1 << 64) - 1
+
+
+# --- helpers the driver uses --------------------------------------------------------------
+def _zdd_get(page: Page):
+    """page->zone_device_data naming an object (a dmirror), or None."""
+    v = int(page.a.zone_device_data[page.i])
+    return page.k.objects.get(v) if v else None
+
+
+def _zdd_set(page: Page, obj) -> None:
+    if obj is None:
+        page.a.zone_device_data[page.i] = 0
+        return
+    if getattr(obj, "_zdd_id", None) is None:
+        obj._zdd_id = page.k.new_object_id(obj)
+    page.a.zone_device_data[page.i] = obj._zdd_id
+
+
+def BACKING_PAGE(page: Page) -> Page | None:
+    """The system page holding a device-private page's data (itself if coherent).
+
+    A device-private page's zone_device_data holds its backing page (stored
+    as PFN + 1, 0 for NULL).
+    """
+    if is_device_private_page(page):
+        v = int(page.a.zone_device_data[page.i])
+        return page.k.mem.pfn_to_page(v - 1) if v else None
+    return page
+
+
+def _set_backing(dpage: Page, rpage: Page | None) -> None:
+    dpage.a.zone_device_data[dpage.i] = rpage.pfn + 1 if rpage is not None else 0
+
+
+def _frame(page: Page) -> np.ndarray:
+    return page.k.mem.frame(page.pfn)
+
+
+def folio_alloc(k, order: int, gfp: int = 0):
+    """A system folio the driver owns (its reference is registered for the checker)."""
+    folio = k.mem.alloc_pages(order, gfp)
+    if folio is not None:
+        k.driver_refs[folio.pfn] += 1
+    return folio
+
+
+def driver_folio_put(folio) -> None:
+    folio.k.driver_refs[folio.pfn] -= 1
+    if not folio.k.driver_refs[folio.pfn]:
+        del folio.k.driver_refs[folio.pfn]
+    folio_put(folio)
+
+
+class dmirror_bounce:
+    __slots__ = ("ptr", "size", "addr", "cpages")
+
+    def __init__(self, addr: int, size: int) -> None:
+        self.addr = addr
+        self.size = size
+        self.cpages = 0
+        self.ptr = np.zeros(size, dtype=np.uint8)
+
+
+def _copy_to_user(proc, uptr, data: np.ndarray) -> int:
+    """copy_to_user(): 0, or -EFAULT if the user buffer is missing/too small."""
+    if uptr is None:
+        return -EFAULT
+    if isinstance(uptr, int):
+        try:
+            proc.store(uptr, data)
+        except Exception:  # noqa: BLE001 - a user fault is -EFAULT here
+            return -EFAULT
+        return 0
+    view = (
+        np.frombuffer(memoryview(uptr).cast("B"), dtype=np.uint8)
+        if not isinstance(uptr, np.ndarray)
+        else uptr.reshape(-1).view(np.uint8)
+    )
+    if view.size < data.size:
+        return -EFAULT
+    view[: data.size] = data
+    return 0
+
+
+def _copy_from_user(proc, uptr, size: int) -> np.ndarray | int:
+    if uptr is None:
+        return -EFAULT
+    if isinstance(uptr, int):
+        try:
+            return np.frombuffer(proc.load(uptr, size), dtype=np.uint8).copy()
+        except Exception:  # noqa: BLE001
+            return -EFAULT
+    view = (
+        np.frombuffer(memoryview(uptr).cast("B"), dtype=np.uint8)
+        if not isinstance(uptr, np.ndarray)
+        else uptr.reshape(-1).view(np.uint8)
+    )
+    if view.size < size:
+        return -EFAULT
+    return view[:size].copy()
+
+
+# --- devices and chunks ----------------------------------------------------------------------
+class dmirror_chunk:
+    __slots__ = ("pagemap", "mdevice", "remove", "res", "_zdd_id")
+
+    def __init__(self) -> None:
+        self.pagemap = dev_pagemap()
+        self.mdevice = None
+        self.remove = False
+        self.res = None
+        self._zdd_id = None
+
+    def pfns(self) -> range:
+        """The chunk's page indices (PFNs, or (c) offsets)."""
+        first = self.pagemap.range.start >> PAGE_SHIFT
+        return range(
+            first, first + ((self.pagemap.range.end + 1 - self.pagemap.range.start) >> PAGE_SHIFT)
+        )
+
+
+class dmirror_device:
+    """One /dev/hmm_dmirrorN: its memory type, chunks, free lists and counters."""
+
+    def __init__(self, k, minor: int, zone_device_type: int, spm_addr: int = 0) -> None:
+        self.k = k
+        self.minor = minor
+        self.zone_device_type = zone_device_type
+        self.spm_addr = spm_addr
+        self.devmem_chunks: list[dmirror_chunk] = []
+        self.devmem_capacity = 0
+        self.devmem_lock = Lock(k, f"dmirror{minor}.devmem_lock")
+        self.lock = Lock(k, f"dmirror{minor}.lock")
+        self.calloc = 0
+        self.cfree = 0
+        self.free_pages: list[Page] = []
+        self.free_folios: list[Page] = []
+        self.ops = dev_pagemap_ops(
+            folio_free=self.dmirror_devmem_free,
+            migrate_to_ram=self.dmirror_devmem_fault,
+            folio_split=self.dmirror_devmem_folio_split,
+        )
+
+    def __repr__(self) -> str:
+        kind = "private" if self.is_private_zone() else "coherent"
+        return f"<dmirror_device {self.minor} {kind} chunks={len(self.devmem_chunks)}>"
+
+    def is_private_zone(self) -> bool:
+        return self.zone_device_type == HMM_DMIRROR_MEMORY_DEVICE_PRIVATE
+
+    # --- memory --------------------------------------------------------------------------
+    def dmirror_allocate_chunk(self, want_page: bool, is_large: bool):
+        """Add a 256 MiB chunk; returns (0, page or None) or (-errno, None)."""
+        k = self.k
+        devmem = dmirror_chunk()
+        pgmap = devmem.pagemap
+        if self.zone_device_type == HMM_DMIRROR_MEMORY_DEVICE_PRIVATE:
+            pgmap.type = MEMORY_DEVICE_PRIVATE
+            if not k.config.has("c"):
+                res = k.iomem.request_free_mem_region(DEVMEM_CHUNK_SIZE, "hmm_dmirror")
+                if isinstance(res, int):
+                    return res, None
+                devmem.res = res
+                pgmap.range.start, pgmap.range.end = res.start, res.end
+            else:
+                pgmap.nr_pages = DEVMEM_CHUNK_SIZE >> PAGE_SHIFT
+        elif self.zone_device_type == HMM_DMIRROR_MEMORY_DEVICE_COHERENT:
+            pgmap.range.start = self.spm_addr
+            pgmap.range.end = self.spm_addr + DEVMEM_CHUNK_SIZE - 1
+            pgmap.type = MEMORY_DEVICE_COHERENT
+        else:
+            return -EINVAL, None
+        pgmap.nr_range = 1
+        pgmap.ops = self.ops
+        pgmap.owner = self
+        with self.devmem_lock:
+            if len(self.devmem_chunks) == self.devmem_capacity:
+                self.devmem_capacity += DEVMEM_CHUNKS_RESERVE
+            if pgmap.type == MEMORY_DEVICE_PRIVATE and k.config.has("c"):
+                ret = memremap_device_private_pagemap(pgmap, 0, k=k)
+            else:
+                ret = memremap_pages(pgmap, 0, k=k)
+            if ret < 0:
+                if devmem.res is not None:
+                    k.iomem.release_mem_region(devmem.res)
+                return ret, None
+            devmem.mdevice = self
+            pgmap._chunk = devmem
+            self.devmem_chunks.append(devmem)
+        r = pgmap._ranges[0]
+        with self.lock:
+            pfn = 0
+            n = r.pages.nr
+            while pfn < n:
+                page = Page(k, r.pages, pfn)
+                if is_large and pfn % HPAGE_PMD_NR == 0 and pfn + HPAGE_PMD_NR <= n:
+                    self.free_folios.append(page)
+                    pfn += HPAGE_PMD_NR
+                    continue
+                self.free_pages.append(page)
+                pfn += 1
+            if not want_page:
+                return 0, None
+            if is_large:
+                if not self.free_folios:
+                    return -ENOMEM, None
+                self.calloc += HPAGE_PMD_NR
+                return 0, self.free_folios.pop()
+            if self.free_pages:
+                self.calloc += 1
+                return 0, self.free_pages.pop()
+            return -ENOMEM, None
+
+    def dmirror_devmem_alloc_page(self, dmirror, is_large: bool):
+        k = self.k
+        order = HPAGE_PMD_ORDER if is_large else 0
+        rpage = None
+        if self.is_private_zone():
+            rpage = folio_alloc(k, order)
+            if rpage is None:
+                return None
+        with self.lock:
+            dpage = None
+            if is_large and self.free_folios:
+                dpage = self.free_folios.pop()
+                self.calloc += 1 << order
+            elif not is_large and self.free_pages:
+                dpage = self.free_pages.pop()
+                self.calloc += 1
+        if dpage is None:
+            ret, dpage = self.dmirror_allocate_chunk(True, is_large)
+            if ret:
+                if rpage is not None:
+                    driver_folio_put(rpage)
+                return None
+        zone_device_folio_init(dpage, page_pgmap(dpage), order)
+        _set_backing(dpage, rpage)
+        return dpage
+
+    def dmirror_devmem_free(self, folio) -> None:
+        """dev_pagemap_ops.folio_free: free the backing folio, recycle the device page."""
+        page = folio
+        rpage = BACKING_PAGE(page)
+        order = folio_order(folio)
+        if rpage is not None and rpage != page:
+            order = folio_order(page_folio(rpage))
+            driver_folio_put(page_folio(rpage))
+            _set_backing(page, None)
+        chunk = page_pgmap(page)._chunk
+        with self.lock:
+            if not chunk.remove:
+                self.cfree += 1 << order
+                if order:
+                    self.free_folios.append(page)
+                else:
+                    self.free_pages.append(page)
+
+    def dmirror_devmem_folio_split(self, head, tail) -> None:
+        """dev_pagemap_ops.folio_split: give each new tail its backing subpage."""
+        rpage = BACKING_PAGE(head)
+        if rpage is None:
+            if tail is not None:
+                _zdd_set(tail, None)
+            return
+        k = self.k
+        rfolio = page_folio(rpage)
+        a, i = rfolio.a, rfolio.i
+        if tail is None:
+            # folio_reset_order + folio_init_count on the backing head
+            n = 1 << int(a.order[i]) if a.flags[i] & 0x20 else 1
+            a.order[i] = 0
+            a.flags[i] &= 0xFFFFFFFF ^ 0x20
+            a._entire_mapcount[i] = -1
+            a._large_mapcount[i] = -1
+            a.mapping[i] = 0
+            a._refcount[i] = 1
+            del n
+            return
+        offset = tail.pfn - head.pfn
+        rtail = Page(k, a, i + offset)
+        _set_backing(tail, rtail)
+        a.head_off[i + offset] = 0
+        a.mapping[i + offset] = 0
+        a._refcount[i + offset] = 1
+        a.zone_device_data[i + offset] = a.zone_device_data[i]
+        k.driver_refs[rtail.pfn] += 1  # folio_init_count() on the backing subpage
+        tail.a.mapping[tail.i] = head.a.mapping[head.i]
+        tail.a.pgmap[tail.i] = head.a.pgmap[head.i]
+
+    def dmirror_device_evict_chunk(self, chunk: dmirror_chunk) -> None:
+        k = self.k
+        pfns = chunk.pfns()
+        npages = len(pfns)
+        src = [0] * npages
+        dst = [0] * npages
+        migrate_device_range(
+            src, pfns.start, npages, k=k, device_private=chunk.pagemap.type == MEMORY_DEVICE_PRIVATE
+        )
+        for i in range(npages):
+            spage = migrate_pfn_to_page(src[i], k=k)
+            if spage is None or not src[i] & MIGRATE_PFN_MIGRATE:
+                continue
+            if not is_device_private_page(spage) and not is_device_coherent_page(spage):
+                k.warn("dmirror_device_evict_chunk: not a device page")
+                continue
+            order = folio_order(page_folio(spage))
+            spage = BACKING_PAGE(spage)
+            if src[i] & MIGRATE_PFN_COMPOUND:
+                dpage = k.mem.alloc_pages(order)
+                if dpage is None:
+                    raise MemoryError("dmirror evict: folio_alloc failed (no __GFP_NOFAIL)")
+            else:
+                dpage = k.mem.alloc_pages(0)
+                if dpage is None:
+                    raise MemoryError("dmirror evict: __GFP_NOFAIL allocation failed")
+                order = 0
+            folio_lock(dpage)
+            dst[i] = migrate_pfn(dpage.pfn)
+            if src[i] & MIGRATE_PFN_WRITE:
+                dst[i] |= MIGRATE_PFN_WRITE
+            if order:
+                dst[i] |= MIGRATE_PFN_COMPOUND
+            n = 1 << order
+            k.mem.ram.frames[dpage.pfn : dpage.pfn + n] = _frames_of(spage, n)
+        migrate_device_pages(src, dst, npages, k=k)
+        migrate_device_finalize(src, dst, npages, k=k)
+
+    def dmirror_device_remove_chunks(self) -> None:
+        k = self.k
+        with self.devmem_lock:
+            for devmem in self.devmem_chunks:
+                with self.lock:
+                    devmem.remove = True
+                    self.free_pages = [
+                        p for p in self.free_pages if page_pgmap(p)._chunk is not devmem
+                    ]
+                    self.free_folios = [
+                        p for p in self.free_folios if page_pgmap(p)._chunk is not devmem
+                    ]
+                self.dmirror_device_evict_chunk(devmem)
+                if devmem.pagemap.type == MEMORY_DEVICE_PRIVATE and k.config.has("c"):
+                    memunmap_device_private_pagemap(devmem.pagemap, k=k)
+                else:
+                    memunmap_pages(devmem.pagemap, k=k)
+                if devmem.res is not None:
+                    k.iomem.release_mem_region(devmem.res)
+            self.devmem_chunks = []
+            self.devmem_capacity = 0
+            self.free_pages = []
+            self.free_folios = []
+
+    # --- file operations ---------------------------------------------------------------------
+    def open(self, f, proc) -> int:
+        dmirror_obj = dmirror(self, proc.mm)
+        ret = mmu_interval_notifier_insert(
+            dmirror_obj.notifier, proc.mm, 0, ULONG_MAX & PAGE_MASK, dmirror_obj
+        )
+        if ret:
+            return ret
+        f.private = dmirror_obj
+        return 0
+
+    def release(self, f) -> int:
+        d = f.private
+        mmu_interval_notifier_remove(d.notifier)
+        for devmem in list(self.devmem_chunks):
+            self.dmirror_device_evict_chunk(devmem)
+        d.pt.clear()
+        f.private = None
+        return 0
+
+    def ioctl(self, f, proc, command: int, cmd) -> int:
+        """dmirror_fops_unlocked_ioctl: 0 or -errno; on error cmd is not written back."""
+        d = f.private
+        if d is None:
+            return -EINVAL
+        if cmd is None:
+            return -EFAULT
+        if cmd.addr & ~PAGE_MASK:
+            return -EINVAL
+        if cmd.addr >= cmd.addr + (cmd.npages << PAGE_SHIFT):
+            return -EINVAL
+        work = type(cmd)(addr=cmd.addr, ptr=cmd.ptr, npages=cmd.npages, cpages=0, faults=0)
+        handlers = {
+            HMM_DMIRROR_READ: d.dmirror_read,
+            HMM_DMIRROR_WRITE: d.dmirror_write,
+            HMM_DMIRROR_MIGRATE_TO_DEV: d.dmirror_migrate_to_device,
+            HMM_DMIRROR_MIGRATE_TO_SYS: d.dmirror_migrate_to_system,
+            HMM_DMIRROR_EXCLUSIVE: d.dmirror_exclusive,
+            HMM_DMIRROR_SNAPSHOT: d.dmirror_snapshot,
+        }
+        if command in handlers:
+            ret = handlers[command](work, proc)
+        elif command == HMM_DMIRROR_CHECK_EXCLUSIVE:
+            ret = d.dmirror_check_atomic(work.addr, work.addr + (work.npages << PAGE_SHIFT))
+        elif command == HMM_DMIRROR_RELEASE:
+            self.dmirror_device_remove_chunks()
+            ret = 0
+        elif command == HMM_DMIRROR_FLAGS:
+            d.flags = work.npages
+            ret = 0
+        else:
+            return -EINVAL
+        if ret:
+            return ret
+        cmd.cpages, cmd.faults = work.cpages, work.faults
+        return 0
+
+    # --- migrate_to_ram ------------------------------------------------------------------------
+    def dmirror_devmem_fault(self, vmf) -> int:
+        """dev_pagemap_ops.migrate_to_ram: bring the faulting page(s) back to RAM."""
+        d = self._dmirror_of(vmf.page)
+        order = folio_order(page_folio(vmf.page))
+        if vmf.pte is not None:
+            order = 0  # a PTE fault on a large folio: it may be partly split
+        start = vmf.address & ~((PAGE_SIZE << order) - 1)
+        nr = 1 << order
+        args = migrate_vma(
+            vma=vmf.vma,
+            src=[0] * nr,
+            dst=[0] * nr,
+            start=start,
+            end=start + (PAGE_SIZE << order),
+            pgmap_owner=self,
+            flags=self.dmirror_select_device(),
+            fault_page=vmf.page,
+        )
+        if order:
+            args.flags |= MIGRATE_VMA_SELECT_COMPOUND
+        if migrate_vma_setup(args):
+            return VM_FAULT_SIGBUS
+        ret = d.dmirror_devmem_fault_alloc_and_copy(args)
+        if ret:
+            migrate_vma_finalize(args)
+            return ret
+        migrate_vma_pages(args)
+        migrate_vma_finalize(args)
+        return 0
+
+    @staticmethod
+    def _dmirror_of(page):
+        rpage = BACKING_PAGE(page_folio(page))
+        owner = _zdd_get(rpage) if rpage is not None else None
+        if not isinstance(owner, dmirror):
+            from hmmsim.bug import KernelOops
+
+            raise KernelOops("dmirror_devmem_fault", "no mirror recorded for the device page")
+        return owner
+
+    def dmirror_select_device(self) -> int:
+        if self.zone_device_type == HMM_DMIRROR_MEMORY_DEVICE_PRIVATE:
+            return MIGRATE_VMA_SELECT_DEVICE_PRIVATE
+        return MIGRATE_VMA_SELECT_DEVICE_COHERENT
+
+
+def _frames_of(page: Page, n: int) -> np.ndarray:
+    k = page.k
+    r = k.mem.range_of(page.pfn)
+    base = page.pfn - r.base
+    return r.frames[base : base + n]
+
+
+class dmirror:
+    """struct dmirror: one open file's mirror of its process's address space.
+
+    Fields: mdevice; pt (VA page number -> (page, tag)); notifier (covers the
+    whole mm); mutex; flags (HMM_DMIRROR_FLAG_*).
+    """
+
+    def __init__(self, mdevice: dmirror_device, mm) -> None:
+        self.mdevice = mdevice
+        self.mm = mm
+        self.pt: dict[int, tuple[Page, int]] = {}
+        self.notifier = mmu_interval_notifier()
+        self.mutex = Lock(mdevice.k, f"dmirror{mdevice.minor}.mutex")
+        self.flags = 0
+        self._zdd_id = None
+
+    def __repr__(self) -> str:
+        return f"<dmirror dev={self.mdevice.minor} pt={len(self.pt)}>"
+
+    # --- the interval notifier -----------------------------------------------------------
+    def invalidate(self, mni, r, cur_seq: int) -> bool:
+        """dmirror_interval_invalidate: drop device mappings of [start, end]."""
+        if r.event == MMU_NOTIFY_MIGRATE and r.owner is self.mdevice:
+            return True
+        if mmu_notifier_range_blockable(r):
+            self.mutex.lock()
+        elif not self.mutex.trylock():
+            return False
+        mmu_interval_set_seq(mni, cur_seq)
+        self.dmirror_do_update(r.start, r.end)
+        self.mutex.unlock()
+        return True
+
+    def dmirror_do_update(self, start: int, end: int) -> None:
+        lo, hi = start >> PAGE_SHIFT, end >> PAGE_SHIFT  # inclusive, like xa_for_each_range
+        if hi - lo > len(self.pt):
+            for vpn in [v for v in self.pt if lo <= v <= hi]:
+                del self.pt[vpn]
+        else:
+            for vpn in range(lo, hi + 1):
+                self.pt.pop(vpn, None)
+
+    # --- device reads/writes through the mirror ---------------------------------------------
+    def dmirror_do_read(self, start: int, end: int, bounce: dmirror_bounce) -> int:
+        off = (start - bounce.addr) & PAGE_MASK
+        for vpn in range(start >> PAGE_SHIFT, end >> PAGE_SHIFT):
+            entry = self.pt.get(vpn)
+            if entry is None:
+                return -ENOENT
+            bounce.ptr[off : off + PAGE_SIZE] = _frame(entry[0])
+            off += PAGE_SIZE
+            bounce.cpages += 1
+        return 0
+
+    def dmirror_do_write(self, start: int, end: int, bounce: dmirror_bounce) -> int:
+        off = (start - bounce.addr) & PAGE_MASK
+        for vpn in range(start >> PAGE_SHIFT, end >> PAGE_SHIFT):
+            entry = self.pt.get(vpn)
+            if entry is None or entry[1] != DPT_XA_TAG_WRITE:
+                return -ENOENT
+            _frame(entry[0])[:] = bounce.ptr[off : off + PAGE_SIZE]
+            off += PAGE_SIZE
+            bounce.cpages += 1
+        return 0
+
+    def dmirror_do_fault(self, r: hmm_range) -> int:
+        k = self.mdevice.k
+        L = k.hmm
+        for i, vpn in enumerate(range(r.start >> PAGE_SHIFT, r.end >> PAGE_SHIFT)):
+            v = int(r.hmm_pfns[i])
+            if v & L.HMM_PFN_ERROR:
+                k.warn("dmirror_do_fault: HMM_PFN_ERROR after a successful fault")
+            if not v & L.HMM_PFN_VALID:
+                k.warn("dmirror_do_fault: !HMM_PFN_VALID after a successful fault")
+            page = hmm_pfn_to_page(k, v)
+            if v & L.HMM_PFN_WRITE:
+                tag = DPT_XA_TAG_WRITE
+            elif r.default_flags & L.HMM_PFN_WRITE:
+                k.warn("dmirror_do_fault: write requested but not granted")
+                return -EFAULT
+            else:
+                tag = 0
+            self.pt[vpn] = (page, tag)
+        return 0
+
+    def dmirror_range_fault(self, r: hmm_range) -> int:
+        mm = self.notifier.mm
+        for _jiffy in range(DMIRROR_RANGE_FAULT_TIMEOUT):
+            r.notifier_seq = mmu_interval_read_begin(r.notifier)
+            mm.mmap_lock.down_read()
+            try:
+                ret = hmm_range_fault(r)
+            finally:
+                mm.mmap_lock.up_read()
+            if ret:
+                if ret == -EBUSY:
+                    continue
+                return ret
+            self.mutex.lock()
+            if mmu_interval_read_retry(r.notifier, r.notifier_seq):
+                self.mutex.unlock()
+                continue
+            ret = self.dmirror_do_fault(r)
+            self.mutex.unlock()
+            return ret
+        return -EBUSY
+
+    def dmirror_fault(self, start: int, end: int, write: bool) -> int:
+        k = self.mdevice.k
+        L = k.hmm
+        if self.notifier.mm.dead:
+            return 0
+        pfns = [0] * 32
+        r = hmm_range(
+            notifier=self.notifier,
+            hmm_pfns=pfns,
+            pfn_flags_mask=0,
+            default_flags=L.HMM_PFN_REQ_FAULT | (L.HMM_PFN_REQ_WRITE if write else 0),
+            dev_private_owner=self.mdevice,
+        )
+        addr = start
+        while addr < end:
+            r.start = addr
+            r.end = min(addr + (32 << PAGE_SHIFT), end)
+            for i in range(32):
+                pfns[i] = 0
+            ret = self.dmirror_range_fault(r)
+            if ret:
+                return ret
+            addr = r.end
+        return 0
+
+    def dmirror_read(self, cmd, proc) -> int:
+        size = cmd.npages << PAGE_SHIFT
+        start = cmd.addr
+        end = start + size
+        bounce = dmirror_bounce(start, size)
+        while True:
+            with self.mutex:
+                ret = self.dmirror_do_read(start, end, bounce)
+            if ret != -ENOENT:
+                break
+            start = cmd.addr + (bounce.cpages << PAGE_SHIFT)
+            ret = self.dmirror_fault(start, end, False)
+            if ret:
+                break
+            cmd.faults += 1
+        if ret == 0:
+            ret = _copy_to_user(proc, cmd.ptr, bounce.ptr)
+        cmd.cpages = bounce.cpages
+        return ret
+
+    def dmirror_write(self, cmd, proc) -> int:
+        size = cmd.npages << PAGE_SHIFT
+        start = cmd.addr
+        end = start + size
+        bounce = dmirror_bounce(start, size)
+        data = _copy_from_user(proc, cmd.ptr, size)
+        if isinstance(data, int):
+            cmd.cpages = 0
+            return data
+        bounce.ptr[:] = data
+        while True:
+            with self.mutex:
+                ret = self.dmirror_do_write(start, end, bounce)
+            if ret != -ENOENT:
+                break
+            start = cmd.addr + (bounce.cpages << PAGE_SHIFT)
+            ret = self.dmirror_fault(start, end, True)
+            if ret:
+                break
+            cmd.faults += 1
+        cmd.cpages = bounce.cpages
+        return ret
+
+    # --- migration ---------------------------------------------------------------------------
+    def dmirror_migrate_alloc_and_copy(self, args) -> None:
+        k = self.mdevice.k
+        src, dst = args.src, args.dst
+        i = 0
+        addr = args.start
+        while addr < args.end:
+            s = int(src[i])
+            is_large = bool(s & MIGRATE_PFN_COMPOUND)
+            write = s & MIGRATE_PFN_WRITE
+            if not s & MIGRATE_PFN_MIGRATE:
+                i += 1
+                addr += PAGE_SIZE
+                continue
+            spage = migrate_pfn_to_page(s, k=k)
+            if spage is not None and is_zone_device_page(spage):
+                k.warn(f"page already in device spage pfn: {spage.pfn:#x}")
+                i += 1
+                addr += PAGE_SIZE
+                continue
+            if self.flags & HMM_DMIRROR_FLAG_FAIL_ALLOC:
+                self.flags &= ~HMM_DMIRROR_FLAG_FAIL_ALLOC
+                dpage = None
+            else:
+                dpage = self.mdevice.dmirror_devmem_alloc_page(self, is_large)
+            if dpage is None:
+                if not is_large:
+                    i += 1
+                    addr += PAGE_SIZE
+                    continue
+                nr = HPAGE_PMD_NR if spage is None else folio_nr_pages(page_folio(spage))
+                spfn = s >> 6
+                j = 0
+                while j < nr and addr < args.end:
+                    dpage = self.mdevice.dmirror_devmem_alloc_page(self, False)
+                    rpage = BACKING_PAGE(dpage)
+                    _zdd_set(rpage, self)
+                    dst[i] = migrate_pfn_from_page(dpage) | write
+                    if spage is not None:
+                        _frame(rpage)[:] = k.mem.frame(spfn + j)
+                    else:
+                        _frame(rpage)[:] = 0
+                    i += 1
+                    j += 1
+                    addr += PAGE_SIZE
+                continue
+            rpage = BACKING_PAGE(dpage)
+            _zdd_set(rpage, self)
+            dst[i] = migrate_pfn_from_page(dpage) | write
+            if is_large:
+                dst[i] = int(dst[i]) | MIGRATE_PFN_COMPOUND
+                folio = page_folio(dpage)
+                n = folio_nr_pages(folio)
+                if n > 1:
+                    frames = _frames_of(rpage, n)
+                    if spage is not None:
+                        frames[:] = _frames_of(spage, n)
+                    else:
+                        frames[:] = 0
+                    i += n
+                    addr += n * PAGE_SIZE
+                    continue
+            if spage is not None:
+                _frame(rpage)[:] = _frame(spage)
+            else:
+                _frame(rpage)[:] = 0
+            i += 1
+            addr += PAGE_SIZE
+
+    def dmirror_migrate_finalize_and_map(self, args) -> int:
+        k = self.mdevice.k
+        start_pfn = args.start >> PAGE_SHIFT
+        end_pfn = args.end >> PAGE_SHIFT
+        with self.mutex:
+            for i, vpn in enumerate(range(start_pfn, end_pfn)):
+                if not int(args.src[i]) & MIGRATE_PFN_MIGRATE:
+                    continue
+                dv = int(args.dst[i])
+                dpage = migrate_pfn_to_page(dv, k=k)
+                if dpage is None:
+                    continue
+                nr = folio_nr_pages(page_folio(dpage)) if dv & MIGRATE_PFN_COMPOUND else 1
+                if end_pfn < vpn + nr:
+                    k.warn_once("finalize_and_map", "dmirror: compound page past the window")
+                rpage = BACKING_PAGE(dpage)
+                rfolio = page_folio(rpage)
+                tag = DPT_XA_TAG_WRITE if dv & MIGRATE_PFN_WRITE else 0
+                for j in range(nr):
+                    self.pt[vpn + j] = (folio_page(rfolio, j), tag)
+        return 0
+
+    def _windows(self, cmd):
+        """The 512-page migrate windows of [addr, end), clipped to each vma."""
+        mm = self.notifier.mm
+        start = cmd.addr
+        end = start + (cmd.npages << PAGE_SHIFT)
+        addr = start
+        while addr < end:
+            vma = vma_lookup(mm, addr)
+            if vma is None or not vma.vm_flags & VM_READ:
+                yield None, addr, addr
+                return
+            nxt = min(end, addr + (PTRS_PER_PTE << PAGE_SHIFT), vma.vm_end)
+            yield vma, addr, nxt
+            addr = nxt
+
+    def dmirror_migrate_to_device(self, cmd, proc) -> int:
+        mm = self.notifier.mm
+        if mm.dead:
+            return -EINVAL
+        src = [0] * PTRS_PER_PTE
+        dst = [0] * PTRS_PER_PTE
+        mm.mmap_lock.down_read()
+        try:
+            for vma, addr, nxt in self._windows(cmd):
+                if vma is None:
+                    return -EINVAL
+                args = migrate_vma(
+                    vma=vma,
+                    src=src,
+                    dst=dst,
+                    start=addr,
+                    end=nxt,
+                    pgmap_owner=self.mdevice,
+                    flags=MIGRATE_VMA_SELECT_SYSTEM | MIGRATE_VMA_SELECT_COMPOUND,
+                )
+                ret = migrate_vma_setup(args)
+                if ret:
+                    return ret
+                self.dmirror_migrate_alloc_and_copy(args)
+                migrate_vma_pages(args)
+                self.dmirror_migrate_finalize_and_map(args)
+                migrate_vma_finalize(args)
+        finally:
+            mm.mmap_lock.up_read()
+        size = cmd.npages << PAGE_SHIFT
+        bounce = dmirror_bounce(cmd.addr, size)
+        with self.mutex:
+            ret = self.dmirror_do_read(cmd.addr, cmd.addr + size, bounce)
+        if ret == 0:
+            ret = _copy_to_user(proc, cmd.ptr, bounce.ptr)
+        cmd.cpages = bounce.cpages
+        return ret
+
+    def dmirror_devmem_fault_alloc_and_copy(self, args) -> int:
+        """Allocate system pages for device pages leaving and copy them (0 or VM_FAULT_OOM)."""
+        k = self.mdevice.k
+        src, dst = args.src, args.dst
+        i = 0
+        addr = args.start
+        while addr < args.end:
+            s = int(src[i])
+            spage = migrate_pfn_to_page(s, k=k)
+            order = 0
+            if spage is None or not s & MIGRATE_PFN_MIGRATE:
+                addr += PAGE_SIZE
+                i += 1
+                continue
+            if not is_device_private_page(spage) and not is_device_coherent_page(spage):
+                k.warn("dmirror_devmem_fault_alloc_and_copy: not a device page")
+                addr += PAGE_SIZE
+                i += 1
+                continue
+            spage = BACKING_PAGE(spage)
+            order = folio_order(page_folio(spage))
+            d = MIGRATE_PFN_COMPOUND if order else 0
+            if s & MIGRATE_PFN_WRITE:
+                d |= MIGRATE_PFN_WRITE
+            if self.flags & HMM_DMIRROR_FLAG_FAIL_ALLOC:
+                self.flags &= ~HMM_DMIRROR_FLAG_FAIL_ALLOC
+                d &= ~MIGRATE_PFN_COMPOUND
+                dpage = None
+            else:
+                dpage = k.mem.alloc_pages(order)
+            if dpage is None and not order:
+                dst[i] = d
+                return VM_FAULT_OOM
+            if dpage is not None:
+                folio_lock(dpage)
+                d |= migrate_pfn(dpage.pfn)
+            dst[i] = d
+            for j in range(1 << order):
+                if dpage is None and order:
+                    small = k.mem.alloc_pages(0)
+                    if small is None:
+                        while j > 0:
+                            j -= 1
+                            fpage = migrate_pfn_to_page(int(dst[i + j]), k=k)
+                            folio_unlock(fpage)
+                            folio_put(fpage)
+                        for jj in range(j, 1 << order):
+                            dst[i + jj] = 0
+                        return VM_FAULT_OOM
+                    folio_lock(small)
+                    dst[i + j] = migrate_pfn(small.pfn)
+                    dst_pfn = small.pfn
+                else:
+                    dst_pfn = dpage.pfn + j
+                self.pt.pop(addr >> PAGE_SHIFT, None)
+                addr += PAGE_SIZE
+                k.mem.frame(dst_pfn)[:] = k.mem.frame(spage.pfn + j)
+            i += 1 << order
+        return 0
+
+    def dmirror_migrate_to_system(self, cmd, proc) -> int:
+        mm = self.notifier.mm
+        if mm.dead:
+            return -EINVAL
+        src = [0] * PTRS_PER_PTE
+        dst = [0] * PTRS_PER_PTE
+        cmd.cpages = 0
+        mm.mmap_lock.down_read()
+        try:
+            for vma, addr, nxt in self._windows(cmd):
+                if vma is None:
+                    return -EINVAL
+                for j in range(PTRS_PER_PTE):
+                    dst[j] = 0
+                args = migrate_vma(
+                    vma=vma,
+                    src=src,
+                    dst=dst,
+                    start=addr,
+                    end=nxt,
+                    pgmap_owner=self.mdevice,
+                    flags=self.mdevice.dmirror_select_device() | MIGRATE_VMA_SELECT_COMPOUND,
+                )
+                ret = migrate_vma_setup(args)
+                if ret:
+                    return ret
+                if self.dmirror_devmem_fault_alloc_and_copy(args):
+                    migrate_vma_finalize(args)
+                    return -ENOMEM
+                migrate_vma_pages(args)
+                cmd.cpages += sum(
+                    1
+                    for j in range(args.npages)
+                    if int(src[j]) & MIGRATE_PFN_VALID and int(src[j]) & MIGRATE_PFN_MIGRATE
+                )
+                migrate_vma_finalize(args)
+        finally:
+            mm.mmap_lock.up_read()
+        return 0
+
+    # --- exclusive access ------------------------------------------------------------------
+    def dmirror_check_atomic(self, start: int, end: int) -> int:
+        for vpn in range(start >> PAGE_SHIFT, end >> PAGE_SHIFT):
+            entry = self.pt.get(vpn)
+            if entry is not None and entry[1] == DPT_XA_TAG_ATOMIC:
+                return -EPERM
+        return 0
+
+    def dmirror_exclusive(self, cmd, proc) -> int:
+        mm = self.notifier.mm
+        if mm.dead:
+            return -EINVAL
+        start = cmd.addr
+        end = start + (cmd.npages << PAGE_SHIFT)
+        ret = 0
+        mm.mmap_lock.down_read()
+        try:
+            addr = start
+            while not ret and addr < end:
+                foliop = []
+                page = make_device_exclusive(mm, addr, None, foliop)
+                if isinstance(page, int):
+                    ret = page
+                    break
+                with self.mutex:
+                    self.pt[addr >> PAGE_SHIFT] = (page, DPT_XA_TAG_ATOMIC)
+                folio_unlock(foliop[0])
+                folio_put(foliop[0])
+                addr += PAGE_SIZE
+        finally:
+            mm.mmap_lock.up_read()
+        if ret:
+            return ret
+        bounce = dmirror_bounce(start, end - start)
+        with self.mutex:
+            ret = self.dmirror_do_read(start, end, bounce)
+        if ret == 0:
+            ret = _copy_to_user(proc, cmd.ptr, bounce.ptr)
+        cmd.cpages = bounce.cpages
+        return ret
+
+    # --- snapshot ----------------------------------------------------------------------------
+    def dmirror_mkentry(self, entry: int) -> int:
+        k = self.mdevice.k
+        L = k.hmm
+        if entry & L.HMM_PFN_ERROR:
+            return HMM_DMIRROR_PROT_ERROR
+        if not entry & L.HMM_PFN_VALID:
+            return HMM_DMIRROR_PROT_NONE
+        page = hmm_pfn_to_page(k, entry)
+        if is_device_private_page(page):
+            perm = (
+                HMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL
+                if page_pgmap(page).owner is self.mdevice
+                else HMM_DMIRROR_PROT_DEV_PRIVATE_REMOTE
+            )
+        elif is_device_coherent_page(page):
+            perm = (
+                HMM_DMIRROR_PROT_DEV_COHERENT_LOCAL
+                if page_pgmap(page).owner is self.mdevice
+                else HMM_DMIRROR_PROT_DEV_COHERENT_REMOTE
+            )
+        elif is_zero_pfn(k, page.pfn):
+            perm = HMM_DMIRROR_PROT_ZERO
+        else:
+            perm = HMM_DMIRROR_PROT_NONE
+        perm |= HMM_DMIRROR_PROT_WRITE if entry & L.HMM_PFN_WRITE else HMM_DMIRROR_PROT_READ
+        order = L.hmm_pfn_to_map_order(entry)
+        if order + PAGE_SHIFT == PMD_SHIFT:
+            perm |= HMM_DMIRROR_PROT_PMD
+        elif order + PAGE_SHIFT == PUD_SHIFT:
+            perm |= HMM_DMIRROR_PROT_PUD
+        return perm
+
+    def dmirror_range_snapshot(self, r: hmm_range, perm: np.ndarray) -> int:
+        mm = self.notifier.mm
+        snap = _SnapshotNotifier(self)
+        r.notifier = mmu_interval_notifier()
+        ret = mmu_interval_notifier_insert(r.notifier, mm, r.start, r.end - r.start, snap)
+        if ret:
+            return ret
+        try:
+            for _jiffy in range(DMIRROR_RANGE_FAULT_TIMEOUT):
+                r.notifier_seq = mmu_interval_read_begin(r.notifier)
+                mm.mmap_lock.down_read()
+                try:
+                    ret = hmm_range_fault(r)
+                finally:
+                    mm.mmap_lock.up_read()
+                if ret:
+                    if ret == -EBUSY:
+                        continue
+                    return ret
+                self.mutex.lock()
+                if mmu_interval_read_retry(r.notifier, r.notifier_seq):
+                    self.mutex.unlock()
+                    continue
+                n = (r.end - r.start) >> PAGE_SHIFT
+                for i in range(n):
+                    perm[i] = self.dmirror_mkentry(int(r.hmm_pfns[i]))
+                self.mutex.unlock()
+                return 0
+            return -EBUSY
+        finally:
+            mmu_interval_notifier_remove(r.notifier)
+
+    def dmirror_snapshot(self, cmd, proc) -> int:
+        mm = self.notifier.mm
+        if mm.dead:
+            return -EINVAL
+        start = cmd.addr
+        end = start + (cmd.npages << PAGE_SHIFT)
+        pfns = [0] * 32
+        perm = np.zeros(32, dtype=np.uint8)
+        r = hmm_range(hmm_pfns=pfns, dev_private_owner=self.mdevice)
+        out = np.zeros(cmd.npages, dtype=np.uint8)
+        addr = start
+        ret = 0
+        done = 0
+        while addr < end:
+            nxt = min(addr + (32 << PAGE_SHIFT), end)
+            r.start, r.end = addr, nxt
+            for i in range(32):
+                pfns[i] = 0
+            ret = self.dmirror_range_snapshot(r, perm)
+            if ret:
+                break
+            n = (nxt - addr) >> PAGE_SHIFT
+            out[done : done + n] = perm[:n]
+            done += n
+            cmd.cpages += n
+            addr = nxt
+        if done:
+            err = _copy_to_user(proc, cmd.ptr, out[:done])
+            if err:
+                return err
+        return ret
+
+
+class _SnapshotNotifier:
+    """dmirror_mrn_ops: a snapshot only needs the sequence bumped."""
+
+    def __init__(self, d: dmirror) -> None:
+        self.d = d
+
+    def invalidate(self, mni, r, cur_seq: int) -> bool:
+        if mmu_notifier_range_blockable(r):
+            self.d.mutex.lock()
+        elif not self.d.mutex.trylock():
+            return False
+        mmu_interval_set_seq(mni, cur_seq)
+        self.d.mutex.unlock()
+        return True
+
+
+def hmm_pfn_to_page(k, hmm_pfn: int) -> Page:
+    """include/linux/hmm.h hmm_pfn_to_page (offset-aware under series (c))."""
+    from hmmsim.mm.memremap import device_private_offset_to_page
+
+    L = k.hmm
+    idx = L.hmm_pfn_to_pfn(hmm_pfn)
+    if L.HMM_PFN_DEVICE_PRIVATE and hmm_pfn & L.HMM_PFN_DEVICE_PRIVATE:
+        return device_private_offset_to_page(idx, k=k)
+    return k.mem.pfn_to_page(idx)
+
+
+def hmm_dmirror_init(k) -> list[dmirror_device]:
+    """Load the module: register /dev/hmm_dmirror0..3 on Kernel k.
+
+    Devices 2 and 3 are device-coherent; the model reserves two 256 MiB
+    "special purpose memory" ranges for them (minor 2 uses spm_addr_dev1,
+    minor 3 spm_addr_dev0, as the C does).
+    """
+    spm = []
+    for _ in range(2):
+        res = k.iomem.request_free_mem_region(DEVMEM_CHUNK_SIZE, "Soft Reserved (SPM)")
+        if isinstance(res, int):
+            raise MemoryError("hmm_dmirror_init: no physical address space for the SPM ranges")
+        spm.append(res.start)
+    spm_addr_dev0, spm_addr_dev1 = spm
+    devices = [
+        dmirror_device(k, 0, HMM_DMIRROR_MEMORY_DEVICE_PRIVATE),
+        dmirror_device(k, 1, HMM_DMIRROR_MEMORY_DEVICE_PRIVATE),
+        dmirror_device(k, 2, HMM_DMIRROR_MEMORY_DEVICE_COHERENT, spm_addr_dev1),
+        dmirror_device(k, 3, HMM_DMIRROR_MEMORY_DEVICE_COHERENT, spm_addr_dev0),
+    ]
+    for d in devices:
+        ret, _ = d.dmirror_allocate_chunk(False, False)
+        if ret:
+            raise MemoryError(f"hmm_dmirror_init: device {d.minor} chunk failed ({ret})")
+        k.devices[f"/dev/hmm_dmirror{d.minor}"] = d
+    return devices
+
+
+_ = (__GFP_ZERO, folio_is_device_private, ENOMEM)
