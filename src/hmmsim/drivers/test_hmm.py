@@ -425,21 +425,22 @@ class dmirror_device:
         k = self.k
         pfns = chunk.pfns()
         npages = len(pfns)
-        src = [0] * npages
-        dst = [0] * npages
+        src = np.zeros(npages, dtype=np.uint64)
+        dst = np.zeros(npages, dtype=np.uint64)
         migrate_device_range(
             src, pfns.start, npages, k=k, device_private=chunk.pagemap.type == MEMORY_DEVICE_PRIVATE
         )
-        for i in range(npages):
-            spage = migrate_pfn_to_page(src[i], k=k)
-            if spage is None or not src[i] & MIGRATE_PFN_MIGRATE:
+        for i in np.nonzero(src)[0].tolist():
+            sv = int(src[i])
+            spage = migrate_pfn_to_page(sv, k=k)
+            if spage is None or not sv & MIGRATE_PFN_MIGRATE:
                 continue
             if not is_device_private_page(spage) and not is_device_coherent_page(spage):
                 k.warn("dmirror_device_evict_chunk: not a device page")
                 continue
             order = folio_order(page_folio(spage))
             spage = BACKING_PAGE(spage)
-            if src[i] & MIGRATE_PFN_COMPOUND:
+            if sv & MIGRATE_PFN_COMPOUND:
                 dpage = k.mem.alloc_pages(order)
                 if dpage is None:
                     raise MemoryError("dmirror evict: folio_alloc failed (no __GFP_NOFAIL)")
@@ -449,11 +450,12 @@ class dmirror_device:
                     raise MemoryError("dmirror evict: __GFP_NOFAIL allocation failed")
                 order = 0
             folio_lock(dpage)
-            dst[i] = migrate_pfn(dpage.pfn)
-            if src[i] & MIGRATE_PFN_WRITE:
-                dst[i] |= MIGRATE_PFN_WRITE
+            d = migrate_pfn(dpage.pfn)
+            if sv & MIGRATE_PFN_WRITE:
+                d |= MIGRATE_PFN_WRITE
             if order:
-                dst[i] |= MIGRATE_PFN_COMPOUND
+                d |= MIGRATE_PFN_COMPOUND
+            dst[i] = d
             n = 1 << order
             k.mem.ram.frames[dpage.pfn : dpage.pfn + n] = _frames_of(spage, n)
         migrate_device_pages(src, dst, npages, k=k)

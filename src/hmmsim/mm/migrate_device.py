@@ -128,8 +128,31 @@ def _rd(arr, i: int) -> int:
     return int(arr[i])
 
 
+def _busy(npages: int, *arrays) -> list[int]:
+    """Indices < npages where any array is non-zero, in order.
+
+    Every phase after collect does nothing for a slot whose src and dst are
+    both 0, so the device-range paths (eviction over a whole 256 MiB chunk)
+    visit only the busy slots. Same result as the per-slot loop.
+    """
+    import numpy as np
+
+    mask = None
+    for arr in arrays:
+        m = np.asarray(arr[:npages] if not isinstance(arr, np.ndarray) else arr[:npages]) != 0
+        mask = m if mask is None else (mask | m)
+    return np.nonzero(mask)[0].tolist() if mask is not None else []
+
+
 # ----------------------------------------------------------------------------------------
 # collect
+
+
+def _skip(busy: list[int], bi: int, limit: int) -> int:
+    """Advance a position in `busy` past every index below limit."""
+    while bi < len(busy) and busy[bi] < limit:
+        bi += 1
+    return bi
 
 
 def _collect_skip(migrate, start: int, end: int) -> int:
@@ -467,25 +490,25 @@ def migrate_device_unmap(src_pfns, npages: int, fault_page, *, k) -> int:
     fault_folio = page_folio(fault_page) if fault_page is not None else None
     restore = 0
     unmapped = 0
-    i = 0
-    while i < npages:
+    skip_to = 0
+    for i in _busy(npages, src_pfns):
+        if i < skip_to:
+            continue
         v = _rd(src_pfns, i)
         page = migrate_pfn_to_page(v, k=k)
-        nr = 1
         if page is None:
             if v & MIGRATE_PFN_MIGRATE:
                 unmapped += 1
-            i += nr
             continue
         folio = page_folio(page)
         nr = folio_nr_pages(folio)
+        skip_to = i + nr
         if nr > 1:
             src_pfns[i] = _rd(src_pfns, i) | MIGRATE_PFN_COMPOUND
         if not folio_is_zone_device(folio):
             if not folio_isolate_lru(folio):
                 src_pfns[i] = _rd(src_pfns, i) & ~MIGRATE_PFN_MIGRATE
                 restore += 1
-                i += nr
                 continue
             folio_put(folio)  # the collect reference; isolation holds one now
         if folio_mapped(folio):
@@ -496,16 +519,14 @@ def migrate_device_unmap(src_pfns, npages: int, fault_page, *, k) -> int:
                 folio_putback_lru(folio)
             src_pfns[i] = _rd(src_pfns, i) & ~MIGRATE_PFN_MIGRATE
             restore += 1
-            i += nr
             continue
         unmapped += 1
-        i += nr
-    i = 0
-    while i < npages and restore:
+    for i in _busy(npages, src_pfns) if restore else ():
+        if not restore:
+            break
         v = _rd(src_pfns, i)
         page = migrate_pfn_to_page(v, k=k)
         if page is None or v & MIGRATE_PFN_MIGRATE:
-            i += 1
             continue
         folio = page_folio(page)
         remove_migration_ptes(folio, folio, 0)
@@ -514,7 +535,6 @@ def migrate_device_unmap(src_pfns, npages: int, fault_page, *, k) -> int:
             folio_unlock(folio)
         folio_put(folio)
         restore -= 1
-        i += 1
     return unmapped
 
 
@@ -730,9 +750,12 @@ def __migrate_device_pages(src_pfns, dst_pfns, npages: int, migrate, *, k) -> No
     from hmmsim.mm.rmap import folio_mapping
 
     r = None
-    i = 0
+    busy = _busy(npages, src_pfns, dst_pfns)
+    bi = 0
     try:
-        while i < npages:
+        while bi < len(busy):
+            i = busy[bi]
+            bi += 1
             nr = 1
             dval = _rd(dst_pfns, i)
             sval = _rd(src_pfns, i)
@@ -740,11 +763,11 @@ def __migrate_device_pages(src_pfns, dst_pfns, npages: int, migrate, *, k) -> No
             page = migrate_pfn_to_page(sval, k=k)
             if newpage is None:
                 src_pfns[i] = sval & ~MIGRATE_PFN_MIGRATE
-                i += nr
+                bi = _skip(busy, bi, i + nr)
                 continue
             if page is None:
                 if not sval & MIGRATE_PFN_MIGRATE:
-                    i += nr
+                    bi = _skip(busy, bi, i + nr)
                     continue
                 if migrate is None:
                     raise KernelBug("__migrate_device_pages: a hole without a migrate_vma")
@@ -769,7 +792,7 @@ def __migrate_device_pages(src_pfns, dst_pfns, npages: int, migrate, *, k) -> No
                     migrate_vma_insert_page(
                         migrate, addr + j * PAGE_SIZE, dst_pfns, src_pfns, i + j
                     )
-                i += nr
+                bi = _skip(busy, bi, i + nr)
                 continue
             newfolio = page_folio(newpage)
             folio = page_folio(page)
@@ -783,13 +806,13 @@ def __migrate_device_pages(src_pfns, dst_pfns, npages: int, migrate, *, k) -> No
                 ):
                     if migrate is None:
                         src_pfns[i] = sval & ~(MIGRATE_PFN_MIGRATE | MIGRATE_PFN_COMPOUND)
-                        i += nr
+                        bi = _skip(busy, bi, i + nr)
                         continue
                     nr = 1 << folio_order(folio)
                     addr = migrate.start + i * PAGE_SIZE
                     if migrate_vma_split_unmapped_folio(migrate, i, addr, folio):
                         src_pfns[i] = sval & ~(MIGRATE_PFN_MIGRATE | MIGRATE_PFN_COMPOUND)
-                        i += nr
+                        bi = _skip(busy, bi, i + nr)
                         continue
                 elif (
                     sval & MIGRATE_PFN_MIGRATE
@@ -801,11 +824,11 @@ def __migrate_device_pages(src_pfns, dst_pfns, npages: int, migrate, *, k) -> No
             if folio_is_device_private(newfolio) or folio_is_device_coherent(newfolio):
                 if mapping is not None and not folio_test_anon(folio):
                     src_pfns[i] = _rd(src_pfns, i) & ~MIGRATE_PFN_MIGRATE
-                    i += nr
+                    bi = _skip(busy, bi, i + nr)
                     continue
             elif folio_is_zone_device(newfolio):
                 src_pfns[i] = _rd(src_pfns, i) & ~MIGRATE_PFN_MIGRATE
-                i += nr
+                bi = _skip(busy, bi, i + nr)
                 continue
             extra_cnt = 1 if migrate is not None and migrate.fault_page == page else 0
             for j in range(nr):
@@ -817,7 +840,7 @@ def __migrate_device_pages(src_pfns, dst_pfns, npages: int, migrate, *, k) -> No
                     src_pfns[i + j] = _rd(src_pfns, i + j) & ~MIGRATE_PFN_MIGRATE
                 else:
                     folio_migrate_flags(df, sf)
-            i += nr
+            bi = _skip(busy, bi, i + nr)
     finally:
         if r is not None:
             r.__exit__(None, None, None)
@@ -838,7 +861,7 @@ def migrate_device_pages(src_pfns, dst_pfns, npages: int, *, k) -> None:
 
 def __migrate_device_finalize(src_pfns, dst_pfns, npages: int, fault_page, *, k) -> None:
     fault_folio = page_folio(fault_page) if fault_page is not None else None
-    for i in range(npages):
+    for i in _busy(npages, src_pfns, dst_pfns):
         sval = _rd(src_pfns, i)
         newpage = migrate_pfn_to_page(_rd(dst_pfns, i), k=k)
         page = migrate_pfn_to_page(sval, k=k)
@@ -901,8 +924,24 @@ def migrate_device_pfn_lock(page) -> int:
 
 
 def _range_pages(k, src_pfns, npages: int, page_at) -> None:
-    i = 0
-    while i < npages:
+    """Lock every in-use device page of the slots; free and tail pages give 0."""
+    import numpy as np
+
+    first = page_at(0) if npages else None
+    a = first.a if first is not None else None
+    if a is not None and first.i + npages <= a.nr and page_at(npages - 1).a is a:
+        # one contiguous struct-page array: only pages in use need the slow path
+        sl = slice(first.i, first.i + npages)
+        busy = np.nonzero((a._refcount[sl] > 0) & (a.head_off[sl] == 0))[0].tolist()
+        for i in range(npages):
+            src_pfns[i] = 0
+        candidates = busy
+    else:
+        candidates = range(npages)
+    skip_to = 0
+    for i in candidates:
+        if i < skip_to:
+            continue
         page = page_at(i)
         folio = page_folio(page)
         src_pfns[i] = migrate_device_pfn_lock(page)
@@ -912,9 +951,7 @@ def _range_pages(k, src_pfns, npages: int, page_at) -> None:
             for j in range(1, nr):
                 if i + j < len(src_pfns):
                     src_pfns[i + j] = 0
-            i += nr
-            continue
-        i += 1
+            skip_to = i + nr
     migrate_device_unmap(src_pfns, npages, None, k=k)
 
 
