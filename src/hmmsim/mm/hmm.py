@@ -46,6 +46,18 @@ from hmmsim.mm.mmu_notifier import mmu_interval_check_retry
 from hmmsim.mm.pagewalk import mm_walk_ops, walk_page_range
 from hmmsim.mm.pgtable import pmdp_get, pte_offset_map, ptep_get
 
+
+def hmm_pfn_to_page(k, hmm_pfn: int):
+    """include/linux/hmm.h hmm_pfn_to_page; a series (c) word names an offset."""
+    from hmmsim.mm.memremap import device_private_offset_to_page
+
+    L = k.hmm
+    idx = L.hmm_pfn_to_pfn(hmm_pfn)
+    if L.HMM_PFN_DEVICE_PRIVATE and hmm_pfn & L.HMM_PFN_DEVICE_PRIVATE:
+        return device_private_offset_to_page(idx, k=k)
+    return k.mem.pfn_to_page(idx)
+
+
 HMM_NEED_FAULT = 1 << 0
 HMM_NEED_WRITE_FAULT = 1 << 1
 HMM_NEED_ALL_BITS = HMM_NEED_FAULT | HMM_NEED_WRITE_FAULT
@@ -361,5 +373,82 @@ def hmm_range_fault(range_) -> int:
             return -EBUSY
         ret = walk_page_range(mm, w.last, range_.end, HMM_WALK_OPS, w)
         if ret != -EBUSY:
-            return ret
+            break
         k.stats["hmm_range_fault_rewalks"] += 1
+    if (
+        ret == 0
+        and k.config.has("e")
+        and range_.migrate is not None
+        and range_.default_flags & k.hmm.HMM_PFN_REQ_MIGRATE
+    ):
+        ret = hmm_range_migrate_collect(range_)
+    return ret
+
+
+def hmm_range_migrate_collect(range_) -> int:
+    """Series (e): collect for migration while walking, marking HMM_PFN_MIGRATE.
+
+    Pages the migrate_vma flags select are locked and replaced by migration
+    entries, exactly as migrate_vma_collect would; their words become
+    VALID | MIGRATE | pfn [| WRITE] [| COMPOUND + order]; holes and the zero
+    page become MIGRATE without VALID (the later revision's encoding, not the
+    RFC's ambiguous "VALID | MIGRATE with pfn 0"). range.migrate gets vma,
+    start and end. Returns 0, or -EINVAL if the range is not in one vma.
+
+    Differences from the series: the model performs the collect as a second
+    pass of the same hmm_range_fault call (same locks held, same
+    MMU_NOTIFY_MIGRATE notification with pgmap_owner) instead of inside the
+    first walk; the outputs and page-table effects are the same.
+    """
+    from hmmsim.include.migrate import (
+        MIGRATE_PFN_COMPOUND,
+        MIGRATE_PFN_MIGRATE,
+        MIGRATE_PFN_VALID,
+        MIGRATE_PFN_WRITE,
+        migrate_vma,
+    )
+    from hmmsim.mm.migrate import migrate_pfn_to_page
+    from hmmsim.mm.migrate_device import migrate_vma_collect
+    from hmmsim.mm.mmap import vma_lookup
+
+    mm = range_.notifier.mm
+    k = mm.k
+    L = k.hmm
+    m = range_.migrate
+    vma = vma_lookup(mm, range_.start)
+    if vma is None or vma.vm_end < range_.end:
+        return -EINVAL
+    m.vma, m.start, m.end = vma, range_.start, range_.end
+    n = (range_.end - range_.start) >> PAGE_SHIFT
+    scratch = migrate_vma(
+        vma=vma,
+        src=[0] * n,
+        dst=[0] * n,
+        start=range_.start,
+        end=range_.end,
+        pgmap_owner=m.pgmap_owner,
+        flags=m.flags,
+    )
+    migrate_vma_collect(scratch)
+    w = hmm_vma_walk(range_, L)
+    for i in range(n):
+        v = scratch.src[i]
+        if not v & MIGRATE_PFN_MIGRATE:
+            continue
+        word = L.HMM_PFN_MIGRATE
+        if v & MIGRATE_PFN_VALID:
+            page = migrate_pfn_to_page(v, k=k)
+            field = _device_private_word(w, page) if _is_dp(page) else _pfn_word(w, page.pfn)
+            word |= L.HMM_PFN_VALID | field
+            if v & MIGRATE_PFN_WRITE:
+                word |= L.HMM_PFN_WRITE
+        if v & MIGRATE_PFN_COMPOUND:
+            word |= L.HMM_PFN_COMPOUND | hmm_pfn_flags_order(w, HPAGE_PMD_ORDER)
+        _set(w, i, word)
+    return 0
+
+
+def _is_dp(page) -> bool:
+    from hmmsim.mm.memremap import is_device_private_page
+
+    return is_device_private_page(page)

@@ -1005,3 +1005,41 @@ def migrate_device_coherent_folio(folio) -> int:
 
 
 _ = (MIGRATE_PFN_VALID, ENOENT)
+
+
+def migrate_hmm_range_setup(range_) -> None:
+    """Series (e): turn hmm_range_fault's HMM_PFN_MIGRATE output into src[].
+
+    An entry without HMM_PFN_MIGRATE gives src = 0. MIGRATE with VALID gives
+    migrate_pfn(pfn) | MIGRATE [| WRITE] [| COMPOUND]; MIGRATE without VALID
+    is a hole or the zero page: src = MIGRATE [| COMPOUND]. cpages counts
+    the MIGRATE entries; then the unmap step runs, as in migrate_vma_setup.
+    The caller filled range.migrate's src/dst arrays, pgmap_owner and flags.
+    """
+    m = range_.migrate
+    if m is None:
+        return
+    k = range_.notifier.mm.k
+    L = k.hmm
+    m.npages = (m.end - m.start) >> PAGE_SHIFT
+    m.cpages = 0
+    for i in range(m.npages):
+        v = int(range_.hmm_pfns[i]) & ~L.HMM_PFN_INOUT_FLAGS
+        m.dst[i] = 0
+        if not v & L.HMM_PFN_MIGRATE:
+            m.src[i] = 0
+            continue
+        m.cpages += 1
+        if v & L.HMM_PFN_VALID:
+            from hmmsim.mm.hmm import hmm_pfn_to_page
+
+            src = migrate_pfn_from_page(hmm_pfn_to_page(k, v)) | MIGRATE_PFN_MIGRATE
+            if v & L.HMM_PFN_WRITE:
+                src |= MIGRATE_PFN_WRITE
+        else:
+            src = MIGRATE_PFN_MIGRATE
+        if v & L.HMM_PFN_COMPOUND:
+            src |= MIGRATE_PFN_COMPOUND
+        m.src[i] = src
+    if m.cpages:
+        migrate_vma_unmap(m)
