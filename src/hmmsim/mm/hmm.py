@@ -15,7 +15,7 @@ Context: the mmap_lock of range.notifier.mm is held (read).
 from __future__ import annotations
 
 from hmmsim.bug import KernelBug
-from hmmsim.errno import EBUSY, EFAULT, EPERM
+from hmmsim.errno import EBUSY, EFAULT, EINVAL, EPERM
 from hmmsim.include.mm import (
     FAULT_FLAG_REMOTE,
     FAULT_FLAG_WRITE,
