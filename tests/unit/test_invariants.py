@@ -97,3 +97,30 @@ def test_anon_index_mismatch(k, mapped):
     a, page = mapped
     page.a.index[page.i] += 1
     caught(k, "does not give address")
+
+
+def test_stale_device_mirror_entry_is_caught():
+    import numpy as np
+
+    from hmmsim.drivers.test_hmm import hmm_dmirror_init
+    from hmmsim.drivers.test_hmm_uapi import HMM_DMIRROR_READ, hmm_dmirror_cmd
+    from hmmsim.include.mman import O_RDWR
+    from hmmsim.kernel import Kernel
+
+    k = Kernel(ram_bytes=256 << 20)
+    hmm_dmirror_init(k)
+    p = k.spawn()
+    a = p.mmap(0, 2 * 4096, RW, MAP_PRIVATE | MAP_ANONYMOUS)
+    p.store(a, b"x")
+    fd = p.open("/dev/hmm_dmirror0", O_RDWR)
+    mirror = np.zeros(2048, dtype=np.int32)
+    assert p.ioctl(fd, HMM_DMIRROR_READ, hmm_dmirror_cmd(addr=a, ptr=mirror, npages=2)) == 0
+    check_invariants(k)
+    d = p.fds[fd].private
+    # a driver that forgot to invalidate: the CPU moves on, the mirror does not
+    p.mm.notifier_subscriptions.remove(d.notifier)
+    p.munmap(a, 4096)
+    p.mmap(a, 4096, RW, MAP_PRIVATE | MAP_ANONYMOUS | 0x10)
+    p.store(a, b"y")
+    caught(k, "but the CPU has")
+    p.mm.notifier_subscriptions.append(d.notifier)

@@ -603,6 +603,9 @@ class dmirror:
     whole mm); mutex; flags (HMM_DMIRROR_FLAG_*).
     """
 
+    #: for the invariant checker: device-private pages map through their backing page
+    backing_page = staticmethod(BACKING_PAGE)
+
     def __init__(self, mdevice: dmirror_device, mm) -> None:
         self.mdevice = mdevice
         self.mm = mm

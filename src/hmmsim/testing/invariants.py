@@ -21,7 +21,9 @@ Checked:
   pin and registered extra references (exact, so a leak is caught);
 - each mm's rss counters equal the pages found;
 - every anon page is reachable through rmap from each vma that maps it;
-- each huge PMD has exactly one deposited page table.
+- each huge PMD has exactly one deposited page table;
+- every device mirror (a notifier subscriber with a `pt`) maps only pages
+  the CPU maps at the same address, writable only where the CPU allows it.
 """
 
 from __future__ import annotations
@@ -99,6 +101,9 @@ class _Checker:
                 self.check_mm(p.mm)
         self.check_deposits()
         self.check_counts()
+        for p in list(k.processes.values()):
+            if p.alive:
+                self.check_mirrors(p)
         for hook in getattr(k, "invariant_hooks", ()):
             self.problems.extend(hook(k))
 
@@ -307,6 +312,69 @@ class _Checker:
                 self.bad(f"deposited tables for no huge PMD: {[hex(x) for x in extra]}")
         for t in self.k.deposited.values():
             self.tables[t] += 1
+
+    # --- device mirrors ----------------------------------------------------------------------
+    def check_mirrors(self, proc) -> None:
+        """A device page table never maps what the CPU no longer maps there.
+
+        Any interval-notifier subscriber with a `pt` dict (vpn -> (page, tag))
+        is a mirror: each entry must name the page the CPU maps at that
+        address (for device-private memory, the page's backing page; for a
+        device-exclusive entry, the page it names), and a WRITE-tagged entry
+        needs a CPU mapping that is writable or a writable device entry.
+        """
+        from hmmsim.include.pgtable import _PAGE_RW, pte_present
+
+        k = self.k
+        swp = k.swp
+        for mni in proc.mm.notifier_subscriptions:
+            pt = getattr(mni.ops, "pt", None)
+            if not isinstance(pt, dict):
+                continue
+            backing = getattr(type(mni.ops), "backing_page", None)
+            for vpn, (page, tag) in pt.items():
+                addr = vpn << PAGE_SHIFT
+                from hmmsim.userspace import entry_at
+
+                level, e = entry_at(proc, addr)
+                ok, writable = False, False
+                if level == "pmd" and e & 1:
+                    from hmmsim.include.pgtable import pmd_pfn
+
+                    ok = pmd_pfn(e) + ((addr >> PAGE_SHIFT) & 511) == page.pfn
+                    writable = bool(e & _PAGE_RW)
+                elif e and pte_present(e):
+                    ok = pte_pfn(e) == page.pfn
+                    writable = bool(e & _PAGE_RW)
+                elif e:
+                    entry = swp.softleaf_from_pmd(e) if level == "pmd" else swp.softleaf_from_pte(e)
+                    if swp.softleaf_has_pfn(entry) and not swp.softleaf_is_migration(entry):
+                        from hmmsim.include.mm_types import Page, page_folio
+
+                        cpu_page = k.softleaf_to_page(entry)
+                        sub = vpn & 511 if level == "pmd" else 0
+                        cpu_page = Page(k, cpu_page.a, cpu_page.i + sub)
+                        same = cpu_page == page
+                        if not same and backing is not None:
+                            head = page_folio(cpu_page)
+                            rhead = backing(head)
+                            if rhead is not None:
+                                off = cpu_page.i - head.i
+                                same = Page(k, rhead.a, rhead.i + off) == page
+                        ok = same
+                        writable = swp.softleaf_is_device_private_write(entry) or (
+                            swp.softleaf_is_device_exclusive(entry)
+                        )
+                if not ok:
+                    self.bad(
+                        f"pid {proc.pid}: mirror {mni.ops!r} maps {addr:#x} -> "
+                        f"{page.pfn:#x} but the CPU has {level} {e:#x}"
+                    )
+                elif tag == 3 and not writable:
+                    self.bad(
+                        f"pid {proc.pid}: mirror {mni.ops!r} maps {addr:#x} writable "
+                        f"but the CPU mapping is read-only"
+                    )
 
     # --- metadata vs what was found ---------------------------------------------------------
     def check_counts(self) -> None:
