@@ -120,5 +120,5 @@ def test_stale_device_mirror_entry_is_caught():
     # a driver that forgot to invalidate: the CPU moves on, the mirror does not
     p.mm.notifier_subscriptions.remove(d.notifier)
     p.munmap(a, 4096)
-    caught(k, "but the CPU has")
     p.mm.notifier_subscriptions.append(d.notifier)
+    caught(k, "but the CPU has")

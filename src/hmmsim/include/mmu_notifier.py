@@ -94,14 +94,17 @@ def mmu_notifier_range_init(
     start: int,
     end: int,
 ) -> None:
-    """Fill `range` in place (Kernel: mmu_notifier.h mmu_notifier_range_init);
-    the owner is cleared."""
+    """Fill event, flags, mm, start and end of `range` in place.
+
+    Kernel: include/linux/mmu_notifier.h mmu_notifier_range_init. Like the
+    kernel it leaves `owner` alone. Note that mmu_notifier_invalidate_range_start()
+    then ORs in MMU_NOTIFIER_RANGE_BLOCKABLE, whatever `flags` said.
+    """
     range.event = event
     range.mm = mm
     range.start = start
     range.end = end
     range.flags = flags
-    range.owner = None
 
 
 def mmu_notifier_range_init_owner(
