@@ -235,6 +235,58 @@ def _copy_from_user(proc, uptr, size: int) -> np.ndarray | int:
 
 
 # --- devices and chunks ----------------------------------------------------------------------
+class _FreeList:
+    """A LIFO list of free device pages, stored compactly.
+
+    The C threads free pages through zone_device_data; the model keeps
+    (page array, index) pairs packed in ints so that a 256 MiB chunk's 65536
+    pages cost one list, not 65536 objects.
+    """
+
+    def __init__(self, k) -> None:
+        self.k = k
+        self.arrays: list = []
+        self.items: list[int] = []
+
+    def _aid(self, arrays) -> int:
+        for n, a in enumerate(self.arrays):
+            if a is arrays:
+                return n
+        self.arrays.append(arrays)
+        return len(self.arrays) - 1
+
+    def append(self, page: Page) -> None:
+        self.items.append((self._aid(page.a) << 32) | page.i)
+
+    def extend_indices(self, arrays, indices) -> None:
+        aid = self._aid(arrays) << 32
+        self.items.extend(aid | i for i in indices)
+
+    def pop(self) -> Page:
+        v = self.items.pop()
+        return Page(self.k, self.arrays[v >> 32], v & 0xFFFFFFFF)
+
+    def __getitem__(self, n: int) -> Page:
+        v = self.items[n]
+        return Page(self.k, self.arrays[v >> 32], v & 0xFFFFFFFF)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def drop_arrays(self, arrays) -> None:
+        """Remove every page of one chunk (dmirror_remove_free_pages)."""
+        for n, a in enumerate(self.arrays):
+            if a is arrays:
+                self.items = [v for v in self.items if v >> 32 != n]
+
+    def clear(self) -> None:
+        self.items = []
+        self.arrays = []
+
+
 class dmirror_chunk:
     __slots__ = ("pagemap", "mdevice", "remove", "res", "_zdd_id")
 
@@ -267,8 +319,8 @@ class dmirror_device:
         self.lock = Lock(k, f"dmirror{minor}.lock")
         self.calloc = 0
         self.cfree = 0
-        self.free_pages: list[Page] = []
-        self.free_folios: list[Page] = []
+        self.free_pages = _FreeList(k)
+        self.free_folios = _FreeList(k)
         self.ops = dev_pagemap_ops(
             folio_free=self.dmirror_devmem_free,
             migrate_to_ram=self.dmirror_devmem_fault,
@@ -323,16 +375,15 @@ class dmirror_device:
             self.devmem_chunks.append(devmem)
         r = pgmap._ranges[0]
         with self.lock:
-            pfn = 0
             n = r.pages.nr
-            while pfn < n:
-                page = Page(k, r.pages, pfn)
-                if is_large and pfn % HPAGE_PMD_NR == 0 and pfn + HPAGE_PMD_NR <= n:
-                    self.free_folios.append(page)
-                    pfn += HPAGE_PMD_NR
-                    continue
-                self.free_pages.append(page)
-                pfn += 1
+            if is_large:
+                nfolios = n // HPAGE_PMD_NR
+                self.free_folios.extend_indices(
+                    r.pages, range(0, nfolios * HPAGE_PMD_NR, HPAGE_PMD_NR)
+                )
+                self.free_pages.extend_indices(r.pages, range(nfolios * HPAGE_PMD_NR, n))
+            else:
+                self.free_pages.extend_indices(r.pages, range(n))
             if not want_page:
                 return 0, None
             if is_large:
@@ -467,12 +518,8 @@ class dmirror_device:
             for devmem in self.devmem_chunks:
                 with self.lock:
                     devmem.remove = True
-                    self.free_pages = [
-                        p for p in self.free_pages if page_pgmap(p)._chunk is not devmem
-                    ]
-                    self.free_folios = [
-                        p for p in self.free_folios if page_pgmap(p)._chunk is not devmem
-                    ]
+                    self.free_pages.drop_arrays(devmem.pagemap._ranges[0].pages)
+                    self.free_folios.drop_arrays(devmem.pagemap._ranges[0].pages)
                 self.dmirror_device_evict_chunk(devmem)
                 if devmem.pagemap.type == MEMORY_DEVICE_PRIVATE and k.config.has("c"):
                     memunmap_device_private_pagemap(devmem.pagemap, k=k)
@@ -482,8 +529,8 @@ class dmirror_device:
                     k.iomem.release_mem_region(devmem.res)
             self.devmem_chunks = []
             self.devmem_capacity = 0
-            self.free_pages = []
-            self.free_folios = []
+            self.free_pages.clear()
+            self.free_folios.clear()
 
     # --- file operations ---------------------------------------------------------------------
     def open(self, f, proc) -> int:

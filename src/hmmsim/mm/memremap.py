@@ -286,7 +286,7 @@ def _unmap_common(k, pgmap: dev_pagemap) -> None:
     if getattr(pgmap, "_id", None) is None:
         raise KernelBug(f"memunmap: {pgmap!r} was never mapped")
     pgmap._killed = True
-    if pgmap._refs:
+    while pgmap._refs:
         # memunmap_pages waits for every device page to be freed: forever,
         # if the driver did not evict them first.
         k.sched.wait(pgmap, f"memunmap_pages: {pgmap._refs} device pages still in use")
@@ -355,7 +355,7 @@ def free_zone_device_folio(folio: Page) -> None:
             raise KernelOopsMissingOp(pgmap)
         pgmap.ops.folio_free(folio)
         pgmap._refs -= n
-    del k
+        k.sched.point("release", pgmap)  # wakes memunmap_pages
 
 
 class KernelOopsMissingOp(KernelBug):

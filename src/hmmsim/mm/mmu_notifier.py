@@ -112,6 +112,7 @@ def mmu_notifier_invalidate_range_end(r: mmu_notifier_range, hit: list) -> None:
     for mni in hit:
         if mni.invalidate_seq & 1:
             mni.invalidate_seq += 1
+        mm.k.sched.point("release", mni)  # wakes mmu_interval_read_begin waiters
     mm.invalidating -= 1
 
 
