@@ -78,7 +78,8 @@ class mmu_notifier_range:
     def __repr__(self) -> str:
         ev = self.event.name if isinstance(self.event, mmu_notifier_event) else self.event
         block = " blockable" if self.flags & MMU_NOTIFIER_RANGE_BLOCKABLE else ""
-        return f"<mmu_notifier_range {ev} [{self.start:#x}, {self.end:#x}){block} owner={self.owner!r}>"
+        span = f"[{self.start:#x}, {self.end:#x})"
+        return f"<mmu_notifier_range {ev} {span}{block} owner={self.owner!r}>"
 
 
 def mmu_notifier_range_blockable(range: mmu_notifier_range) -> bool:  # noqa: A002

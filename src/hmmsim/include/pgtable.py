@@ -4,8 +4,10 @@ Models: arch/x86/include/asm/pgtable_types.h, pgtable.h, pgtable_64.h,
 pgtable_64_types.h and arch/x86/mm/pgprot.c @ torvalds/linux 0eaed89c18ae.
 
 Entries are plain Python ints holding the 64-bit word the hardware walks.
-Simplified: no SME/TDX encryption bit, no protection keys, no shadow stacks
-(so pte_wrprotect never moves Dirty to SavedDirty), 4-level paging only.
+Simplified: no SME/TDX encryption bit, no protection keys, 4-level paging
+only. As in the kernel (since shadow-stack support), a read-only entry never
+carries hardware Dirty: wrprotect/mkdirty/modify move it to SavedDirty
+(bit 58) and mkwrite moves it back, so pte_dirty() sees either bit.
 The L1TF mitigation is modelled: a non-present, non-empty entry (PROT_NONE)
 stores its PFN bits inverted, exactly like protnone_mask() in the kernel.
 """
@@ -71,8 +73,10 @@ PHYSICAL_PMD_PAGE_MASK = (~((1 << PMD_SHIFT) - 1)) & __PHYSICAL_MASK
 PTE_PFN_MASK = PHYSICAL_PAGE_MASK
 PTE_FLAGS_MASK = ~PTE_PFN_MASK & 0xFFFF_FFFF_FFFF_FFFF
 #: Bits pte_modify() keeps from the old entry.
+_PAGE_PAT = 1 << _PAGE_BIT_PAT
 _PAGE_CHG_MASK = (
     PTE_PFN_MASK
+    | _PAGE_PAT
     | _PAGE_PCD
     | _PAGE_PWT
     | _PAGE_SPECIAL
@@ -210,16 +214,30 @@ def pfn_pte(pfn: int, prot: int) -> int:
     return (v & PTE_PFN_MASK) | (prot & PTE_FLAGS_MASK)
 
 
+def mksaveddirty_shift(v: int) -> int:
+    """Read-only entries keep dirtiness in SavedDirty, never in hardware Dirty."""
+    cond = (~v >> _PAGE_BIT_RW) & 1
+    v |= ((v >> _PAGE_BIT_DIRTY) & cond) << _PAGE_BIT_SAVED_DIRTY
+    return v & ~(cond << _PAGE_BIT_DIRTY)
+
+
+def clear_saveddirty_shift(v: int) -> int:
+    """A writable entry gets its dirtiness back in hardware Dirty."""
+    cond = (v >> _PAGE_BIT_RW) & 1
+    v |= ((v >> _PAGE_BIT_SAVED_DIRTY) & cond) << _PAGE_BIT_DIRTY
+    return v & ~(cond << _PAGE_BIT_SAVED_DIRTY)
+
+
 def pte_mkwrite_novma(pte: int) -> int:
-    return pte | _PAGE_RW
+    return clear_saveddirty_shift(pte | _PAGE_RW)
 
 
 def pte_wrprotect(pte: int) -> int:
-    return pte & ~_PAGE_RW
+    return mksaveddirty_shift(pte & ~_PAGE_RW)
 
 
 def pte_mkdirty(pte: int) -> int:
-    return pte | _PAGE_DIRTY | _PAGE_SOFT_DIRTY
+    return mksaveddirty_shift(pte | _PAGE_DIRTY | _PAGE_SOFT_DIRTY)
 
 
 def pte_mkclean(pte: int) -> int:
@@ -254,7 +272,8 @@ def pte_modify(pte: int, newprot: int) -> int:
     """Change the protection bits of `pte`, keeping PFN, A/D, special, soft bits."""
     val = pte & _PAGE_CHG_MASK
     val |= newprot & ~_PAGE_CHG_MASK & U64
-    return flip_protnone_guard(pte, val, PTE_PFN_MASK)
+    val = flip_protnone_guard(pte, val, PTE_PFN_MASK)
+    return mksaveddirty_shift(val) if pte & _PAGE_RW else clear_saveddirty_shift(val)
 
 
 # --- swap-PTE soft bits (pgtable.h) ------------------------------------------
@@ -352,15 +371,15 @@ def pmd_mkhuge(pmd: int) -> int:
 
 
 def pmd_mkwrite_novma(pmd: int) -> int:
-    return pmd | _PAGE_RW
+    return clear_saveddirty_shift(pmd | _PAGE_RW)
 
 
 def pmd_wrprotect(pmd: int) -> int:
-    return pmd & ~_PAGE_RW
+    return mksaveddirty_shift(pmd & ~_PAGE_RW)
 
 
 def pmd_mkdirty(pmd: int) -> int:
-    return pmd | _PAGE_DIRTY | _PAGE_SOFT_DIRTY
+    return mksaveddirty_shift(pmd | _PAGE_DIRTY | _PAGE_SOFT_DIRTY)
 
 
 def pmd_mkclean(pmd: int) -> int:
@@ -378,7 +397,8 @@ def pmd_mkold(pmd: int) -> int:
 def pmd_modify(pmd: int, newprot: int) -> int:
     val = pmd & _HPAGE_CHG_MASK
     val |= newprot & ~_HPAGE_CHG_MASK & U64
-    return flip_protnone_guard(pmd, val, PHYSICAL_PMD_PAGE_MASK)
+    val = flip_protnone_guard(pmd, val, PHYSICAL_PMD_PAGE_MASK)
+    return mksaveddirty_shift(val) if pmd & _PAGE_RW else clear_saveddirty_shift(val)
 
 
 def pmd_swp_soft_dirty(pmd: int) -> bool:
@@ -413,11 +433,9 @@ def table_entry_pfn(entry: int) -> int:
 
 
 def pmd_bad(pmd: int) -> bool:
-    """A present PMD that neither maps a huge page nor points to a user table."""
-    flags = pmd & PTE_FLAGS_MASK
-    return (flags & ~(_PAGE_USER | _PAGE_ACCESSED | _PAGE_DIRTY | _PAGE_RW | _PAGE_NX)) != (
-        _PAGE_PRESENT
-    ) and not pmd_leaf(pmd)
+    """The flags of a table entry are not those of a user page table."""
+    flags = pmd & ~pmd_pfn_mask(pmd) & U64
+    return (flags & ~(_PAGE_USER | _PAGE_ACCESSED)) != (_PAGE_PRESENT | _PAGE_RW | _PAGE_DIRTY)
 
 
 # --- human-readable decode ---------------------------------------------------

@@ -218,16 +218,12 @@ class SwapLayout:
     Type numbers, all options on (MAX_SWAPFILES = 32 - DEVICE - MIGRATION -
     HWPOISON - PTE_MARKER):
 
-    ============================  ======  ==========
-    type                          pinned  series (b)
-    ============================  ======  ==========
-    MAX_SWAPFILES (first special)   24       21
-    SWP_HWPOISON                    24       21
-    SWP_MIGRATION_READ/_EXCL/_WRITE 25-27    22-24
-    SWP_DEVICE_WRITE/_READ/_EXCL    28-30    25-27
-    SWP_MIGRATION_DEVICE_READ/...   --       28-30
-    SWP_PTE_MARKER                  31       31
-    ============================  ======  ==========
+    - MAX_SWAPFILES (first special type): 24 pinned, 21 with (b)
+    - SWP_HWPOISON: 24 / 21
+    - SWP_MIGRATION_READ, _READ_EXCLUSIVE, _WRITE: 25-27 / 22-24
+    - SWP_DEVICE_WRITE, _READ, _EXCLUSIVE: 28-30 / 25-27
+    - SWP_MIGRATION_DEVICE_READ, _READ_EXCLUSIVE, _WRITE: (b) only, 28-30
+    - SWP_PTE_MARKER: 31 / 31
 
     Fields: the constants above as attributes, plus SWP_*_NUM,
     softleaf_type_enum (the enum class in force) and one attribute per member
@@ -264,8 +260,9 @@ class SwapLayout:
     SWP_HWPOISON_NUM = 1
     SWP_PTE_MARKER_NUM = 1
 
-    def __new__(cls, cfg, warn: Callable[[str], None] | None = None):
-        if cls is SwapLayout and cfg.has("b"):
+    def __new__(cls, cfg=None, warn: Callable[[str], None] | None = None):
+        # cfg may be absent when copy/pickle rebuild an instance
+        if cls is SwapLayout and cfg is not None and cfg.has("b"):
             cls = SwapLayoutSeriesB
         return super().__new__(cls)
 
@@ -434,9 +431,9 @@ class SwapLayout:
 
         Kernel: swapops.h swp_entry_to_pte.
         """
-        return (
-            (((~(entry & SWP_OFFSET_MASK)) << SWP_OFFSET_SHIFT) & U64) >> SWP_TYPE_BITS
-        ) | ((entry >> SWP_TYPE_SHIFT) << _TYPE_POS)
+        return ((((~(entry & SWP_OFFSET_MASK)) << SWP_OFFSET_SHIFT) & U64) >> SWP_TYPE_BITS) | (
+            (entry >> SWP_TYPE_SHIFT) << _TYPE_POS
+        )
 
     @staticmethod
     def pmd_to_swp_entry(pmd: int) -> int:

@@ -537,6 +537,7 @@ def split_folio(folio: Page) -> int:
     a.order[i] = 0
     a._entire_mapcount[i] = -1
     a._large_mapcount[i] = -1
+    _zone_device_split_cb(folio, n)
     a.flags[i] |= 1  # the caller's page stays locked ...
     a._refcount[i] += 1  # ... and referenced
     a.flags[i] &= ~(PG_head | PG_partially_mapped) & 0xFFFFFFFF
@@ -683,9 +684,21 @@ def folio_split_unmapped(folio, new_order: int = 0) -> int:
     a.order[i] = 0
     a._entire_mapcount[i] = -1
     a._large_mapcount[i] = -1
-    if ops is not None and getattr(ops, "folio_split", None) is not None:
-        for j in range(1, n):
-            ops.folio_split(folio, Page(folio.k, a, i + j))
-        ops.folio_split(folio, None)
+    del ops
+    _zone_device_split_cb(folio, n)
     folio.k.stats["thp_split_page"] += 1
     return 0
+
+
+def _zone_device_split_cb(folio, n: int) -> None:
+    """zone_device_private_split_cb: tell the pgmap about each new tail, then finish."""
+    from hmmsim.mm.memremap import folio_is_zone_device, page_pgmap
+
+    if not folio_is_zone_device(folio):
+        return
+    ops = page_pgmap(folio).ops
+    if ops is None or getattr(ops, "folio_split", None) is None:
+        return
+    for j in range(1, n):
+        ops.folio_split(folio, Page(folio.k, folio.a, folio.i + j))
+    ops.folio_split(folio, None)

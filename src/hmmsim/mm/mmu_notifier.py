@@ -117,8 +117,13 @@ def mmu_notifier_invalidate_range_end(r: mmu_notifier_range, hit: list) -> None:
 
 
 @contextmanager
-def notify_range(mm, event, start: int, end: int, owner=None, flags: int = 1):
-    """with notify_range(mm, MMU_NOTIFY_X, start, end): ... brackets a change."""
+def notify_range(mm, event, start: int, end: int, owner=None, flags: int = 0):
+    """with notify_range(mm, MMU_NOTIFY_X, start, end): ... brackets a change.
+
+    mmu_notifier_invalidate_range_start() always marks the range blockable
+    (only the _nonblock variant, used by the OOM reaper, does not).
+    """
+    flags |= MMU_NOTIFIER_RANGE_BLOCKABLE
     r = mmu_notifier_range(mm=mm, start=start, end=end, flags=flags, event=event, owner=owner)
     hit = mmu_notifier_invalidate_range_start(r)
     try:

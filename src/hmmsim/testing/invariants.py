@@ -422,23 +422,26 @@ class _Checker:
                         f"folio {pfn:#x}: large mapcount {int(p._large_mapcount[i]) + 1}"
                         f" but {total} mappings"
                     )
-            for i in np.nonzero(in_use)[0]:
+            tails = in_use & (p.head_off != 0)
+            for i in np.nonzero(tails & (p._refcount != 0))[0][:10]:
+                self.bad(f"tail page {base + int(i):#x} has refcount {int(p._refcount[i])}")
+            expected = np.zeros(p.nr, dtype=np.int64)
+            for counter in (self.refs, cache_refs, k.driver_refs):
+                for pfn, n in counter.items():
+                    if base <= pfn < r.end:
+                        expected[pfn - base] += n
+            for pfn, n in k.pins.items():
+                if base <= pfn < r.end:
+                    small = not p.flags[pfn - base] & PG_head
+                    expected[pfn - base] += n * (GUP_PIN_COUNTING_BIAS if small else 1)
+            check = in_use & (p.head_off == 0) & ((p.flags & (PG_zero | PGTY_table)) == 0)
+            check &= ~(((p.flags & PG_hugetlb) != 0) & (p._refcount == 0))  # hugetlb pool
+            for pfn in self.migrating:
+                if base <= pfn < r.end:
+                    check[pfn - base] = False
+            for i in np.nonzero(check & (p._refcount != expected))[0][:10]:
                 i = int(i)
-                pfn = base + i
-                if p.head_off[i]:
-                    if p._refcount[i]:
-                        self.bad(f"tail page {pfn:#x} has refcount {int(p._refcount[i])}")
-                    continue
-                fl = int(p.flags[i])
-                if fl & (PG_zero | PGTY_table) or pfn in self.migrating:
-                    continue
-                if fl & PG_hugetlb and p._refcount[i] == 0:
-                    continue  # in the hugetlb free pool
-                pins = k.pins.get(pfn, 0) * (1 if p.flags[i] & PG_head else GUP_PIN_COUNTING_BIAS)
-                expected = self.refs.get(pfn, 0) + cache_refs.get(pfn, 0) + pins
-                expected += k.driver_refs.get(pfn, 0)
-                if int(p._refcount[i]) != expected:
-                    self.bad(
-                        f"folio {pfn:#x}: refcount {int(p._refcount[i])} but "
-                        f"{expected} references found (mappings, cache, pins)"
-                    )
+                self.bad(
+                    f"folio {base + i:#x}: refcount {int(p._refcount[i])} but "
+                    f"{int(expected[i])} references found (mappings, cache, pins)"
+                )
