@@ -126,9 +126,11 @@ class RWSem:
 
 # --- the folio lock (PG_locked) ------------------------------------------------------
 def folio_trylock(folio) -> bool:
-    """Set PG_locked if clear. True on success."""
+    """Set PG_locked if clear. True on success. A tail page is a kernel bug."""
     from hmmsim.include.mm_types import PG_locked
 
+    if folio.a.head_off[folio.i]:
+        raise KernelBug(f"folio_trylock on tail page {folio!r} (use trylock_page)")
     k = folio.k
     k.sched.point("acquire", folio)
     if folio.a.flags[folio.i] & PG_locked:
@@ -160,6 +162,20 @@ def folio_wait_locked(folio) -> None:
         folio.k.sched.wait(folio, "waiting for the folio lock to be released")
 
 
-trylock_page = folio_trylock
-lock_page = folio_lock
-unlock_page = folio_unlock
+def trylock_page(page) -> bool:
+    """trylock_page(): lock the folio the page belongs to *now*."""
+    from hmmsim.include.mm_types import page_folio
+
+    return folio_trylock(page_folio(page))
+
+
+def lock_page(page) -> None:
+    from hmmsim.include.mm_types import page_folio
+
+    folio_lock(page_folio(page))
+
+
+def unlock_page(page) -> None:
+    from hmmsim.include.mm_types import page_folio
+
+    folio_unlock(page_folio(page))

@@ -396,10 +396,13 @@ class Process:
     def page_for(self, addr: int, write: bool) -> int:
         """PFN backing addr for this access, faulting as the CPU would."""
         self._check_alive()
-        for _ in range(FAULT_RETRY_LIMIT):
+        for attempt in range(FAULT_RETRY_LIMIT):
             pfn = self._translate(addr, write)
             if pfn is not None:
                 return pfn
+            if attempt:
+                # returning to userspace to retry the access: other threads run
+                self.k.sched.point("yield", self)
             self._fault(addr, write)
         raise KernelBug(f"fault livelock: {FAULT_RETRY_LIMIT} faults at {addr:#x} made no progress")
 

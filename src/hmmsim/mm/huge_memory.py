@@ -318,8 +318,8 @@ def do_huge_pmd_device_private(vmf, entry: int) -> int:
         folio_get(folio)
         ptl.unlock()
         ret = k.page_pgmap(page).ops.migrate_to_ram(vmf)
-        folio_unlock(folio)
-        folio_put(folio)
+        folio_unlock(page_folio(page))
+        folio_put(page_folio(page))
         return ret
     ptl.unlock()
     from hmmsim.mm.migrate import softleaf_entry_wait_on_locked

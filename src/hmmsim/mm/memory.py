@@ -86,7 +86,7 @@ from hmmsim.include.pgtable import (
     pte_wrprotect,
 )
 from hmmsim.kconfig import PAGE_SIZE, PMD_MASK, PMD_SIZE
-from hmmsim.locking import folio_trylock, folio_unlock
+from hmmsim.locking import folio_trylock, folio_unlock, trylock_page, unlock_page
 from hmmsim.mm import huge_memory
 from hmmsim.mm.migrate import migration_entry_wait, softleaf_entry_wait_on_locked
 from hmmsim.mm.mmu_notifier import notify_range
@@ -519,14 +519,15 @@ def do_device_private_fault(vmf: vm_fault, entry: int) -> int:
     if ptep_get(k, vmf.pte) != vmf.orig_pte:
         ptl.unlock()
         return 0
-    if folio_trylock(page):
-        folio = page_folio(page)
-        folio_get(folio)
+    if trylock_page(page):
+        folio_get(page_folio(page))  # get_page(vmf->page)
         ptl.unlock()
         pgmap = k.page_pgmap(page)
         ret = pgmap.ops.migrate_to_ram(vmf)
-        folio_unlock(page)
-        folio_put(folio)
+        # a split during the migration moved the lock and the reference to the
+        # folio that now holds vmf->page (the lock hand-off, kernel-reference 9.2)
+        unlock_page(page)
+        folio_put(page_folio(page))
         return ret
     ptl.unlock()
     softleaf_entry_wait_on_locked(k, entry)

@@ -574,7 +574,7 @@ def migrate_vma_setup(args) -> int:
         return -EINVAL
     if args.fault_page is not None and not is_device_private_page(args.fault_page):
         return -EINVAL
-    if args.fault_page is not None and not args.fault_page.test(PG_locked):
+    if args.fault_page is not None and not page_folio(args.fault_page).test(PG_locked):
         return -EINVAL
     if len(args.src) < nr_pages or len(args.dst) < nr_pages:
         raise ValueError(

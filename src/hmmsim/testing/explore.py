@@ -121,6 +121,7 @@ class Explorer(Scheduler):
         self.current: SimThread | None = None
         self.aborting = False
         self.preemptions = 0
+        self._last_kind = ""
 
     def spawn(self, name: str, fn: Callable[[], object]) -> SimThread:
         t = SimThread(self, name, fn)
@@ -151,6 +152,7 @@ class Explorer(Scheduler):
         self._yield(me, "wait", obj)
 
     def _yield(self, me: SimThread, kind: str, obj: object) -> None:
+        self._last_kind = kind
         self.trace.append(Step(me.name, kind, _describe(obj)))
         self._back.release()
         me.resume.acquire()
@@ -180,6 +182,11 @@ class Explorer(Scheduler):
                 if steps > self.max_steps:
                     raise Livelock(f"livelock: no completion within {self.max_steps} steps")
                 cur = self.current if self.current in runnable else None
+                if cur is not None and self._last_kind == "yield" and len(runnable) > 1:
+                    # a yield point (a user access being retried): another thread
+                    # runs next, as a time slice would let it; not a preemption
+                    runnable = [t for t in runnable if t is not cur]
+                    cur = None
                 options = ([cur] + [t for t in runnable if t is not cur]) if cur else runnable
                 idx = self.policy(self, options, cur) if len(options) > 1 else 0
                 if len(options) > 1:
