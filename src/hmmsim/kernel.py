@@ -113,7 +113,7 @@ class Kernel:
             self.warn(msg)
 
     def fget(self, inode) -> None:
-        inode.i_count = getattr(inode, "i_count", 0) + 1
+        inode.i_count += 1
 
     def fput(self, inode) -> None:
         inode.i_count -= 1

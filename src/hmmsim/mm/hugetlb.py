@@ -55,6 +55,29 @@ from hmmsim.mm.rmap import anon_vma_prepare
 HUGETLB_PAGE_ORDER = HPAGE_PMD_ORDER
 
 
+class hugetlbfs_inode:
+    """The unnamed hugetlbfs file behind a MAP_SHARED|MAP_HUGETLB mapping."""
+
+    is_shmem = False
+
+    def __init__(self, k) -> None:
+        self.k = k
+        self.i_mmap: set = set()
+        self.i_count = 0
+        self.nlink = 0
+        self.name = "anon_hugepage (deleted)"
+
+    def __repr__(self) -> str:
+        return f"<hugetlbfs {self.name}>"
+
+    def evict(self) -> None:
+        self.k.hugetlb.release_shared(id(self))
+
+
+def hugetlb_file_setup(k) -> hugetlbfs_inode:
+    return hugetlbfs_inode(k)
+
+
 class hstate:
     """The 2 MiB hstate: its pool of free huge folios and reservations.
 

@@ -383,14 +383,19 @@ def wp_page_reuse(vmf: vm_fault) -> int:
 
 
 def wp_can_reuse_anon_folio(folio: Page, vma) -> bool:
-    """May a write fault reuse this anon folio instead of copying it?"""
+    """May a write fault reuse this anon folio instead of copying it?
+
+    Large folios (__wp_can_reuse_large_anon_folio): only if more than one
+    page is mapped, every reference is a mapping, and every mapping is in
+    this mm; the anon rmap is not moved. Small folios: only the sole
+    reference, and then the folio moves to this vma's anon_vma.
+    """
     if folio_test_large(folio):
-        if folio_mapcount(folio) != folio_ref_count(folio):
+        if folio_mapcount(folio) <= 1:
             return False
         if not _folio_mapped_only_in(folio, vma.vm_mm):
             return False
-        folio_move_anon_rmap(folio, vma)
-        return True
+        return folio_mapcount(folio) == folio_ref_count(folio)
     if folio_ref_count(folio) > 1:
         return False
     if not folio_trylock(folio):
@@ -403,10 +408,29 @@ def wp_can_reuse_anon_folio(folio: Page, vma) -> bool:
 
 
 def _folio_mapped_only_in(folio: Page, mm) -> bool:
-    from hmmsim.mm.rmap import folio_anon_vma
+    """The kernel tracks this with folio->_mm_ids; the model asks rmap."""
+    from hmmsim.include.mm_types import folio_nr_pages
+    from hmmsim.mm.page_vma_mapped import (
+        PageVmaMappedWalk,
+        page_vma_mapped_walk,
+        page_vma_mapped_walk_done,
+    )
+    from hmmsim.mm.rmap import rmap_walk, rmap_walk_control
 
-    av = folio_anon_vma(folio)
-    return all(v.vm_mm is mm for v in av.vmas) if av is not None else True
+    other = []
+
+    def one(f, v, address, arg):
+        if v.vm_mm is mm:
+            return True
+        w = PageVmaMappedWalk(f.pfn, folio_nr_pages(f), v, address)
+        if page_vma_mapped_walk(w):
+            page_vma_mapped_walk_done(w)
+            other.append(v)
+            return False
+        return True
+
+    rmap_walk(folio, rmap_walk_control(rmap_one=one))
+    return not other
 
 
 def do_wp_page(vmf: vm_fault) -> int:

@@ -315,6 +315,10 @@ def do_mmap(
             return ret
     if file is None and not vm_flags & VM_SHARED:
         pgoff = start >> PAGE_SHIFT
+    if hugetlb and vm_flags & VM_SHARED:
+        from hmmsim.mm.hugetlb import hugetlb_file_setup
+
+        file, pgoff = hugetlb_file_setup(k), 0  # ksys_mmap_pgoff's hugetlbfs file
     vma = vm_area_struct(mm, start, end, vm_flags, pgoff, file)
     if file is not None:
         k.fget(file)

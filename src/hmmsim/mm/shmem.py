@@ -51,6 +51,7 @@ class shmem_inode:
         self.cache: dict[int, int] = {}
         self.i_mmap: set = set()
         self.nlink = 1
+        self.i_count = 0
 
     def __repr__(self) -> str:
         return f"<shmem {self.name} size={self.i_size:#x} cached={len(self.cache)}>"
@@ -182,7 +183,10 @@ def shmem_file_setup(k, name: str, size: int) -> shmem_inode:
 
 def shmem_zero_setup(vma) -> shmem_inode:
     """Back a MAP_SHARED|MAP_ANONYMOUS vma with an unnamed shmem file."""
-    inode = shmem_file_setup(vma.vm_mm.k, "dev/zero (deleted)", vma.vm_end - vma.vm_start)
+    k = vma.vm_mm.k
+    inode = shmem_file_setup(k, "dev/zero (deleted)", vma.vm_end - vma.vm_start)
+    inode.nlink = 0  # unnamed: freed with its last mapping
+    k.fget(inode)  # the vma's reference
     vma.vm_file = inode
     vma.vm_pgoff = 0
     return inode
