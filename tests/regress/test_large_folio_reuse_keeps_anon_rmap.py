@@ -18,10 +18,10 @@ def test_write_reuse_of_thp_split_across_two_vmas():
     h = (a + PMD_SIZE - 1) & ~(PMD_SIZE - 1)
     p.madvise(a, 2 * PMD_SIZE, MADV_HUGEPAGE)
     p.store_array(h, np.arange(PMD_SIZE // 4, dtype=np.int32))
-    child = p.child(p.fork())
+    p.mprotect(h + PMD_SIZE // 2, PMD_SIZE // 2, PROT_READ)  # two vmas, PTE-mapped THP
+    p.mprotect(h + PMD_SIZE // 2, PMD_SIZE // 2, PROT_READ | PROT_WRITE)
+    child = p.child(p.fork())  # each child vma gets its own anon_vma
     p._exit(0)  # the child now holds every mapping of the THP
-    child.mprotect(h + PMD_SIZE // 2, PMD_SIZE // 2, PROT_READ)  # two vmas, PTE-mapped
-    child.mprotect(h + PMD_SIZE // 2, PMD_SIZE // 2, PROT_READ | PROT_WRITE)
     child.store(h, b"\x01\x00\x00\x00")  # write fault on the first half
     check_invariants(k)
     child.store(h + PMD_SIZE - 4, b"\x02\x00\x00\x00")
