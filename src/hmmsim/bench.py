@@ -149,7 +149,12 @@ class Bench:
             to_sys.append(t2 - t1)
         self.add(f"migrate to device ({kind})", size, to_dev)
         self.add(f"migrate to system ({kind})", size, to_sys)
-        self.add(f"round trip ({kind})", size, [x + y for x, y in zip(to_dev, to_sys)], copies=2)
+        self.add(
+            f"round trip ({kind})",
+            size,
+            [x + y for x, y in zip(to_dev, to_sys, strict=True)],
+            copies=2,
+        )
         self.p.munmap(a, size)
 
     def hmm(self, size: int) -> None:

@@ -2,8 +2,9 @@
 
 Subcommands: `info` (the pinned kernel, feature switches, memory sizes) and
 `demo` (a narrated walk through faults, fork/COW, mprotect and munmap with
-the real page-table words). Errors a user can cause print one line and exit
-non-zero; no traceback.
+the real page-table words). `selftest` runs the hmm-tests.c port
+(hmmsim.selftests) and prints TAP. Errors a user can cause print one line
+and exit non-zero; no traceback.
 """
 
 from __future__ import annotations
@@ -121,3 +122,77 @@ def demo(features: tuple[str, ...]) -> None:
     from hmmsim.demo import run_demo
 
     run_demo(_make_config(features, "64M"), click.echo)
+
+
+@main.command()
+@click.option(
+    "-r", "runs", multiple=True, metavar="FIXTURE.VARIANT.TEST", help="Run this case (repeatable)."
+)
+@click.option("-t", "tests", multiple=True, metavar="TEST", help="Include this test (repeatable).")
+@click.option(
+    "-v", "variants", multiple=True, metavar="VARIANT", help="Include this variant (repeatable)."
+)
+@click.option(
+    "-f", "fixtures", multiple=True, metavar="FIXTURE", help="Include this fixture (repeatable)."
+)
+@click.option("-l", "--list", "list_only", is_flag=True, help="List the cases and exit.")
+@feature_option
+@click.option("--ram", default="1G", show_default=True, help="Modelled RAM size.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per case instead of TAP.")
+def selftest(
+    runs: tuple[str, ...],
+    tests: tuple[str, ...],
+    variants: tuple[str, ...],
+    fixtures: tuple[str, ...],
+    list_only: bool,
+    features: tuple[str, ...],
+    ram: str,
+    as_json: bool,
+) -> None:
+    """Run tools/testing/selftests/mm/hmm-tests.c against the model (TAP output).
+
+    Every case runs on a fresh kernel with test_hmm loaded; the filters work
+    like the kernel harness's (a case runs if it matches any of them). Exits
+    non-zero if a case fails.
+    """
+    from hmmsim.selftests.harness import Filters, all_cases, run_tests, select_cases
+    from hmmsim.selftests.hmm_tests import FIXTURES, make_kernel, post_checks
+
+    cfg = _make_config(features, ram)
+    cases = all_cases(FIXTURES)
+    known = {
+        "-f": {c.fixture.name for c in cases},
+        "-v": {c.variant.name for c in cases},
+        "-t": {c.test.name for c in cases},
+        "-r": {c.name for c in cases},
+    }
+    for opt, names in (("-f", fixtures), ("-v", variants), ("-t", tests), ("-r", runs)):
+        for name in names:
+            if name not in known[opt]:
+                raise click.UsageError(
+                    f"{opt} {name}: no such {_opt_what(opt)}; `hmmsim selftest -l` lists them"
+                )
+    filters = Filters(fixtures=fixtures, variants=variants, tests=tests, runs=runs)
+    if list_only:
+        for c in select_cases(FIXTURES, filters):
+            click.echo(c.name)
+        return
+
+    def on_result(r) -> None:
+        if as_json:
+            click.echo(json.dumps(r.as_json()))
+
+    results = run_tests(
+        FIXTURES,
+        lambda: make_kernel(cfg),
+        filters=filters,
+        post_checks=post_checks,
+        out=None if as_json else click.echo,
+        on_result=on_result,
+    )
+    if any(not r.passed for r in results):
+        sys.exit(1)
+
+
+def _opt_what(opt: str) -> str:
+    return {"-f": "fixture", "-v": "variant", "-t": "test", "-r": "case"}[opt]
