@@ -165,12 +165,10 @@ class Process:
             f = self.fds.get(fd)
             if f is None:
                 return -EBADF
-            if not isinstance(f.obj, shmem_inode):
-                mmap_op = getattr(f.obj, "mmap", None)
-                if mmap_op is None:
-                    from hmmsim.errno import ENODEV
+            if not isinstance(f.obj, shmem_inode) and not hasattr(f.obj, "mmap"):
+                from hmmsim.errno import ENODEV
 
-                    return -ENODEV
+                return -ENODEV
             file, fmode = f.obj, f.fmode
         with _mmap_write(self.mm):
             return _mmap.do_mmap(
@@ -260,7 +258,15 @@ class Process:
         if acc not in fmode:
             return -EINVAL
         k = self.k
-        if path in k.devices:
+        if path in ("/proc/self/pagemap", f"/proc/{self.pid}/pagemap"):
+            from hmmsim.fs.task_mmu import pagemap_file
+
+            if acc != O_RDONLY:
+                from hmmsim.errno import EACCES
+
+                return -EACCES
+            f = OpenFile(pagemap_file(self), fmode[acc])
+        elif path in k.devices:
             dev = k.devices[path]
             f = OpenFile(dev, fmode[acc])
             ret = dev.open(f, self)
@@ -313,8 +319,9 @@ class Process:
         return handler(f, self, request, arg)
 
     def _inode(self, fd: int):
+        """The open file's object if it supports file reads (tmpfs, procfs)."""
         f = self.fds.get(fd)
-        if f is None or not isinstance(f.obj, shmem_inode):
+        if f is None or not hasattr(f.obj, "read"):
             return None, None
         return f, f.obj
 

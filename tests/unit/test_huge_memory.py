@@ -174,3 +174,30 @@ def test_split_folio_refuses_pinned(k, proc, ok):
     folio.a._refcount[folio.i] -= 2
     folio_unlock(folio)
     ok(k)
+
+
+def test_prot_none_thp_is_checked_and_splits_with_inverted_pfns(k, proc, ok):
+    """A PROT_NONE huge PMD stores its PFN inverted (L1TF); the invariant
+    checker must read it with pmd_present()/pmd_pfn(), and splitting it must
+    step each PTE's inverted PFN downwards (pte_advance_pfn) so PTE i still
+    names subpage i. Both were found by the fuzzer."""
+    from hmmsim.include.mman import PROT_NONE
+    from hmmsim.include.pgtable import pmd_present, pte_present
+
+    h = thp_area(proc)
+    proc.store_array(h, np.arange(N, dtype=np.int32))
+    folio_pfn = pmd_pfn(entry_at(proc, h)[1])
+    assert proc.mprotect(h, PMD_SIZE, PROT_NONE) == 0
+    level, pmd = entry_at(proc, h)
+    assert level == "pmd" and not pmd & 1 and pmd_present(pmd) and pmd_pfn(pmd) == folio_pfn
+    ok(k)  # the checker sees the PROT_NONE PMD's mapping
+    # munmap of the last page splits the PMD into 511 PROT_NONE PTEs.
+    assert proc.munmap(h + PMD_SIZE - 4096, 4096) == 0
+    for i in (0, 1, 255, 510):
+        level, pte = entry_at(proc, h + i * 4096)
+        assert level == "pte" and pte_present(pte) and not pte & 1
+        assert pte_pfn(pte) == folio_pfn + i
+    ok(k)
+    assert proc.mprotect(h, PMD_SIZE - 4096, RW) == 0
+    assert (proc.load_array(h, N - 1024) == np.arange(N - 1024)).all()
+    ok(k)

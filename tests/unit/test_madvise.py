@@ -4,7 +4,6 @@ from hmmsim.errno import EINVAL, ENOMEM
 from hmmsim.include.mm import VM_HUGEPAGE, VM_NOHUGEPAGE
 from hmmsim.include.mm_types import MM_ANONPAGES
 from hmmsim.include.mman import (
-    MADV_COLLAPSE,
     MADV_DONTNEED,
     MADV_HUGEPAGE,
     MADV_NOHUGEPAGE,
@@ -23,7 +22,6 @@ def test_errors(proc):
     a = proc.mmap(0, 4096, RW, MAP_PRIVATE | MAP_ANONYMOUS)
     assert proc.madvise(a + 1, 4096, MADV_DONTNEED) == -EINVAL
     assert proc.madvise(a, 4096, 9999) == -EINVAL
-    assert proc.madvise(a, 4096, MADV_COLLAPSE) == -EINVAL
     assert proc.madvise(a, 0, MADV_DONTNEED) == 0
     assert proc.madvise(a, 2 * 4096, MADV_WILLNEED) == -ENOMEM
     assert proc.madvise(0x6000_0000, 4096, MADV_DONTNEED) == -ENOMEM

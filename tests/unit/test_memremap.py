@@ -96,7 +96,7 @@ def test_memremap_pages_range_conflicts(k):
         type=MEMORY_DEVICE_PRIVATE, ops=ops(), owner=1, range=prange(pm.range.start, pm.range.end)
     )
     assert memremap_pages(again, 0, k=k) == -ENOMEM
-    assert not k.warnings
+    assert [w.msg for w in k.warnings] == ["memremap_pages: Conflicting mapping in same section"]
 
 
 def test_device_page_lifetime_and_memunmap(k):

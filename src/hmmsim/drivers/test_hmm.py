@@ -93,7 +93,6 @@ from hmmsim.locking import Lock, folio_lock, folio_unlock
 from hmmsim.mm.hmm import hmm_range_fault
 from hmmsim.mm.memory import is_zero_pfn
 from hmmsim.mm.memremap import (
-    folio_is_device_private,
     is_device_coherent_page,
     is_device_private_page,
     is_zone_device_page,
@@ -122,7 +121,7 @@ from hmmsim.mm.mmu_notifier import (
     mmu_interval_read_retry,
     mmu_interval_set_seq,
 )
-from hmmsim.mm.page_alloc import __GFP_ZERO
+from hmmsim.mm.page_alloc import GFP_ZERO_BIT
 from hmmsim.mm.rmap import make_device_exclusive
 
 DMIRROR_NDEVICES = 4
@@ -319,6 +318,8 @@ class dmirror_device:
         self.lock = Lock(k, f"dmirror{minor}.lock")
         self.calloc = 0
         self.cfree = 0
+        self.i_mmap: set = set()
+        self.i_count = 0
         self.free_pages = _FreeList(k)
         self.free_folios = _FreeList(k)
         self.ops = dev_pagemap_ops(
@@ -541,6 +542,25 @@ class dmirror_device:
         if ret:
             return ret
         f.private = dmirror_obj
+        return 0
+
+    # --- the character device as a file (vm_file of its mappings) -------------------------
+    #: vmas mapping the device (address_space i_mmap); the device is never evicted
+    nlink = 1
+
+    def mmap(self, vma) -> int:
+        """dmirror_fops_mmap: back every page with a zeroed kernel page (vm_insert_page)."""
+        from hmmsim.mm.memory import vm_insert_page
+
+        k = self.k
+        for addr in range(vma.vm_start, vma.vm_end, PAGE_SIZE):
+            page = k.mem.alloc_pages(0, GFP_ZERO_BIT)
+            if page is None:
+                return -ENOMEM
+            ret = vm_insert_page(vma, addr, page)
+            folio_put(page)  # put_page(): the mapping keeps its own reference
+            if ret:
+                return ret
         return 0
 
     def release(self, f) -> int:
@@ -1257,6 +1277,3 @@ def hmm_dmirror_init(k) -> list[dmirror_device]:
             raise MemoryError(f"hmm_dmirror_init: device {d.minor} chunk failed ({ret})")
         k.devices[f"/dev/hmm_dmirror{d.minor}"] = d
     return devices
-
-
-_ = (__GFP_ZERO, folio_is_device_private, ENOMEM)

@@ -208,6 +208,13 @@ def pte_pfn(pte: int) -> int:
     return (pfn & PTE_PFN_MASK) >> PAGE_SHIFT
 
 
+def pte_advance_pfn(pte: int, nr: int) -> int:
+    """The PTE for the page `nr` after pte's (asm/pgtable.h): an inverted
+    (PROT_NONE) PFN moves the other way."""
+    step = nr << PAGE_SHIFT
+    return (pte - step if __pte_needs_invert(pte) else pte + step) & U64
+
+
 def pfn_pte(pfn: int, prot: int) -> int:
     """A PTE mapping `pfn` with protection `prot` (PFN inverted if PROT_NONE)."""
     v = (pfn << PAGE_SHIFT) ^ protnone_mask(prot)

@@ -18,6 +18,8 @@ than going through migration entries (unmap_folio/remap_page); the outcome
 
 from __future__ import annotations
 
+import numpy as np
+
 from hmmsim.bug import KernelBug
 from hmmsim.errno import EAGAIN, EBUSY, ENOMEM
 from hmmsim.include.mm import (
@@ -37,7 +39,9 @@ from hmmsim.include.mm_types import (
     PG_anon_exclusive,
     PG_dirty,
     PG_head,
+    PG_lru,
     PG_partially_mapped,
+    PG_uptodate,
     PG_zero,
     SetPageAnonExclusive,
     folio_get,
@@ -73,6 +77,7 @@ from hmmsim.include.pgtable import (
     pmd_write,
     pmd_wrprotect,
     pmd_young,
+    pte_advance_pfn,
     pte_mkdirty,
     pte_mkold,
     pte_mksoft_dirty,
@@ -82,7 +87,7 @@ from hmmsim.include.pgtable import (
     pte_swp_mkuffd_wp,
     pte_wrprotect,
 )
-from hmmsim.kconfig import HPAGE_PMD_NR, HPAGE_PMD_ORDER, PMD_MASK, PMD_SIZE
+from hmmsim.kconfig import HPAGE_PMD_NR, HPAGE_PMD_ORDER, PAGE_SHIFT, PMD_MASK, PMD_SIZE
 from hmmsim.locking import folio_trylock, folio_unlock
 from hmmsim.mm.mmu_notifier import notify_range
 from hmmsim.mm.page_alloc import __GFP_ZERO
@@ -407,8 +412,11 @@ def __split_huge_pmd_locked(vma, pmdp: int, haddr: int, pmd: int, freeze: bool =
         base = pte_mkold(base)
     if soft:
         base = pte_mksoft_dirty(base)
-    for i in range(HPAGE_PMD_NR):
-        words[i] = base + (i << 12)
+    # pte_advance_pfn() for each subpage, in one step: a PROT_NONE PMD splits
+    # into PROT_NONE PTEs whose inverted PFNs count down.
+    offsets = np.arange(HPAGE_PMD_NR, dtype=np.uint64) << np.uint64(PAGE_SHIFT)
+    counts_down = pte_advance_pfn(base, 1) < base
+    words[:] = np.uint64(base) - offsets if counts_down else np.uint64(base) + offsets
     folio_remove_rmap_pmd(folio, page, vma)
     set_pmd_at(mm, haddr, pmdp, mk_table_entry(table))
 
@@ -532,7 +540,7 @@ def split_folio(folio: Page) -> int:
         a.head_off[i + j] = 0
         a.mapping[i + j] = mapping
         keep = int(a.flags[i + j]) & PG_anon_exclusive
-        a.flags[i + j] = keep | (head_flags & PG_dirty)
+        a.flags[i + j] = keep | (head_flags & (PG_dirty | PG_lru | PG_uptodate))
         a._refcount[i + j] = int(a._mapcount[i + j]) + 1
     a.order[i] = 0
     a._entire_mapcount[i] = -1
@@ -679,7 +687,7 @@ def folio_split_unmapped(folio, new_order: int = 0) -> int:
         a.head_off[i + j] = 0
         a.mapping[i + j] = mapping
         keep = int(a.flags[i + j]) & PG_anon_exclusive
-        a.flags[i + j] = keep | (head_flags & PG_dirty) | PG_locked
+        a.flags[i + j] = keep | (head_flags & (PG_dirty | PG_lru | PG_uptodate)) | PG_locked
         a._refcount[i + j] = 1
     a.order[i] = 0
     a._entire_mapcount[i] = -1

@@ -5,8 +5,8 @@ madvise_dontneed_free_valid_vma, madvise_behavior_valid) and
 mm/khugepaged.c (hugepage_madvise) @ torvalds/linux 0eaed89c18ae.
 
 Accepted but without effect in the model (no reclaim, no readahead):
-MADV_NORMAL, RANDOM, SEQUENTIAL, WILLNEED, FREE. MADV_COLLAPSE is not
-modelled and returns -EINVAL.
+MADV_NORMAL, RANDOM, SEQUENTIAL, WILLNEED, FREE. MADV_COLLAPSE collapses
+anonymous memory (mm/khugepaged.py).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from hmmsim.include.mm import (
     VM_PFNMAP,
 )
 from hmmsim.include.mman import (
+    MADV_COLLAPSE,
     MADV_DOFORK,
     MADV_DONTFORK,
     MADV_DONTNEED,
@@ -46,7 +47,7 @@ _FLAGS = {
 
 
 def madvise_behavior_valid(behavior: int) -> bool:
-    return behavior in _NOOP or behavior in _FLAGS or behavior == MADV_DONTNEED
+    return behavior in _NOOP or behavior in _FLAGS or behavior in (MADV_DONTNEED, MADV_COLLAPSE)
 
 
 def do_madvise(mm, start: int, len_in: int, behavior: int) -> int:
@@ -80,6 +81,12 @@ def do_madvise(mm, start: int, len_in: int, behavior: int) -> int:
                 if e <= s:
                     continue
             zap_page_range_single(vma, s, e - s)
+        elif behavior == MADV_COLLAPSE:
+            from hmmsim.mm.khugepaged import madvise_collapse
+
+            ret = madvise_collapse(vma, s, e)
+            if ret:
+                return ret
         elif behavior in _FLAGS:
             if behavior in (MADV_HUGEPAGE, MADV_NOHUGEPAGE) and vma.vm_flags & VM_HUGETLB:
                 continue

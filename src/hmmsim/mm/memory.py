@@ -17,7 +17,7 @@ other than PMD. TLB flushes are immediate and implicit.
 from __future__ import annotations
 
 from hmmsim.bug import KernelBug
-from hmmsim.errno import EAGAIN, EBUSY, ENOMEM
+from hmmsim.errno import EAGAIN, EBUSY, EFAULT, ENOMEM
 from hmmsim.include.mm import (
     FAULT_FLAG_WRITE,
     VM_EXEC,
@@ -133,8 +133,10 @@ def vm_normal_page(vma, addr: int, pte: int) -> Page | None:
         return None
     k = vma.vm_mm.k
     pfn = pte_pfn(pte)
-    if is_zero_pfn(k, pfn) or vma.vm_flags & (VM_PFNMAP | VM_MIXEDMAP):
+    if is_zero_pfn(k, pfn):
         return None
+    # x86-64 has pte_special: PFN maps (remap_pfn_range) are always special, so
+    # any other PTE, VM_MIXEDMAP ones included, maps a normal page.
     return k.mem.pfn_to_page(pfn)
 
 
@@ -877,4 +879,39 @@ def copy_nonpresent_pte(dst_vma, src_vma, dst_ptep: int, src_ptep: int, pte: int
             return 0
     pte = pte_swp_clear_uffd_wp(pte)
     set_pte_at(dst_mm, addr, dst_ptep, pte)
+    return 0
+
+
+def vm_insert_page(vma, addr: int, page: Page) -> int:
+    """Map a driver's kernel page into a user vma (makes it VM_MIXEDMAP).
+
+    Returns 0, -EINVAL (an anon page, or addr outside the vma), -EBUSY (a
+    PTE already there) or -ENOMEM. Takes its own reference; the mapping is
+    read-only in a private vma (vm_page_prot).
+    Kernel: mm/memory.c vm_insert_page/insert_page.
+    """
+    from hmmsim.errno import EINVAL
+
+    mm = vma.vm_mm
+    k = mm.k
+    if addr < vma.vm_start or addr >= vma.vm_end:
+        return -EFAULT
+    folio = page_folio(page)
+    if folio_test_anon(folio):
+        return -EINVAL
+    if not vma.vm_flags & VM_MIXEDMAP:
+        if vma.vm_flags & VM_PFNMAP:
+            raise KernelBug("vm_insert_page on a VM_PFNMAP vma")
+        vma.vm_flags |= VM_MIXEDMAP
+    pmdp = pmd_offset(mm, addr, alloc=True)
+    if pmdp is None or not pte_alloc(mm, pmdp):
+        return -ENOMEM
+    ptep = pte_offset_map(k, pmdp_get(k, pmdp), addr)
+    with pte_lockptr(mm, ptep):
+        if not pte_none(ptep_get(k, ptep)):
+            return -EBUSY
+        folio_get(folio)
+        mm.rss_stat[mm_counter_file(folio)] += 1
+        folio_add_file_rmap_pte(folio, page, vma)
+        set_pte_at(mm, addr, ptep, mk_pte(page, vma.vm_page_prot))
     return 0

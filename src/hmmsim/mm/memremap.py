@@ -247,6 +247,7 @@ def memremap_pages(pgmap: dev_pagemap, nid: int = 0, *, k) -> int:
     base, nr = start >> PAGE_SHIFT, (end + 1 - start) >> PAGE_SHIFT
     for r in k.mem.ranges:
         if base < r.end and r.base < base + nr:
+            k.warn("memremap_pages: Conflicting mapping in same section")  # pagemap_range
             return -ENOMEM
     r = k.mem.add_range(
         base, nr, f"pgmap {pgmap.type!r}", with_frames=pgmap.type != MEMORY_DEVICE_PRIVATE

@@ -329,6 +329,12 @@ def do_mmap(
         if ret:
             return ret
     vma_link(mm, vma)
+    f_mmap = getattr(file, "mmap", None) if file is not None else None
+    if f_mmap is not None:  # call_mmap(): the driver's f_op->mmap
+        ret = f_mmap(vma)
+        if ret:
+            unmap_region(mm, [vma], start, end)
+            return ret
     if flags & MAP_POPULATE:
         mm_populate(mm, start, length)
     return start
