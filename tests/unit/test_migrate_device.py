@@ -482,3 +482,28 @@ def test_fault_page_lock_hand_off_on_split():
 
 
 _ = (MIGRATE_PFN_SHIFT,)
+
+
+def test_shared_thp_split_fallback_hits_the_kernels_vm_bug_on():
+    """Suspected upstream bug, found by the fuzzer: a THP shared with a
+    child after fork, migrated to a device with no free device folio, falls
+    back to order-0 destinations. migrate_vma_split_unmapped_folio() splits
+    only migrate->vma's PMD, so the child's PMD migration entry outlives the
+    folio split; remove_migration_ptes() of the first order-0 source then
+    finds that PMD entry and remove_migration_pte() hits
+    VM_BUG_ON_FOLIO(!folio_test_pmd_mappable). The model raises that BUG
+    instead of installing a huge PMD naming an order-0 page."""
+    from hmmsim.bug import KernelBug
+
+    k, _ = make()
+    k.thp_enabled = "always"
+    p = k.spawn()
+    fd = p.open("/dev/hmm_dmirror3", O_RDWR)  # coherent: order-0 free pages only
+    a = p.mmap(0, 2 * PMD_SIZE, RW, ANON)
+    h = (a + PMD_SIZE - 1) & ~(PMD_SIZE - 1)
+    p.store(h + 5, b"shared")
+    assert entry_at(p, h)[0] == "pmd"
+    p.fork()
+    cmd = hmm_dmirror_cmd(addr=h, ptr=np.zeros(PMD_SIZE, np.uint8), npages=512)
+    with pytest.raises(KernelBug, match="PMD migration entry .* covers the order-0 folio"):
+        p.ioctl(fd, HMM_DMIRROR_MIGRATE_TO_DEV, cmd)

@@ -12,6 +12,7 @@ to run it is a deadlock (KernelBug), never a busy spin.
 
 from __future__ import annotations
 
+from hmmsim.bug import KernelBug
 from hmmsim.include.mm_types import page_folio
 from hmmsim.locking import folio_wait_locked
 from hmmsim.mm.pgtable import pmdp_get, pte_offset_map, ptep_get, set_pte_at
@@ -236,7 +237,7 @@ def _remove_migration_pte(src, dst, vma, address: int) -> None:
         pte_swp_uffd_wp,
         pte_wrprotect,
     )
-    from hmmsim.kconfig import PAGE_SIZE, PMD_MASK, PMD_SIZE
+    from hmmsim.kconfig import HPAGE_PMD_NR, PAGE_SIZE, PMD_MASK, PMD_SIZE
     from hmmsim.mm.memremap import folio_is_device_private
     from hmmsim.mm.pgtable import pmd_offset, pte_lockptr
     from hmmsim.mm.rmap import RMAP_EXCLUSIVE, RMAP_NONE, folio_add_anon_rmap_pte
@@ -256,11 +257,16 @@ def _remove_migration_pte(src, dst, vma, address: int) -> None:
         pmd = pmdp_get(k, pmdp)
         if not pmd_none(pmd) and not pmd_present(pmd):
             entry = swp.softleaf_from_pmd(pmd)
-            if (
-                swp.softleaf_is_migration(entry)
-                and k.softleaf_to_page(entry).pfn == lo
-                and (addr & PMD_MASK) >= vma.vm_start
-            ):
+            head = k.softleaf_to_page(entry).pfn if swp.softleaf_is_migration(entry) else -1
+            if head >= 0 and n < HPAGE_PMD_NR and head <= lo < head + HPAGE_PMD_NR:
+                # page_vma_mapped_walk()'s check_pmd() matches a PMD migration
+                # entry that covers a small src; remove_migration_pte() then
+                # hits VM_BUG_ON_FOLIO(!folio_test_pmd_mappable(folio)).
+                raise KernelBug(
+                    f"remove_migration_pte: PMD migration entry at {addr & PMD_MASK:#x} "
+                    f"covers the order-0 folio {lo:#x} (VM_BUG_ON_FOLIO)"
+                )
+            if head == lo and (addr & PMD_MASK) >= vma.vm_start:
                 from hmmsim.mm.huge_memory import remove_migration_pmd
 
                 remove_migration_pmd(vma, pmdp, addr & PMD_MASK, entry, src, dst)

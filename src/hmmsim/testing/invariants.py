@@ -50,6 +50,7 @@ from hmmsim.include.pgtable import (
     PTE_PFN_MASK,
     pmd_leaf,
     pmd_pfn,
+    pmd_present,
     pte_pfn,
     pte_present,
     pte_special,
@@ -190,7 +191,7 @@ class _Checker:
 
     def check_pmd_leaf(self, mm, vma, addr: int, e: int) -> None:
         k = self.k
-        if e & 1:
+        if pmd_present(e):  # PROT_NONE huge PMDs too (_PAGE_PROTNONE | _PAGE_PSE)
             pfn = pmd_pfn(e)
             if pfn == k.huge_zero_pfn:
                 return
@@ -338,9 +339,7 @@ class _Checker:
 
                 level, e = entry_at(proc, addr)
                 ok, writable = False, False
-                if level == "pmd" and e & 1:
-                    from hmmsim.include.pgtable import pmd_pfn
-
+                if level == "pmd" and pmd_present(e):
                     ok = pmd_pfn(e) + ((addr >> PAGE_SHIFT) & 511) == page.pfn
                     writable = bool(e & _PAGE_RW)
                 elif e and pte_present(e):
