@@ -12,8 +12,9 @@ def run(*args):
 def test_version_and_help():
     r = run("--version")
     assert r.exit_code == 0 and "hmmsim" in r.output
-    for sub in ("info", "demo"):
-        assert run(sub, "--help").exit_code == 0
+    for sub in ("info", "demo", "selftest", "explore", "fuzz", "bench"):
+        r = run(sub, "--help")
+        assert r.exit_code == 0 and "Usage: main " + sub in r.output, r.output
 
 
 def test_info_reports_pin_features_and_memory():
@@ -29,7 +30,15 @@ def test_info_reports_pin_features_and_memory():
 
 
 def test_bad_input_is_one_line_no_traceback():
-    for args in (("info", "--feature", "c"), ("info", "--ram", "lots"), ("info", "--feature", "q")):
+    for args in (
+        ("info", "--feature", "c"),
+        ("info", "--ram", "lots"),
+        ("info", "--feature", "q"),
+        ("explore", "no_such_scenario"),
+        ("bench", "--size", "zz"),
+        ("fuzz", "--steps", "-3"),
+        ("selftest", "-t", "no_such_test"),
+    ):
         r = run(*args)
         assert r.exit_code != 0
         assert "Traceback" not in r.output
@@ -45,3 +54,12 @@ def test_demo_prints_real_entries():
     assert "[P U A NX SPECIAL]" in out or "SPECIAL" in out
     assert "pmd pfn=" in out and "PSE" in out
     assert "The invariant checker agrees" in out
+
+
+def test_explore_through_the_main_command():
+    """`hmmsim explore` is registered: one scenario, exhaustively, finds no bug."""
+    r = run("explore", "two_devices_migrate_same_range", "-p", "1", "--json")
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output.strip().splitlines()[-1])
+    assert data["scenario"] == "two_devices_migrate_same_range"
+    assert data["complete"] and data["schedules"] > 1 and data["violations"] == []
