@@ -80,3 +80,15 @@ def test_scenario_clean_with_two_preemptions(name):
     report = explore(make_runner(name), preemptions=2, max_schedules=100000, name=name)
     assert report.complete
     assert not report.violations, report.violations[0].error
+
+
+def test_cpu_fault_meets_a_finished_eviction():
+    """Found by the two-preemption search: the CPU thread reads a
+    device-private PTE, is preempted, and RELEASE evicts the chunk and
+    memunmaps it. The fault must re-check the PTE under its lock before it
+    looks up the device page (the kernel only forms the pointer before the
+    check), so it sees the PTE changed and retries on the system page."""
+    choices = [0] * 29 + [1, 0, 0, 0, 0, 1] + [0] * 35
+    res = make_runner("eviction_vs_cpu_fault")(ReplayPolicy(choices))
+    assert res.error is None, res.error
+    assert any(s.thread == "evict" for s in res.trace) and any(s.thread == "cpu" for s in res.trace)

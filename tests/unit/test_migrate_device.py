@@ -507,3 +507,32 @@ def test_shared_thp_split_fallback_hits_the_kernels_vm_bug_on():
     cmd = hmm_dmirror_cmd(addr=h, ptr=np.zeros(PMD_SIZE, np.uint8), npages=512)
     with pytest.raises(KernelBug, match="PMD migration entry .* covers the order-0 folio"):
         p.ioctl(fd, HMM_DMIRROR_MIGRATE_TO_DEV, cmd)
+
+
+def test_coherent_thp_split_skips_the_private_split_callback():
+    """zone_device_private_split_cb() runs the driver's folio_split only for
+    device-private folios. Found by the fuzzer: a device-coherent THP (dmirror2
+    after RELEASE gets a fresh chunk with THP folios) split by a one-page
+    migration to dmirror1 went through test_hmm's private callback, which
+    cleared the head's anon mapping and took a driver reference on each tail."""
+    k, _ = make()
+    k.thp_enabled = "madvise"
+    p = k.spawn()
+    coherent = p.open("/dev/hmm_dmirror2", O_RDWR)
+    private = p.open("/dev/hmm_dmirror1", O_RDWR)
+    one = hmm_dmirror_cmd(addr=0, ptr=np.zeros(4096, np.uint8), npages=1)
+    assert p.ioctl(coherent, HMM_DMIRROR_RELEASE, one) == 0
+    a = p.mmap(0, 2 * PMD_SIZE, RW, ANON)
+    h = (a + PMD_SIZE - 1) & ~(PMD_SIZE - 1)
+    assert p.madvise(h, PMD_SIZE, MADV_HUGEPAGE) == 0
+    p.store_array(h, np.arange(PMD_SIZE // 4, dtype=np.int32))
+    cmd = hmm_dmirror_cmd(addr=h, ptr=np.zeros(PMD_SIZE, np.uint8), npages=512)
+    assert p.ioctl(coherent, HMM_DMIRROR_MIGRATE_TO_DEV, cmd) == 0
+    level, pmd = entry_at(p, h)
+    assert level == "pmd"  # a PMD-mapped device-coherent THP
+    check_invariants(k)
+    cmd = hmm_dmirror_cmd(addr=h + 0x162000, ptr=np.zeros(4096, np.uint8), npages=1)
+    p.ioctl(private, HMM_DMIRROR_MIGRATE_TO_DEV, cmd)
+    check_invariants(k)
+    assert (p.load_array(h, PMD_SIZE // 4) == np.arange(PMD_SIZE // 4)).all()
+    check_invariants(k)

@@ -699,10 +699,14 @@ def folio_split_unmapped(folio, new_order: int = 0) -> int:
 
 
 def _zone_device_split_cb(folio, n: int) -> None:
-    """zone_device_private_split_cb: tell the pgmap about each new tail, then finish."""
-    from hmmsim.mm.memremap import folio_is_zone_device, page_pgmap
+    """zone_device_private_split_cb: tell the pgmap about each new tail, then finish.
 
-    if not folio_is_zone_device(folio):
+    Only device-private folios get the callback (include/linux/memremap.h);
+    a device-coherent THP splits like a system one.
+    """
+    from hmmsim.mm.memremap import folio_is_device_private, page_pgmap
+
+    if not folio_is_device_private(folio):
         return
     ops = page_pgmap(folio).ops
     if ops is None or getattr(ops, "folio_split", None) is None:

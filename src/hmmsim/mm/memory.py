@@ -538,13 +538,16 @@ def do_device_private_fault(vmf: vm_fault, entry: int) -> int:
     """
     mm = vmf.vma.vm_mm
     k = mm.k
-    page = softleaf_to_page(k, entry)
-    vmf.page = page
     ptl = pte_lockptr(mm, vmf.pte)
     ptl.lock()
     if ptep_get(k, vmf.pte) != vmf.orig_pte:
         ptl.unlock()
         return 0
+    # The kernel forms vmf->page before taking the lock, but that is pointer
+    # arithmetic; the model's lookup needs the memmap, which the PTE lock pins
+    # only while the entry is unchanged (a racing eviction may memunmap it).
+    page = softleaf_to_page(k, entry)
+    vmf.page = page
     if trylock_page(page):
         folio_get(page_folio(page))  # get_page(vmf->page)
         ptl.unlock()
@@ -555,8 +558,7 @@ def do_device_private_fault(vmf: vm_fault, entry: int) -> int:
         unlock_page(page)
         folio_put(page_folio(page))
         return ret
-    ptl.unlock()
-    softleaf_entry_wait_on_locked(k, entry)
+    softleaf_entry_wait_on_locked(k, entry, ptl)
     return 0
 
 

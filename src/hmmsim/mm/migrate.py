@@ -18,9 +18,16 @@ from hmmsim.locking import folio_wait_locked
 from hmmsim.mm.pgtable import pmdp_get, pte_offset_map, ptep_get, set_pte_at
 
 
-def softleaf_entry_wait_on_locked(k, entry: int) -> None:
-    """Sleep until the folio named by a PFN-carrying entry is unlocked."""
+def softleaf_entry_wait_on_locked(k, entry: int, ptl=None) -> None:
+    """Sleep until the folio named by a PFN-carrying entry is unlocked.
+
+    With `ptl` (held by the caller, as in the kernel) the folio is found
+    while the PTE lock still pins the entry, and the lock is dropped before
+    sleeping.
+    """
     folio = page_folio(k.softleaf_to_page(entry))
+    if ptl is not None:
+        ptl.unlock()
     k.stats["migration_entry_waits"] += 1
     folio_wait_locked(folio)
 
