@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# ruff: noqa: F401, E501  (generated: every replay script imports the whole vocabulary)
 """hmmsim fuzz replay: invariant: PMD at #: invalid PMD softleaf # (+# more)
 
 mprotect(PROT_NONE) of a PMD-mapped THP leaves an x86 PROT_NONE huge PMD
@@ -53,7 +54,7 @@ from hmmsim.kernel import Kernel
 from hmmsim.testing.invariants import check_invariants
 from hmmsim.userspace import BusError, OutOfMemory, SegmentationFault
 
-ALLOWED_WARNINGS = ('dmirror_do_fault: write requested but not granted',)
+ALLOWED_WARNINGS = ("dmirror_do_fault: write requested but not granted",)
 
 
 def fill(tag, n):
@@ -73,7 +74,7 @@ def expect_bytes(got, want, what):
         first = diff[0] if diff else min(len(got), len(want))
         raise AssertionError(
             f"{what}: {len(diff)} of {len(want)} bytes differ, first at +{first:#x}: "
-            f"expected {want[first:first + 16].hex()} got {got[first:first + 16].hex()}"
+            f"expected {want[first : first + 16].hex()} got {got[first : first + 16].hex()}"
         )
 
 
@@ -95,15 +96,17 @@ def ok():
     warnings_ok()
 
 
-k = Kernel(ram_bytes=0x10000000, hugetlb_pages=0, features=frozenset({'d'}))
+k = Kernel(ram_bytes=0x10000000, hugetlb_pages=0, features=frozenset({"d"}))
 hmm_dmirror_init(k)
-k.thp_enabled = 'always'
+k.thp_enabled = "always"
 
 # step 0: p0 = spawn()
 p0 = k.spawn()
 ok()
 # step 1: p0.mmap(0x100000200000, 512p, PROT_READ | PROT_WRITE, private fixed)
-ret = p0.mmap(0x100000200000, 0x200000, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED)
+ret = p0.mmap(
+    0x100000200000, 0x200000, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED
+)
 assert ret == 0x100000200000, ret
 ok()
 # step 2: p0.store(0x100000201000, fill(1, 64))

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# ruff: noqa: F401, E501  (generated: every replay script imports the whole vocabulary)
 """hmmsim fuzz replay: invariant: PMD at # maps pfn # that is not a folio head (+# more)
 
 A THP shared by parent and child after fork is migrated (parent's range,
@@ -63,7 +64,7 @@ from hmmsim.kernel import Kernel
 from hmmsim.testing.invariants import check_invariants
 from hmmsim.userspace import BusError, OutOfMemory, SegmentationFault
 
-ALLOWED_WARNINGS = ('dmirror_do_fault: write requested but not granted',)
+ALLOWED_WARNINGS = ("dmirror_do_fault: write requested but not granted",)
 
 
 def fill(tag, n):
@@ -83,7 +84,7 @@ def expect_bytes(got, want, what):
         first = diff[0] if diff else min(len(got), len(want))
         raise AssertionError(
             f"{what}: {len(diff)} of {len(want)} bytes differ, first at +{first:#x}: "
-            f"expected {want[first:first + 16].hex()} got {got[first:first + 16].hex()}"
+            f"expected {want[first : first + 16].hex()} got {got[first : first + 16].hex()}"
         )
 
 
@@ -105,30 +106,37 @@ def ok():
     warnings_ok()
 
 
-k = Kernel(ram_bytes=0x10000000, hugetlb_pages=0, features=frozenset({'d'}))
+k = Kernel(ram_bytes=0x10000000, hugetlb_pages=0, features=frozenset({"d"}))
 hmm_dmirror_init(k)
-k.thp_enabled = 'always'
+k.thp_enabled = "always"
 
 # step 0: p0 = spawn()
 p0 = k.spawn()
 ok()
 # step 1: fd0 = p0.open('/dev/hmm_dmirror3')
-fd0 = p0.open('/dev/hmm_dmirror3', O_RDWR)
+fd0 = p0.open("/dev/hmm_dmirror3", O_RDWR)
 assert fd0 >= 0, fd0
 ok()
 # step 2: p0.mmap(0x100000a00000, 512p, PROT_READ | PROT_WRITE, private noreplace)
-ret = p0.mmap(0x100000a00000, 0x200000, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE)
-assert ret == 0x100000a00000, ret
+ret = p0.mmap(
+    0x100000A00000,
+    0x200000,
+    PROT_READ | PROT_WRITE,
+    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
+)
+assert ret == 0x100000A00000, ret
 ok()
 # step 3: p0.store(0x100000bd7935, fill(22, 12))
-p0.store(0x100000bd7935, fill(22, 12))
+p0.store(0x100000BD7935, fill(22, 12))
 ok()
 # step 4: p3 = p0.fork()
 p3 = p0.child(p0.fork())
 ok()
 # step 5: p0.ioctl(fd0, MIGRATE_TO_DEV, 0x100000a00000, 512p)
 buf = np.zeros(0x200000, np.uint8)
-ret = p0.ioctl(fd0, HMM_DMIRROR_MIGRATE_TO_DEV, hmm_dmirror_cmd(addr=0x100000a00000, ptr=buf, npages=512))
+ret = p0.ioctl(
+    fd0, HMM_DMIRROR_MIGRATE_TO_DEV, hmm_dmirror_cmd(addr=0x100000A00000, ptr=buf, npages=512)
+)
 assert ret == 0, ret
 ok()
 # the failure: invariant at step 5: PMD at 0x100000a00000 maps pfn 0x3fffffe00 that is not a folio head (+3 more)

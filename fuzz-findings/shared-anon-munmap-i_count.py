@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# ruff: noqa: F401, E501  (generated: every replay script imports the whole vocabulary)
 """hmmsim fuzz replay: exception: AttributeError: 'shmem_inode' object has no attribute 'i_count'
 
 munmap of a MAP_SHARED|MAP_ANONYMOUS mapping (shmem_zero_setup takes no file reference).
@@ -48,7 +49,7 @@ from hmmsim.kernel import Kernel
 from hmmsim.testing.invariants import check_invariants
 from hmmsim.userspace import BusError, SegmentationFault
 
-ALLOWED_WARNINGS = ('dmirror_do_fault: write requested but not granted',)
+ALLOWED_WARNINGS = ("dmirror_do_fault: write requested but not granted",)
 
 
 def fill(tag, n):
@@ -68,7 +69,7 @@ def expect_bytes(got, want, what):
         first = diff[0] if diff else min(len(got), len(want))
         raise AssertionError(
             f"{what}: {len(diff)} of {len(want)} bytes differ, first at +{first:#x}: "
-            f"expected {want[first:first + 16].hex()} got {got[first:first + 16].hex()}"
+            f"expected {want[first : first + 16].hex()} got {got[first : first + 16].hex()}"
         )
 
 
@@ -90,15 +91,17 @@ def ok():
     warnings_ok()
 
 
-k = Kernel(ram_bytes=0x10000000, hugetlb_pages=0, features=frozenset({'d'}))
+k = Kernel(ram_bytes=0x10000000, hugetlb_pages=0, features=frozenset({"d"}))
 hmm_dmirror_init(k)
-k.thp_enabled = 'madvise'
+k.thp_enabled = "madvise"
 
 # step 0: p0 = spawn()
 p0 = k.spawn()
 ok()
 # step 1: p0.mmap(0x100000000000, 2p, PROT_READ | PROT_WRITE, shared fixed)
-ret = p0.mmap(0x100000000000, 0x2000, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED)
+ret = p0.mmap(
+    0x100000000000, 0x2000, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED
+)
 assert ret == 0x100000000000, ret
 ok()
 # step 2: p0.munmap(0x100000000000, 2p)

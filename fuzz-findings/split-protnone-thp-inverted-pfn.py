@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# ruff: noqa: F401, E501  (generated: every replay script imports the whole vocabulary)
 """hmmsim fuzz replay: exception: KernelBug: folio_remove_rmap_ptes: mapcount underflow on <page pfn=# ref=# map=-# flags=dirty|PGTY_buddy>
 
 munmap of part of a PROT_NONE THP splits its huge PMD. huge_memory.py
@@ -54,7 +55,7 @@ from hmmsim.kernel import Kernel
 from hmmsim.testing.invariants import check_invariants
 from hmmsim.userspace import BusError, OutOfMemory, SegmentationFault
 
-ALLOWED_WARNINGS = ('dmirror_do_fault: write requested but not granted',)
+ALLOWED_WARNINGS = ("dmirror_do_fault: write requested but not granted",)
 
 
 def fill(tag, n):
@@ -74,7 +75,7 @@ def expect_bytes(got, want, what):
         first = diff[0] if diff else min(len(got), len(want))
         raise AssertionError(
             f"{what}: {len(diff)} of {len(want)} bytes differ, first at +{first:#x}: "
-            f"expected {want[first:first + 16].hex()} got {got[first:first + 16].hex()}"
+            f"expected {want[first : first + 16].hex()} got {got[first : first + 16].hex()}"
         )
 
 
@@ -96,15 +97,17 @@ def ok():
     warnings_ok()
 
 
-k = Kernel(ram_bytes=0x10000000, hugetlb_pages=0, features=frozenset({'a', 'b', 'd'}))
+k = Kernel(ram_bytes=0x10000000, hugetlb_pages=0, features=frozenset({"a", "b", "d"}))
 hmm_dmirror_init(k)
-k.thp_enabled = 'madvise'
+k.thp_enabled = "madvise"
 
 # step 0: p0 = spawn()
 p0 = k.spawn()
 ok()
 # step 1: p0.mmap(0x100000000000, 512p, PROT_READ | PROT_WRITE, private fixed)
-ret = p0.mmap(0x100000000000, 0x200000, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED)
+ret = p0.mmap(
+    0x100000000000, 0x200000, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED
+)
 assert ret == 0x100000000000, ret
 ok()
 # step 2: p0.madvise(0x100000000000, 512p, MADV_HUGEPAGE)
@@ -112,7 +115,7 @@ ret = p0.madvise(0x100000000000, 0x200000, MADV_HUGEPAGE)
 assert ret == 0, ret
 ok()
 # step 3: p0.store(0x1000000376cd, fill(25, 3315))
-p0.store(0x1000000376cd, fill(25, 3315))
+p0.store(0x1000000376CD, fill(25, 3315))
 ok()
 # step 4: p0.mprotect(0x100000000000, 512p, PROT_NONE)
 ret = p0.mprotect(0x100000000000, 0x200000, PROT_NONE)

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# ruff: noqa: F401, E501  (generated: every replay script imports the whole vocabulary)
 """hmmsim fuzz replay: invariant: pid #: mirror <dmirror dev=# pt=#> maps # -> # but the CPU has pte #
 
 Two opens of one dmirror device by one process give two mirrors of one mm. A
@@ -54,7 +55,7 @@ from hmmsim.kernel import Kernel
 from hmmsim.testing.invariants import check_invariants
 from hmmsim.userspace import BusError, OutOfMemory, SegmentationFault
 
-ALLOWED_WARNINGS = ('dmirror_do_fault: write requested but not granted',)
+ALLOWED_WARNINGS = ("dmirror_do_fault: write requested but not granted",)
 
 
 def fill(tag, n):
@@ -74,7 +75,7 @@ def expect_bytes(got, want, what):
         first = diff[0] if diff else min(len(got), len(want))
         raise AssertionError(
             f"{what}: {len(diff)} of {len(want)} bytes differ, first at +{first:#x}: "
-            f"expected {want[first:first + 16].hex()} got {got[first:first + 16].hex()}"
+            f"expected {want[first : first + 16].hex()} got {got[first : first + 16].hex()}"
         )
 
 
@@ -96,23 +97,25 @@ def ok():
     warnings_ok()
 
 
-k = Kernel(ram_bytes=0x10000000, hugetlb_pages=0, features=frozenset({'d'}))
+k = Kernel(ram_bytes=0x10000000, hugetlb_pages=0, features=frozenset({"d"}))
 hmm_dmirror_init(k)
-k.thp_enabled = 'madvise'
+k.thp_enabled = "madvise"
 
 # step 0: p0 = spawn()
 p0 = k.spawn()
 ok()
 # step 1: fd0 = p0.open('/dev/hmm_dmirror2')
-fd0 = p0.open('/dev/hmm_dmirror2', O_RDWR)
+fd0 = p0.open("/dev/hmm_dmirror2", O_RDWR)
 assert fd0 >= 0, fd0
 ok()
 # step 2: fd1 = p0.open('/dev/hmm_dmirror2')
-fd1 = p0.open('/dev/hmm_dmirror2', O_RDWR)
+fd1 = p0.open("/dev/hmm_dmirror2", O_RDWR)
 assert fd1 >= 0, fd1
 ok()
 # step 3: p0.mmap(0x100000000000, 1p, PROT_READ | PROT_WRITE, private fixed)
-ret = p0.mmap(0x100000000000, 0x1000, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED)
+ret = p0.mmap(
+    0x100000000000, 0x1000, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED
+)
 assert ret == 0x100000000000, ret
 ok()
 # step 4: p0.store(0x100000000000, fill(1, 64))
@@ -125,7 +128,9 @@ assert ret == 0, ret
 ok()
 # step 6: p0.ioctl(fd0, MIGRATE_TO_DEV, 0x100000000000, 1p)
 buf = np.zeros(0x1000, np.uint8)
-ret = p0.ioctl(fd0, HMM_DMIRROR_MIGRATE_TO_DEV, hmm_dmirror_cmd(addr=0x100000000000, ptr=buf, npages=1))
+ret = p0.ioctl(
+    fd0, HMM_DMIRROR_MIGRATE_TO_DEV, hmm_dmirror_cmd(addr=0x100000000000, ptr=buf, npages=1)
+)
 assert ret == 0, ret
 ok()
 # the failure: invariant at step 6: pid 1: mirror <dmirror dev=2 pt=1> maps 0x100000000000 -> 0x204 but the CPU has pte 0x80003fffeffff867

@@ -1825,6 +1825,7 @@ def _rehandle(op, procs: dict, fds: dict | None = None):
 
 _SCRIPT_HEAD = '''\
 #!/usr/bin/env python3
+# ruff: noqa: F401, E501  (generated: every replay script imports the whole vocabulary)
 """hmmsim fuzz replay: {title}
 
 {meta}
