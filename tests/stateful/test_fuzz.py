@@ -30,6 +30,7 @@ from hmmsim.testing.fuzz import (
     ARENA_BASE,
     THP_MODES,
     WEIGHTS,
+    Fork,
     FuzzFailure,
     Generator,
     Ioctl,
@@ -328,3 +329,23 @@ def test_long_fuzz_run(seed):
     rep = run_fuzz(200_000, seed=seed)
     assert rep.bytes_lost == 0
     assert not rep.violations, "\n".join(v.message for v in rep.violations)
+
+
+def test_shared_thp_migration_hazard_is_predicted_and_skipped():
+    """The fuzzer steps around the suspected upstream VM_BUG_ON (a THP shared
+    with a fork child, migrated with order-0 fallback): the predicate sees a
+    PMD-mapped THP with mapcount 2, not one with mapcount 1, and the World
+    skips the ioctl instead of raising."""
+    w = World(SeqConfig(frozenset({"d"}), None, "always"))
+    w.apply(Spawn(0))
+    w.apply(Mmap(0, ARENA_BASE, 512, PROT_READ | PROT_WRITE))
+    w.apply(Store(0, ARENA_BASE + 5, 12, 1))
+    w.apply(Open(0, 0, 3))
+    assert not w.shared_thp_migrate_hazard(0, "MIGRATE_TO_DEV", ARENA_BASE, 512)
+    w.apply(Fork(0, 1))
+    assert w.shared_thp_migrate_hazard(0, "MIGRATE_TO_DEV", ARENA_BASE, 512)
+    assert w.shared_thp_migrate_hazard(0, "MIGRATE_TO_DEV", ARENA_BASE + 7 * PAGE, 1)
+    assert not w.shared_thp_migrate_hazard(0, "MIGRATE_TO_SYS", ARENA_BASE, 512)
+    w.apply(Ioctl(0, 0, "MIGRATE_TO_DEV", ARENA_BASE, 512))
+    assert w.stats["skipped_upstream_hazard"] == 1
+    w.check()
