@@ -99,7 +99,14 @@ def _next_level(mm, entryp: int, alloc: bool) -> int | None:
     if pfn is None:
         return None
     with mm.page_table_lock:
-        set_pte_at(mm, 0, entryp, mk_table_entry(pfn))
+        # __pud_alloc/__pmd_alloc: another thread may have populated the entry
+        # while the table was allocated; then the new table is freed
+        e = ptep_get(k, entryp)
+        if not e:
+            set_pte_at(mm, 0, entryp, mk_table_entry(pfn))
+    if e:
+        free_table(k, pfn)
+        return table_entry_pfn(e)
     return pfn
 
 
