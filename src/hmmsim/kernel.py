@@ -56,6 +56,13 @@ class Kernel:
                 overrides["features"] = frozenset(overrides["features"])
             cfg = replace(cfg, **overrides)
         self.config = cfg
+        #: known bugs put back (hmmsim.mutants); tested only where each bug lived
+        self.bugs: frozenset[str] = cfg.bugs
+        #: debug hooks f(k, "migrate"|"hmm", words, n) run on every src/dst and
+        #: hmm_pfns array the migrate and HMM APIs hand over (testing/ adds them)
+        self.word_checks: list = []
+        #: hmmsim.fault_inject.FaultInjector while a test injects failures
+        self.fault_inject = None
         self.swp = SwapLayout(cfg)
         self.hmm = HmmPfnLayout(cfg)
         self.sched = Scheduler()

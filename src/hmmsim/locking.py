@@ -14,6 +14,15 @@ from __future__ import annotations
 
 from hmmsim.bug import KernelBug
 
+#: A kernel busy-retry (a "retry" point) that comes back to the same place
+#: this many times in a row, with no other thread to change anything, spins
+#: forever: the scheduler reports it as a livelock.
+SPIN_LIMIT = 64
+
+
+class Livelock(KernelBug):
+    """Threads run but make no progress (or one spins on what cannot change)."""
+
 
 class Scheduler:
     """The default scheduler hook: a single thread, nothing else can run.
@@ -21,10 +30,26 @@ class Scheduler:
     `point(kind, obj)` is called at every acquire/release/wait; `wait(obj,
     why)` is called when the current thread must sleep until another thread
     acts. Subclasses (testing/) switch threads there.
+
+    A "retry" point marks a kernel loop going round again at once, without
+    sleeping; `obj` names where (e.g. the address hmm_range_fault rewalks
+    from). With a single thread nothing can change between two rounds, so
+    SPIN_LIMIT retries at the same place in a row raise Livelock.
     """
 
-    def point(self, kind: str, obj: object) -> None:  # noqa: ARG002 - hook
-        return None
+    _spin_at: object = None
+    _spins: int = 0
+
+    def point(self, kind: str, obj: object) -> None:
+        if kind == "retry":
+            self._spins = self._spins + 1 if obj == self._spin_at else 1
+            self._spin_at = obj
+            if self._spins >= SPIN_LIMIT:
+                self._spins = 0
+                raise Livelock(
+                    f"livelock: {obj} busy-retried {SPIN_LIMIT} times in a row "
+                    "and no other thread can change what it waits for"
+                )
 
     def wait(self, obj: object, why: str) -> None:
         raise KernelBug(f"deadlock: {why} ({obj!r}) and no other thread can run")

@@ -51,6 +51,7 @@ from hmmsim.drivers.test_hmm_uapi import (
     HMM_DMIRROR_WRITE,
 )
 from hmmsim.errno import EBUSY, EFAULT, EINVAL, ENOENT, ENOMEM, EPERM
+from hmmsim.fault_inject import should_fail
 from hmmsim.include.hmm import hmm_range
 from hmmsim.include.memremap import (
     MEMORY_DEVICE_COHERENT,
@@ -246,6 +247,8 @@ class _FreeList:
         self.k = k
         self.arrays: list = []
         self.items: list[int] = []
+        self._cache = np.zeros(0, dtype=np.int64)  # items[:_low] as an array
+        self._low = 0
 
     def _aid(self, arrays) -> int:
         for n, a in enumerate(self.arrays):
@@ -263,6 +266,7 @@ class _FreeList:
 
     def pop(self) -> Page:
         v = self.items.pop()
+        self._low = min(self._low, len(self.items))
         return Page(self.k, self.arrays[v >> 32], v & 0xFFFFFFFF)
 
     def __getitem__(self, n: int) -> Page:
@@ -275,15 +279,85 @@ class _FreeList:
     def __bool__(self) -> bool:
         return bool(self.items)
 
+    def as_array(self) -> np.ndarray:
+        """The packed items as an int64 array, for the invariant checker.
+
+        The list changes only at its end (or is replaced), so the part below
+        the lowest length reached since the last call is reused.
+        """
+        low = min(self._low, len(self._cache))
+        tail = np.asarray(self.items[low:], dtype=np.int64)
+        self._cache = np.concatenate((self._cache[:low], tail))
+        self._low = len(self.items)
+        return self._cache
+
     def drop_arrays(self, arrays) -> None:
         """Remove every page of one chunk (dmirror_remove_free_pages)."""
         for n, a in enumerate(self.arrays):
             if a is arrays:
                 self.items = [v for v in self.items if v >> 32 != n]
+        self._low = 0
 
     def clear(self) -> None:
         self.items = []
         self.arrays = []
+        self._low = 0
+
+
+def dmirror_check_device_pages(k) -> list[str]:
+    """Invariant hook: every device page is in exactly one state.
+
+    A page on a driver free list (a free large folio covers its tail pages)
+    has no reference, no mapping, no lock and no folio->mapping, and is
+    listed once; a page of a live chunk that is not on a free list belongs to
+    a folio with a reference (mapped by a device entry, isolated for a
+    migration, or held by the driver). Not kernel code: the checker's view of
+    what lib/test_hmm.c's free lists promise.
+    """
+    from hmmsim.include.mm_types import PG_locked
+
+    problems: list[str] = []
+    for name, d in sorted(k.devices.items()):
+        if not isinstance(d, dmirror_device):
+            continue
+        free: dict[int, np.ndarray] = {}  # id(PageArrays) -> bool mask
+        for lst, n in ((d.free_pages, 1), (d.free_folios, HPAGE_PMD_NR)):
+            if not lst.items:
+                continue
+            items = lst.as_array()
+            for aid, a in enumerate(lst.arrays):
+                idx = items[(items >> 32) == aid] & 0xFFFFFFFF
+                if not idx.size:
+                    continue
+                idx = (idx[:, None] + np.arange(n)[None, :]).ravel()
+                mask = free.setdefault(id(a), np.zeros(a.nr, dtype=bool))
+                counts = np.bincount(idx, minlength=a.nr)
+                for i in np.nonzero((counts > 1) | (mask & (counts > 0)))[0][:5]:
+                    problems.append(f"{name}: device page {a.base + int(i):#x} is free twice")
+                mask[idx] = True
+                checks = (
+                    (a._refcount[idx] != 0, "a reference"),
+                    (a._mapcount[idx] != -1, "a mapping"),
+                    (a.mapping[idx] != 0, "a stale folio->mapping"),
+                    ((a.flags[idx] & PG_locked) != 0, "the page lock"),
+                )
+                for bad, what in checks:
+                    for i in idx[bad][:5]:
+                        problems.append(f"{name}: free device page {a.base + int(i):#x} has {what}")
+        for chunk in d.devmem_chunks:
+            if chunk.remove:
+                continue
+            for r in chunk.pagemap._ranges:
+                a = r.pages
+                mask = free.get(id(a), np.zeros(a.nr, dtype=bool))
+                # a folio's head holds its references; tails (head_off != 0) go with it
+                idle = ~mask & (a._refcount == 0) & (a.head_off == 0)
+                for i in np.nonzero(idle)[0][:5]:
+                    problems.append(
+                        f"{name}: device page {r.base + int(i):#x} is neither free in the "
+                        "driver nor referenced (lost to the driver)"
+                    )
+    return problems
 
 
 class dmirror_chunk:
@@ -399,6 +473,8 @@ class dmirror_device:
 
     def dmirror_devmem_alloc_page(self, dmirror, is_large: bool):
         k = self.k
+        if k.fault_inject is not None and should_fail(k, "device_alloc"):
+            return None
         order = HPAGE_PMD_ORDER if is_large else 0
         rpage = None
         if self.is_private_zone():
@@ -903,6 +979,15 @@ class dmirror:
                     i += n
                     addr += n * PAGE_SIZE
                     continue
+            if k.fault_inject is not None and should_fail(k, "copy"):
+                # an injected DMA error: give the page back, leave the slot empty
+                _zdd_set(rpage, None)
+                dst[i] = 0
+                folio_unlock(dpage)
+                folio_put(dpage)
+                i += 1
+                addr += PAGE_SIZE
+                continue
             if spage is not None:
                 _frame(rpage)[:] = _frame(spage)
             else:
@@ -1276,4 +1361,7 @@ def hmm_dmirror_init(k) -> list[dmirror_device]:
         if ret:
             raise MemoryError(f"hmm_dmirror_init: device {d.minor} chunk failed ({ret})")
         k.devices[f"/dev/hmm_dmirror{d.minor}"] = d
+    hooks = k.__dict__.setdefault("invariant_hooks", [])
+    if dmirror_check_device_pages not in hooks:
+        hooks.append(dmirror_check_device_pages)
     return devices

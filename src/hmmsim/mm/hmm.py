@@ -208,7 +208,10 @@ def hmm_vma_handle_pte(walk, addr: int, end: int, pmdp: int, ptep: int, i: int) 
         entry = swp.softleaf_from_pte(pte)
         if swp.softleaf_is_device_private(entry):
             page = k.softleaf_to_page(entry)
-            if page_pgmap(page).owner is r.dev_private_owner and r.dev_private_owner is not None:
+            owned = page_pgmap(page).owner is r.dev_private_owner
+            if "hmm_foreign_device_private" in k.bugs:
+                owned = True  # mutant: before the owner check, every device page was valid
+            if owned and r.dev_private_owner is not None:
                 cpu_flags = L.HMM_PFN_VALID
                 if swp.softleaf_is_device_private_write(entry):
                     cpu_flags |= L.HMM_PFN_WRITE
@@ -375,6 +378,8 @@ def hmm_range_fault(range_) -> int:
         if ret != -EBUSY:
             break
         k.stats["hmm_range_fault_rewalks"] += 1
+        # a kernel busy-retry: the walk goes again at once, without sleeping
+        k.sched.point("retry", f"hmm_range_fault rewalk at {w.last:#x}")
     if (
         ret == 0
         and k.config.has("e")
@@ -382,6 +387,9 @@ def hmm_range_fault(range_) -> int:
         and range_.default_flags & k.hmm.HMM_PFN_REQ_MIGRATE
     ):
         ret = hmm_range_migrate_collect(range_)
+    if ret == 0:
+        for check in k.word_checks:
+            check(k, "hmm", range_.hmm_pfns)
     return ret
 
 
@@ -436,6 +444,8 @@ def hmm_range_migrate_collect(range_) -> int:
         if not v & MIGRATE_PFN_MIGRATE:
             continue
         word = L.HMM_PFN_MIGRATE
+        if not v & MIGRATE_PFN_VALID and "hmm_zero_pfn0" in k.bugs:
+            word |= L.HMM_PFN_VALID  # mutant (9.4): the RFC's "VALID | MIGRATE, pfn 0"
         if v & MIGRATE_PFN_VALID:
             page = migrate_pfn_to_page(v, k=k)
             field = _device_private_word(w, page) if _is_dp(page) else _pfn_word(w, page.pfn)

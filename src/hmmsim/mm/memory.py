@@ -538,6 +538,16 @@ def do_device_private_fault(vmf: vm_fault, entry: int) -> int:
     """
     mm = vmf.vma.vm_mm
     k = mm.k
+    # the fault read orig_pte without the PTE lock: another thread may run
+    # before it gets here (the window commit 16ce101db85d closed)
+    k.sched.point("lockless", vmf.orig_pte)
+    if "device_fault_no_ref" in k.bugs:
+        # mutant (commit 16ce101db85d): before the fix the fault called the
+        # driver on the page its PTE snapshot named, with no PTL, reference or
+        # page lock, and migrate_vma had no fault_page
+        page = softleaf_to_page(k, entry)
+        vmf.page = page
+        return k.page_pgmap(page).ops.migrate_to_ram(vmf)
     ptl = pte_lockptr(mm, vmf.pte)
     ptl.lock()
     if ptep_get(k, vmf.pte) != vmf.orig_pte:
@@ -558,6 +568,10 @@ def do_device_private_fault(vmf: vm_fault, entry: int) -> int:
         unlock_page(page)
         folio_put(page_folio(page))
         return ret
+    if "hmm_fault_spin" in k.bugs:
+        # mutant (kernel-reference 9.1): return without sleeping on the page lock
+        ptl.unlock()
+        return 0
     softleaf_entry_wait_on_locked(k, entry, ptl)
     return 0
 
@@ -568,6 +582,10 @@ def restore_exclusive_pte(
     """Put the present PTE back for a device-exclusive entry (writable if allowed)."""
     from hmmsim.include.pgtable import pte_mksoft_dirty, pte_swp_soft_dirty
 
+    if "exclusive_drops_mapcount" in vma.vm_mm.k.bugs:
+        from hmmsim.mm.rmap import RMAP_NONE, folio_add_anon_rmap_pte
+
+        folio_add_anon_rmap_pte(folio, page, vma, address, RMAP_NONE)  # mutant (9.16)
     pte = pte_mkold(mk_pte(page, vma.vm_page_prot))
     if pte_swp_soft_dirty(orig_pte):
         pte = pte_mksoft_dirty(pte)
@@ -661,7 +679,11 @@ def zap_pte_range(vma, pmdp: int, addr: int, end: int) -> None:
                         page = softleaf_to_page(k, entry)
                         folio = page_folio(page)
                         mm.rss_stat[mm_counter(folio)] -= 1
-                        folio_remove_rmap_pte(folio, page, vma)
+                        if not (
+                            "exclusive_drops_mapcount" in k.bugs
+                            and swp.softleaf_is_device_exclusive(entry)
+                        ):  # mutant (9.16): the old zap kept no rmap to remove
+                            folio_remove_rmap_pte(folio, page, vma)
                         to_free.append(folio)
                     elif swp.softleaf_is_migration(entry):
                         folio = page_folio(softleaf_to_page(k, entry))

@@ -13,8 +13,11 @@ can be replayed exactly.
   CHESS bound: switching away from a thread that could go on counts as one).
 - A thread that waits (folio lock, mmap_lock, notifier sequence) is blocked
   until another thread releases that object. No runnable thread while some
-  are blocked is a deadlock; a run longer than the step bound is a livelock.
-  Both are reported with the interleaving as a readable trace.
+  are blocked is a deadlock; a run longer than the step bound is a livelock,
+  and so is a kernel busy-retry (a "retry" point: a loop that goes again at
+  once, without sleeping) reached `spin_limit` times in a row while no other
+  thread ran: on a kernel without preemption nothing the retry waits for can
+  change then. All are reported with the interleaving as a readable trace.
 - `Sequencer` scripts an interleaving in a test: "run A until its 2nd
   folio lock, then B to completion, then A".
 
@@ -31,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hmmsim.bug import KernelBug
-from hmmsim.locking import Scheduler
+from hmmsim.locking import Livelock, Scheduler
 
 READY, BLOCKED, DONE = "ready", "blocked", "done"
 
@@ -40,8 +43,7 @@ class Deadlock(KernelBug):
     """No thread can run, but some wait."""
 
 
-class Livelock(KernelBug):
-    """The threads made no progress within the step bound."""
+__all__ = ["Deadlock", "Explorer", "Livelock", "RandomPolicy", "ReplayPolicy", "explore"]
 
 
 class SimThread:
@@ -58,6 +60,8 @@ class SimThread:
         self.error_tb = ""
         self.result = None
         self.resume = threading.Semaphore(0)
+        self.spins = 0  # consecutive busy-retries with no other thread run between
+        self.spin_mark: tuple = ()
         self.os = threading.Thread(target=self._main, name=f"sim-{name}", daemon=True)
 
     def __repr__(self) -> str:
@@ -108,8 +112,12 @@ class RunResult:
 class Explorer(Scheduler):
     """Runs simulated threads one at a time, switching only at scheduler points."""
 
-    def __init__(self, k, policy: Callable | None = None, max_steps: int = 20000) -> None:
+    def __init__(
+        self, k, policy: Callable | None = None, max_steps: int = 20000, spin_limit: int = 64
+    ) -> None:
         self.k = k
+        self.spin_limit = spin_limit
+        self.switches = 0  # times a different thread was resumed
         self.policy = policy or (lambda ex, options, current: 0)
         self.max_steps = max_steps
         self.threads: list[SimThread] = []
@@ -140,6 +148,16 @@ class Explorer(Scheduler):
             for t in self.threads:
                 if t.state == BLOCKED and _same(t.waiting_on, obj):
                     t.state = READY
+        elif kind == "retry":
+            same = me.spin_mark == (self.switches, obj)
+            me.spins = me.spins + 1 if same else 1
+            me.spin_mark = (self.switches, obj)
+            if me.spins >= self.spin_limit:
+                raise Livelock(
+                    f"livelock: {me.name}: {_describe(obj)}, {me.spins} busy-retries in a row "
+                    "while no other thread ran (it spins on something only another "
+                    "thread can change, and never sleeps)"
+                )
         self._yield(me, kind, obj)
 
     def wait(self, obj: object, why: str) -> None:
@@ -195,6 +213,8 @@ class Explorer(Scheduler):
                 chosen = options[idx]
                 if cur is not None and chosen is not cur:
                     self.preemptions += 1
+                if chosen is not self.current:
+                    self.switches += 1
                 self.current = chosen
                 if chosen.waiting_on is not None:
                     chosen.waiting_on = None

@@ -23,7 +23,17 @@ Checked:
 - every anon page is reachable through rmap from each vma that maps it;
 - each huge PMD has exactly one deposited page table;
 - every device mirror (a notifier subscriber with a `pt`) maps only pages
-  the CPU maps at the same address, writable only where the CPU allows it.
+  the CPU maps at the same address, writable only where the CPU allows it;
+- no page is locked (PG_locked) and no migration entry is left in a page
+  table between operations (migrate_vma_finalize removes them all);
+- every page-table page is referenced by exactly one entry or deposit (a
+  table nobody points to has leaked);
+- no present PTE or PMD maps a device-private page (its index is not a
+  physical PFN; only device-private entries may name it);
+- interval-notifier sequences only grow (checked against the values seen
+  by the previous check of the same Kernel);
+- drivers' hooks (`k.invariant_hooks`) add their own: dmirror checks that
+  every device page is either free in the driver or referenced.
 """
 
 from __future__ import annotations
@@ -105,6 +115,8 @@ class _Checker:
         for p in list(k.processes.values()):
             if p.alive:
                 self.check_mirrors(p)
+                self.check_notifier_seqs(p)
+        self.check_at_rest()
         for hook in getattr(k, "invariant_hooks", ()):
             self.problems.extend(hook(k))
 
@@ -291,6 +303,8 @@ class _Checker:
             )
 
     def _page(self, pfn: int, where: str):
+        from hmmsim.mm.memremap import is_device_private_page
+
         mem = self.k.mem
         r = mem.range_of(pfn)
         if r is None:
@@ -300,7 +314,39 @@ class _Checker:
         if r is mem.ram and page.a.flags[page.i] & PGTY_buddy:
             self.bad(f"{where}: maps free page {pfn:#x}")
             return None
+        if is_device_private_page(page):
+            self.bad(f"{where}: a present entry maps device-private page {pfn:#x}")
+            return None
         return page
+
+    def check_notifier_seqs(self, proc) -> None:
+        seen = self.k.__dict__.setdefault("_invariant_seq_seen", {})
+        for mni in proc.mm.notifier_subscriptions:
+            key = id(mni)
+            prev = seen.get(key)
+            if prev is not None and prev[0] is mni and mni.invalidate_seq < prev[1]:
+                self.bad(
+                    f"pid {proc.pid}: notifier {mni!r} sequence went back from "
+                    f"{prev[1]} to {mni.invalidate_seq}"
+                )
+            seen[key] = (mni, mni.invalidate_seq)
+
+    def check_at_rest(self) -> None:
+        """Nothing a single operation holds may outlive it."""
+        from hmmsim.include.mm_types import PG_locked
+
+        k = self.k
+        for pfn in sorted(self.migrating)[:10]:
+            self.bad(f"a migration entry for folio {pfn:#x} is left in a page table")
+        for r in list(k.mem.ranges) + list(k.device_private_space.ranges):
+            locked = np.nonzero(r.pages.flags & PG_locked)[0]
+            for i in locked[:10]:
+                self.bad(f"page {r.base + int(i):#x} is locked between operations")
+        ram = k.mem.ram
+        tables = np.nonzero(ram.pages.flags & PGTY_table)[0]
+        for i in tables:
+            if not self.tables.get(ram.base + int(i)):
+                self.bad(f"page table {ram.base + int(i):#x} is referenced by nothing (leaked)")
 
     def check_deposits(self) -> None:
         dep = set(self.k.deposited)
@@ -444,3 +490,67 @@ class _Checker:
                     f"folio {base + i:#x}: refcount {int(p._refcount[i])} but "
                     f"{int(expected[i])} references found (mappings, cache, pins)"
                 )
+
+
+# --- migrate-PFN and HMM-PFN words ----------------------------------------------------------
+def pfn_word_problems(k, kind: str, words, n: int | None = None) -> list[str]:
+    """Decode every word of a src/dst array ("migrate") or hmm_pfns ("hmm").
+
+    A word must use only defined flag bits; a VALID word must name a page
+    (decoding it must not fail); under series (a)/(c) the device-private flag
+    must be set exactly for device-private pages; an HMM word is never both
+    VALID and ERROR. Returns the problems found (none for a good array).
+    """
+    from hmmsim.include.migrate import (
+        MIGRATE_PFN_DEVICE_PRIVATE,
+        MIGRATE_PFN_FLAGS_MASK,
+        MIGRATE_PFN_SHIFT,
+        MIGRATE_PFN_VALID,
+    )
+    from hmmsim.mm.memremap import is_device_private_page
+
+    problems: list[str] = []
+    n = len(words) if n is None else n
+    L = k.hmm
+    for i in range(n):
+        v = int(words[i])
+        if not v:
+            continue
+        try:
+            if kind == "migrate":
+                if v & MIGRATE_PFN_FLAGS_MASK & (1 << 2):
+                    problems.append(f"{kind}[{i}] = {v:#x}: undefined flag bit 2")
+                if not v & MIGRATE_PFN_VALID:
+                    if v >> MIGRATE_PFN_SHIFT:
+                        problems.append(f"{kind}[{i}] = {v:#x}: a PFN without VALID")
+                    continue
+                from hmmsim.mm.migrate import migrate_pfn_to_page
+
+                page = migrate_pfn_to_page(v, k=k)
+                flagged = bool(v & MIGRATE_PFN_DEVICE_PRIVATE)
+                if k.config.has("a") and flagged != is_device_private_page(page):
+                    problems.append(
+                        f"{kind}[{i}] = {v:#x}: MIGRATE_PFN_DEVICE_PRIVATE is "
+                        f"{'set' if flagged else 'clear'} for {page!r}"
+                    )
+            else:
+                from hmmsim.mm.hmm import hmm_pfn_to_page
+
+                if v & L.HMM_PFN_VALID and v & L.HMM_PFN_ERROR:
+                    problems.append(f"{kind}[{i}] = {v:#x}: both VALID and ERROR")
+                if not v & L.HMM_PFN_VALID:
+                    continue
+                page = hmm_pfn_to_page(k, v)
+                dp = L.HMM_PFN_DEVICE_PRIVATE
+                if dp and bool(v & dp) != is_device_private_page(page):
+                    problems.append(f"{kind}[{i}] = {v:#x}: device-private flag wrong")
+        except Exception as e:  # noqa: BLE001 - a word that does not decode
+            problems.append(f"{kind}[{i}] = {v:#x} does not decode: {e}")
+    return problems
+
+
+def strict_word_check(k, kind: str, words, n: int | None = None) -> None:
+    """A `Kernel.word_checks` hook: raise InvariantViolation on a bad word."""
+    problems = pfn_word_problems(k, kind, words, n)
+    if problems:
+        raise InvariantViolation(problems)

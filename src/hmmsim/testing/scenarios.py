@@ -34,7 +34,7 @@ from hmmsim.include.mman import (
 from hmmsim.kconfig import PMD_SIZE, KConfig
 from hmmsim.kernel import Kernel
 from hmmsim.testing.explore import Explorer, RunResult
-from hmmsim.testing.invariants import check_invariants
+from hmmsim.testing.invariants import check_invariants, strict_word_check
 
 RW = PROT_READ | PROT_WRITE
 ANON = MAP_PRIVATE | MAP_ANONYMOUS
@@ -57,6 +57,7 @@ class World:
 
     def __init__(self, cfg: KConfig) -> None:
         self.k = Kernel(cfg)
+        self.k.word_checks.append(strict_word_check)
         hmm_dmirror_init(self.k)
         self.p = self.k.spawn("proc")
         self.expect: dict[int, np.ndarray] = {}
@@ -263,7 +264,7 @@ def _s8(ex: Explorer, w: World):
 
 @scenario(
     "hmm_fault_on_locked_device_page",
-    "hmm_range_fault meets a device-private page locked by a migration (9.1)",
+    "hmm_range_fault meets a device-private page locked by a CPU fault (9.1)",
 )
 def _s9(ex: Explorer, w: World):
     a = w.buffer()
@@ -272,12 +273,40 @@ def _s9(ex: Explorer, w: World):
     ret, _ = w.ioctl(fd0, HMM_DMIRROR_MIGRATE_TO_DEV, a, NPAGES)
     assert ret == 0
     box = {}
-    ex.spawn("migrate", lambda: w.ioctl(fd0, HMM_DMIRROR_MIGRATE_TO_SYS, a, NPAGES))
+    # the CPU fault locks the page in do_swap_page before migrate_to_ram starts
+    # its migration (and its notifier invalidation)
+    ex.spawn("cpu", lambda: w.p.load_array(a, 16))
     ex.spawn("dev1", lambda: box.update(r=w.ioctl(fd1, HMM_DMIRROR_READ, a, NPAGES)))
 
     def check():
         ret, mirror = box["r"]
         _ok_read(w, ret, mirror, a, allowed=(0, -EBUSY))
+
+    return check
+
+
+@scenario(
+    "thp_hole_migrate_vs_cpu_store",
+    "a device migrates an empty PMD-sized range while the CPU stores into it (9.6)",
+)
+def _s10(ex: Explorer, w: World):
+    p = w.p
+    raw = p.mmap(0, 2 * PMD_SIZE, RW, ANON)
+    a = (raw + PMD_SIZE - 1) & ~(PMD_SIZE - 1)
+    p.madvise(raw, 2 * PMD_SIZE, MADV_HUGEPAGE)
+    npages = PMD_SIZE // 4096
+    data = np.zeros(npages * 1024, dtype=np.int32)
+    data[5 * 1024 : 5 * 1024 + 4] = [11, 22, 33, 44]
+    w.expect[a] = data
+    fd = w.p.open("/dev/hmm_dmirror0", O_RDWR)
+    box = {}
+    ex.spawn("device", lambda: box.update(r=w.ioctl(fd, HMM_DMIRROR_MIGRATE_TO_DEV, a, npages)))
+    ex.spawn("cpu", lambda: p.store_array(a + 5 * 4096, data[5 * 1024 : 5 * 1024 + 4]))
+
+    def check():
+        ret, _ = box["r"]
+        if ret not in (0, -ENOENT):
+            raise AssertionError(f"unexpected return {ret}")
 
     return check
 
