@@ -77,6 +77,8 @@ class KConfig:
             MAX_PHYSMEM_BITS.
         conflict_resolution: how to resolve the (c)/(e) HMM_PFN bit clash
             when both are enabled; see `hmmsim.include.hmm`.
+        bugs: known kernel bugs to put back (names from `hmmsim.mutants`);
+            empty for the fixed kernel.
 
     Invariant: every series in SERIES_REQUIRES has its prerequisites enabled.
     """
@@ -87,8 +89,15 @@ class KConfig:
     hugetlb_pages: int = 4
     phys_addr_bits: int = MAX_PHYSMEM_BITS
     conflict_resolution: str | None = None
+    bugs: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
+        from hmmsim.mutants import check_bugs
+
+        try:
+            object.__setattr__(self, "bugs", check_bugs(self.bugs))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         unknown = set(self.features) - set(SERIES)
         if unknown:
             raise ConfigError(
@@ -146,7 +155,9 @@ class KConfig:
         f = "".join(sorted(self.features)) or "-"
         return (
             f"<KConfig {KERNEL_COMMIT[:12]} series={f} BITS_PER_LONG={self.bits_per_long} "
-            f"ram={self.ram_bytes >> 20}MiB>"
+            f"ram={self.ram_bytes >> 20}MiB"
+            + (f" bugs={','.join(sorted(self.bugs))}" if self.bugs else "")
+            + ">"
         )
 
 

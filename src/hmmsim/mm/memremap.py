@@ -319,10 +319,13 @@ def zone_device_page_init(page: Page, pgmap: dev_pagemap, order: int = 0) -> Non
     for j in range(n):
         if a._refcount[i + j]:
             k.warn(f"zone_device_page_init: page {page.pfn + j:#x} has references")
+        if "stale_order_on_reuse" in k.bugs:
+            continue  # mutant (kernel-reference 9.17): the old folio's state is kept
         a.flags[i + j] = 0
         a.order[i + j] = 0
         a.head_off[i + j] = 0
-        a.mapping[i + j] = 0
+        if "stale_mapping_on_free" not in k.bugs:
+            a.mapping[i + j] = 0
         a._mapcount[i + j] = -1
     pgmap._refs += n
     a._refcount[i] = 1
@@ -348,7 +351,8 @@ def free_zone_device_folio(folio: Page) -> None:
 
         for j in range(n):
             a.flags[i + j] &= ~PG_anon_exclusive & 0xFFFFFFFF
-    a.mapping[i : i + n] = 0
+    if "stale_mapping_on_free" not in k.bugs:  # mutant: the 2019 free kept the mapping
+        a.mapping[i : i + n] = 0
     if (a._mapcount[i : i + n] != -1).any():
         raise KernelBug(f"free_zone_device_folio: freeing mapped device page {folio!r}")
     if pgmap.type in (MEMORY_DEVICE_PRIVATE, MEMORY_DEVICE_COHERENT):

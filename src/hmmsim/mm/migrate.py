@@ -76,11 +76,15 @@ def migrate_pfn_from_page(page) -> int:
     ones (their PFNs are real): the review point of seed thread (a).
     """
     from hmmsim.include.migrate import MIGRATE_PFN_DEVICE_PRIVATE
-    from hmmsim.mm.memremap import is_device_private_page
+    from hmmsim.mm.memremap import is_device_private_page, is_zone_device_page
 
     v = migrate_pfn(page_swp_index(page))
     if page.k.config.has("a") and is_device_private_page(page):
         v |= MIGRATE_PFN_DEVICE_PRIVATE
+    elif page.k.config.has("a") and "coherent_device_private_flag" in page.k.bugs:
+        # mutant (kernel-reference 9.3): series (a) v1 flagged every zone-device page
+        if is_zone_device_page(page):
+            v |= MIGRATE_PFN_DEVICE_PRIVATE
     return v
 
 

@@ -200,6 +200,13 @@ def migrate_vma_split_folio(folio, fault_page) -> int:
             folio_unlock(folio)
             folio_put(folio)
         return ret
+    if "split_fault_lock_handoff" in folio.k.bugs:
+        # mutant (kernel-reference 9.2): no hand-off; the lock and reference stay
+        # on the old head even when the fault page is now in another folio
+        if folio != fault_folio:
+            folio_unlock(folio)
+            folio_put(folio)
+        return 0
     new_fault_folio = page_folio(fault_page) if fault_page is not None else None
     if new_fault_folio is None:
         folio_unlock(folio)
@@ -511,6 +518,10 @@ def migrate_device_unmap(src_pfns, npages: int, fault_page, *, k) -> int:
                 restore += 1
                 continue
             folio_put(folio)  # the collect reference; isolation holds one now
+        if k.fault_inject is not None:
+            from hmmsim.fault_inject import inject_pin
+
+            inject_pin(k, folio)
         if folio_mapped(folio):
             try_to_migrate(folio, 0)
         if folio_mapped(folio) or not migrate_vma_check_page(page, fault_page):
@@ -572,6 +583,8 @@ def migrate_vma_setup(args) -> int:
         return -EINVAL
     if args.src is None or args.dst is None:
         return -EINVAL
+    if "device_fault_no_ref" in vma.vm_mm.k.bugs:
+        args.fault_page = None  # mutant: migrate_vma had no fault_page before 16ce101db85d
     if args.fault_page is not None and not is_device_private_page(args.fault_page):
         return -EINVAL
     if args.fault_page is not None and not page_folio(args.fault_page).test(PG_locked):
@@ -640,6 +653,9 @@ def migrate_vma_insert_huge_pmd_page(migrate, addr: int, page, src, idx: int, pm
     cur = pmdp_get(k, pmdp)
     flush = huge_memory.is_huge_zero_pmd(k, cur)
     if not flush and not pmd_none(cur):
+        if "insert_huge_pmd_leak" in k.bugs:
+            # mutant (kernel-reference 9.6): the abort before unlock_abort/free_abort
+            return abort()
         ptl.unlock()
         free_table(k, table)
         return abort()
@@ -848,6 +864,10 @@ def __migrate_device_pages(src_pfns, dst_pfns, npages: int, migrate, *, k) -> No
 
 def migrate_vma_pages(migrate) -> None:
     """Move struct page state from each source to its destination (or fill holes)."""
+    k = migrate.vma.vm_mm.k
+    for check in k.word_checks:
+        check(k, "migrate", migrate.src, migrate.npages)
+        check(k, "migrate", migrate.dst, migrate.npages)
     __migrate_device_pages(migrate.src, migrate.dst, migrate.npages, migrate, k=migrate.vma.vm_mm.k)
 
 
@@ -1030,6 +1050,8 @@ def migrate_hmm_range_setup(range_) -> None:
             m.src[i] = 0
             continue
         m.cpages += 1
+        if "hmm_zero_pfn0" in k.bugs and v == L.HMM_PFN_VALID | L.HMM_PFN_MIGRATE:
+            v = L.HMM_PFN_MIGRATE  # mutant (9.4): the RFC's consumer, an exact compare
         if v & L.HMM_PFN_VALID:
             from hmmsim.mm.hmm import hmm_pfn_to_page
 

@@ -166,6 +166,11 @@ class PhysMem:
             raise ValueError(f"alloc_pages: order {order} not modelled (0..{MAX_ORDER_MODELLED})")
         if self.should_fail_alloc is not None and self.should_fail_alloc(order):
             return None
+        if self.k.fault_inject is not None:
+            from hmmsim.fault_inject import should_fail
+
+            if should_fail(self.k, "alloc_pages"):
+                return None
         o = order
         while o <= MAX_ORDER_MODELLED and not self.free_area[o]:
             o += 1

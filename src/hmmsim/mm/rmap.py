@@ -117,6 +117,8 @@ def folio_mapping(folio: Page):
 # --- adding mappings ------------------------------------------------------------------------
 def _set_anon(folio: Page, av: anon_vma, index: int) -> None:
     a, i = folio.a, folio.i
+    if "stale_mapping_on_free" in folio.k.bugs and a.mapping[i] & FOLIO_MAPPING_ANON:
+        return  # mutant: the 2019 __page_set_anon_rmap kept an anon mapping already set
     a.mapping[i] = av.id | FOLIO_MAPPING_ANON
     a.index[i] = index
 
@@ -495,6 +497,9 @@ def make_device_exclusive(mm, addr: int, owner, foliop: list):
                 if pte_soft_dirty(pte):
                     swp_pte = pte_swp_mksoft_dirty(swp_pte)
                 set_pte_at(mm, addr, ptep, swp_pte)
+                if "exclusive_drops_mapcount" in k.bugs:
+                    # mutant (kernel-reference 9.16): the old code dropped the rmap
+                    folio_remove_rmap_pte(folio, page, vma)
         if retry:
             folio_unlock(folio)
             folio_put(folio)

@@ -7,6 +7,7 @@ import json
 import click
 
 from hmmsim.kconfig import SERIES, ConfigError, KConfig
+from hmmsim.mutants import MUTANTS
 from hmmsim.testing.explore import RandomPolicy, explore
 from hmmsim.testing.scenarios import SCENARIOS, make_runner
 
@@ -37,17 +38,54 @@ from hmmsim.testing.scenarios import SCENARIOS, make_runner
     type=click.Choice(sorted(SERIES)),
     help="Enable a seed series (repeatable).",
 )
+@click.option(
+    "--bug",
+    "bugs",
+    multiple=True,
+    type=click.Choice(sorted(MUTANTS)),
+    help="Put a known kernel bug back in the scenario's kernel (repeatable).",
+)
+@click.option(
+    "--bugs",
+    "hunt_bugs",
+    default=None,
+    metavar="all|list|NAME[,NAME]",
+    help="Hunt known-bug mutants with their stated budgets (fuzzer or explorer) "
+    "and report, per bug, whether a checker found it; 'list' names them.",
+)
+@click.option(
+    "--fixed",
+    is_flag=True,
+    help="With --bugs: also run each budget on the fixed model, which must stay clean.",
+)
 @click.option("--list", "list_", is_flag=True, help="List the built-in scenarios.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per scenario.")
 def explore_command(
-    scenario, preemptions, random_runs, seed, max_schedules, features, list_, as_json
+    scenario,
+    preemptions,
+    random_runs,
+    seed,
+    max_schedules,
+    features,
+    bugs,
+    hunt_bugs,
+    fixed,
+    list_,
+    as_json,
 ) -> None:
     """Explore interleavings of a built-in SCENARIO ("all" for every one).
 
     Reports schedules explored and every violation: a deadlock, a livelock,
     a lost byte, a broken invariant or a kernel warning, with the interleaving
     that led to it. Exits non-zero if any violation was found.
+
+    With --bugs, hunts known kernel bugs instead (see hmmsim.mutants): exits
+    non-zero if a mutant escaped its budget or (--fixed) the fixed model
+    failed one.
     """
+    if hunt_bugs is not None:
+        _hunt(hunt_bugs, fixed, as_json)
+        return
     if list_ or scenario is None:
         for name, fn in SCENARIOS.items():
             click.echo(f"{name:<40} {fn.doc}")
@@ -64,7 +102,13 @@ def explore_command(
     for name in names:
         feats = cfg.features | ({"b"} if "migration_entries" in name else set())
         run = make_runner(
-            name, KConfig(ram_bytes=cfg.ram_bytes, hugetlb_pages=0, features=frozenset(feats))
+            name,
+            KConfig(
+                ram_bytes=cfg.ram_bytes,
+                hugetlb_pages=0,
+                features=frozenset(feats),
+                bugs=frozenset(bugs),
+            ),
         )
         if random_runs:
             from hmmsim.testing.explore import ExploreReport
@@ -88,5 +132,44 @@ def explore_command(
         for v in report.violations[:3]:
             click.echo(f"  {v.error}\n  schedule choices: {v.choices}")
             click.echo(v.format_trace(20))
+    if failed:
+        raise SystemExit(1)
+
+
+def _hunt(spec: str, fixed: bool, as_json: bool) -> None:
+    """`--bugs`: run each named mutant's hunt and report."""
+    from hmmsim.testing.mutant_hunt import HUNTS, hunt
+
+    if spec == "list":
+        for name, m in MUTANTS.items():
+            click.echo(f"{name:<30} {m.origin}\n{'':<30} {HUNTS[name].budget()}")
+        return
+    names = list(MUTANTS) if spec == "all" else [s.strip() for s in spec.split(",") if s.strip()]
+    unknown = [n for n in names if n not in MUTANTS]
+    if unknown or not names:
+        raise click.UsageError(
+            f"unknown bug {unknown or spec!r}; `hmmsim explore --bugs list` names them"
+        )
+    failed = False
+    for name in names:
+        results = [hunt(name)]
+        if fixed:
+            results.append(hunt(name, fixed=True))
+        failed |= not results[0].found or (fixed and results[1].found)
+        if as_json:
+            for r in results:
+                click.echo(json.dumps(r.to_json()))
+            continue
+        r = results[0]
+        verdict = "FOUND" if r.found else "ESCAPED"
+        click.echo(
+            f"{name}: {verdict} by {r.by} in {r.used} ({r.seconds:.1f} s); budget: {r.budget}"
+        )
+        if r.detail:
+            click.echo(f"  {r.detail[:400]}")
+        if fixed:
+            f = results[1]
+            state = "clean" if not f.found else f"FAILED: {f.detail[:300]}"
+            click.echo(f"  fixed model, same budget: {state} ({f.used}, {f.seconds:.1f} s)")
     if failed:
         raise SystemExit(1)

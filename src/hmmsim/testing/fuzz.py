@@ -102,7 +102,7 @@ from hmmsim.kernel import Kernel
 from hmmsim.mm.memremap import page_pgmap
 from hmmsim.mm.mmap import vma_lookup
 from hmmsim.mm.pgtable import pmd_offset
-from hmmsim.testing.invariants import check_invariants
+from hmmsim.testing.invariants import check_invariants, strict_word_check
 from hmmsim.userspace import BusError, OutOfMemory, SegmentationFault, entry_at
 
 # --- geometry of the generated workloads ------------------------------------------------------
@@ -212,6 +212,7 @@ class SeqConfig:
     conflict_resolution: str | None = None
     thp: str = "madvise"
     ram_bytes: int = DEFAULT_RAM
+    bugs: frozenset = frozenset()  # known-bug mutants (hmmsim.mutants); none normally
 
     def make_kernel(self) -> Kernel:
         k = Kernel(
@@ -219,6 +220,7 @@ class SeqConfig:
             hugetlb_pages=0,
             features=frozenset(self.features),
             conflict_resolution=self.conflict_resolution,
+            bugs=frozenset(self.bugs),
         )
         hmm_dmirror_init(k)
         k.thp_enabled = self.thp
@@ -236,7 +238,8 @@ class SeqConfig:
         feats = f"frozenset({feats})" if self.features else "frozenset()"
         cr = self.conflict_resolution
         cr = f", conflict_resolution={cr!r}" if cr else ""
-        return f"Kernel(ram_bytes={self.ram_bytes:#x}, hugetlb_pages=0, features={feats}{cr})"
+        bugs = f", bugs=frozenset({sorted(self.bugs)!r})" if self.bugs else ""
+        return f"Kernel(ram_bytes={self.ram_bytes:#x}, hugetlb_pages=0, features={feats}{cr}{bugs})"
 
 
 def feature_configs() -> list[tuple[frozenset, str | None]]:
@@ -619,6 +622,7 @@ class World:
     def __init__(self, cfg: SeqConfig, *, record: bool = False) -> None:
         self.cfg = cfg
         self.k = cfg.make_kernel()
+        self.k.word_checks.append(strict_word_check)
         self.procs: dict[int, ProcState] = {}
         self.dead: set[int] = set()
         self.fds: dict[int, FdState] = {}
@@ -2032,6 +2036,7 @@ class FuzzReport:
     errnos: Counter = field(default_factory=Counter)
     configs: Counter = field(default_factory=Counter)
     violations: list[Violation] = field(default_factory=list)
+    bugs: frozenset = frozenset()
 
     @property
     def steps_per_second(self) -> float:
@@ -2076,6 +2081,7 @@ def run_fuzz(
     on_progress: Callable[[int, FuzzReport], None] | None = None,
     ram_bytes: int = DEFAULT_RAM,
     shared_anon: float = 0.15,
+    bugs: frozenset = frozenset(),
 ) -> FuzzReport:
     """Run `steps` generated operations in sequences of `sequence_steps`.
 
@@ -2090,15 +2096,17 @@ def run_fuzz(
     found is only counted); the run stops after max_violations failing
     sequences.
     shared_anon: probability that a generated mmap is MAP_SHARED.
+    bugs: known-bug mutants to put back in every sequence's Kernel.
     """
     configs = configs or feature_configs()
     rep = FuzzReport(seed=seed, check_every=check_every, sweep_every=sweep_every)
+    rep.bugs = frozenset(bugs)
     master = random.Random(seed)
     t0 = time.perf_counter()
     index = 0
     while rep.steps < steps and rep.failing_sequences < max_violations:
         fs, cr = configs[master.randrange(len(configs))]
-        cfg = SeqConfig(frozenset(fs), cr, master.choice(THP_MODES), ram_bytes)
+        cfg = SeqConfig(frozenset(fs), cr, master.choice(THP_MODES), ram_bytes, frozenset(bugs))
         sseed = _seq_seed(seed, index)
         n = min(sequence_steps, steps - rep.steps)
         w = World(cfg)

@@ -21,6 +21,7 @@ from pathlib import Path
 import click
 
 from hmmsim.kconfig import SERIES, ConfigError, KConfig
+from hmmsim.mutants import MUTANTS
 
 RESOLUTIONS = ("c-first", "e-first")
 
@@ -128,6 +129,13 @@ def _script_paths(out: str | None, seed: int, n: int) -> list[Path]:
     is_flag=True,
     help="Go on after a violation (each new kind is shrunk and scripted).",
 )
+@click.option(
+    "--bug",
+    "bugs",
+    multiple=True,
+    type=click.Choice(sorted(MUTANTS)),
+    help="Put a known kernel bug back (repeatable; see `hmmsim explore --bugs list`).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object, no progress bar.")
 @click.option(
     "--out",
@@ -145,6 +153,7 @@ def fuzz(
     sweep_every: int,
     shrink_seconds: float,
     keep_going: bool,
+    bugs: tuple[str, ...],
     as_json: bool,
     out: str | None,
 ) -> None:
@@ -195,6 +204,7 @@ def fuzz(
             shrink_seconds=shrink_seconds,
             max_violations=(1 << 62) if keep_going else 1,
             on_progress=on_progress,
+            bugs=frozenset(bugs),
         )
     except KeyboardInterrupt:
         raise click.Abort() from None
@@ -212,6 +222,7 @@ def fuzz(
     if as_json:
         data = rep.to_json()
         data["features"] = feature_label
+        data["bugs"] = sorted(bugs)
         data["replay_scripts"] = [str(p) for p in paths[: len(rep.violations)]]
         click.echo(json.dumps(data, indent=2))
     else:
@@ -227,6 +238,8 @@ def _print_report(rep, feature_label: str, paths: list[Path]) -> None:
         f"{rep.seconds:.1f} s ({rep.steps_per_second:.0f} steps/s)"
     )
     echo(f"features     {feature_label}")
+    if rep.bugs:
+        echo(f"bugs         {', '.join(sorted(rep.bugs))} (known-bug mutants put back)")
     echo(
         f"checks       {rep.checks} invariant checks (every {rep.check_every} steps), "
         f"{rep.sweeps} full sweeps (every {rep.sweep_every}), "
