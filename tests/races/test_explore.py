@@ -92,3 +92,44 @@ def test_cpu_fault_meets_a_finished_eviction():
     res = make_runner("eviction_vs_cpu_fault")(ReplayPolicy(choices))
     assert res.error is None, res.error
     assert any(s.thread == "evict" for s in res.trace) and any(s.thread == "cpu" for s in res.trace)
+
+
+def test_sequencer_scripts_the_abba_deadlock():
+    from hmmsim.testing.explore import Sequencer, Until
+
+    # t1 takes A and stops at its acquire of B; t2 takes B and blocks on A; t1 blocks on B
+    res = two_lock_world(Sequencer(("t1", Until("acquire", "B")), ("t2", None), ("t1", None)))
+    assert res.error_kind == "Deadlock"
+    order = [(s.thread, s.kind, s.what) for s in res.trace if s.kind == "acquire"]
+    assert order[:3] == [("t1", "acquire", "A"), ("t1", "acquire", "B"), ("t2", "acquire", "B")]
+    # the other order of the same two threads is clean
+    assert two_lock_world(Sequencer(("t1", None), ("t2", None))).error is None
+
+
+@pytest.mark.parametrize("bug", [None, "hmm_fault_spin"])
+def test_sequencer_hmm_fault_on_a_page_a_cpu_fault_holds(bug):
+    """Kernel-reference 9.1, scripted: the CPU fault locks the device page and
+    drops the PTE lock; then the other device's hmm_range_fault meets the
+    locked page. The fixed kernel sleeps on the page lock (the CPU fault then
+    finishes and the read succeeds); the old kernel spins: a livelock."""
+    from hmmsim.kconfig import KConfig
+    from hmmsim.testing.explore import Sequencer, Until
+    from hmmsim.testing.scenarios import SCENARIOS, World
+
+    cfg = KConfig(ram_bytes=64 << 20, hugetlb_pages=0, bugs=frozenset({bug} if bug else ()))
+    w = World(cfg)
+    ex = Explorer(w.k, Sequencer(
+        ("cpu", Until("lockless")),
+        ("cpu", Until("release", "ptl")),
+        ("dev1", None),
+        ("cpu", None),
+    ))  # fmt: skip
+    check = SCENARIOS["hmm_fault_on_locked_device_page"](ex, w)
+    res = ex.run()
+    if bug is None:
+        assert res.error is None, res.error
+        check()
+        w.check()
+        assert any(s.thread == "dev1" and s.kind == "wait" for s in res.trace)
+    else:
+        assert res.error_kind == "Livelock" and "busy-retries" in res.error

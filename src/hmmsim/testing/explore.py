@@ -43,7 +43,16 @@ class Deadlock(KernelBug):
     """No thread can run, but some wait."""
 
 
-__all__ = ["Deadlock", "Explorer", "Livelock", "RandomPolicy", "ReplayPolicy", "explore"]
+__all__ = [
+    "Deadlock",
+    "Explorer",
+    "Livelock",
+    "RandomPolicy",
+    "ReplayPolicy",
+    "Sequencer",
+    "Until",
+    "explore",
+]
 
 
 class SimThread:
@@ -285,6 +294,54 @@ class ReplayPolicy:
             c = self.choices[self.i]
             self.i += 1
             return min(c, len(options) - 1)
+        return 0
+
+
+@dataclass(frozen=True)
+class Until:
+    """A Sequencer stop: the thread's `count`-th scheduler point of `kind`
+    whose object description contains `what` (the thread stops *at* it)."""
+
+    kind: str
+    what: str = ""
+    count: int = 1
+
+
+class Sequencer:
+    """A policy that follows a script of (thread name, Until or None) steps.
+
+    Each step runs the named thread until its Until point (counted from the
+    start of the step) or, with None, until it finishes or blocks; then the
+    next step starts. A scripted thread that cannot run (blocked) ends its
+    step. After the script, the current thread keeps running. Example: "run
+    A until its 2nd folio-lock acquire, then B to completion, then A" is
+    ``Sequencer(("A", Until("acquire", "page", 2)), ("B", None), ("A", None))``.
+    """
+
+    def __init__(self, *script: tuple[str, Until | None]) -> None:
+        self.script = list(script)
+        self.i = 0
+        self.mark = 0  # trace length when the current step started
+
+    def __call__(self, ex: Explorer, options: list, cur) -> int:
+        names = [t.name for t in options]
+        while self.i < len(self.script):
+            name, until = self.script[self.i]
+            t = next((t for t in ex.threads if t.name == name), None)
+            if t is None:
+                raise ValueError(f"Sequencer: no thread named {name!r}")
+            done = name not in names
+            if until is not None and not done:
+                hits = sum(
+                    1
+                    for s in ex.trace[self.mark :]
+                    if s.thread == name and s.kind == until.kind and until.what in s.what
+                )
+                done = hits >= until.count
+            if not done:
+                return names.index(name)
+            self.i += 1
+            self.mark = len(ex.trace)
         return 0
 
 
