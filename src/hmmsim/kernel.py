@@ -75,6 +75,10 @@ class Kernel:
         self.pgmaps: dict[int, object] = {}
         self.devices: dict[str, object] = {}
         self.tmpfs: dict[str, object] = {}
+        #: Bulk NumPy passes over whole page tables / migrate windows where every
+        #: entry takes the common path (issue 7). The per-entry code is the
+        #: specification; tests turn this off to compare the two.
+        self.fastpath = True
         self.thp_enabled = "madvise"
         self.thp_use_zero_page = True
         self.mem = PhysMem(self, cfg.nr_ram_pages)
