@@ -238,8 +238,8 @@ def test_driver_snapshot_and_read_match(seed):
     fast, slow = pair(seed, "d")
     rng = random.Random(seed)
     for step in range(6):
-        first = rng.randrange(NPAGES)
-        npages = rng.randint(1, NPAGES - first)
+        first = rng.randrange(NPAGES + 512)
+        npages = rng.randint(1, NPAGES + 512 - first)
         req = rng.choice([HMM_DMIRROR_SNAPSHOT, HMM_DMIRROR_READ])
         args = (rng.randrange(2), req, fast.a + first * PAGE_SIZE, npages)
         rf, rs = fast.ioctl(*args), slow.ioctl(*args)

@@ -74,7 +74,6 @@ from hmmsim.include.mm_types import (
     Page,
     folio_nr_pages,
     folio_order,
-    folio_page,
     folio_put,
     page_folio,
 )
@@ -656,9 +655,12 @@ class dmirror_device:
         return MIGRATE_VMA_SELECT_DEVICE_COHERENT
 
 
-def _frames_of(page: Page, n: int) -> np.ndarray:
+def _frames_of(page: Page, n: int) -> np.ndarray | None:
+    """The frames of n pages from page on, or None if they have no linear map."""
     k = page.k
     r = k.mem.range_of(page.pfn)
+    if r is None or r.frames is None:
+        return None
     base = page.pfn - r.base
     return r.frames[base : base + n]
 
@@ -711,6 +713,23 @@ class dmirror:
     # --- device reads/writes through the mirror ---------------------------------------------
     def dmirror_do_read(self, start: int, end: int, bounce: dmirror_bounce) -> int:
         off = (start - bounce.addr) & PAGE_MASK
+        k = self.mdevice.k
+        if k.fastpath and end - start > PAGE_SIZE:
+            # the leading run of mirrored system RAM pages in one gather copy
+            # (the loop below would copy the same frames one by one)
+            ram = k.mem.ram
+            idx = []
+            for vpn in range(start >> PAGE_SHIFT, end >> PAGE_SHIFT):
+                entry = self.pt.get(vpn)
+                if entry is None or entry[0].a is not ram.pages:
+                    break
+                idx.append(entry[0].i)
+            m = len(idx)
+            if m and off + m * PAGE_SIZE <= bounce.ptr.size:
+                bounce.ptr[off : off + m * PAGE_SIZE].reshape(m, PAGE_SIZE)[:] = ram.frames[idx]
+                off += m * PAGE_SIZE
+                bounce.cpages += m
+                start += m << PAGE_SHIFT
         for vpn in range(start >> PAGE_SHIFT, end >> PAGE_SHIFT):
             entry = self.pt.get(vpn)
             if entry is None:
@@ -928,8 +947,8 @@ class dmirror:
                 rpage = BACKING_PAGE(dpage)
                 rfolio = page_folio(rpage)
                 tag = DPT_XA_TAG_WRITE if dv & MIGRATE_PFN_WRITE else 0
-                for j in range(nr):
-                    self.pt[vpn + j] = (folio_page(rfolio, j), tag)
+                ra, ri = rfolio.a, rfolio.i
+                self.pt.update({vpn + j: (Page(k, ra, ri + j), tag) for j in range(nr)})
         return 0
 
     def _windows(self, cmd):
@@ -1022,6 +1041,17 @@ class dmirror:
                 folio_lock(dpage)
                 d |= migrate_pfn(dpage.pfn)
             dst[i] = d
+            n = 1 << order
+            to = _frames_of(dpage, n) if dpage is not None and order and k.fastpath else None
+            frm = _frames_of(spage, n) if to is not None else None
+            if to is not None and frm is not None and len(to) == len(frm) == n:
+                # a whole destination folio: one block copy (same bytes as the loop)
+                for j in range(n):
+                    self.pt.pop((addr >> PAGE_SHIFT) + j, None)
+                to[:] = frm
+                addr += n * PAGE_SIZE
+                i += n
+                continue
             for j in range(1 << order):
                 if dpage is None and order:
                     small = k.mem.alloc_pages(0)
@@ -1159,6 +1189,36 @@ class dmirror:
             perm |= HMM_DMIRROR_PROT_PUD
         return perm
 
+    def dmirror_mkentries(self, entries, n: int) -> np.ndarray:
+        """dmirror_mkentry of entries[:n], system RAM pages in one NumPy pass.
+
+        A valid, non-error word naming a RAM PFN other than the zero page is
+        a plain system page: NONE | READ or WRITE | PMD/PUD by its order,
+        exactly what dmirror_mkentry gives. Every other word goes through
+        dmirror_mkentry. Not in the C (issue 7's fast path).
+        """
+        k = self.mdevice.k
+        if not k.fastpath:
+            return np.array([self.dmirror_mkentry(int(entries[i])) for i in range(n)], np.uint8)
+        L = k.hmm
+        w = np.array(entries[:n], dtype=np.uint64)
+        pfn = w & np.uint64((1 << L.HMM_PFN_ORDER_SHIFT) - 1)
+        ram = (
+            ((w & np.uint64(L.HMM_PFN_VALID)) != 0)
+            & ((w & np.uint64(L.HMM_PFN_ERROR | L.HMM_PFN_DEVICE_PRIVATE)) == 0)
+            & (pfn < np.uint64(k.mem.ram.pages.nr))
+            & (pfn != np.uint64(k.mem.zero_pfn))
+        )
+        order = ((w >> np.uint64(L.HMM_PFN_ORDER_SHIFT)) & np.uint64(0x1F)).astype(np.int64)
+        perm = np.where((w & np.uint64(L.HMM_PFN_WRITE)) != 0, HMM_DMIRROR_PROT_WRITE, 0)
+        perm |= np.where((w & np.uint64(L.HMM_PFN_WRITE)) == 0, HMM_DMIRROR_PROT_READ, 0)
+        perm |= np.where(order + PAGE_SHIFT == PMD_SHIFT, HMM_DMIRROR_PROT_PMD, 0)
+        perm |= np.where(order + PAGE_SHIFT == PUD_SHIFT, HMM_DMIRROR_PROT_PUD, 0)
+        perm = perm.astype(np.uint8)
+        for j in np.flatnonzero(~ram).tolist():
+            perm[j] = self.dmirror_mkentry(int(entries[j]))
+        return perm
+
     def dmirror_range_snapshot(self, r: hmm_range, perm: np.ndarray) -> int:
         mm = self.notifier.mm
         snap = _SnapshotNotifier(self)
@@ -1183,8 +1243,7 @@ class dmirror:
                     self.mutex.unlock()
                     continue
                 n = (r.end - r.start) >> PAGE_SHIFT
-                for i in range(n):
-                    perm[i] = self.dmirror_mkentry(int(r.hmm_pfns[i]))
+                perm[:n] = self.dmirror_mkentries(r.hmm_pfns, n)
                 self.mutex.unlock()
                 return 0
             return -EBUSY

@@ -186,9 +186,8 @@ def folio_migrate_mapping(mapping, newfolio, folio, extra_count: int) -> int:
         return -EAGAIN
     n = folio_nr_pages(folio)
     a, i, na, ni = folio.a, folio.i, newfolio.a, newfolio.i
-    for j in range(n):
-        na.index[ni + j] = a.index[i + j]
-        na.mapping[ni + j] = a.mapping[i + j]
+    na.index[ni : ni + n] = a.index[i : i + n]
+    na.mapping[ni : ni + n] = a.mapping[i : i + n]
     if mapping is not None:
         for j in range(n):
             mapping.cache[int(a.index[i + j])] = newfolio.pfn + j
@@ -208,9 +207,9 @@ def folio_migrate_flags(newfolio, folio) -> None:
 
     keep = PG_dirty | PG_uptodate
     newfolio.a.flags[newfolio.i] |= int(folio.a.flags[folio.i]) & keep
-    for j in range(folio_nr_pages(folio)):
-        if folio.a.flags[folio.i + j] & PG_anon_exclusive:
-            newfolio.a.flags[newfolio.i + j] |= PG_anon_exclusive
+    n = folio_nr_pages(folio)
+    old = folio.a.flags[folio.i : folio.i + n]
+    newfolio.a.flags[newfolio.i : newfolio.i + n] |= old & PG_anon_exclusive
 
 
 # --- remove_migration_ptes ------------------------------------------------------------------

@@ -155,7 +155,22 @@ def _skip(busy: list[int], bi: int, limit: int) -> int:
     return bi
 
 
+def _sliceable(arr) -> bool:
+    import numpy as np
+
+    return isinstance(arr, list) or isinstance(arr, np.ndarray) and arr.ndim == 1
+
+
 def _collect_skip(migrate, start: int, end: int) -> int:
+    n = max(0, (end - start + PAGE_SIZE - 1) // PAGE_SIZE)
+    lo = migrate.npages
+    src, dst = migrate.src, migrate.dst
+    if n > 1 and lo + n <= min(len(src), len(dst)) and _sliceable(src) and _sliceable(dst):
+        # one slice store per array: the same words as the slot loop below
+        for arr in (dst, src):
+            arr[lo : lo + n] = [0] * n if isinstance(arr, list) else 0
+        migrate.npages += n
+        return 0
     for _ in range(start, end, PAGE_SIZE):
         migrate.dst[migrate.npages] = 0
         migrate.src[migrate.npages] = 0
