@@ -13,9 +13,49 @@ to run it is a deadlock (KernelBug), never a busy spin.
 from __future__ import annotations
 
 from hmmsim.bug import KernelBug
-from hmmsim.include.mm_types import page_folio
+from hmmsim.include.migrate import (
+    MIGRATE_PFN_DEVICE_PRIVATE,
+    MIGRATE_PFN_SHIFT,
+    MIGRATE_PFN_VALID,
+)
+from hmmsim.include.mm_types import (
+    folio_get,
+    folio_nr_pages,
+    folio_page,
+    page_folio,
+)
+from hmmsim.include.pgtable import (
+    _PAGE_UFFD_WP,
+    pfn_pte,
+    pmd_none,
+    pmd_present,
+    pte_mkdirty,
+    pte_mkold,
+    pte_mksoft_dirty,
+    pte_mkwrite_novma,
+    pte_mkyoung,
+    pte_swp_mksoft_dirty,
+    pte_swp_mkuffd_wp,
+    pte_swp_soft_dirty,
+    pte_swp_uffd_wp,
+    pte_wrprotect,
+)
+from hmmsim.kconfig import HPAGE_PMD_NR, PAGE_SIZE, PMD_MASK, PMD_SIZE
 from hmmsim.locking import folio_wait_locked
-from hmmsim.mm.pgtable import pmdp_get, pte_offset_map, ptep_get, set_pte_at
+from hmmsim.mm.memremap import (
+    DEVICE_PRIVATE_BASE,
+    device_private_offset_to_page,
+    folio_is_device_private,
+    is_device_private_page,
+)
+from hmmsim.mm.pgtable import (
+    pmd_offset,
+    pmdp_get,
+    pte_lockptr,
+    pte_offset_map,
+    ptep_get,
+    set_pte_at,
+)
 
 
 def softleaf_entry_wait_on_locked(k, entry: int, ptl=None) -> None:
@@ -54,19 +94,16 @@ def pmd_migration_entry_wait(mm, pmdp: int) -> None:
 
 # --- migrate PFNs (include/linux/migrate.h helpers that need struct pages) ------------------
 def migrate_pfn(pfn: int) -> int:
-    from hmmsim.include.migrate import MIGRATE_PFN_SHIFT, MIGRATE_PFN_VALID
-
     return (pfn << MIGRATE_PFN_SHIFT) | MIGRATE_PFN_VALID
 
 
 def page_swp_index(page) -> int:
     """What entries naming `page` carry: its PFN, or with series (c) and a
     device-private page, its device-private offset."""
-    from hmmsim.mm.memremap import device_private_page_to_offset, is_dp_index_space_page
-
-    if is_dp_index_space_page(page):
-        return device_private_page_to_offset(page)
-    return page.pfn
+    a = page.a
+    if a.base >= DEVICE_PRIVATE_BASE:  # is_dp_index_space_page()
+        return a.base + page.i - DEVICE_PRIVATE_BASE  # device_private_page_to_offset()
+    return a.base + page.i
 
 
 def migrate_pfn_from_page(page) -> int:
@@ -75,35 +112,23 @@ def migrate_pfn_from_page(page) -> int:
     The flag marks device-private pages only, never MEMORY_DEVICE_COHERENT
     ones (their PFNs are real): the review point of seed thread (a).
     """
-    from hmmsim.include.migrate import MIGRATE_PFN_DEVICE_PRIVATE
-    from hmmsim.mm.memremap import is_device_private_page
-
     v = migrate_pfn(page_swp_index(page))
-    if page.k.config.has("a") and is_device_private_page(page):
+    if page.a.pgmap[page.i] and page.k.config.has("a") and is_device_private_page(page):
         v |= MIGRATE_PFN_DEVICE_PRIVATE
     return v
 
 
 def migrate_pfn_to_page(mpfn: int, *, k):
     """The page a src/dst slot names, None without MIGRATE_PFN_VALID."""
-    from hmmsim.include.migrate import (
-        MIGRATE_PFN_DEVICE_PRIVATE,
-        MIGRATE_PFN_SHIFT,
-        MIGRATE_PFN_VALID,
-    )
-    from hmmsim.mm.memremap import device_private_offset_to_page
-
     if not mpfn & MIGRATE_PFN_VALID:
         return None
     idx = mpfn >> MIGRATE_PFN_SHIFT
-    if k.config.has("c") and mpfn & MIGRATE_PFN_DEVICE_PRIVATE:
+    if mpfn & MIGRATE_PFN_DEVICE_PRIVATE and k.config.has("c"):
         return device_private_offset_to_page(idx, k=k)
     return k.mem.pfn_to_page(idx)
 
 
 def index_to_page(k, idx: int, device_private: bool = False):
-    from hmmsim.mm.memremap import device_private_offset_to_page
-
     if device_private and k.config.has("c"):
         return device_private_offset_to_page(idx, k=k)
     return k.mem.pfn_to_page(idx)
@@ -122,8 +147,6 @@ def make_migration_entry_for(
     page, write: bool, anon_exclusive: bool, young: bool = False, dirty: bool = False
 ) -> int:
     """The migration entry for page; the device-private variant under series (b)."""
-    from hmmsim.mm.memremap import is_device_private_page
-
     k = page.k
     swp = k.swp
     idx = page_swp_index(page)
@@ -230,22 +253,6 @@ def remove_migration_ptes(src, dst, flags: int) -> None:
 
 
 def _remove_migration_pte(src, dst, vma, address: int) -> None:
-    from hmmsim.include.mm_types import folio_get, folio_nr_pages, folio_page
-    from hmmsim.include.pgtable import (
-        pfn_pte,
-        pmd_none,
-        pmd_present,
-        pte_mkdirty,
-        pte_mkold,
-        pte_mksoft_dirty,
-        pte_mkwrite_novma,
-        pte_swp_soft_dirty,
-        pte_swp_uffd_wp,
-        pte_wrprotect,
-    )
-    from hmmsim.kconfig import HPAGE_PMD_NR, PAGE_SIZE, PMD_MASK, PMD_SIZE
-    from hmmsim.mm.memremap import folio_is_device_private
-    from hmmsim.mm.pgtable import pmd_offset, pte_lockptr
     from hmmsim.mm.rmap import RMAP_EXCLUSIVE, RMAP_NONE, folio_add_anon_rmap_pte
 
     mm = vma.vm_mm
@@ -295,14 +302,10 @@ def _remove_migration_pte(src, dst, vma, address: int) -> None:
                     if folio_is_device_private(dst):
                         new = swp.swp_entry_to_pte(make_device_private_entry_for(page, write))
                         if pte_swp_soft_dirty(pte):
-                            from hmmsim.include.pgtable import pte_swp_mksoft_dirty
-
                             new = pte_swp_mksoft_dirty(new)
                     else:
                         new = pte_mkold(pfn_pte(page.pfn, vma.vm_page_prot))
                         if swp.softleaf_is_migration_young(entry):
-                            from hmmsim.include.pgtable import pte_mkyoung
-
                             new = pte_mkyoung(new)
                         if pte_swp_soft_dirty(pte):
                             new = pte_mksoft_dirty(new)
@@ -310,8 +313,6 @@ def _remove_migration_pte(src, dst, vma, address: int) -> None:
                             new = pte_mkdirty(new)
                         new = pte_mkwrite_novma(new) if write else pte_wrprotect(new)
                     if pte_swp_uffd_wp(pte):
-                        from hmmsim.include.pgtable import _PAGE_UFFD_WP, pte_swp_mkuffd_wp
-
                         new = pte_swp_mkuffd_wp(new) if not new & 1 else new | _PAGE_UFFD_WP
                     with pte_lockptr(mm, ptep):
                         folio_get(dst)

@@ -130,6 +130,9 @@ class PhysMem:
         return self.range_of(pfn) is not None
 
     def pfn_to_page(self, pfn: int) -> Page:
+        ram = self.ram.pages
+        if 0 <= pfn < ram.nr:
+            return Page(self.k, ram, pfn)
         r = self.range_of(pfn)
         if r is None:
             raise KernelBug(f"pfn_to_page: pfn {pfn:#x} has no struct page")
