@@ -726,7 +726,11 @@ class dmirror:
                 idx.append(entry[0].i)
             m = len(idx)
             if m and off + m * PAGE_SIZE <= bounce.ptr.size:
-                bounce.ptr[off : off + m * PAGE_SIZE].reshape(m, PAGE_SIZE)[:] = ram.frames[idx]
+                out = bounce.ptr[off : off + m * PAGE_SIZE].reshape(m, PAGE_SIZE)
+                pos = np.asarray(idx)
+                cuts = [0, *(np.flatnonzero(np.diff(pos) != 1) + 1).tolist(), m]
+                for s, e in zip(cuts, cuts[1:], strict=False):  # runs of consecutive frames
+                    out[s:e] = ram.frames[idx[s] : idx[s] + e - s]
                 off += m * PAGE_SIZE
                 bounce.cpages += m
                 start += m << PAGE_SHIFT

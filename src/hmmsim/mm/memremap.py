@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import bisect
 
+import numpy as np
+
 from hmmsim.bug import KernelBug
 from hmmsim.errno import EINVAL, ENOMEM, ENXIO, ERANGE
 from hmmsim.include.memremap import (
@@ -316,14 +318,14 @@ def zone_device_page_init(page: Page, pgmap: dev_pagemap, order: int = 0) -> Non
     n = 1 << order
     if pgmap._killed:
         k.warn(f"zone_device_page_init: {pgmap!r} is being unmapped")
-    for j in range(n):
-        if a._refcount[i + j]:
-            k.warn(f"zone_device_page_init: page {page.pfn + j:#x} has references")
-        a.flags[i + j] = 0
-        a.order[i + j] = 0
-        a.head_off[i + j] = 0
-        a.mapping[i + j] = 0
-        a._mapcount[i + j] = -1
+    sl = slice(i, i + n)
+    for j in np.flatnonzero(a._refcount[sl]).tolist():
+        k.warn(f"zone_device_page_init: page {page.pfn + j:#x} has references")
+    a.flags[sl] = 0
+    a.order[sl] = 0
+    a.head_off[sl] = 0
+    a.mapping[sl] = 0
+    a._mapcount[sl] = -1
     pgmap._refs += n
     a._refcount[i] = 1
     a.flags[i] |= PG_locked
@@ -346,8 +348,7 @@ def free_zone_device_folio(folio: Page) -> None:
     if folio_test_anon(folio):
         from hmmsim.include.mm_types import PG_anon_exclusive
 
-        for j in range(n):
-            a.flags[i + j] &= ~PG_anon_exclusive & 0xFFFFFFFF
+        a.flags[i : i + n] &= ~PG_anon_exclusive & 0xFFFFFFFF
     a.mapping[i : i + n] = 0
     if (a._mapcount[i : i + n] != -1).any():
         raise KernelBug(f"free_zone_device_folio: freeing mapped device page {folio!r}")
