@@ -252,6 +252,38 @@ def remove_migration_ptes(src, dst, flags: int) -> None:
     rmap_walk(src, rmap_walk_control(rmap_one=one))
 
 
+def migration_pte_restored(swp, pte: int, entry: int, prot: int, dst_dp: bool, idx: int) -> int:
+    """The entry remove_migration_pte() writes over the migration PTE `pte`.
+
+    A device-private destination (dst_dp; idx its swap index) gets a
+    device-private entry, writable if the migration entry was; anything else
+    (idx its PFN) a present PTE with the vma's protection, old unless the
+    entry kept Accessed, soft-dirty and Dirty carried over, write permission
+    from the entry type. The uffd-wp mark carries over in either form.
+    Kernel: mm/migrate.c remove_migration_pte().
+    """
+    write = swp.softleaf_is_migration_write(entry)
+    if dst_dp:
+        if write:
+            new = swp.swp_entry_to_pte(swp.make_writable_device_private_entry(idx))
+        else:
+            new = swp.swp_entry_to_pte(swp.make_readable_device_private_entry(idx))
+        if pte_swp_soft_dirty(pte):
+            new = pte_swp_mksoft_dirty(new)
+    else:
+        new = pte_mkold(pfn_pte(idx, prot))
+        if swp.softleaf_is_migration_young(entry):
+            new = pte_mkyoung(new)
+        if pte_swp_soft_dirty(pte):
+            new = pte_mksoft_dirty(new)
+        if swp.softleaf_is_migration_dirty(entry):
+            new = pte_mkdirty(new)
+        new = pte_mkwrite_novma(new) if write else pte_wrprotect(new)
+    if pte_swp_uffd_wp(pte):
+        new = pte_swp_mkuffd_wp(new) if not new & 1 else new | _PAGE_UFFD_WP
+    return new
+
+
 def _remove_migration_pte(src, dst, vma, address: int) -> None:
     from hmmsim.mm.rmap import RMAP_EXCLUSIVE, RMAP_NONE, folio_add_anon_rmap_pte
 
@@ -297,23 +329,16 @@ def _remove_migration_pte(src, dst, vma, address: int) -> None:
                 idx = epage.pfn - lo
                 if 0 <= idx < n and epage.a is src.a:
                     page = folio_page(dst, idx)
-                    write = swp.softleaf_is_migration_write(entry)
                     excl = not swp.softleaf_is_migration_read(entry)
-                    if folio_is_device_private(dst):
-                        new = swp.swp_entry_to_pte(make_device_private_entry_for(page, write))
-                        if pte_swp_soft_dirty(pte):
-                            new = pte_swp_mksoft_dirty(new)
-                    else:
-                        new = pte_mkold(pfn_pte(page.pfn, vma.vm_page_prot))
-                        if swp.softleaf_is_migration_young(entry):
-                            new = pte_mkyoung(new)
-                        if pte_swp_soft_dirty(pte):
-                            new = pte_mksoft_dirty(new)
-                        if swp.softleaf_is_migration_dirty(entry):
-                            new = pte_mkdirty(new)
-                        new = pte_mkwrite_novma(new) if write else pte_wrprotect(new)
-                    if pte_swp_uffd_wp(pte):
-                        new = pte_swp_mkuffd_wp(new) if not new & 1 else new | _PAGE_UFFD_WP
+                    dst_dp = folio_is_device_private(dst)
+                    new = migration_pte_restored(
+                        swp,
+                        pte,
+                        entry,
+                        vma.vm_page_prot,
+                        dst_dp,
+                        page_swp_index(page) if dst_dp else page.pfn,
+                    )
                     with pte_lockptr(mm, ptep):
                         folio_get(dst)
                         folio_add_anon_rmap_pte(

@@ -49,6 +49,7 @@ from hmmsim.include.mm_types import (
     folio_test_large,
     page_folio,
     vma_is_anonymous,
+    vma_pages,
 )
 from hmmsim.include.mmu_notifier import MMU_NOTIFY_MIGRATE
 from hmmsim.include.pgtable import (
@@ -874,9 +875,13 @@ def migrate_device_pages(src_pfns, dst_pfns, npages: int, *, k) -> None:
 # finalize
 
 
-def __migrate_device_finalize(src_pfns, dst_pfns, npages: int, fault_page, *, k) -> None:
+def __migrate_device_finalize(
+    src_pfns, dst_pfns, npages: int, fault_page, *, k, migrate=None
+) -> None:
     fault_folio = page_folio(fault_page) if fault_page is not None else None
-    for i in _busy(npages, src_pfns, dst_pfns):
+    busy = _busy(npages, src_pfns, dst_pfns)
+    bulk = set(migrate_vma_finalize_remove_bulk(migrate, busy)) if migrate is not None else ()
+    for i in busy:
         sval = _rd(src_pfns, i)
         newpage = migrate_pfn_to_page(_rd(dst_pfns, i), k=k)
         page = migrate_pfn_to_page(sval, k=k)
@@ -900,7 +905,8 @@ def __migrate_device_finalize(src_pfns, dst_pfns, npages: int, fault_page, *, k)
             from hmmsim.mm.migrate import folio_add_lru
 
             folio_add_lru(dst)
-        remove_migration_ptes(src, dst, 0)
+        if i not in bulk:
+            remove_migration_ptes(src, dst, 0)
         if fault_folio != src:
             folio_unlock(src)
         folio_put(src)
@@ -914,7 +920,12 @@ def __migrate_device_finalize(src_pfns, dst_pfns, npages: int, fault_page, *, k)
 def migrate_vma_finalize(migrate) -> None:
     """Point every migration entry at the destination (or back at the source)."""
     __migrate_device_finalize(
-        migrate.src, migrate.dst, migrate.npages, migrate.fault_page, k=migrate.vma.vm_mm.k
+        migrate.src,
+        migrate.dst,
+        migrate.npages,
+        migrate.fault_page,
+        k=migrate.vma.vm_mm.k,
+        migrate=migrate,
     )
 
 
@@ -1058,3 +1069,219 @@ def migrate_hmm_range_setup(range_) -> None:
         m.src[i] = src
     if m.cpages:
         migrate_vma_unmap(m)
+
+
+# ----------------------------------------------------------------------------------------
+# issue 7: the finalize step's remove_migration_ptes() in bulk
+
+
+def _window_pages(k, vals, n: int):
+    """(arrays, index array) of the pages that migrate PFNs vals name, or None.
+
+    None unless every value is VALID and names a page of one PageArrays (one
+    memory range) the way migrate_pfn_to_page() would resolve it.
+    """
+    import numpy as np
+
+    from hmmsim.include.migrate import MIGRATE_PFN_DEVICE_PRIVATE
+
+    first = migrate_pfn_to_page(int(vals[0]), k=k)
+    if first is None or not (vals & np.uint64(MIGRATE_PFN_VALID)).all():
+        return None
+    dp = vals & np.uint64(MIGRATE_PFN_DEVICE_PRIVATE)
+    if k.config.has("c") and (dp != dp[0]).any():
+        return None  # mixed offset/PFN spaces
+    a = first.a
+    idx = (vals >> np.uint64(MIGRATE_PFN_SHIFT)).astype(np.int64)
+    # the first value resolves to first.i, so idx + shift is the index for all
+    pos = idx + (first.i - int(idx[0]))
+    if (pos < 0).any() or (pos >= a.nr).any():
+        return None
+    return a, pos
+
+
+def _order0_locked(a, pos) -> bool:
+    import numpy as np
+
+    from hmmsim.include.mm_types import PG_head
+
+    fl = a.flags[pos]
+    return bool(
+        ((fl & np.uint32(PG_head | PG_locked)) == PG_locked).all()
+        and (a.head_off[pos] == 0).all()
+        and (a._refcount[pos] > 0).all()
+    )
+
+
+def migrate_vma_finalize_remove_bulk(migrate, busy: list[int]) -> list[int]:
+    """remove_migration_ptes(src, dst) for a whole migrate window at once.
+
+    Returns the slots done (the per-entry finalize then skips that one call
+    for them), or [] when the window is not entirely the common case, which
+    is: no fault page, the default scheduler (no lock hooks to interleave),
+    every busy slot with a source migrating to a destination, both order-0,
+    locked and referenced; all sources of one anon_vma whose other vmas
+    (split pieces, forks) do not span their index, each at its vma_address()
+    under a PTE table whose lock is free, each PTE a migration entry naming
+    its source; all destinations of one memory type.
+
+    For those slots the per-entry path's rmap walk visits only this vma and
+    rewrites exactly that PTE, taking a reference and a PTE mapping of the
+    destination (exclusive unless the entry was a read one). The new words
+    come from migration_pte_restored() for each distinct combination of the
+    entry's type, A/D and soft bits at index 0 (a template), plus the index:
+    PFN bits of a present PTE, or the inverted offset field of a swap PTE,
+    which is XOR-linear in the offset. Doing every slot's rewrite before the
+    per-slot unlock/put loop is the same as interleaving them, since a slot's
+    rewrite touches only its own PTE and destination page.
+    Not a kernel function (issue 7); Kernel.fastpath turns it off.
+    """
+    import numpy as np
+
+    from hmmsim.include.mm_types import Page as _Page
+    from hmmsim.include.mm_types import PG_anon_exclusive
+    from hmmsim.include.pgtable import (
+        _PAGE_PRESENT,
+        _PAGE_PROTNONE,
+        _PAGE_PSE,
+        table_entry_pfn,
+    )
+    from hmmsim.include.swapops import (
+        _KEEP_PTE,
+        _PAGE_SWP_SOFT_DIRTY,
+        _PAGE_SWP_UFFD_WP,
+        _TYPE_POS,
+        SWP_MIG_DIRTY,
+        SWP_MIG_YOUNG,
+        SWP_OFFSET_SHIFT,
+        SWP_PFN_MASK,
+        SWP_TYPE_BITS,
+        SWP_TYPE_SHIFT,
+    )
+    from hmmsim.locking import Scheduler
+    from hmmsim.mm.memremap import DEVICE_PRIVATE_BASE
+    from hmmsim.mm.migrate import migration_pte_restored
+
+    vma = migrate.vma
+    mm = vma.vm_mm
+    k = mm.k
+    if (
+        not k.fastpath
+        or type(k.sched) is not Scheduler
+        or migrate.fault_page is not None
+        or len(busy) < 8
+    ):
+        return []
+    u64 = np.uint64
+    sv = np.array([int(migrate.src[i]) for i in busy], dtype=np.uint64)
+    dv = np.array([int(migrate.dst[i]) for i in busy], dtype=np.uint64)
+    # slots without a source page (holes) have no migration entry to remove
+    has_src = (sv & u64(MIGRATE_PFN_VALID)) != 0
+    slots = np.asarray(busy, dtype=np.int64)[has_src]
+    sv, dv = sv[has_src], dv[has_src]
+    if len(slots) < 8 or not (sv & u64(MIGRATE_PFN_MIGRATE)).all():
+        return []
+    srcs = _window_pages(k, sv, len(slots))
+    dsts = _window_pages(k, dv, len(slots)) if srcs is not None else None
+    if dsts is None:
+        return []
+    sa, si = srcs
+    da, di = dsts
+    if not (_order0_locked(sa, si) and _order0_locked(da, di)):
+        return []
+    if len(np.unique(si)) != len(si) or len(np.unique(di)) != len(di):
+        return []
+    # one anon_vma; the rmap walk's only stop for these pages is this vma
+    m = sa.mapping[si]
+    m0 = int(m[0])
+    if not m0 & 1 or (m != m0).any():
+        return []
+    av = k.objects.get(m0 & ~1)
+    if av is None or vma not in av.vmas:
+        return []
+    index = sa.index[si]
+    lo, hi = int(index.min()), int(index.max())
+    for v in av.vmas:
+        # vma_address() of every slot: inside this vma, outside every other
+        # (an order-0 page is inside v iff its index is in v's pgoff span)
+        if v is not vma and v.vm_pgoff <= hi and lo < v.vm_pgoff + vma_pages(v):
+            return []
+    addr = vma.vm_start + ((index - vma.vm_pgoff) << PAGE_SHIFT)
+    if (addr < vma.vm_start).any() or (addr + PAGE_SIZE > vma.vm_end).any():
+        return []
+    # destination kind, one for the window
+    pg = da.pgmap[di]
+    if (pg != pg[0]).any():
+        return []
+    dst_dp = folio_is_device_private(_Page(k, da, int(di[0])))
+    # the PTE tables
+    tables = np.empty(len(slots), dtype=np.int64)
+    pmd_no = addr >> 21
+    for pno in np.unique(pmd_no).tolist():
+        pmdp = pmd_offset(mm, pno << 21)
+        if pmdp is None:
+            return []
+        pmd = pmdp_get(k, pmdp)
+        if not pmd & _PAGE_PRESENT or pmd & _PAGE_PSE:
+            return []
+        table = table_entry_pfn(pmd)
+        if pte_lockptr(mm, table << PAGE_SHIFT).is_locked():
+            return []
+        tables[pmd_no == pno] = table
+    col = (addr >> PAGE_SHIFT) & 511
+    words = k.mem.ram.words
+    pte = words[tables, col]
+    if not ((pte != 0) & ((pte & u64(_PAGE_PRESENT | _PAGE_PROTNONE)) == 0)).all():
+        return []
+    swp = k.swp
+    p = pte & u64(_KEEP_PTE)
+    typ = (p >> u64(_TYPE_POS)).astype(np.int64)
+    off = (~p << u64(SWP_TYPE_BITS)) >> u64(SWP_OFFSET_SHIFT)
+    if not np.asarray(swp._migration, dtype=bool)[typ].all():
+        return []
+    mig_dev = np.asarray(getattr(swp, "_mig_dev", (False,) * 64), dtype=bool)[typ]
+    src_dp_space = sa.base >= DEVICE_PRIVATE_BASE
+    if k.config.has("c"):
+        if (mig_dev != src_dp_space).any():
+            return []  # the entry would resolve in the other index space
+    elif src_dp_space:
+        return []
+    sbase = sa.base - DEVICE_PRIVATE_BASE if src_dp_space else sa.base
+    if ((off & u64(SWP_PFN_MASK)).astype(np.int64) != si + sbase).any():
+        return []
+    # the new words: a template per combination of entry bits, plus the index
+    write = np.asarray(swp._mig_write, dtype=bool)[typ]
+    excl = ~np.asarray(swp._mig_read, dtype=bool)[typ]
+    code = (
+        write.astype(np.int64)
+        | (((off & u64(SWP_MIG_YOUNG)) != 0).astype(np.int64) << 1)
+        | (((off & u64(SWP_MIG_DIRTY)) != 0).astype(np.int64) << 2)
+        | (((pte & u64(_PAGE_SWP_SOFT_DIRTY)) != 0).astype(np.int64) << 3)
+        | (((pte & u64(_PAGE_SWP_UFFD_WP)) != 0).astype(np.int64) << 4)
+    )
+    prot = vma.vm_page_prot
+    if not dst_dp and not prot & _PAGE_PRESENT:
+        return []  # a PROT_NONE pfn_pte() inverts the PFN: not a template
+    tmpl = np.zeros(32, dtype=np.uint64)
+    for c in np.unique(code).tolist():
+        t = int(typ[code == c][0])  # a real type with this write bit
+        entry = (t << SWP_TYPE_SHIFT) | (SWP_MIG_YOUNG if c & 2 else 0)
+        entry |= SWP_MIG_DIRTY if c & 4 else 0
+        soft = (_PAGE_SWP_SOFT_DIRTY if c & 8 else 0) | (_PAGE_SWP_UFFD_WP if c & 16 else 0)
+        tmpl[c] = migration_pte_restored(swp, soft, entry, prot, dst_dp, 0)
+    dbase = da.base - DEVICE_PRIVATE_BASE if da.base >= DEVICE_PRIVATE_BASE else da.base
+    didx = (di + dbase).astype(np.uint64)
+    if dst_dp:
+        # swp_entry_to_pte() stores the offset inverted: XOR-linear in it
+        new = tmpl[code] ^ ((didx << u64(SWP_OFFSET_SHIFT)) >> u64(SWP_TYPE_BITS))
+    else:
+        new = tmpl[code] | (didx << u64(PAGE_SHIFT))
+    # spot-check the first slot against the per-entry computation
+    e0 = int(((p[0] >> u64(_TYPE_POS)) << u64(SWP_TYPE_SHIFT)) | off[0])
+    if int(new[0]) != migration_pte_restored(swp, int(pte[0]), e0, prot, dst_dp, int(didx[0])):
+        raise KernelBug("migrate_vma_finalize_remove_bulk: template mismatch")
+    words[tables, col] = new
+    da._refcount[di] += 1
+    da._mapcount[di] += 1
+    da.flags[di[excl]] |= np.uint32(PG_anon_exclusive)
+    return slots.tolist()
