@@ -254,15 +254,22 @@ def bulk_calls(monkeypatch):
     """Counts the slots each bulk pass took (to prove the fast paths ran)."""
     import hmmsim.mm.migrate_device as md
 
-    taken = {"finalize": 0}
-    real = md.migrate_vma_finalize_remove_bulk
+    taken = {"finalize": 0, "collect": 0}
+    real_finalize = md.migrate_vma_finalize_remove_bulk
+    real_collect = md.migrate_vma_collect_ptes_bulk
 
-    def spy(migrate, busy):
-        done = real(migrate, busy)
+    def finalize(migrate, busy):
+        done = real_finalize(migrate, busy)
         taken["finalize"] += len(done)
         return done
 
-    monkeypatch.setattr(md, "migrate_vma_finalize_remove_bulk", spy)
+    def collect(*args):
+        done = real_collect(*args)
+        taken["collect"] += done
+        return done
+
+    monkeypatch.setattr(md, "migrate_vma_finalize_remove_bulk", finalize)
+    monkeypatch.setattr(md, "migrate_vma_collect_ptes_bulk", collect)
     return taken
 
 
@@ -281,5 +288,70 @@ def test_migration_round_trips_match(seed, fork, cfg, bulk_calls):
         assert rf[:3] == rs[:3] and np.array_equal(rf[3], rs[3]), f"step {step}"
         assert_same(fast, slow, f"step {step}")
     check_invariants(fast.k)
+    assert bulk_calls["collect"] > 0, "the bulk collect never ran: test is vacuous"
     if not fork:
         assert bulk_calls["finalize"] > 0, "the bulk finalize never ran: test is vacuous"
+
+
+def _setup_window(w: World, first: int, npages: int, flags: int):
+    """migrate_vma_setup on one window (clipped to its vma); the migrate_vma."""
+    from hmmsim.include.migrate import migrate_vma
+    from hmmsim.mm.migrate_device import migrate_vma_setup
+    from hmmsim.mm.mmap import vma_lookup
+
+    mm = w.p.mm
+    start = w.a + first * PAGE_SIZE
+    vma = vma_lookup(mm, start)
+    end = min(start + npages * PAGE_SIZE, vma.vm_end)
+    n = (end - start) // PAGE_SIZE
+    args = migrate_vma(
+        vma=vma,
+        src=[0] * n,
+        dst=[0] * n,
+        start=start,
+        end=end,
+        pgmap_owner=w.devs[0],
+        flags=flags,
+    )
+    mm.mmap_lock.down_read()
+    try:
+        ret = migrate_vma_setup(args)
+    finally:
+        mm.mmap_lock.up_read()
+    return ret, args
+
+
+@pytest.mark.parametrize("cfg", sorted(CONFIGS))
+@pytest.mark.parametrize("seed", [10, 11])
+def test_collect_state_matches_before_finalize(seed, cfg, bulk_calls):
+    """The collect/unmap result itself (before pages/finalize hide it) is identical."""
+    from hmmsim.include.migrate import (
+        MIGRATE_VMA_SELECT_DEVICE_PRIVATE,
+        MIGRATE_VMA_SELECT_SYSTEM,
+    )
+    from hmmsim.mm.migrate_device import migrate_vma_finalize, migrate_vma_pages
+
+    fast, slow = pair(seed, cfg, fork=False)
+    rng = random.Random(seed)
+    for step in range(10):
+        first = rng.randrange(NPAGES + 512)
+        npages = rng.randint(1, 512)
+        flags = rng.choice(
+            [
+                MIGRATE_VMA_SELECT_SYSTEM,
+                MIGRATE_VMA_SELECT_DEVICE_PRIVATE,
+                MIGRATE_VMA_SELECT_SYSTEM | MIGRATE_VMA_SELECT_DEVICE_PRIVATE,
+            ]
+        )
+        rf, af = _setup_window(fast, first, npages, flags)
+        rs, as_ = _setup_window(slow, first, npages, flags)
+        assert (rf, af.src, af.cpages, af.npages) == (rs, as_.src, as_.cpages, as_.npages)
+        assert_same(fast, slow, f"step {step} after setup")
+        for w, args in ((fast, af), (slow, as_)):  # no destinations: everything restored
+            w.p.mm.mmap_lock.down_read()
+            migrate_vma_pages(args)
+            migrate_vma_finalize(args)
+            w.p.mm.mmap_lock.up_read()
+        assert_same(fast, slow, f"step {step} after restore")
+    check_invariants(fast.k)
+    assert bulk_calls["collect"] > 0

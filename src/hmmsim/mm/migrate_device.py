@@ -338,6 +338,10 @@ def migrate_vma_collect_pmd(pmdp: int, start: int, end: int, walk) -> int:
         ptl.lock()
         ptep = ptep0 + ((addr - start) // PAGE_SIZE) * 8
         restart = False
+        if k.fastpath:
+            done = migrate_vma_collect_ptes_bulk(migrate, vma, ptep, addr, end)
+            addr += done * PAGE_SIZE
+            ptep += done * 8
         while addr < end:
             pte = ptep_get(k, ptep)
             mpfn = 0
@@ -1285,3 +1289,274 @@ def migrate_vma_finalize_remove_bulk(migrate, busy: list[int]) -> list[int]:
     da._mapcount[di] += 1
     da.flags[di[excl]] |= np.uint32(PG_anon_exclusive)
     return slots.tolist()
+
+
+# ----------------------------------------------------------------------------------------
+# issue 7: the collect walk over a PTE table in bulk
+
+
+def migrate_vma_collect_ptes_bulk(migrate, vma, ptep: int, addr: int, end: int) -> int:
+    """Collect the leading run of common PTEs of [addr, end) in one NumPy pass.
+
+    Returns how many PTEs (from ptep on) it consumed; the per-entry loop of
+    migrate_vma_collect_pmd goes on from there, so every uncommon entry, and
+    everything after it, still takes the specification's path. Common, and
+    done exactly as the per-entry loop does them one by one:
+
+    - none (anon vma): src MIGRATE, counted in cpages;
+    - the zero page (SELECT_SYSTEM): the same;
+    - a present, non-special PTE of an order-0 anon system RAM page
+      (SELECT_SYSTEM) that is unlocked, referenced, mapped, and not pinned if
+      anon-exclusive;
+    - a device-private entry of an order-0 page of this pgmap_owner
+      (SELECT_DEVICE_PRIVATE), with the same page conditions.
+
+    A page is locked, loses PageAnonExclusive and one PTE mapping, is marked
+    dirty from a dirty PTE, keeps its reference count (the walk's get and put
+    cancel), and its PTE becomes the migration entry make_migration_entry_for
+    would build (type from write/exclusive, A/D bits, soft-dirty and uffd-wp
+    carried), computed as a per-type template XOR the inverted offset field,
+    which is linear in the offset. Only with the default scheduler, no fault
+    page, and at least 8 PTEs. Context: the PTE lock is held (by the caller).
+    Not a kernel function (issue 7); Kernel.fastpath turns it off.
+    """
+    import numpy as np
+
+    from hmmsim.include.migrate import MIGRATE_PFN_DEVICE_PRIVATE
+    from hmmsim.include.mm_types import (
+        FOLIO_MAPPING_ANON,
+        Page,
+        PG_anon_exclusive,
+        PG_dirty,
+        PG_head,
+    )
+    from hmmsim.include.pgtable import (
+        _PAGE_ACCESSED,
+        _PAGE_DIRTY_BITS,
+        _PAGE_KNL_ERRATUM_MASK,
+        _PAGE_PRESENT,
+        _PAGE_PROTNONE,
+        _PAGE_RW,
+        _PAGE_SOFT_DIRTY,
+        _PAGE_SPECIAL,
+        _PAGE_UFFD_WP,
+        PTE_PFN_MASK,
+    )
+    from hmmsim.include.swapops import (
+        _KEEP_PTE,
+        _PAGE_SWP_SOFT_DIRTY,
+        _PAGE_SWP_UFFD_WP,
+        _TYPE_POS,
+        SWP_MIG_DIRTY,
+        SWP_MIG_YOUNG,
+        SWP_OFFSET_SHIFT,
+        SWP_PFN_MASK,
+        SWP_TYPE_BITS,
+        SWP_TYPE_SHIFT,
+    )
+    from hmmsim.locking import Scheduler
+    from hmmsim.mm.gup import GUP_PIN_COUNTING_BIAS
+    from hmmsim.mm.memremap import DEVICE_PRIVATE_BASE
+
+    mm = vma.vm_mm
+    k = mm.k
+    n = (end - addr) >> PAGE_SHIFT
+    src, dst = migrate.src, migrate.dst
+    lo = migrate.npages
+    if (
+        n < 8
+        or type(k.sched) is not Scheduler
+        or migrate.fault_page is not None
+        or lo + n > min(len(src), len(dst))
+        or not (_sliceable(src) and _sliceable(dst))
+    ):
+        return 0
+    u64 = np.uint64
+    swp = k.swp
+    flags = migrate.flags
+    anon_vma_ok = vma_is_anonymous(vma)
+    words = k.mem.ram.words
+    table, col = ptep >> PAGE_SHIFT, (ptep >> 3) & 511
+    pte = words[table, col : col + n]
+    present = (pte & u64(_PAGE_PRESENT)) != 0
+    none = (pte & u64(~_PAGE_KNL_ERRATUM_MASK & 0xFFFF_FFFF_FFFF_FFFF)) == 0
+    pfn = ((pte & u64(PTE_PFN_MASK)) >> u64(PAGE_SHIFT)).astype(np.int64)
+    zero = present & (pfn == k.mem.zero_pfn)
+    ram = k.mem.ram.pages
+    kind = np.zeros(n, dtype=np.int8)  # 0 uncommon, 1 hole-like, 2 RAM page, 3 device-private
+    if anon_vma_ok:
+        kind[none] = 1
+    if flags & MIGRATE_VMA_SELECT_SYSTEM:
+        kind[zero] = 1
+        ram_pte = present & ~zero & ((pte & u64(_PAGE_SPECIAL)) == 0) & (pfn < ram.nr)
+        kind[ram_pte] = 2
+    # device-private entries (non-present, non-none, device-private type)
+    swap = ~present & ~none & ((pte & u64(_PAGE_PROTNONE)) == 0)
+    p = pte & u64(_KEEP_PTE)
+    typ = (p >> u64(_TYPE_POS)).astype(np.int64)
+    off = (~p << u64(SWP_TYPE_BITS)) >> u64(SWP_OFFSET_SHIFT)
+    dpa = None
+    if flags & MIGRATE_VMA_SELECT_DEVICE_PRIVATE:
+        dev = swap & np.asarray(swp._dev_private, dtype=bool)[typ]
+        if dev.any():
+            j0 = int(np.flatnonzero(dev)[0])
+            e0 = int(((p[j0] >> u64(_TYPE_POS)) << u64(SWP_TYPE_SHIFT)) | off[j0])
+            page0 = k.softleaf_to_page(e0)
+            dpa = page0.a
+            # every device-private entry resolves like the first (one space, one range)
+            dpos = (off & u64(SWP_PFN_MASK)).astype(np.int64) + (page0.i - int(off[j0]))
+            dpos_ok = dev & (dpos >= 0) & (dpos < dpa.nr)
+            pg = dpa.pgmap[np.where(dpos_ok, dpos, 0)]
+            pgmap = k.pgmaps.get(int(dpa.pgmap[page0.i]))
+            if pgmap is not None and pgmap.owner is migrate.pgmap_owner:
+                kind[dpos_ok & (pg == dpa.pgmap[page0.i])] = 3
+    # the leading run of common entries (page conditions checked below)
+    common = kind != 0
+    run = n if common.all() else int(np.argmin(common))
+    if run == 0:
+        return 0
+
+    def page_ok(a, pos):
+        fl = a.flags[pos]
+        ref = a._refcount[pos]
+        m = a.mapping[pos]
+        ok = (
+            ((fl & np.uint32(PG_head | PG_locked)) == 0)
+            & (a.head_off[pos] == 0)
+            & (ref > 0)
+            & (a._mapcount[pos] >= 0)
+            & ((m & np.uint32(FOLIO_MAPPING_ANON)) != 0)
+        )
+        excl = (fl & np.uint32(PG_anon_exclusive)) != 0
+        return ok & ~(excl & (ref + 1 >= GUP_PIN_COUNTING_BIAS)), excl
+
+    kind = kind[:run]
+    good = np.ones(run, dtype=bool)
+    is_ram = kind == 2
+    is_dev = kind == 3
+    rpos = pfn[:run][is_ram]
+    if len(rpos):
+        ok, _ = page_ok(ram, rpos)
+        good[np.flatnonzero(is_ram)[~ok]] = False
+        if len(np.unique(rpos)) != len(rpos):
+            return 0
+    if is_dev.any():
+        dpos_run = dpos[:run][is_dev]
+        ok, _ = page_ok(dpa, dpos_run)
+        good[np.flatnonzero(is_dev)[~ok]] = False
+        if len(np.unique(dpos_run)) != len(dpos_run):
+            return 0
+    if not good.all():
+        run = int(np.argmin(good))
+        if run == 0:
+            return 0
+        kind, is_ram, is_dev = kind[:run], is_ram[:run], is_dev[:run]
+    pte = pte[:run].copy()
+    typ, off = typ[:run], off[:run]
+    out = np.zeros(run, dtype=np.uint64)
+    out[kind == 1] = MIGRATE_PFN_MIGRATE
+    new = pte.copy()
+    conv = np.flatnonzero(kind >= 2)
+    check = None  # (page view, old PTE, anon-exclusive before) of one converted entry
+    if len(conv):
+        j = int(conv[0])
+        a, i = (ram, int(pfn[j])) if kind[j] == 2 else (dpa, int(dpos[j]))
+        check = (j, Page(k, a, i), int(pte[j]), bool(a.flags[i] & PG_anon_exclusive))
+    for sel, a, pos, is_present in (
+        (is_ram, ram, pfn[:run][is_ram], True),
+        (is_dev, dpa, dpos[:run][is_dev] if is_dev.any() else None, False),
+    ):
+        if not sel.any():
+            continue
+        old = pte[sel]
+        fl = a.flags[pos]
+        excl = (fl & np.uint32(PG_anon_exclusive)) != 0
+        if is_present:
+            write = (old & u64(_PAGE_RW)) != 0
+            young = (old & u64(_PAGE_ACCESSED)) != 0
+            dirty = (old & u64(_PAGE_DIRTY_BITS)) != 0
+            soft = (old & u64(_PAGE_SOFT_DIRTY)) != 0
+            uffd = (old & u64(_PAGE_UFFD_WP)) != 0
+            index = pos.astype(np.uint64)  # page_swp_index of a RAM page: its PFN
+            mig = (
+                swp.SWP_MIGRATION_WRITE,
+                swp.SWP_MIGRATION_READ_EXCLUSIVE,
+                swp.SWP_MIGRATION_READ,
+            )
+            mflag = 0
+        else:
+            write = np.asarray(swp._dev_private_write, dtype=bool)[typ[sel]]
+            young = dirty = np.zeros(len(old), dtype=bool)
+            soft = (old & u64(_PAGE_SWP_SOFT_DIRTY)) != 0
+            uffd = (old & u64(_PAGE_SWP_UFFD_WP)) != 0
+            dp_space = a.base >= DEVICE_PRIVATE_BASE
+            index = (pos + (a.base - DEVICE_PRIVATE_BASE if dp_space else a.base)).astype(np.uint64)
+            if k.config.has("b"):
+                mig = (
+                    swp.SWP_MIGRATION_DEVICE_WRITE,
+                    swp.SWP_MIGRATION_DEVICE_READ_EXCLUSIVE,
+                    swp.SWP_MIGRATION_DEVICE_READ,
+                )
+            else:
+                mig = (
+                    swp.SWP_MIGRATION_WRITE,
+                    swp.SWP_MIGRATION_READ_EXCLUSIVE,
+                    swp.SWP_MIGRATION_READ,
+                )
+            mflag = MIGRATE_PFN_DEVICE_PRIVATE if k.config.has("a") else 0
+        etype = np.where(write, mig[0], np.where(excl, mig[1], mig[2]))
+        eoff = index.copy()
+        if swp._supports_ad:
+            eoff |= np.where(young, u64(SWP_MIG_YOUNG), u64(0))
+            eoff |= np.where(dirty, u64(SWP_MIG_DIRTY), u64(0))
+        words_new = np.zeros(len(old), dtype=np.uint64)
+        for t in np.unique(etype).tolist():
+            tmpl = u64(swp.swp_entry_to_pte(t << SWP_TYPE_SHIFT))
+            m = etype == t
+            words_new[m] = tmpl ^ ((eoff[m] << u64(SWP_OFFSET_SHIFT)) >> u64(SWP_TYPE_BITS))
+        words_new |= np.where(soft, u64(_PAGE_SWP_SOFT_DIRTY), u64(0))
+        words_new |= np.where(uffd, u64(_PAGE_SWP_UFFD_WP), u64(0))
+        new[sel] = words_new
+        mpfn = (index << u64(MIGRATE_PFN_SHIFT)) | u64(MIGRATE_PFN_VALID | MIGRATE_PFN_MIGRATE)
+        mpfn |= u64(mflag)
+        mpfn |= np.where(write, u64(MIGRATE_PFN_WRITE), u64(0))
+        out[sel] = mpfn
+        # struct page effects
+        nf = fl | np.uint32(PG_locked)
+        nf &= ~np.uint32(PG_anon_exclusive)
+        nf |= np.where(is_present & dirty, np.uint32(PG_dirty), np.uint32(0))
+        a.flags[pos] = nf
+        a._mapcount[pos] -= 1
+    # spot-check one converted entry against the per-entry builder
+    if check is not None:
+        j, pg, old, excl_j = check
+        present_j = bool(old & _PAGE_PRESENT)
+        e = make_migration_entry_for(
+            pg,
+            write=bool(out[j] & u64(MIGRATE_PFN_WRITE)),
+            anon_exclusive=excl_j,
+            young=present_j and pte_young(old),
+            dirty=present_j and pte_dirty(old),
+        )
+        want = swp.swp_entry_to_pte(e)
+        if present_j:
+            want |= (_PAGE_SWP_SOFT_DIRTY if pte_soft_dirty(old) else 0) | (
+                _PAGE_SWP_UFFD_WP if pte_uffd_wp(old) else 0
+            )
+        else:
+            want |= old & (_PAGE_SWP_SOFT_DIRTY | _PAGE_SWP_UFFD_WP)
+        if (
+            want != int(new[j])
+            or migrate_pfn_from_page(pg) | MIGRATE_PFN_MIGRATE != int(out[j]) & ~MIGRATE_PFN_WRITE
+        ):
+            raise KernelBug("migrate_vma_collect_ptes_bulk: template mismatch")
+    words[table, col : col + run] = new
+    migrate.cpages += run
+    if isinstance(src, list):
+        src[lo : lo + run] = out.tolist()
+        dst[lo : lo + run] = [0] * run
+    else:
+        src[lo : lo + run] = out
+        dst[lo : lo + run] = 0
+    migrate.npages += run
+    return run
