@@ -507,6 +507,10 @@ def migrate_vma_check_page(page, fault_page) -> bool:
 
 def migrate_device_unmap(src_pfns, npages: int, fault_page, *, k) -> int:
     """Isolate and unmap every collected page; returns the slots still migrating."""
+    if k.fastpath:
+        bulk = migrate_device_unmap_bulk(src_pfns, npages, fault_page, k=k)
+        if bulk is not None:
+            return bulk
     fault_folio = page_folio(fault_page) if fault_page is not None else None
     restore = 0
     unmapped = 0
@@ -868,6 +872,8 @@ def __migrate_device_pages(src_pfns, dst_pfns, npages: int, migrate, *, k) -> No
 
 def migrate_vma_pages(migrate) -> None:
     """Move struct page state from each source to its destination (or fill holes)."""
+    if migrate.vma.vm_mm.k.fastpath and migrate_vma_pages_bulk(migrate):
+        return
     __migrate_device_pages(migrate.src, migrate.dst, migrate.npages, migrate, k=migrate.vma.vm_mm.k)
 
 
@@ -1560,3 +1566,138 @@ def migrate_vma_collect_ptes_bulk(migrate, vma, ptep: int, addr: int, end: int) 
         dst[lo : lo + run] = 0
     migrate.npages += run
     return run
+
+
+# ----------------------------------------------------------------------------------------
+# issue 7: unmap and migrate_vma_pages over a whole window
+
+
+def _slot_values(arr, busy):
+    import numpy as np
+
+    if isinstance(arr, np.ndarray):
+        return arr[np.asarray(busy, dtype=np.int64)].astype(np.uint64)
+    return np.array([int(arr[i]) for i in busy], dtype=np.uint64)
+
+
+def migrate_device_unmap_bulk(src_pfns, npages: int, fault_page, *, k) -> int | None:
+    """migrate_device_unmap for a window where every slot is the common case.
+
+    Returns the unmapped count, or None (nothing done) unless: the default
+    scheduler, no fault page, every page slot an order-0 folio of one memory
+    range that collect left unmapped (no try_to_migrate needed), a system
+    page on the LRU, and every page passing migrate_vma_check_page (so no
+    slot is restored). Then, as the per-slot loop: system pages leave the
+    LRU (isolation's reference replaces collect's, so the count is kept),
+    hole slots with MIGRATE count too. Not a kernel function (issue 7).
+    """
+    import numpy as np
+
+    from hmmsim.include.mm_types import PG_head, PG_lru
+    from hmmsim.locking import Scheduler
+
+    if not k.fastpath or type(k.sched) is not Scheduler or fault_page is not None:
+        return None
+    busy = _busy(npages, src_pfns)
+    if len(busy) < 8:
+        return None
+    sv = _slot_values(src_pfns, busy)
+    valid = (sv & np.uint64(MIGRATE_PFN_VALID)) != 0
+    holes = int(((sv[~valid] & np.uint64(MIGRATE_PFN_MIGRATE)) != 0).sum())
+    if not valid.any():
+        return None
+    pages = _window_pages(k, sv[valid], int(valid.sum()))
+    if pages is None:
+        return None
+    a, pos = pages
+    if len(np.unique(pos)) != len(pos):
+        return None
+    fl = a.flags[pos]
+    ref = a._refcount[pos]
+    if (
+        (fl & np.uint32(PG_head)).any()
+        or (a.head_off[pos] != 0).any()
+        or (a._mapcount[pos] != -1).any()
+        or (ref <= 0).any()
+    ):
+        return None
+    zone_device = bool(a.pgmap[pos[0]]) if a is not k.mem.ram.pages else False
+    if (a.pgmap[pos] != a.pgmap[pos[0]]).any():
+        return None
+    if not zone_device and ((fl & np.uint32(PG_lru)) == 0).any():
+        return None
+    # migrate_vma_check_page: references beyond the walk's must be mappings
+    m = a.mapping[pos].astype(np.int64)
+    extra = 1 + (1 if zone_device else 0) + ((m != 0) & ((m & 1) == 0)).astype(np.int64)
+    if not ((ref.astype(np.int64) - extra) <= 0).all():
+        return None
+    if not zone_device:
+        a.flags[pos] = fl & ~np.uint32(PG_lru)
+    return int(valid.sum()) + holes
+
+
+def migrate_vma_pages_bulk(migrate) -> bool:
+    """migrate_vma_pages for a window where every slot is the common case.
+
+    True if done. The common case: no fault page, every busy slot a MIGRATE
+    source page and a destination page, neither compound, both order-0, each
+    side within one memory range; anon sources; destinations system RAM or
+    device-private/coherent. Then per slot, as folio_migrate_mapping() and
+    folio_migrate_flags() do: a source holding exactly the expected one
+    reference hands its index and mapping to the destination, which gains
+    its dirty/uptodate and anon-exclusive bits; any other source loses
+    MIGRATE. Not a kernel function (issue 7); Kernel.fastpath turns it off.
+    """
+    import numpy as np
+
+    from hmmsim.include.memremap import MEMORY_DEVICE_COHERENT, MEMORY_DEVICE_PRIVATE
+    from hmmsim.include.mm_types import PG_anon_exclusive, PG_dirty, PG_head, PG_uptodate
+    from hmmsim.locking import Scheduler
+
+    k = migrate.vma.vm_mm.k
+    if not k.fastpath or type(k.sched) is not Scheduler or migrate.fault_page is not None:
+        return False
+    src, dst = migrate.src, migrate.dst
+    busy = _busy(migrate.npages, src, dst)
+    if len(busy) < 8:
+        return False
+    u64 = np.uint64
+    sv = _slot_values(src, busy)
+    dv = _slot_values(dst, busy)
+    need = u64(MIGRATE_PFN_VALID | MIGRATE_PFN_MIGRATE)
+    if (
+        ((sv & need) != need).any()
+        or ((dv & u64(MIGRATE_PFN_VALID)) == 0).any()
+        or ((sv | dv) & u64(MIGRATE_PFN_COMPOUND)).any()
+    ):
+        return False
+    s = _window_pages(k, sv, len(busy))
+    d = _window_pages(k, dv, len(busy)) if s is not None else None
+    if d is None:
+        return False
+    sa, si = s
+    da, di = d
+    if len(np.unique(si)) != len(si) or len(np.unique(di)) != len(di):
+        return False
+    for a, pos in ((sa, si), (da, di)):
+        if (a.flags[pos] & np.uint32(PG_head)).any() or (a.head_off[pos] != 0).any():
+            return False
+    if ((sa.mapping[si] & np.uint32(1)) == 0).any():
+        return False
+    pg = da.pgmap[di]
+    if (pg != pg[0]).any():
+        return False
+    if pg[0]:
+        pgmap = k.pgmaps.get(int(pg[0]))
+        if pgmap is None or pgmap.type not in (MEMORY_DEVICE_PRIVATE, MEMORY_DEVICE_COHERENT):
+            return False
+    ok = sa._refcount[si] == 1  # folio_migrate_mapping(): 1 + extra_count, no mapping
+    so, do = si[ok], di[ok]
+    da.index[do] = sa.index[so]
+    da.mapping[do] = sa.mapping[so]
+    sfl = sa.flags[so]
+    da.flags[do] |= (sfl & np.uint32(PG_dirty | PG_uptodate)) | (sfl & np.uint32(PG_anon_exclusive))
+    for j in np.flatnonzero(~ok).tolist():
+        i = busy[j]
+        src[i] = int(src[i]) & ~MIGRATE_PFN_MIGRATE
+    return True
