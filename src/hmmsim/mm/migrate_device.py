@@ -890,7 +890,10 @@ def __migrate_device_finalize(
 ) -> None:
     fault_folio = page_folio(fault_page) if fault_page is not None else None
     busy = _busy(npages, src_pfns, dst_pfns)
-    bulk = set(migrate_vma_finalize_remove_bulk(migrate, busy)) if migrate is not None else ()
+    bulk, whole = migrate_vma_finalize_remove_bulk(migrate, busy) if migrate else ([], False)
+    if whole:
+        return
+    bulk = set(bulk)
     for i in busy:
         sval = _rd(src_pfns, i)
         newpage = migrate_pfn_to_page(_rd(dst_pfns, i), k=k)
@@ -1126,8 +1129,10 @@ def _order0_locked(a, pos) -> bool:
 def migrate_vma_finalize_remove_bulk(migrate, busy: list[int]) -> list[int]:
     """remove_migration_ptes(src, dst) for a whole migrate window at once.
 
-    Returns the slots done (the per-entry finalize then skips that one call
-    for them), or [] when the window is not entirely the common case, which
+    Returns (slots done, whole): the per-entry finalize skips that one call
+    for the slots done, and everything when whole (no hole slots: the
+    unlock/put tail ran in bulk too, _finalize_unlock_put_bulk); ([], False)
+    when the window is not entirely the common case, which
     is: no fault page, the default scheduler (no lock hooks to interleave),
     every busy slot with a source migrating to a destination, both order-0,
     locked and referenced; all sources of one anon_vma whose other vmas
@@ -1181,7 +1186,7 @@ def migrate_vma_finalize_remove_bulk(migrate, busy: list[int]) -> list[int]:
         or migrate.fault_page is not None
         or len(busy) < 8
     ):
-        return []
+        return [], False
     u64 = np.uint64
     sv = np.array([int(migrate.src[i]) for i in busy], dtype=np.uint64)
     dv = np.array([int(migrate.dst[i]) for i in busy], dtype=np.uint64)
@@ -1190,39 +1195,39 @@ def migrate_vma_finalize_remove_bulk(migrate, busy: list[int]) -> list[int]:
     slots = np.asarray(busy, dtype=np.int64)[has_src]
     sv, dv = sv[has_src], dv[has_src]
     if len(slots) < 8 or not (sv & u64(MIGRATE_PFN_MIGRATE)).all():
-        return []
+        return [], False
     srcs = _window_pages(k, sv, len(slots))
     dsts = _window_pages(k, dv, len(slots)) if srcs is not None else None
     if dsts is None:
-        return []
+        return [], False
     sa, si = srcs
     da, di = dsts
     if not (_order0_locked(sa, si) and _order0_locked(da, di)):
-        return []
+        return [], False
     if len(np.unique(si)) != len(si) or len(np.unique(di)) != len(di):
-        return []
+        return [], False
     # one anon_vma; the rmap walk's only stop for these pages is this vma
     m = sa.mapping[si]
     m0 = int(m[0])
     if not m0 & 1 or (m != m0).any():
-        return []
+        return [], False
     av = k.objects.get(m0 & ~1)
     if av is None or vma not in av.vmas:
-        return []
+        return [], False
     index = sa.index[si]
     lo, hi = int(index.min()), int(index.max())
     for v in av.vmas:
         # vma_address() of every slot: inside this vma, outside every other
         # (an order-0 page is inside v iff its index is in v's pgoff span)
         if v is not vma and v.vm_pgoff <= hi and lo < v.vm_pgoff + vma_pages(v):
-            return []
+            return [], False
     addr = vma.vm_start + ((index - vma.vm_pgoff) << PAGE_SHIFT)
     if (addr < vma.vm_start).any() or (addr + PAGE_SIZE > vma.vm_end).any():
-        return []
+        return [], False
     # destination kind, one for the window
     pg = da.pgmap[di]
     if (pg != pg[0]).any():
-        return []
+        return [], False
     dst_dp = folio_is_device_private(_Page(k, da, int(di[0])))
     # the PTE tables
     tables = np.empty(len(slots), dtype=np.int64)
@@ -1230,35 +1235,35 @@ def migrate_vma_finalize_remove_bulk(migrate, busy: list[int]) -> list[int]:
     for pno in np.unique(pmd_no).tolist():
         pmdp = pmd_offset(mm, pno << 21)
         if pmdp is None:
-            return []
+            return [], False
         pmd = pmdp_get(k, pmdp)
         if not pmd & _PAGE_PRESENT or pmd & _PAGE_PSE:
-            return []
+            return [], False
         table = table_entry_pfn(pmd)
         if pte_lockptr(mm, table << PAGE_SHIFT).is_locked():
-            return []
+            return [], False
         tables[pmd_no == pno] = table
     col = (addr >> PAGE_SHIFT) & 511
     words = k.mem.ram.words
     pte = words[tables, col]
     if not ((pte != 0) & ((pte & u64(_PAGE_PRESENT | _PAGE_PROTNONE)) == 0)).all():
-        return []
+        return [], False
     swp = k.swp
     p = pte & u64(_KEEP_PTE)
     typ = (p >> u64(_TYPE_POS)).astype(np.int64)
     off = (~p << u64(SWP_TYPE_BITS)) >> u64(SWP_OFFSET_SHIFT)
     if not np.asarray(swp._migration, dtype=bool)[typ].all():
-        return []
+        return [], False
     mig_dev = np.asarray(getattr(swp, "_mig_dev", (False,) * 64), dtype=bool)[typ]
     src_dp_space = sa.base >= DEVICE_PRIVATE_BASE
     if k.config.has("c"):
         if (mig_dev != src_dp_space).any():
-            return []  # the entry would resolve in the other index space
+            return [], False  # the entry would resolve in the other index space
     elif src_dp_space:
-        return []
+        return [], False
     sbase = sa.base - DEVICE_PRIVATE_BASE if src_dp_space else sa.base
     if ((off & u64(SWP_PFN_MASK)).astype(np.int64) != si + sbase).any():
-        return []
+        return [], False
     # the new words: a template per combination of entry bits, plus the index
     write = np.asarray(swp._mig_write, dtype=bool)[typ]
     excl = ~np.asarray(swp._mig_read, dtype=bool)[typ]
@@ -1271,7 +1276,7 @@ def migrate_vma_finalize_remove_bulk(migrate, busy: list[int]) -> list[int]:
     )
     prot = vma.vm_page_prot
     if not dst_dp and not prot & _PAGE_PRESENT:
-        return []  # a PROT_NONE pfn_pte() inverts the PFN: not a template
+        return [], False  # a PROT_NONE pfn_pte() inverts the PFN: not a template
     tmpl = np.zeros(32, dtype=np.uint64)
     for c in np.unique(code).tolist():
         t = int(typ[code == c][0])  # a real type with this write bit
@@ -1294,7 +1299,35 @@ def migrate_vma_finalize_remove_bulk(migrate, busy: list[int]) -> list[int]:
     da._refcount[di] += 1
     da._mapcount[di] += 1
     da.flags[di[excl]] |= np.uint32(PG_anon_exclusive)
-    return slots.tolist()
+    if len(slots) == len(busy):
+        # no hole slots: the rest of each slot's finalize in bulk as well
+        _finalize_unlock_put_bulk(k, sa, si, da, di)
+        return slots.tolist(), True
+    return slots.tolist(), False
+
+
+def _finalize_unlock_put_bulk(k, sa, si, da, di) -> None:
+    """The per-slot tail of __migrate_device_finalize for migrated order-0 slots.
+
+    Destinations in system RAM go on the LRU; sources and destinations are
+    unlocked and lose the reference migration held. A destination stays
+    referenced (it is mapped now); sources that drop to zero are freed one by
+    one in slot order, as the per-slot loop frees them (a device page's free
+    runs the driver's callback, whose free list is order-sensitive).
+    """
+    import numpy as np
+
+    from hmmsim.include.mm_types import Page, PG_lru
+
+    if not da.pgmap[di[0]]:
+        da.flags[di] |= np.uint32(PG_lru)
+    unlock = ~np.uint32(PG_locked)
+    sa.flags[si] &= unlock
+    da.flags[di] &= unlock
+    sa._refcount[si] -= 1
+    da._refcount[di] -= 1
+    for i in si[sa._refcount[si] == 0].tolist():
+        k.mem.free_folio(Page(k, sa, i))
 
 
 # ----------------------------------------------------------------------------------------
