@@ -345,12 +345,13 @@ def free_zone_device_folio(folio: Page) -> None:
     pgmap = page_pgmap(folio)
     a, i = folio.a, folio.i
     n = folio_nr_pages(folio)
+    sl = slice(i, i + n) if n > 1 else i  # scalar stores for one page
     if folio_test_anon(folio):
         from hmmsim.include.mm_types import PG_anon_exclusive
 
-        a.flags[i : i + n] &= ~PG_anon_exclusive & 0xFFFFFFFF
-    a.mapping[i : i + n] = 0
-    if (a._mapcount[i : i + n] != -1).any():
+        a.flags[sl] &= ~PG_anon_exclusive & 0xFFFFFFFF
+    a.mapping[sl] = 0
+    if (a._mapcount[sl] != -1).any():
         raise KernelBug(f"free_zone_device_folio: freeing mapped device page {folio!r}")
     if pgmap.type in (MEMORY_DEVICE_PRIVATE, MEMORY_DEVICE_COHERENT):
         if pgmap.ops is None or pgmap.ops.folio_free is None:

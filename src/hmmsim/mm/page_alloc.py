@@ -183,16 +183,21 @@ class PhysMem:
         n = 1 << order
         self.nr_free -= n
         p = self.ram.pages
-        sl = slice(pfn, pfn + n)
-        p.flags[sl] = 0
-        p._refcount[sl] = 0
+        if order:
+            sl = slice(pfn, pfn + n)
+            p.flags[sl] = 0
+            p._refcount[sl] = 0
+            p.mapping[sl] = 0
+            p.index[sl] = 0
+        else:  # the same stores, as scalar ones (cheaper than 1-element slices)
+            p.flags[pfn] = 0
+            p.mapping[pfn] = 0
+            p.index[pfn] = 0
         p._refcount[pfn] = 1
-        p.mapping[sl] = 0
-        p.index[sl] = 0
         if order:
             self.prep_compound_page(p, pfn, order)
         if gfp & GFP_ZERO_BIT:
-            self.ram.frames[sl] = 0
+            self.ram.frames[pfn : pfn + n] = 0
         return Page(self.k, p, pfn)
 
     @staticmethod
@@ -229,7 +234,7 @@ class PhysMem:
         """Give a block back to the buddy lists, merging with free buddies."""
         p = self.ram.pages
         n = 1 << order
-        sl = slice(pfn, pfn + n)
+        sl = slice(pfn, pfn + n) if order else pfn  # scalar stores for one page
         p.flags[sl] = PGTY_buddy
         p.order[sl] = 0
         p.head_off[sl] = 0
