@@ -183,6 +183,54 @@ def driver_folio_put(folio) -> None:
     folio_put(folio)
 
 
+class _FrameCopies:
+    """The driver's one-page copies into its new pages, done as one gather.
+
+    copy(to, frm) is `frame(to)[:] = frame(frm)` (frm None: zero-fill). With
+    Kernel.fastpath and both pages in system RAM the copy is queued and
+    flush() does every queued one with one fancy-indexed copy; that is the
+    same bytes because the queued destinations are distinct fresh pages that
+    nothing reads or writes before the flush (the callers flush before they
+    return, also on errors). Not in the C (issue 7).
+    """
+
+    __slots__ = ("k", "ram", "to", "frm", "zero")
+
+    def __init__(self, k) -> None:
+        self.k = k
+        self.ram = k.mem.ram
+        self.to: list[int] = []
+        self.frm: list[int] = []
+        self.zero: list[int] = []
+
+    def copy(self, to: Page, frm: Page | None) -> None:
+        ram = self.ram.pages
+        if self.k.fastpath and to.a is ram and (frm is None or frm.a is ram):
+            if frm is None:
+                self.zero.append(to.i)
+            else:
+                self.to.append(to.i)
+                self.frm.append(frm.i)
+            return
+        _frame(to)[:] = _frame(frm) if frm is not None else 0
+
+    def copy_pfn(self, to: int, frm: int) -> None:
+        nr = self.ram.pages.nr
+        if self.k.fastpath and 0 <= to < nr and 0 <= frm < nr:
+            self.to.append(to)
+            self.frm.append(frm)
+            return
+        self.k.mem.frame(to)[:] = self.k.mem.frame(frm)
+
+    def flush(self) -> None:
+        frames = self.ram.frames
+        if self.to:
+            frames[self.to] = frames[self.frm]
+        if self.zero:
+            frames[self.zero] = 0
+        self.to, self.frm, self.zero = [], [], []
+
+
 class dmirror_bounce:
     __slots__ = ("ptr", "size", "addr", "cpages")
 
@@ -867,6 +915,14 @@ class dmirror:
     # --- migration ---------------------------------------------------------------------------
     def dmirror_migrate_alloc_and_copy(self, args) -> None:
         k = self.mdevice.k
+        copies = _FrameCopies(k)
+        try:
+            self._alloc_and_copy(args, copies)
+        finally:
+            copies.flush()
+
+    def _alloc_and_copy(self, args, copies) -> None:
+        k = self.mdevice.k
         src, dst = args.src, args.dst
         i = 0
         addr = args.start
@@ -926,10 +982,7 @@ class dmirror:
                     i += n
                     addr += n * PAGE_SIZE
                     continue
-            if spage is not None:
-                _frame(rpage)[:] = _frame(spage)
-            else:
-                _frame(rpage)[:] = 0
+            copies.copy(rpage, spage)
             i += 1
             addr += PAGE_SIZE
 
@@ -1010,6 +1063,13 @@ class dmirror:
 
     def dmirror_devmem_fault_alloc_and_copy(self, args) -> int:
         """Allocate system pages for device pages leaving and copy them (0 or VM_FAULT_OOM)."""
+        copies = _FrameCopies(self.mdevice.k)
+        try:
+            return self._fault_alloc_and_copy(args, copies)
+        finally:
+            copies.flush()
+
+    def _fault_alloc_and_copy(self, args, copies) -> int:
         k = self.mdevice.k
         src, dst = args.src, args.dst
         i = 0
@@ -1075,7 +1135,7 @@ class dmirror:
                     dst_pfn = dpage.pfn + j
                 self.pt.pop(addr >> PAGE_SHIFT, None)
                 addr += PAGE_SIZE
-                k.mem.frame(dst_pfn)[:] = k.mem.frame(spage.pfn + j)
+                copies.copy_pfn(dst_pfn, spage.pfn + j)
             i += 1 << order
         return 0
 
