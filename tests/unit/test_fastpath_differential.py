@@ -220,7 +220,15 @@ def test_hmm_range_fault_bulk_matches_per_entry(seed, cfg):
     L = fast.k.hmm
     req = [0, L.HMM_PFN_REQ_FAULT, L.HMM_PFN_REQ_FAULT | L.HMM_PFN_REQ_WRITE]
     rng = random.Random(seed * 1000 + 17)
-    total = NPAGES + 512
+    total = NPAGES + 1024  # the 4 KiB pages, the THP, then a never-touched hole
+    # first every request kind over the THP's end and the hole after it (the
+    # hole and PMD paths, a read fault before a write fault fills the hole)
+    for default in (req[1], req[0], req[2]):
+        for first, npages in ((NPAGES + 500, 40), (rng.randrange(NPAGES - 64), 64)):
+            inputs = [0] * npages
+            args = (fast.a + first * PAGE_SIZE, npages, default, 0, inputs, None, True)
+            assert fast.range_fault(*args) == slow.range_fault(*args), (default, first)
+            assert_same(fast, slow, f"fixed step {default:#x} {first}")
     for step in range(12):
         first = rng.randrange(total)
         npages = rng.randint(1, min(600, total - first))

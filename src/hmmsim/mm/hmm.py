@@ -119,10 +119,45 @@ def hmm_pte_need_fault(w: hmm_vma_walk, pfn_req_flags: int, cpu_flags: int) -> i
     return 0
 
 
+def _range_need_fault_bulk(w: hmm_vma_walk, i: int, npages: int, cpu_flags: int) -> int | None:
+    """hmm_range_need_fault's OR of hmm_pte_need_fault over the slots, in
+    one NumPy pass (the loop's early exit only skips slots that cannot add a
+    bit); None where hmm_pfns is not a list or uint64 array. Issue 7."""
+    L = w.L
+    r = w.range
+    hp = r.hmm_pfns
+    if len(hp) < i + npages:
+        return None
+    if isinstance(hp, np.ndarray) and hp.dtype == np.uint64:
+        inp = hp[i : i + npages]
+    elif isinstance(hp, list):
+        try:
+            inp = np.array(hp[i : i + npages], dtype=np.uint64)
+        except (OverflowError, TypeError, ValueError):
+            return None
+    else:
+        return None
+    req = (inp & np.uint64(r.pfn_flags_mask & U64)) | np.uint64(r.default_flags & U64)
+    fault = (req & np.uint64(L.HMM_PFN_REQ_FAULT)) != 0
+    if not fault.any():
+        return 0
+    need = 0
+    write = (req & np.uint64(L.HMM_PFN_REQ_WRITE)) != 0
+    if not cpu_flags & L.HMM_PFN_WRITE and write[fault].any():
+        return HMM_NEED_FAULT | HMM_NEED_WRITE_FAULT
+    if not cpu_flags & L.HMM_PFN_VALID:
+        need |= HMM_NEED_FAULT
+    return need
+
+
 def hmm_range_need_fault(w: hmm_vma_walk, i: int, npages: int, cpu_flags: int) -> int:
     r = w.range
     if not (r.default_flags | r.pfn_flags_mask) & w.L.HMM_PFN_REQ_FAULT:
         return 0
+    if npages >= 8 and r.notifier.mm.k.fastpath:
+        required = _range_need_fault_bulk(w, i, npages, cpu_flags)
+        if required is not None:
+            return required
     required = 0
     for j in range(npages):
         required |= hmm_pte_need_fault(w, _get(r, i + j), cpu_flags)
@@ -148,8 +183,43 @@ def hmm_vma_fault(addr: int, end: int, required_fault: int, walk) -> int:
     return -EBUSY
 
 
+def _set_bulk(w: hmm_vma_walk, i: int, n: int, pfn: int | None, flags: int) -> bool:
+    """_set for slots i..i+n-1 with words (pfn + j if pfn is not None) | flags.
+
+    Issue 7's bulk form of the per-slot loops below; False (nothing written)
+    where it does not apply: fast paths off, few slots, hmm_pfns neither a
+    list nor a uint64 array, or a PFN that would not fit (the per-slot loop
+    then writes the slots before the one that raises).
+    """
+    r = w.range
+    hp = r.hmm_pfns
+    if n < 8 or not r.notifier.mm.k.fastpath or len(hp) < i + n:
+        return False
+    if pfn is not None and (pfn < 0 or (pfn + n - 1) & w.L.HMM_PFN_FLAGS):
+        return False
+    keep = np.uint64(w.L.HMM_PFN_INOUT_FLAGS & U64)
+    word = np.uint64(flags & U64)
+    if isinstance(hp, np.ndarray):
+        if hp.dtype != np.uint64:
+            return False
+        out = (hp[i : i + n] & keep) | word
+    elif isinstance(hp, list):
+        try:
+            out = (np.array(hp[i : i + n], dtype=np.uint64) & keep) | word
+        except (OverflowError, TypeError, ValueError):
+            return False
+    else:
+        return False
+    if pfn is not None:
+        out |= np.arange(pfn, pfn + n, dtype=np.uint64)
+    hp[i : i + n] = out.tolist() if isinstance(hp, list) else out
+    return True
+
+
 def hmm_pfns_fill(addr: int, end: int, w: hmm_vma_walk, cpu_flags: int) -> int:
     i = (addr - w.range.start) >> PAGE_SHIFT
+    if _set_bulk(w, i, (end - addr) >> PAGE_SHIFT, None, cpu_flags):
+        return 0
     while addr < end:
         _set(w, i, cpu_flags)
         addr += PAGE_SIZE
@@ -257,6 +327,8 @@ def hmm_vma_handle_pmd(walk, addr: int, end: int, i: int, pmd: int) -> int:
     if required_fault:
         return hmm_vma_fault(addr, end, required_fault, walk)
     pfn = pmd_pfn(pmd) + ((addr & ~PMD_MASK) >> PAGE_SHIFT)
+    if _set_bulk(w, i, npages, pfn, cpu_flags):
+        return 0
     for j in range(npages):
         _set(w, i + j, _pfn_word(w, pfn + j) | cpu_flags)
     return 0
