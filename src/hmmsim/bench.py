@@ -268,6 +268,7 @@ class Bench:
         return {
             "size": self.size,
             "repeat": self.repeat,
+            "fastpath": self.k.fastpath,
             "memory": self.memory(),
             "rows": [asdict(r) for r in self.rows],
         }
