@@ -217,6 +217,9 @@ class Bench:
             raise RuntimeError(f"hmm_range_fault failed: {ret}")
 
     def faults(self, size: int) -> None:
+        if size not in self.copy_bound:  # capped below --size: its own bound
+            self.copy(size)
+
         def touch():
             a = self.p.mmap(0, size, RW, MAP_PRIVATE | MAP_ANONYMOUS)
             self.p.madvise(a, size, MADV_NOHUGEPAGE)
