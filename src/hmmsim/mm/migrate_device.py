@@ -1326,7 +1326,11 @@ def _finalize_unlock_put_bulk(k, sa, si, da, di) -> None:
     da.flags[di] &= unlock
     sa._refcount[si] -= 1
     da._refcount[di] -= 1
-    for i in si[sa._refcount[si] == 0].tolist():
+    gone = si[sa._refcount[si] == 0]
+    if sa is k.mem.ram.pages:
+        k.mem.free_folios_order0(gone + sa.base)
+        return
+    for i in gone.tolist():
         k.mem.free_folio(Page(k, sa, i))
 
 

@@ -246,6 +246,10 @@ class PhysMem:
         p._large_mapcount[pfn] = -1
         p.zone_device_data[sl] = 0
         self.nr_free += n
+        self._merge(pfn, order)
+
+    def _merge(self, pfn: int, order: int) -> None:
+        """Put a free block on the lists, merging it with free buddies."""
         o = order
         while o < MAX_ORDER_MODELLED:
             buddy = pfn ^ (1 << o)
@@ -255,6 +259,41 @@ class PhysMem:
             pfn = min(pfn, buddy)
             o += 1
         self.free_area[o].add(pfn)
+
+    def free_folios_order0(self, pfns) -> None:
+        """free_folio() of order-0 RAM folios whose last reference is gone, in order.
+
+        The struct-page resets are one store per column; the buddy merges run
+        one by one in the given order (they read only the free lists, so the
+        lists end up exactly as after calling free_folio on each in turn).
+        Anything but plain order-0 pages (reserved, zero, hugetlb, compound,
+        mapped, referenced, or a PFN twice) goes through free_folio one by one,
+        which raises where the kernel would. Not a kernel function (issue 7).
+        """
+        p = self.ram.pages
+        pfns = np.asarray(pfns, dtype=np.int64)
+        bad = PG_reserved | PG_zero | PG_hugetlb | PG_head
+        if (
+            (p.flags[pfns] & np.uint32(bad)).any()
+            or (p._mapcount[pfns] != -1).any()
+            or (p._refcount[pfns] != 0).any()
+            or len(np.unique(pfns)) != len(pfns)
+        ):
+            for pfn in pfns.tolist():
+                self.free_folio(Page(self.k, p, pfn))
+            return
+        p.flags[pfns] = PGTY_buddy
+        p.order[pfns] = 0
+        p.head_off[pfns] = 0
+        p.mapping[pfns] = 0
+        p.index[pfns] = 0
+        p._mapcount[pfns] = -1
+        p._entire_mapcount[pfns] = -1
+        p._large_mapcount[pfns] = -1
+        p.zone_device_data[pfns] = 0
+        self.nr_free += len(pfns)
+        for pfn in pfns.tolist():
+            self._merge(pfn, 0)
 
     def is_free(self, pfn: int) -> bool:
         return self.range_of(pfn) is self.ram and bool(self.ram.pages.flags[pfn] & PGTY_buddy)
