@@ -373,6 +373,7 @@ class dmirror_device:
             folio_free=self.dmirror_devmem_free,
             migrate_to_ram=self.dmirror_devmem_fault,
             folio_split=self.dmirror_devmem_folio_split,
+            folio_free_bulk=self.dmirror_devmem_free_bulk,
         )
 
     def __repr__(self) -> str:
@@ -487,6 +488,46 @@ class dmirror_device:
                     self.free_folios.append(page)
                 else:
                     self.free_pages.append(page)
+
+    def dmirror_devmem_free_bulk(self, a, idx) -> bool:
+        """dmirror_devmem_free of order-0 device pages a[idx], in order (issue 7).
+
+        Only where each is a device-private page of a live chunk backed by an
+        order-0 system page that the driver alone references: the backing
+        pages are put (and freed in order), the device pages go on the free
+        list in order. False (nothing done) otherwise.
+        """
+        import numpy as np
+
+        from hmmsim.include.mm_types import PG_head
+
+        k = self.k
+        if not k.fastpath or not self.is_private_zone():
+            return False
+        zdd = a.zone_device_data[idx]
+        ram = k.mem.ram.pages
+        back = zdd - 1
+        if (zdd <= 0).any() or (back >= ram.nr).any() or len(np.unique(back)) != len(back):
+            return False
+        if (ram.flags[back] & np.uint32(PG_head)).any() or (ram._refcount[back] != 1).any():
+            return False
+        refs = k.driver_refs
+        if any(refs[p] < 1 for p in back.tolist()):
+            return False
+        pgmap = page_pgmap(Page(k, a, int(idx[0])))
+        if pgmap._chunk.remove:
+            return False
+        for p in back.tolist():  # driver_folio_put(), then the puts below
+            refs[p] -= 1
+            if not refs[p]:
+                del refs[p]
+        ram._refcount[back] = 0
+        k.mem.free_folios_order0(back)
+        a.zone_device_data[idx] = 0
+        with self.lock:
+            self.cfree += len(idx)
+            self.free_pages.extend_indices(a, idx.tolist())
+        return True
 
     def dmirror_devmem_folio_split(self, head, tail) -> None:
         """dev_pagemap_ops.folio_split: give each new tail its backing subpage."""

@@ -361,6 +361,45 @@ def free_zone_device_folio(folio: Page) -> None:
         k.sched.point("release", pgmap)  # wakes memunmap_pages
 
 
+def free_zone_device_folios_order0(k, a, idx) -> None:
+    """free_zone_device_folio() of order-0 device folios a[idx], in order.
+
+    Issue 7: with one pgmap whose driver offers folio_free_bulk, the
+    struct-page resets are one store per column and the driver frees the
+    batch in order; otherwise (or if the driver declines) each folio goes
+    through free_zone_device_folio. Context: the default scheduler (the
+    per-folio release points are not visited).
+    """
+    from hmmsim.include.mm_types import PG_anon_exclusive, PG_head
+
+    pg = a.pgmap[idx]
+    pgmap = k.pgmaps.get(int(pg[0])) if len(idx) else None
+    bulk = getattr(getattr(pgmap, "ops", None), "folio_free_bulk", None)
+    if (
+        bulk is None
+        or (pg != pg[0]).any()
+        or pgmap.type not in (MEMORY_DEVICE_PRIVATE, MEMORY_DEVICE_COHERENT)
+        or (a.flags[idx] & np.uint32(PG_head)).any()
+        or (a.head_off[idx] != 0).any()
+        or (a._mapcount[idx] != -1).any()
+    ):
+        for i in idx.tolist():
+            k.free_zone_device_folio(Page(k, a, i))
+        return
+    fl = a.flags[idx]
+    anon = (a.mapping[idx] & np.uint32(1)) != 0
+    a.flags[idx] = np.where(anon, fl & ~np.uint32(PG_anon_exclusive), fl)
+    m = a.mapping[idx].copy()
+    a.mapping[idx] = 0
+    if not bulk(a, idx):
+        a.flags[idx] = fl  # undo: the per-folio path redoes it in order
+        a.mapping[idx] = m
+        for i in idx.tolist():
+            k.free_zone_device_folio(Page(k, a, i))
+        return
+    pgmap._refs -= len(idx)
+
+
 class KernelOopsMissingOp(KernelBug):
     def __init__(self, pgmap) -> None:
         super().__init__(f"free_zone_device_folio: {pgmap!r} has no folio_free op")

@@ -1317,7 +1317,7 @@ def _finalize_unlock_put_bulk(k, sa, si, da, di) -> None:
     """
     import numpy as np
 
-    from hmmsim.include.mm_types import Page, PG_lru
+    from hmmsim.include.mm_types import PG_lru
 
     if not da.pgmap[di[0]]:
         da.flags[di] |= np.uint32(PG_lru)
@@ -1330,8 +1330,10 @@ def _finalize_unlock_put_bulk(k, sa, si, da, di) -> None:
     if sa is k.mem.ram.pages:
         k.mem.free_folios_order0(gone + sa.base)
         return
-    for i in gone.tolist():
-        k.mem.free_folio(Page(k, sa, i))
+    if len(gone):
+        from hmmsim.mm.memremap import free_zone_device_folios_order0
+
+        free_zone_device_folios_order0(k, sa, gone)
 
 
 # ----------------------------------------------------------------------------------------
