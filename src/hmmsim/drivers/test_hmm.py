@@ -373,7 +373,6 @@ class dmirror_device:
             folio_free=self.dmirror_devmem_free,
             migrate_to_ram=self.dmirror_devmem_fault,
             folio_split=self.dmirror_devmem_folio_split,
-            folio_free_bulk=self.dmirror_devmem_free_bulk,
         )
 
     def __repr__(self) -> str:
@@ -421,6 +420,8 @@ class dmirror_device:
                 return ret, None
             devmem.mdevice = self
             pgmap._chunk = devmem
+            # not in the C: the model's batch form of folio_free (issue 7)
+            pgmap._folio_free_bulk = self.dmirror_devmem_free_bulk
             self.devmem_chunks.append(devmem)
         r = pgmap._ranges[0]
         with self.lock:

@@ -105,17 +105,12 @@ class dev_pagemap_ops:
             pfns; absent or -EOPNOTSUPP falls back to mf_generic_kill_procs.
         folio_split(head, tail): a device-private large folio is being split
             (series (d), merged): once per new tail, then with tail None.
-        folio_free_bulk(arrays, indices): not in the kernel (issue 7's fast
-            path): folio_free of many order-0 folios of one range, in order;
-            returns False (having done nothing) where it cannot, and the
-            caller then calls folio_free on each.
     """
 
     folio_free: Callable | None = None
     migrate_to_ram: Callable | None = None
     memory_failure: Callable | None = None
     folio_split: Callable | None = None
-    folio_free_bulk: Callable | None = None
 
 
 @dataclass(eq=False)

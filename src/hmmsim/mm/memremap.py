@@ -364,7 +364,8 @@ def free_zone_device_folio(folio: Page) -> None:
 def free_zone_device_folios_order0(k, a, idx) -> None:
     """free_zone_device_folio() of order-0 device folios a[idx], in order.
 
-    Issue 7: with one pgmap whose driver offers folio_free_bulk, the
+    Issue 7: with one pgmap whose driver offers a batch folio_free (the
+    model-only pgmap._folio_free_bulk(arrays, indices), False if it declines), the
     struct-page resets are one store per column and the driver frees the
     batch in order; otherwise (or if the driver declines) each folio goes
     through free_zone_device_folio. Context: the default scheduler (the
@@ -374,7 +375,7 @@ def free_zone_device_folios_order0(k, a, idx) -> None:
 
     pg = a.pgmap[idx]
     pgmap = k.pgmaps.get(int(pg[0])) if len(idx) else None
-    bulk = getattr(getattr(pgmap, "ops", None), "folio_free_bulk", None)
+    bulk = getattr(pgmap, "_folio_free_bulk", None)
     if (
         bulk is None
         or (pg != pg[0]).any()
