@@ -1111,8 +1111,73 @@ class dmirror:
         finally:
             copies.flush()
 
+    def _fault_alloc_and_copy_bulk(self, args, copies) -> bool:
+        """_fault_alloc_and_copy for a window of order-0 device-private pages.
+
+        Not in the C (issue 7). Only with the default scheduler, no injected
+        allocation failure, enough free pages, and every MIGRATE source an
+        order-0 device-private page of one range with an order-0 backing
+        page. Then, as the per-slot loop: one new locked system page per
+        source, in allocation order (alloc_pages_order0_bulk), dst =
+        migrate_pfn | WRITE as the source had, the mirror's entry dropped,
+        the backing page's bytes copied (queued on `copies`). True if done.
+        """
+        from hmmsim.include.migrate import MIGRATE_PFN_DEVICE_PRIVATE, MIGRATE_PFN_SHIFT
+        from hmmsim.include.mm_types import PG_head, PG_locked
+        from hmmsim.locking import Scheduler
+
+        k = self.mdevice.k
+        if (
+            not k.fastpath
+            or type(k.sched) is not Scheduler
+            or self.flags & HMM_DMIRROR_FLAG_FAIL_ALLOC
+            or not self.mdevice.is_private_zone()
+        ):
+            return False
+        n = (args.end - args.start) >> PAGE_SHIFT
+        src, dst = args.src, args.dst
+        sv = np.array([int(src[i]) for i in range(n)], dtype=np.uint64)
+        need = np.uint64(MIGRATE_PFN_VALID | MIGRATE_PFN_MIGRATE)
+        take = np.flatnonzero((sv & need) == need)
+        if len(take) < 8:
+            return False
+        vals = sv[take]
+        first = migrate_pfn_to_page(int(vals[0]), k=k)
+        if not is_device_private_page(first):
+            return False
+        dp = vals & np.uint64(MIGRATE_PFN_DEVICE_PRIVATE)
+        if (dp != dp[0]).any():
+            return False
+        a = first.a
+        pos = (vals >> np.uint64(MIGRATE_PFN_SHIFT)).astype(np.int64)
+        pos += first.i - int(pos[0])
+        if (pos < 0).any() or (pos >= a.nr).any() or (a.pgmap[pos] != a.pgmap[first.i]).any():
+            return False
+        back = a.zone_device_data[pos] - 1
+        ram = k.mem.ram.pages
+        if (back < 0).any() or (back >= ram.nr).any():
+            return False
+        if (ram.flags[back] & np.uint32(PG_head)).any() or (ram.head_off[back] != 0).any():
+            return False
+        new = k.mem.alloc_pages_order0_bulk(len(take))
+        if new is None:
+            return False
+        ram.flags[new] |= np.uint32(PG_locked)  # folio_lock() of a fresh page
+        d = (new.astype(np.uint64) << np.uint64(MIGRATE_PFN_SHIFT)) | np.uint64(MIGRATE_PFN_VALID)
+        d |= vals & np.uint64(MIGRATE_PFN_WRITE)
+        for i, v in zip(take.tolist(), d.tolist(), strict=True):
+            dst[i] = v
+        base = args.start >> PAGE_SHIFT
+        for i in take.tolist():
+            self.pt.pop(base + i, None)
+        copies.to.extend(new.tolist())
+        copies.frm.extend(back.tolist())
+        return True
+
     def _fault_alloc_and_copy(self, args, copies) -> int:
         k = self.mdevice.k
+        if self._fault_alloc_and_copy_bulk(args, copies):
+            return 0
         src, dst = args.src, args.dst
         i = 0
         addr = args.start

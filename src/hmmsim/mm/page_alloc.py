@@ -200,6 +200,38 @@ class PhysMem:
             self.ram.frames[pfn : pfn + n] = 0
         return Page(self.k, p, pfn)
 
+    def alloc_pages_order0_bulk(self, m: int) -> np.ndarray | None:
+        """m order-0 alloc_pages() calls, in order, with one store per column.
+
+        The free-list steps are the same as m calls would take (so the lists
+        and the PFNs handed out are identical); None (nothing done) when the
+        test hook that fails allocations is set or fewer than m pages are
+        free. Not a kernel function (issue 7).
+        """
+        if self.should_fail_alloc is not None or self.nr_free < m:
+            return None
+        area = self.free_area
+        out = []
+        for _ in range(m):
+            o = 0
+            while not area[o]:  # nr_free >= m: some block is free
+                o += 1
+            pfn = min(area[o]) if o == MAX_ORDER_MODELLED else area[o].pop()
+            if o == MAX_ORDER_MODELLED:
+                area[o].discard(pfn)
+            while o > 0:
+                o -= 1
+                area[o].add(pfn + (1 << o))
+            out.append(pfn)
+        self.nr_free -= m
+        pfns = np.asarray(out, dtype=np.int64)
+        p = self.ram.pages
+        p.flags[pfns] = 0
+        p.mapping[pfns] = 0
+        p.index[pfns] = 0
+        p._refcount[pfns] = 1
+        return pfns
+
     @staticmethod
     def prep_compound_page(p: PageArrays, i: int, order: int) -> None:
         n = 1 << order
