@@ -180,6 +180,13 @@ def machine_state(w: World) -> dict:
             [repr(v) for v in mm.vmas],
             [(s.start, s.last, s.invalidate_seq) for s in mm.notifier_subscriptions],
         )
+    for n, dev in enumerate(w.devs):
+        st[f"dev{n}.allocator"] = (
+            dev.calloc,
+            dev.cfree,
+            list(dev.free_pages.items),
+            list(dev.free_folios.items),
+        )
     for n, fd in enumerate(w.fds):
         d = w.p.fds[fd].private
         st[f"dmirror{n}.pt"] = sorted((v, e[0].pfn, e[1]) for v, e in d.pt.items())

@@ -963,8 +963,107 @@ class dmirror:
         finally:
             copies.flush()
 
+    def _alloc_and_copy_bulk(self, args, copies) -> bool:
+        """_alloc_and_copy for a window of order-0 system pages and holes.
+
+        Not in the C (issue 7). Only with the default scheduler, a
+        device-private mirror, no injected allocation failure, no compound
+        slot, every source a system RAM page (or a hole), enough free system
+        pages and enough free device pages on the free list, none of them
+        still referenced. Then, as one dmirror_devmem_alloc_page per slot in
+        order: a backing page from alloc_pages_order0_bulk (the same PFNs),
+        registered as a driver reference and owned by this mirror; the device
+        page popped from the free list, initialised (ref 1, locked) and
+        pointed at its backing page; dst = its migrate PFN | WRITE as the
+        source had; the source's bytes (or zeros) queued for copying.
+        """
+        from hmmsim.include.migrate import MIGRATE_PFN_DEVICE_PRIVATE, MIGRATE_PFN_SHIFT
+        from hmmsim.include.mm_types import PG_locked
+        from hmmsim.kconfig import DEVICE_PRIVATE_BASE
+        from hmmsim.locking import Scheduler
+
+        k = self.mdevice.k
+        mdev = self.mdevice
+        if (
+            not k.fastpath
+            or type(k.sched) is not Scheduler
+            or self.flags & HMM_DMIRROR_FLAG_FAIL_ALLOC
+            or not mdev.is_private_zone()
+        ):
+            return False
+        n = (args.end - args.start) >> PAGE_SHIFT
+        src, dst = args.src, args.dst
+        sv = np.array([int(src[i]) for i in range(n)], dtype=np.uint64)
+        take = np.flatnonzero((sv & np.uint64(MIGRATE_PFN_MIGRATE)) != 0)
+        m = len(take)
+        if m < 8 or (sv & np.uint64(MIGRATE_PFN_COMPOUND)).any():
+            return False
+        vals = sv[take]
+        valid = (vals & np.uint64(MIGRATE_PFN_VALID)) != 0
+        spfn = (vals >> np.uint64(MIGRATE_PFN_SHIFT)).astype(np.int64)
+        ram = k.mem.ram.pages
+        if (vals[valid] & np.uint64(MIGRATE_PFN_DEVICE_PRIVATE)).any() or (
+            spfn[valid] >= ram.nr
+        ).any():
+            return False  # a source outside system RAM: the per-slot path decides
+        free = mdev.free_pages
+        if len(free) < m or k.mem.nr_free < m:
+            return False
+        items = free.items[-m:][::-1]  # what m pops return, in order
+        groups: dict[int, list[int]] = {}
+        for pos, v in enumerate(items):
+            groups.setdefault(v >> 32, []).append(pos)
+        didx = np.array([v & 0xFFFFFFFF for v in items], dtype=np.int64)
+        for aid, where in groups.items():
+            a = free.arrays[aid]
+            if (a._refcount[didx[where]] != 0).any() or any(
+                page_pgmap(Page(k, a, i))._killed for i in didx[where].tolist()
+            ):
+                return False  # zone_device_page_init would warn
+        back = k.mem.alloc_pages_order0_bulk(m)
+        if back is None:
+            return False
+        for p in back.tolist():  # folio_alloc(): the driver's reference
+            k.driver_refs[p] += 1
+        with mdev.lock:
+            del free.items[-m:]
+            mdev.calloc += m
+        _zdd_set(Page(k, ram, int(back[0])), self)
+        ram.zone_device_data[back] = self._zdd_id
+        out = np.zeros(m, dtype=np.uint64)
+        for aid, where in groups.items():
+            a = free.arrays[aid]
+            idx = didx[where]
+            a.flags[idx] = np.uint32(PG_locked)
+            a.order[idx] = 0
+            a.head_off[idx] = 0
+            a.mapping[idx] = 0
+            a._mapcount[idx] = -1
+            a._refcount[idx] = 1
+            for i in idx.tolist():  # one pgmap per chunk, usually one chunk
+                page_pgmap(Page(k, a, i))._refs += 1
+            a.zone_device_data[idx] = back[where] + 1
+            swp_index = idx + (
+                a.base - DEVICE_PRIVATE_BASE if a.base >= DEVICE_PRIVATE_BASE else a.base
+            )
+            word = (swp_index.astype(np.uint64) << np.uint64(MIGRATE_PFN_SHIFT)) | np.uint64(
+                MIGRATE_PFN_VALID
+            )
+            if k.config.has("a"):
+                word |= np.uint64(MIGRATE_PFN_DEVICE_PRIVATE)
+            out[where] = word
+        out |= vals & np.uint64(MIGRATE_PFN_WRITE)
+        for i, v in zip(take.tolist(), out.tolist(), strict=True):
+            dst[i] = v
+        copies.to.extend(back[valid].tolist())
+        copies.frm.extend(spfn[valid].tolist())
+        copies.zero.extend(back[~valid].tolist())
+        return True
+
     def _alloc_and_copy(self, args, copies) -> None:
         k = self.mdevice.k
+        if self._alloc_and_copy_bulk(args, copies):
+            return
         src, dst = args.src, args.dst
         i = 0
         addr = args.start
