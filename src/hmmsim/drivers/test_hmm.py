@@ -60,7 +60,9 @@ from hmmsim.include.memremap import (
 )
 from hmmsim.include.migrate import (
     MIGRATE_PFN_COMPOUND,
+    MIGRATE_PFN_DEVICE_PRIVATE,
     MIGRATE_PFN_MIGRATE,
+    MIGRATE_PFN_SHIFT,
     MIGRATE_PFN_VALID,
     MIGRATE_PFN_WRITE,
     MIGRATE_VMA_SELECT_COMPOUND,
@@ -1127,11 +1129,57 @@ class dmirror:
             i += 1
             addr += PAGE_SIZE
 
+    def _finalize_and_map_bulk(self, args) -> bool:
+        """The mirror update of dmirror_migrate_finalize_and_map for a window
+        of order-0 device-private destinations (issue 7, not in the C): every
+        MIGRATE slot's mirror entry is its backing page, tagged writable as
+        its dst. True if done; call with the mutex held."""
+        from hmmsim.include.mm_types import PG_head
+
+        k = self.mdevice.k
+        if not k.fastpath or not self.mdevice.is_private_zone():
+            return False
+        n = (args.end - args.start) >> PAGE_SHIFT
+        sv = np.array([int(args.src[i]) for i in range(n)], dtype=np.uint64)
+        take = np.flatnonzero((sv & np.uint64(MIGRATE_PFN_MIGRATE)) != 0)
+        if len(take) < 8:
+            return False
+        dv = np.array([int(args.dst[i]) for i in take.tolist()], dtype=np.uint64)
+        if ((dv & np.uint64(MIGRATE_PFN_VALID)) == 0).any() or (
+            dv & np.uint64(MIGRATE_PFN_COMPOUND)
+        ).any():
+            return False
+        first = migrate_pfn_to_page(int(dv[0]), k=k)
+        if not is_device_private_page(first):
+            return False
+        a = first.a
+        pos = (dv >> np.uint64(MIGRATE_PFN_SHIFT)).astype(np.int64)
+        pos += first.i - int(pos[0])
+        flag = dv & np.uint64(MIGRATE_PFN_DEVICE_PRIVATE)
+        if (flag != flag[0]).any() or (pos < 0).any() or (pos >= a.nr).any():
+            return False
+        if (a.pgmap[pos] != a.pgmap[first.i]).any():
+            return False
+        back = a.zone_device_data[pos] - 1
+        ram = k.mem.ram.pages
+        if (back < 0).any() or (back >= ram.nr).any() or (ram.head_off[back] != 0).any():
+            return False
+        if (ram.flags[back] & np.uint32(PG_head)).any():
+            return False
+        tags = np.where((dv & np.uint64(MIGRATE_PFN_WRITE)) != 0, DPT_XA_TAG_WRITE, 0).tolist()
+        vpns = ((args.start >> PAGE_SHIFT) + take).tolist()
+        self.pt.update(
+            (v, (Page(k, ram, p), t)) for v, p, t in zip(vpns, back.tolist(), tags, strict=True)
+        )
+        return True
+
     def dmirror_migrate_finalize_and_map(self, args) -> int:
         k = self.mdevice.k
         start_pfn = args.start >> PAGE_SHIFT
         end_pfn = args.end >> PAGE_SHIFT
         with self.mutex:
+            if self._finalize_and_map_bulk(args):
+                return 0
             for i, vpn in enumerate(range(start_pfn, end_pfn)):
                 if not int(args.src[i]) & MIGRATE_PFN_MIGRATE:
                     continue
