@@ -1449,7 +1449,9 @@ def migrate_vma_collect_ptes_bulk(migrate, vma, ptep: int, addr: int, end: int) 
             page0 = k.softleaf_to_page(e0)
             dpa = page0.a
             # every device-private entry resolves like the first (one space, one range)
-            dpos = (off & u64(SWP_PFN_MASK)).astype(np.int64) + (page0.i - int(off[j0] & u64(SWP_PFN_MASK)))
+            dpos = (off & u64(SWP_PFN_MASK)).astype(np.int64) + (
+                page0.i - int(off[j0] & u64(SWP_PFN_MASK))
+            )
             dpos_ok = dev & (dpos >= 0) & (dpos < dpa.nr)
             pg = dpa.pgmap[np.where(dpos_ok, dpos, 0)]
             pgmap = k.pgmaps.get(int(dpa.pgmap[page0.i]))
