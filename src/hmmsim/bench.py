@@ -27,6 +27,7 @@ from hmmsim.drivers.test_hmm_uapi import (
     HMM_DMIRROR_SNAPSHOT,
     hmm_dmirror_cmd,
 )
+from hmmsim.include.hmm import hmm_range
 from hmmsim.include.mm_types import STRUCT_PAGE_BYTES
 from hmmsim.include.mman import (
     MADV_HUGEPAGE,
@@ -39,8 +40,22 @@ from hmmsim.include.mman import (
 )
 from hmmsim.kconfig import PAGE_SIZE, PMD_SIZE, KConfig
 from hmmsim.kernel import Kernel
+from hmmsim.mm.hmm import hmm_range_fault
+from hmmsim.mm.mmu_notifier import (
+    mmu_interval_notifier,
+    mmu_interval_notifier_insert,
+    mmu_interval_notifier_remove,
+    mmu_interval_read_begin,
+    mmu_interval_set_seq,
+)
 
 RW = PROT_READ | PROT_WRITE
+
+
+class _NoopNotifier:
+    def invalidate(self, mni, r, cur_seq: int) -> bool:
+        mmu_interval_set_seq(mni, cur_seq)
+        return True
 
 
 @dataclass
@@ -165,6 +180,11 @@ class Bench:
             size,
             _timed(lambda: self.ioctl(HMM_DMIRROR_SNAPSHOT, a, size, snap), self.repeat),
         )
+        self.add(
+            "hmm_range_fault (one call)",
+            size,
+            _timed(lambda: self.range_fault(a, size), self.repeat),
+        )
         mirror = np.zeros(size // 4, dtype=np.int32)
 
         def read():
@@ -175,7 +195,31 @@ class Bench:
         self.add("device READ (hmm_range_fault)", size, _timed(read, self.repeat))
         self.p.munmap(a, size)
 
+    def range_fault(self, a: int, size: int) -> None:
+        """One hmm_range_fault over [a, a + size) into a uint64 array, as a
+        driver calls it (interval notifier, read_begin, mmap_lock read), no
+        faulting: the walk itself, without dmirror's 32-page windows."""
+        mm = self.p.mm
+        mni = mmu_interval_notifier()
+        mmu_interval_notifier_insert(mni, mm, a, size, _NoopNotifier())
+        pfns = np.zeros(size // PAGE_SIZE, dtype=np.uint64)
+        r = hmm_range(notifier=mni, start=a, end=a + size, hmm_pfns=pfns)
+        try:
+            r.notifier_seq = mmu_interval_read_begin(mni)
+            mm.mmap_lock.down_read()
+            try:
+                ret = hmm_range_fault(r)
+            finally:
+                mm.mmap_lock.up_read()
+        finally:
+            mmu_interval_notifier_remove(mni)
+        if ret or not (pfns & np.uint64(self.k.hmm.HMM_PFN_VALID)).all():
+            raise RuntimeError(f"hmm_range_fault failed: {ret}")
+
     def faults(self, size: int) -> None:
+        if size not in self.copy_bound:  # capped below --size: its own bound
+            self.copy(size)
+
         def touch():
             a = self.p.mmap(0, size, RW, MAP_PRIVATE | MAP_ANONYMOUS)
             self.p.madvise(a, size, MADV_NOHUGEPAGE)
@@ -227,6 +271,7 @@ class Bench:
         return {
             "size": self.size,
             "repeat": self.repeat,
+            "fastpath": self.k.fastpath,
             "memory": self.memory(),
             "rows": [asdict(r) for r in self.rows],
         }

@@ -22,7 +22,12 @@ def _size(text: str) -> int:
 )
 @click.option("--repeat", default=3, show_default=True, type=click.IntRange(1))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def bench_command(size: str, repeat: int, as_json: bool) -> None:
+@click.option(
+    "--no-fastpath",
+    is_flag=True,
+    help="Run the per-entry code only (Kernel.fastpath off), to compare with the bulk paths.",
+)
+def bench_command(size: str, repeat: int, as_json: bool, no_fastpath: bool) -> None:
     """Measure migration, hmm_range_fault, faults and fork against a NumPy copy."""
     from rich.console import Console
     from rich.progress import Progress
@@ -34,6 +39,7 @@ def bench_command(size: str, repeat: int, as_json: bool) -> None:
         b = Bench(_size(size), repeat)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+    b.k.fastpath = not no_fastpath
     tasks = b.tasks()
     err = Console(stderr=True)
     with Progress(console=err, transient=True, disable=as_json) as progress:

@@ -82,6 +82,7 @@ class Kernel:
         self.pgmaps: dict[int, object] = {}
         self.devices: dict[str, object] = {}
         self.tmpfs: dict[str, object] = {}
+        self._fastpath = True
         self.thp_enabled = "madvise"
         self.thp_use_zero_page = True
         self.mem = PhysMem(self, cfg.nr_ram_pages)
@@ -94,6 +95,28 @@ class Kernel:
 
         self.iomem = IomemSpace(self, cfg.phys_addr_bits)
         self.device_private_space = DevicePrivateSpace(self)
+
+    @property
+    def fastpath(self) -> bool:
+        """Whether the bulk NumPy passes may run (issue 7).
+
+        They replace per-entry loops only where every entry takes the common
+        path; the per-entry code is the specification (tests set this False
+        to compare the two). They never run while a known bug is put back, a
+        fault is being injected, or a testing scheduler interleaves threads:
+        mutant sites, injection sites and scheduler points all live on the
+        per-entry path, and a bulk pass would step over them.
+        """
+        return (
+            self._fastpath
+            and not self.bugs
+            and self.fault_inject is None
+            and type(self.sched) is Scheduler
+        )
+
+    @fastpath.setter
+    def fastpath(self, on: bool) -> None:
+        self._fastpath = bool(on)
 
     def __repr__(self) -> str:
         f = "".join(sorted(self.config.features)) or "-"

@@ -61,7 +61,9 @@ from hmmsim.include.memremap import (
 )
 from hmmsim.include.migrate import (
     MIGRATE_PFN_COMPOUND,
+    MIGRATE_PFN_DEVICE_PRIVATE,
     MIGRATE_PFN_MIGRATE,
+    MIGRATE_PFN_SHIFT,
     MIGRATE_PFN_VALID,
     MIGRATE_PFN_WRITE,
     MIGRATE_VMA_SELECT_COMPOUND,
@@ -75,7 +77,6 @@ from hmmsim.include.mm_types import (
     Page,
     folio_nr_pages,
     folio_order,
-    folio_page,
     folio_put,
     page_folio,
 )
@@ -185,6 +186,54 @@ def driver_folio_put(folio) -> None:
     folio_put(folio)
 
 
+class _FrameCopies:
+    """The driver's one-page copies into its new pages, done as one gather.
+
+    copy(to, frm) is `frame(to)[:] = frame(frm)` (frm None: zero-fill). With
+    Kernel.fastpath and both pages in system RAM the copy is queued and
+    flush() does every queued one with one fancy-indexed copy; that is the
+    same bytes because the queued destinations are distinct fresh pages that
+    nothing reads or writes before the flush (the callers flush before they
+    return, also on errors). Not in the C (issue 7).
+    """
+
+    __slots__ = ("k", "ram", "to", "frm", "zero")
+
+    def __init__(self, k) -> None:
+        self.k = k
+        self.ram = k.mem.ram
+        self.to: list[int] = []
+        self.frm: list[int] = []
+        self.zero: list[int] = []
+
+    def copy(self, to: Page, frm: Page | None) -> None:
+        ram = self.ram.pages
+        if self.k.fastpath and to.a is ram and (frm is None or frm.a is ram):
+            if frm is None:
+                self.zero.append(to.i)
+            else:
+                self.to.append(to.i)
+                self.frm.append(frm.i)
+            return
+        _frame(to)[:] = _frame(frm) if frm is not None else 0
+
+    def copy_pfn(self, to: int, frm: int) -> None:
+        nr = self.ram.pages.nr
+        if self.k.fastpath and 0 <= to < nr and 0 <= frm < nr:
+            self.to.append(to)
+            self.frm.append(frm)
+            return
+        self.k.mem.frame(to)[:] = self.k.mem.frame(frm)
+
+    def flush(self) -> None:
+        frames = self.ram.frames
+        if self.to:
+            frames[self.to] = frames[self.frm]
+        if self.zero:
+            frames[self.zero] = 0
+        self.to, self.frm, self.zero = [], [], []
+
+
 class dmirror_bounce:
     __slots__ = ("ptr", "size", "addr", "cpages")
 
@@ -268,6 +317,11 @@ class _FreeList:
         v = self.items.pop()
         self._low = min(self._low, len(self.items))
         return Page(self.k, self.arrays[v >> 32], v & 0xFFFFFFFF)
+
+    def drop_last(self, m: int) -> None:
+        """Forget the last m items (what m pops take, without the Page objects)."""
+        del self.items[len(self.items) - m :]
+        self._low = min(self._low, len(self.items))
 
     def __getitem__(self, n: int) -> Page:
         v = self.items[n]
@@ -447,6 +501,8 @@ class dmirror_device:
                 return ret, None
             devmem.mdevice = self
             pgmap._chunk = devmem
+            # not in the C: the model's batch form of folio_free (issue 7)
+            pgmap._folio_free_bulk = self.dmirror_devmem_free_bulk
             self.devmem_chunks.append(devmem)
         r = pgmap._ranges[0]
         with self.lock:
@@ -516,6 +572,46 @@ class dmirror_device:
                     self.free_folios.append(page)
                 else:
                     self.free_pages.append(page)
+
+    def dmirror_devmem_free_bulk(self, a, idx) -> bool:
+        """dmirror_devmem_free of order-0 device pages a[idx], in order (issue 7).
+
+        Only where each is a device-private page of a live chunk backed by an
+        order-0 system page that the driver alone references: the backing
+        pages are put (and freed in order), the device pages go on the free
+        list in order. False (nothing done) otherwise.
+        """
+        import numpy as np
+
+        from hmmsim.include.mm_types import PG_head
+
+        k = self.k
+        if not k.fastpath or not self.is_private_zone():
+            return False
+        zdd = a.zone_device_data[idx]
+        ram = k.mem.ram.pages
+        back = zdd - 1
+        if (zdd <= 0).any() or (back >= ram.nr).any() or len(np.unique(back)) != len(back):
+            return False
+        if (ram.flags[back] & np.uint32(PG_head)).any() or (ram._refcount[back] != 1).any():
+            return False
+        refs = k.driver_refs
+        if any(refs[p] < 1 for p in back.tolist()):
+            return False
+        pgmap = page_pgmap(Page(k, a, int(idx[0])))
+        if pgmap._chunk.remove:
+            return False
+        for p in back.tolist():  # driver_folio_put(), then the puts below
+            refs[p] -= 1
+            if not refs[p]:
+                del refs[p]
+        ram._refcount[back] = 0
+        k.mem.free_folios_order0(back)
+        a.zone_device_data[idx] = 0
+        with self.lock:
+            self.cfree += len(idx)
+            self.free_pages.extend_indices(a, idx.tolist())
+        return True
 
     def dmirror_devmem_folio_split(self, head, tail) -> None:
         """dev_pagemap_ops.folio_split: give each new tail its backing subpage."""
@@ -732,9 +828,12 @@ class dmirror_device:
         return MIGRATE_VMA_SELECT_DEVICE_COHERENT
 
 
-def _frames_of(page: Page, n: int) -> np.ndarray:
+def _frames_of(page: Page, n: int) -> np.ndarray | None:
+    """The frames of n pages from page on, or None if they have no linear map."""
     k = page.k
     r = k.mem.range_of(page.pfn)
+    if r is None or r.frames is None:
+        return None
     base = page.pfn - r.base
     return r.frames[base : base + n]
 
@@ -787,6 +886,27 @@ class dmirror:
     # --- device reads/writes through the mirror ---------------------------------------------
     def dmirror_do_read(self, start: int, end: int, bounce: dmirror_bounce) -> int:
         off = (start - bounce.addr) & PAGE_MASK
+        k = self.mdevice.k
+        if k.fastpath and end - start > PAGE_SIZE:
+            # the leading run of mirrored system RAM pages in one gather copy
+            # (the loop below would copy the same frames one by one)
+            ram = k.mem.ram
+            idx = []
+            for vpn in range(start >> PAGE_SHIFT, end >> PAGE_SHIFT):
+                entry = self.pt.get(vpn)
+                if entry is None or entry[0].a is not ram.pages:
+                    break
+                idx.append(entry[0].i)
+            m = len(idx)
+            if m and off + m * PAGE_SIZE <= bounce.ptr.size:
+                out = bounce.ptr[off : off + m * PAGE_SIZE].reshape(m, PAGE_SIZE)
+                pos = np.asarray(idx)
+                cuts = [0, *(np.flatnonzero(np.diff(pos) != 1) + 1).tolist(), m]
+                for s, e in zip(cuts, cuts[1:], strict=False):  # runs of consecutive frames
+                    out[s:e] = ram.frames[idx[s] : idx[s] + e - s]
+                off += m * PAGE_SIZE
+                bounce.cpages += m
+                start += m << PAGE_SHIFT
         for vpn in range(start >> PAGE_SHIFT, end >> PAGE_SHIFT):
             entry = self.pt.get(vpn)
             if entry is None:
@@ -920,6 +1040,113 @@ class dmirror:
     # --- migration ---------------------------------------------------------------------------
     def dmirror_migrate_alloc_and_copy(self, args) -> None:
         k = self.mdevice.k
+        copies = _FrameCopies(k)
+        try:
+            self._alloc_and_copy(args, copies)
+        finally:
+            copies.flush()
+
+    def _alloc_and_copy_bulk(self, args, copies) -> bool:
+        """_alloc_and_copy for a window of order-0 system pages and holes.
+
+        Not in the C (issue 7). Only with the default scheduler, a
+        device-private mirror, no injected allocation failure, no compound
+        slot, every source a system RAM page (or a hole), enough free system
+        pages and enough free device pages on the free list, none of them
+        still referenced. Then, as one dmirror_devmem_alloc_page per slot in
+        order: a backing page from alloc_pages_order0_bulk (the same PFNs),
+        registered as a driver reference and owned by this mirror; the device
+        page popped from the free list, initialised (ref 1, locked) and
+        pointed at its backing page; dst = its migrate PFN | WRITE as the
+        source had; the source's bytes (or zeros) queued for copying.
+        """
+        from hmmsim.include.migrate import MIGRATE_PFN_DEVICE_PRIVATE, MIGRATE_PFN_SHIFT
+        from hmmsim.include.mm_types import PG_locked
+        from hmmsim.kconfig import DEVICE_PRIVATE_BASE
+        from hmmsim.locking import Scheduler
+
+        k = self.mdevice.k
+        mdev = self.mdevice
+        if (
+            not k.fastpath
+            or type(k.sched) is not Scheduler
+            or self.flags & HMM_DMIRROR_FLAG_FAIL_ALLOC
+            or not mdev.is_private_zone()
+        ):
+            return False
+        n = (args.end - args.start) >> PAGE_SHIFT
+        src, dst = args.src, args.dst
+        sv = np.array([int(src[i]) for i in range(n)], dtype=np.uint64)
+        take = np.flatnonzero((sv & np.uint64(MIGRATE_PFN_MIGRATE)) != 0)
+        m = len(take)
+        if m < 8 or (sv & np.uint64(MIGRATE_PFN_COMPOUND)).any():
+            return False
+        vals = sv[take]
+        valid = (vals & np.uint64(MIGRATE_PFN_VALID)) != 0
+        spfn = (vals >> np.uint64(MIGRATE_PFN_SHIFT)).astype(np.int64)
+        ram = k.mem.ram.pages
+        if (vals[valid] & np.uint64(MIGRATE_PFN_DEVICE_PRIVATE)).any() or (
+            spfn[valid] >= ram.nr
+        ).any():
+            return False  # a source outside system RAM: the per-slot path decides
+        free = mdev.free_pages
+        if len(free) < m or k.mem.nr_free < m:
+            return False
+        items = free.items[-m:][::-1]  # what m pops return, in order
+        groups: dict[int, list[int]] = {}
+        for pos, v in enumerate(items):
+            groups.setdefault(v >> 32, []).append(pos)
+        didx = np.array([v & 0xFFFFFFFF for v in items], dtype=np.int64)
+        for aid, where in groups.items():
+            a = free.arrays[aid]
+            if (a._refcount[didx[where]] != 0).any() or any(
+                page_pgmap(Page(k, a, i))._killed for i in didx[where].tolist()
+            ):
+                return False  # zone_device_page_init would warn
+        back = k.mem.alloc_pages_order0_bulk(m)
+        if back is None:
+            return False
+        for p in back.tolist():  # folio_alloc(): the driver's reference
+            k.driver_refs[p] += 1
+        with mdev.lock:
+            free.drop_last(m)
+            mdev.calloc += m
+        _zdd_set(Page(k, ram, int(back[0])), self)
+        ram.zone_device_data[back] = self._zdd_id
+        out = np.zeros(m, dtype=np.uint64)
+        for aid, where in groups.items():
+            a = free.arrays[aid]
+            idx = didx[where]
+            a.flags[idx] = np.uint32(PG_locked)
+            a.order[idx] = 0
+            a.head_off[idx] = 0
+            a.mapping[idx] = 0
+            a._mapcount[idx] = -1
+            a._refcount[idx] = 1
+            for i in idx.tolist():  # one pgmap per chunk, usually one chunk
+                page_pgmap(Page(k, a, i))._refs += 1
+            a.zone_device_data[idx] = back[where] + 1
+            swp_index = idx + (
+                a.base - DEVICE_PRIVATE_BASE if a.base >= DEVICE_PRIVATE_BASE else a.base
+            )
+            word = (swp_index.astype(np.uint64) << np.uint64(MIGRATE_PFN_SHIFT)) | np.uint64(
+                MIGRATE_PFN_VALID
+            )
+            if k.config.has("a"):
+                word |= np.uint64(MIGRATE_PFN_DEVICE_PRIVATE)
+            out[where] = word
+        out |= vals & np.uint64(MIGRATE_PFN_WRITE)
+        for i, v in zip(take.tolist(), out.tolist(), strict=True):
+            dst[i] = v
+        copies.to.extend(back[valid].tolist())
+        copies.frm.extend(spfn[valid].tolist())
+        copies.zero.extend(back[~valid].tolist())
+        return True
+
+    def _alloc_and_copy(self, args, copies) -> None:
+        k = self.mdevice.k
+        if self._alloc_and_copy_bulk(args, copies):
+            return
         src, dst = args.src, args.dst
         i = 0
         addr = args.start
@@ -988,18 +1215,61 @@ class dmirror:
                 i += 1
                 addr += PAGE_SIZE
                 continue
-            if spage is not None:
-                _frame(rpage)[:] = _frame(spage)
-            else:
-                _frame(rpage)[:] = 0
+            copies.copy(rpage, spage)
             i += 1
             addr += PAGE_SIZE
+
+    def _finalize_and_map_bulk(self, args) -> bool:
+        """The mirror update of dmirror_migrate_finalize_and_map for a window
+        of order-0 device-private destinations (issue 7, not in the C): every
+        MIGRATE slot's mirror entry is its backing page, tagged writable as
+        its dst. True if done; call with the mutex held."""
+        from hmmsim.include.mm_types import PG_head
+
+        k = self.mdevice.k
+        if not k.fastpath or not self.mdevice.is_private_zone():
+            return False
+        n = (args.end - args.start) >> PAGE_SHIFT
+        sv = np.array([int(args.src[i]) for i in range(n)], dtype=np.uint64)
+        take = np.flatnonzero((sv & np.uint64(MIGRATE_PFN_MIGRATE)) != 0)
+        if len(take) < 8:
+            return False
+        dv = np.array([int(args.dst[i]) for i in take.tolist()], dtype=np.uint64)
+        if ((dv & np.uint64(MIGRATE_PFN_VALID)) == 0).any() or (
+            dv & np.uint64(MIGRATE_PFN_COMPOUND)
+        ).any():
+            return False
+        first = migrate_pfn_to_page(int(dv[0]), k=k)
+        if not is_device_private_page(first):
+            return False
+        a = first.a
+        pos = (dv >> np.uint64(MIGRATE_PFN_SHIFT)).astype(np.int64)
+        pos += first.i - int(pos[0])
+        flag = dv & np.uint64(MIGRATE_PFN_DEVICE_PRIVATE)
+        if (flag != flag[0]).any() or (pos < 0).any() or (pos >= a.nr).any():
+            return False
+        if (a.pgmap[pos] != a.pgmap[first.i]).any():
+            return False
+        back = a.zone_device_data[pos] - 1
+        ram = k.mem.ram.pages
+        if (back < 0).any() or (back >= ram.nr).any() or (ram.head_off[back] != 0).any():
+            return False
+        if (ram.flags[back] & np.uint32(PG_head)).any():
+            return False
+        tags = np.where((dv & np.uint64(MIGRATE_PFN_WRITE)) != 0, DPT_XA_TAG_WRITE, 0).tolist()
+        vpns = ((args.start >> PAGE_SHIFT) + take).tolist()
+        self.pt.update(
+            (v, (Page(k, ram, p), t)) for v, p, t in zip(vpns, back.tolist(), tags, strict=True)
+        )
+        return True
 
     def dmirror_migrate_finalize_and_map(self, args) -> int:
         k = self.mdevice.k
         start_pfn = args.start >> PAGE_SHIFT
         end_pfn = args.end >> PAGE_SHIFT
         with self.mutex:
+            if self._finalize_and_map_bulk(args):
+                return 0
             for i, vpn in enumerate(range(start_pfn, end_pfn)):
                 if not int(args.src[i]) & MIGRATE_PFN_MIGRATE:
                     continue
@@ -1013,8 +1283,8 @@ class dmirror:
                 rpage = BACKING_PAGE(dpage)
                 rfolio = page_folio(rpage)
                 tag = DPT_XA_TAG_WRITE if dv & MIGRATE_PFN_WRITE else 0
-                for j in range(nr):
-                    self.pt[vpn + j] = (folio_page(rfolio, j), tag)
+                ra, ri = rfolio.a, rfolio.i
+                self.pt.update({vpn + j: (Page(k, ra, ri + j), tag) for j in range(nr)})
         return 0
 
     def _windows(self, cmd):
@@ -1072,7 +1342,79 @@ class dmirror:
 
     def dmirror_devmem_fault_alloc_and_copy(self, args) -> int:
         """Allocate system pages for device pages leaving and copy them (0 or VM_FAULT_OOM)."""
+        copies = _FrameCopies(self.mdevice.k)
+        try:
+            return self._fault_alloc_and_copy(args, copies)
+        finally:
+            copies.flush()
+
+    def _fault_alloc_and_copy_bulk(self, args, copies) -> bool:
+        """_fault_alloc_and_copy for a window of order-0 device-private pages.
+
+        Not in the C (issue 7). Only with the default scheduler, no injected
+        allocation failure, enough free pages, and every MIGRATE source an
+        order-0 device-private page of one range with an order-0 backing
+        page. Then, as the per-slot loop: one new locked system page per
+        source, in allocation order (alloc_pages_order0_bulk), dst =
+        migrate_pfn | WRITE as the source had, the mirror's entry dropped,
+        the backing page's bytes copied (queued on `copies`). True if done.
+        """
+        from hmmsim.include.migrate import MIGRATE_PFN_DEVICE_PRIVATE, MIGRATE_PFN_SHIFT
+        from hmmsim.include.mm_types import PG_head, PG_locked
+        from hmmsim.locking import Scheduler
+
         k = self.mdevice.k
+        if (
+            not k.fastpath
+            or type(k.sched) is not Scheduler
+            or self.flags & HMM_DMIRROR_FLAG_FAIL_ALLOC
+            or not self.mdevice.is_private_zone()
+        ):
+            return False
+        n = (args.end - args.start) >> PAGE_SHIFT
+        src, dst = args.src, args.dst
+        sv = np.array([int(src[i]) for i in range(n)], dtype=np.uint64)
+        need = np.uint64(MIGRATE_PFN_VALID | MIGRATE_PFN_MIGRATE)
+        take = np.flatnonzero((sv & need) == need)
+        if len(take) < 8:
+            return False
+        vals = sv[take]
+        first = migrate_pfn_to_page(int(vals[0]), k=k)
+        if not is_device_private_page(first):
+            return False
+        dp = vals & np.uint64(MIGRATE_PFN_DEVICE_PRIVATE)
+        if (dp != dp[0]).any():
+            return False
+        a = first.a
+        pos = (vals >> np.uint64(MIGRATE_PFN_SHIFT)).astype(np.int64)
+        pos += first.i - int(pos[0])
+        if (pos < 0).any() or (pos >= a.nr).any() or (a.pgmap[pos] != a.pgmap[first.i]).any():
+            return False
+        back = a.zone_device_data[pos] - 1
+        ram = k.mem.ram.pages
+        if (back < 0).any() or (back >= ram.nr).any():
+            return False
+        if (ram.flags[back] & np.uint32(PG_head)).any() or (ram.head_off[back] != 0).any():
+            return False
+        new = k.mem.alloc_pages_order0_bulk(len(take))
+        if new is None:
+            return False
+        ram.flags[new] |= np.uint32(PG_locked)  # folio_lock() of a fresh page
+        d = (new.astype(np.uint64) << np.uint64(MIGRATE_PFN_SHIFT)) | np.uint64(MIGRATE_PFN_VALID)
+        d |= vals & np.uint64(MIGRATE_PFN_WRITE)
+        for i, v in zip(take.tolist(), d.tolist(), strict=True):
+            dst[i] = v
+        base = args.start >> PAGE_SHIFT
+        for i in take.tolist():
+            self.pt.pop(base + i, None)
+        copies.to.extend(new.tolist())
+        copies.frm.extend(back.tolist())
+        return True
+
+    def _fault_alloc_and_copy(self, args, copies) -> int:
+        k = self.mdevice.k
+        if self._fault_alloc_and_copy_bulk(args, copies):
+            return 0
         src, dst = args.src, args.dst
         i = 0
         addr = args.start
@@ -1107,6 +1449,17 @@ class dmirror:
                 folio_lock(dpage)
                 d |= migrate_pfn(dpage.pfn)
             dst[i] = d
+            n = 1 << order
+            to = _frames_of(dpage, n) if dpage is not None and order and k.fastpath else None
+            frm = _frames_of(spage, n) if to is not None else None
+            if to is not None and frm is not None and len(to) == len(frm) == n:
+                # a whole destination folio: one block copy (same bytes as the loop)
+                for j in range(n):
+                    self.pt.pop((addr >> PAGE_SHIFT) + j, None)
+                to[:] = frm
+                addr += n * PAGE_SIZE
+                i += n
+                continue
             for j in range(1 << order):
                 if dpage is None and order:
                     small = k.mem.alloc_pages(0)
@@ -1126,7 +1479,7 @@ class dmirror:
                     dst_pfn = dpage.pfn + j
                 self.pt.pop(addr >> PAGE_SHIFT, None)
                 addr += PAGE_SIZE
-                k.mem.frame(dst_pfn)[:] = k.mem.frame(spage.pfn + j)
+                copies.copy_pfn(dst_pfn, spage.pfn + j)
             i += 1 << order
         return 0
 
@@ -1244,6 +1597,36 @@ class dmirror:
             perm |= HMM_DMIRROR_PROT_PUD
         return perm
 
+    def dmirror_mkentries(self, entries, n: int) -> np.ndarray:
+        """dmirror_mkentry of entries[:n], system RAM pages in one NumPy pass.
+
+        A valid, non-error word naming a RAM PFN other than the zero page is
+        a plain system page: NONE | READ or WRITE | PMD/PUD by its order,
+        exactly what dmirror_mkentry gives. Every other word goes through
+        dmirror_mkentry. Not in the C (issue 7's fast path).
+        """
+        k = self.mdevice.k
+        if not k.fastpath:
+            return np.array([self.dmirror_mkentry(int(entries[i])) for i in range(n)], np.uint8)
+        L = k.hmm
+        w = np.array(entries[:n], dtype=np.uint64)
+        pfn = w & np.uint64((1 << L.HMM_PFN_ORDER_SHIFT) - 1)
+        ram = (
+            ((w & np.uint64(L.HMM_PFN_VALID)) != 0)
+            & ((w & np.uint64(L.HMM_PFN_ERROR | L.HMM_PFN_DEVICE_PRIVATE)) == 0)
+            & (pfn < np.uint64(k.mem.ram.pages.nr))
+            & (pfn != np.uint64(k.mem.zero_pfn))
+        )
+        order = ((w >> np.uint64(L.HMM_PFN_ORDER_SHIFT)) & np.uint64(0x1F)).astype(np.int64)
+        perm = np.where((w & np.uint64(L.HMM_PFN_WRITE)) != 0, HMM_DMIRROR_PROT_WRITE, 0)
+        perm |= np.where((w & np.uint64(L.HMM_PFN_WRITE)) == 0, HMM_DMIRROR_PROT_READ, 0)
+        perm |= np.where(order + PAGE_SHIFT == PMD_SHIFT, HMM_DMIRROR_PROT_PMD, 0)
+        perm |= np.where(order + PAGE_SHIFT == PUD_SHIFT, HMM_DMIRROR_PROT_PUD, 0)
+        perm = perm.astype(np.uint8)
+        for j in np.flatnonzero(~ram).tolist():
+            perm[j] = self.dmirror_mkentry(int(entries[j]))
+        return perm
+
     def dmirror_range_snapshot(self, r: hmm_range, perm: np.ndarray) -> int:
         mm = self.notifier.mm
         snap = _SnapshotNotifier(self)
@@ -1268,8 +1651,7 @@ class dmirror:
                     self.mutex.unlock()
                     continue
                 n = (r.end - r.start) >> PAGE_SHIFT
-                for i in range(n):
-                    perm[i] = self.dmirror_mkentry(int(r.hmm_pfns[i]))
+                perm[:n] = self.dmirror_mkentries(r.hmm_pfns, n)
                 self.mutex.unlock()
                 return 0
             return -EBUSY

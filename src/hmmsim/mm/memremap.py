@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import bisect
 
+import numpy as np
+
 from hmmsim.bug import KernelBug
 from hmmsim.errno import EINVAL, ENOMEM, ENXIO, ERANGE
 from hmmsim.include.memremap import (
@@ -316,17 +318,18 @@ def zone_device_page_init(page: Page, pgmap: dev_pagemap, order: int = 0) -> Non
     n = 1 << order
     if pgmap._killed:
         k.warn(f"zone_device_page_init: {pgmap!r} is being unmapped")
-    for j in range(n):
-        if a._refcount[i + j]:
-            k.warn(f"zone_device_page_init: page {page.pfn + j:#x} has references")
-        if "stale_order_on_reuse" in k.bugs:
-            continue  # mutant (kernel-reference 9.17): the old folio's state is kept
-        a.flags[i + j] = 0
-        a.order[i + j] = 0
-        a.head_off[i + j] = 0
+    sl = slice(i, i + n)
+    for j in np.flatnonzero(a._refcount[sl]).tolist():
+        k.warn(f"zone_device_page_init: page {page.pfn + j:#x} has references")
+    if (
+        "stale_order_on_reuse" not in k.bugs
+    ):  # mutant (kernel-reference 9.17) keeps the old folio's state
+        a.flags[sl] = 0
+        a.order[sl] = 0
+        a.head_off[sl] = 0
         if "stale_mapping_on_free" not in k.bugs:
-            a.mapping[i + j] = 0
-        a._mapcount[i + j] = -1
+            a.mapping[sl] = 0
+        a._mapcount[sl] = -1
     pgmap._refs += n
     a._refcount[i] = 1
     a.flags[i] |= PG_locked
@@ -346,14 +349,14 @@ def free_zone_device_folio(folio: Page) -> None:
     pgmap = page_pgmap(folio)
     a, i = folio.a, folio.i
     n = folio_nr_pages(folio)
+    sl = slice(i, i + n) if n > 1 else i  # scalar stores for one page
     if folio_test_anon(folio):
         from hmmsim.include.mm_types import PG_anon_exclusive
 
-        for j in range(n):
-            a.flags[i + j] &= ~PG_anon_exclusive & 0xFFFFFFFF
+        a.flags[sl] &= ~PG_anon_exclusive & 0xFFFFFFFF
     if "stale_mapping_on_free" not in k.bugs:  # mutant: the 2019 free kept the mapping
-        a.mapping[i : i + n] = 0
-    if (a._mapcount[i : i + n] != -1).any():
+        a.mapping[sl] = 0
+    if (a._mapcount[sl] != -1).any():
         raise KernelBug(f"free_zone_device_folio: freeing mapped device page {folio!r}")
     if pgmap.type in (MEMORY_DEVICE_PRIVATE, MEMORY_DEVICE_COHERENT):
         if pgmap.ops is None or pgmap.ops.folio_free is None:
@@ -361,6 +364,46 @@ def free_zone_device_folio(folio: Page) -> None:
         pgmap.ops.folio_free(folio)
         pgmap._refs -= n
         k.sched.point("release", pgmap)  # wakes memunmap_pages
+
+
+def free_zone_device_folios_order0(k, a, idx) -> None:
+    """free_zone_device_folio() of order-0 device folios a[idx], in order.
+
+    Issue 7: with one pgmap whose driver offers a batch folio_free (the
+    model-only pgmap._folio_free_bulk(arrays, indices), False if it declines), the
+    struct-page resets are one store per column and the driver frees the
+    batch in order; otherwise (or if the driver declines) each folio goes
+    through free_zone_device_folio. Context: the default scheduler (the
+    per-folio release points are not visited).
+    """
+    from hmmsim.include.mm_types import PG_anon_exclusive, PG_head
+
+    pg = a.pgmap[idx]
+    pgmap = k.pgmaps.get(int(pg[0])) if len(idx) else None
+    bulk = getattr(pgmap, "_folio_free_bulk", None)
+    if (
+        bulk is None
+        or (pg != pg[0]).any()
+        or pgmap.type not in (MEMORY_DEVICE_PRIVATE, MEMORY_DEVICE_COHERENT)
+        or (a.flags[idx] & np.uint32(PG_head)).any()
+        or (a.head_off[idx] != 0).any()
+        or (a._mapcount[idx] != -1).any()
+    ):
+        for i in idx.tolist():
+            k.free_zone_device_folio(Page(k, a, i))
+        return
+    fl = a.flags[idx]
+    anon = (a.mapping[idx] & np.uint32(1)) != 0
+    a.flags[idx] = np.where(anon, fl & ~np.uint32(PG_anon_exclusive), fl)
+    m = a.mapping[idx].copy()
+    a.mapping[idx] = 0
+    if not bulk(a, idx):
+        a.flags[idx] = fl  # undo: the per-folio path redoes it in order
+        a.mapping[idx] = m
+        for i in idx.tolist():
+            k.free_zone_device_folio(Page(k, a, i))
+        return
+    pgmap._refs -= len(idx)
 
 
 class KernelOopsMissingOp(KernelBug):

@@ -13,9 +13,49 @@ to run it is a deadlock (KernelBug), never a busy spin.
 from __future__ import annotations
 
 from hmmsim.bug import KernelBug
-from hmmsim.include.mm_types import page_folio
+from hmmsim.include.migrate import (
+    MIGRATE_PFN_DEVICE_PRIVATE,
+    MIGRATE_PFN_SHIFT,
+    MIGRATE_PFN_VALID,
+)
+from hmmsim.include.mm_types import (
+    folio_get,
+    folio_nr_pages,
+    folio_page,
+    page_folio,
+)
+from hmmsim.include.pgtable import (
+    _PAGE_UFFD_WP,
+    pfn_pte,
+    pmd_none,
+    pmd_present,
+    pte_mkdirty,
+    pte_mkold,
+    pte_mksoft_dirty,
+    pte_mkwrite_novma,
+    pte_mkyoung,
+    pte_swp_mksoft_dirty,
+    pte_swp_mkuffd_wp,
+    pte_swp_soft_dirty,
+    pte_swp_uffd_wp,
+    pte_wrprotect,
+)
+from hmmsim.kconfig import HPAGE_PMD_NR, PAGE_SIZE, PMD_MASK, PMD_SIZE
 from hmmsim.locking import folio_wait_locked
-from hmmsim.mm.pgtable import pmdp_get, pte_offset_map, ptep_get, set_pte_at
+from hmmsim.mm.memremap import (
+    DEVICE_PRIVATE_BASE,
+    device_private_offset_to_page,
+    folio_is_device_private,
+    is_device_private_page,
+)
+from hmmsim.mm.pgtable import (
+    pmd_offset,
+    pmdp_get,
+    pte_lockptr,
+    pte_offset_map,
+    ptep_get,
+    set_pte_at,
+)
 
 
 def softleaf_entry_wait_on_locked(k, entry: int, ptl=None) -> None:
@@ -54,19 +94,16 @@ def pmd_migration_entry_wait(mm, pmdp: int) -> None:
 
 # --- migrate PFNs (include/linux/migrate.h helpers that need struct pages) ------------------
 def migrate_pfn(pfn: int) -> int:
-    from hmmsim.include.migrate import MIGRATE_PFN_SHIFT, MIGRATE_PFN_VALID
-
     return (pfn << MIGRATE_PFN_SHIFT) | MIGRATE_PFN_VALID
 
 
 def page_swp_index(page) -> int:
     """What entries naming `page` carry: its PFN, or with series (c) and a
     device-private page, its device-private offset."""
-    from hmmsim.mm.memremap import device_private_page_to_offset, is_dp_index_space_page
-
-    if is_dp_index_space_page(page):
-        return device_private_page_to_offset(page)
-    return page.pfn
+    a = page.a
+    if a.base >= DEVICE_PRIVATE_BASE:  # is_dp_index_space_page()
+        return a.base + page.i - DEVICE_PRIVATE_BASE  # device_private_page_to_offset()
+    return a.base + page.i
 
 
 def migrate_pfn_from_page(page) -> int:
@@ -75,39 +112,27 @@ def migrate_pfn_from_page(page) -> int:
     The flag marks device-private pages only, never MEMORY_DEVICE_COHERENT
     ones (their PFNs are real): the review point of seed thread (a).
     """
-    from hmmsim.include.migrate import MIGRATE_PFN_DEVICE_PRIVATE
-    from hmmsim.mm.memremap import is_device_private_page, is_zone_device_page
-
     v = migrate_pfn(page_swp_index(page))
-    if page.k.config.has("a") and is_device_private_page(page):
+    if page.a.pgmap[page.i] and page.k.config.has("a") and is_device_private_page(page):
         v |= MIGRATE_PFN_DEVICE_PRIVATE
     elif page.k.config.has("a") and "coherent_device_private_flag" in page.k.bugs:
         # mutant (kernel-reference 9.3): series (a) v1 flagged every zone-device page
-        if is_zone_device_page(page):
+        if page.a.pgmap[page.i]:  # is_zone_device_page
             v |= MIGRATE_PFN_DEVICE_PRIVATE
     return v
 
 
 def migrate_pfn_to_page(mpfn: int, *, k):
     """The page a src/dst slot names, None without MIGRATE_PFN_VALID."""
-    from hmmsim.include.migrate import (
-        MIGRATE_PFN_DEVICE_PRIVATE,
-        MIGRATE_PFN_SHIFT,
-        MIGRATE_PFN_VALID,
-    )
-    from hmmsim.mm.memremap import device_private_offset_to_page
-
     if not mpfn & MIGRATE_PFN_VALID:
         return None
     idx = mpfn >> MIGRATE_PFN_SHIFT
-    if k.config.has("c") and mpfn & MIGRATE_PFN_DEVICE_PRIVATE:
+    if mpfn & MIGRATE_PFN_DEVICE_PRIVATE and k.config.has("c"):
         return device_private_offset_to_page(idx, k=k)
     return k.mem.pfn_to_page(idx)
 
 
 def index_to_page(k, idx: int, device_private: bool = False):
-    from hmmsim.mm.memremap import device_private_offset_to_page
-
     if device_private and k.config.has("c"):
         return device_private_offset_to_page(idx, k=k)
     return k.mem.pfn_to_page(idx)
@@ -126,8 +151,6 @@ def make_migration_entry_for(
     page, write: bool, anon_exclusive: bool, young: bool = False, dirty: bool = False
 ) -> int:
     """The migration entry for page; the device-private variant under series (b)."""
-    from hmmsim.mm.memremap import is_device_private_page
-
     k = page.k
     swp = k.swp
     idx = page_swp_index(page)
@@ -190,9 +213,8 @@ def folio_migrate_mapping(mapping, newfolio, folio, extra_count: int) -> int:
         return -EAGAIN
     n = folio_nr_pages(folio)
     a, i, na, ni = folio.a, folio.i, newfolio.a, newfolio.i
-    for j in range(n):
-        na.index[ni + j] = a.index[i + j]
-        na.mapping[ni + j] = a.mapping[i + j]
+    na.index[ni : ni + n] = a.index[i : i + n]
+    na.mapping[ni : ni + n] = a.mapping[i : i + n]
     if mapping is not None:
         for j in range(n):
             mapping.cache[int(a.index[i + j])] = newfolio.pfn + j
@@ -212,9 +234,9 @@ def folio_migrate_flags(newfolio, folio) -> None:
 
     keep = PG_dirty | PG_uptodate
     newfolio.a.flags[newfolio.i] |= int(folio.a.flags[folio.i]) & keep
-    for j in range(folio_nr_pages(folio)):
-        if folio.a.flags[folio.i + j] & PG_anon_exclusive:
-            newfolio.a.flags[newfolio.i + j] |= PG_anon_exclusive
+    n = folio_nr_pages(folio)
+    old = folio.a.flags[folio.i : folio.i + n]
+    newfolio.a.flags[newfolio.i : newfolio.i + n] |= old & PG_anon_exclusive
 
 
 # --- remove_migration_ptes ------------------------------------------------------------------
@@ -234,23 +256,39 @@ def remove_migration_ptes(src, dst, flags: int) -> None:
     rmap_walk(src, rmap_walk_control(rmap_one=one))
 
 
+def migration_pte_restored(swp, pte: int, entry: int, prot: int, dst_dp: bool, idx: int) -> int:
+    """The entry remove_migration_pte() writes over the migration PTE `pte`.
+
+    A device-private destination (dst_dp; idx its swap index) gets a
+    device-private entry, writable if the migration entry was; anything else
+    (idx its PFN) a present PTE with the vma's protection, old unless the
+    entry kept Accessed, soft-dirty and Dirty carried over, write permission
+    from the entry type. The uffd-wp mark carries over in either form.
+    Kernel: mm/migrate.c remove_migration_pte().
+    """
+    write = swp.softleaf_is_migration_write(entry)
+    if dst_dp:
+        if write:
+            new = swp.swp_entry_to_pte(swp.make_writable_device_private_entry(idx))
+        else:
+            new = swp.swp_entry_to_pte(swp.make_readable_device_private_entry(idx))
+        if pte_swp_soft_dirty(pte):
+            new = pte_swp_mksoft_dirty(new)
+    else:
+        new = pte_mkold(pfn_pte(idx, prot))
+        if swp.softleaf_is_migration_young(entry):
+            new = pte_mkyoung(new)
+        if pte_swp_soft_dirty(pte):
+            new = pte_mksoft_dirty(new)
+        if swp.softleaf_is_migration_dirty(entry):
+            new = pte_mkdirty(new)
+        new = pte_mkwrite_novma(new) if write else pte_wrprotect(new)
+    if pte_swp_uffd_wp(pte):
+        new = pte_swp_mkuffd_wp(new) if not new & 1 else new | _PAGE_UFFD_WP
+    return new
+
+
 def _remove_migration_pte(src, dst, vma, address: int) -> None:
-    from hmmsim.include.mm_types import folio_get, folio_nr_pages, folio_page
-    from hmmsim.include.pgtable import (
-        pfn_pte,
-        pmd_none,
-        pmd_present,
-        pte_mkdirty,
-        pte_mkold,
-        pte_mksoft_dirty,
-        pte_mkwrite_novma,
-        pte_swp_soft_dirty,
-        pte_swp_uffd_wp,
-        pte_wrprotect,
-    )
-    from hmmsim.kconfig import HPAGE_PMD_NR, PAGE_SIZE, PMD_MASK, PMD_SIZE
-    from hmmsim.mm.memremap import folio_is_device_private
-    from hmmsim.mm.pgtable import pmd_offset, pte_lockptr
     from hmmsim.mm.rmap import RMAP_EXCLUSIVE, RMAP_NONE, folio_add_anon_rmap_pte
 
     mm = vma.vm_mm
@@ -295,29 +333,16 @@ def _remove_migration_pte(src, dst, vma, address: int) -> None:
                 idx = epage.pfn - lo
                 if 0 <= idx < n and epage.a is src.a:
                     page = folio_page(dst, idx)
-                    write = swp.softleaf_is_migration_write(entry)
                     excl = not swp.softleaf_is_migration_read(entry)
-                    if folio_is_device_private(dst):
-                        new = swp.swp_entry_to_pte(make_device_private_entry_for(page, write))
-                        if pte_swp_soft_dirty(pte):
-                            from hmmsim.include.pgtable import pte_swp_mksoft_dirty
-
-                            new = pte_swp_mksoft_dirty(new)
-                    else:
-                        new = pte_mkold(pfn_pte(page.pfn, vma.vm_page_prot))
-                        if swp.softleaf_is_migration_young(entry):
-                            from hmmsim.include.pgtable import pte_mkyoung
-
-                            new = pte_mkyoung(new)
-                        if pte_swp_soft_dirty(pte):
-                            new = pte_mksoft_dirty(new)
-                        if swp.softleaf_is_migration_dirty(entry):
-                            new = pte_mkdirty(new)
-                        new = pte_mkwrite_novma(new) if write else pte_wrprotect(new)
-                    if pte_swp_uffd_wp(pte):
-                        from hmmsim.include.pgtable import _PAGE_UFFD_WP, pte_swp_mkuffd_wp
-
-                        new = pte_swp_mkuffd_wp(new) if not new & 1 else new | _PAGE_UFFD_WP
+                    dst_dp = folio_is_device_private(dst)
+                    new = migration_pte_restored(
+                        swp,
+                        pte,
+                        entry,
+                        vma.vm_page_prot,
+                        dst_dp,
+                        page_swp_index(page) if dst_dp else page.pfn,
+                    )
                     with pte_lockptr(mm, ptep):
                         folio_get(dst)
                         folio_add_anon_rmap_pte(

@@ -49,6 +49,7 @@ from hmmsim.include.mm_types import (
     folio_test_large,
     page_folio,
     vma_is_anonymous,
+    vma_pages,
 )
 from hmmsim.include.mmu_notifier import MMU_NOTIFY_MIGRATE
 from hmmsim.include.pgtable import (
@@ -155,7 +156,22 @@ def _skip(busy: list[int], bi: int, limit: int) -> int:
     return bi
 
 
+def _sliceable(arr) -> bool:
+    import numpy as np
+
+    return isinstance(arr, list) or isinstance(arr, np.ndarray) and arr.ndim == 1
+
+
 def _collect_skip(migrate, start: int, end: int) -> int:
+    n = max(0, (end - start + PAGE_SIZE - 1) // PAGE_SIZE)
+    lo = migrate.npages
+    src, dst = migrate.src, migrate.dst
+    if n > 1 and lo + n <= min(len(src), len(dst)) and _sliceable(src) and _sliceable(dst):
+        # one slice store per array: the same words as the slot loop below
+        for arr in (dst, src):
+            arr[lo : lo + n] = [0] * n if isinstance(arr, list) else 0
+        migrate.npages += n
+        return 0
     for _ in range(start, end, PAGE_SIZE):
         migrate.dst[migrate.npages] = 0
         migrate.src[migrate.npages] = 0
@@ -329,6 +345,10 @@ def migrate_vma_collect_pmd(pmdp: int, start: int, end: int, walk) -> int:
         ptl.lock()
         ptep = ptep0 + ((addr - start) // PAGE_SIZE) * 8
         restart = False
+        if k.fastpath:
+            done = migrate_vma_collect_ptes_bulk(migrate, vma, ptep, addr, end)
+            addr += done * PAGE_SIZE
+            ptep += done * 8
         while addr < end:
             pte = ptep_get(k, ptep)
             mpfn = 0
@@ -494,6 +514,10 @@ def migrate_vma_check_page(page, fault_page) -> bool:
 
 def migrate_device_unmap(src_pfns, npages: int, fault_page, *, k) -> int:
     """Isolate and unmap every collected page; returns the slots still migrating."""
+    if k.fastpath:
+        bulk = migrate_device_unmap_bulk(src_pfns, npages, fault_page, k=k)
+        if bulk is not None:
+            return bulk
     fault_folio = page_folio(fault_page) if fault_page is not None else None
     restore = 0
     unmapped = 0
@@ -868,6 +892,8 @@ def migrate_vma_pages(migrate) -> None:
     for check in k.word_checks:
         check(k, "migrate", migrate.src, migrate.npages)
         check(k, "migrate", migrate.dst, migrate.npages)
+    if k.fastpath and migrate_vma_pages_bulk(migrate):
+        return
     __migrate_device_pages(migrate.src, migrate.dst, migrate.npages, migrate, k=migrate.vma.vm_mm.k)
 
 
@@ -879,9 +905,16 @@ def migrate_device_pages(src_pfns, dst_pfns, npages: int, *, k) -> None:
 # finalize
 
 
-def __migrate_device_finalize(src_pfns, dst_pfns, npages: int, fault_page, *, k) -> None:
+def __migrate_device_finalize(
+    src_pfns, dst_pfns, npages: int, fault_page, *, k, migrate=None
+) -> None:
     fault_folio = page_folio(fault_page) if fault_page is not None else None
-    for i in _busy(npages, src_pfns, dst_pfns):
+    busy = _busy(npages, src_pfns, dst_pfns)
+    bulk, whole = migrate_vma_finalize_remove_bulk(migrate, busy) if migrate else ([], False)
+    if whole:
+        return
+    bulk = set(bulk)
+    for i in busy:
         sval = _rd(src_pfns, i)
         newpage = migrate_pfn_to_page(_rd(dst_pfns, i), k=k)
         page = migrate_pfn_to_page(sval, k=k)
@@ -905,7 +938,8 @@ def __migrate_device_finalize(src_pfns, dst_pfns, npages: int, fault_page, *, k)
             from hmmsim.mm.migrate import folio_add_lru
 
             folio_add_lru(dst)
-        remove_migration_ptes(src, dst, 0)
+        if i not in bulk:
+            remove_migration_ptes(src, dst, 0)
         if fault_folio != src:
             folio_unlock(src)
         folio_put(src)
@@ -919,7 +953,12 @@ def __migrate_device_finalize(src_pfns, dst_pfns, npages: int, fault_page, *, k)
 def migrate_vma_finalize(migrate) -> None:
     """Point every migration entry at the destination (or back at the source)."""
     __migrate_device_finalize(
-        migrate.src, migrate.dst, migrate.npages, migrate.fault_page, k=migrate.vma.vm_mm.k
+        migrate.src,
+        migrate.dst,
+        migrate.npages,
+        migrate.fault_page,
+        k=migrate.vma.vm_mm.k,
+        migrate=migrate,
     )
 
 
@@ -1065,3 +1104,663 @@ def migrate_hmm_range_setup(range_) -> None:
         m.src[i] = src
     if m.cpages:
         migrate_vma_unmap(m)
+
+
+# ----------------------------------------------------------------------------------------
+# issue 7: the finalize step's remove_migration_ptes() in bulk
+
+
+def _window_pages(k, vals, n: int):
+    """(arrays, index array) of the pages that migrate PFNs vals name, or None.
+
+    None unless every value is VALID and names a page of one PageArrays (one
+    memory range) the way migrate_pfn_to_page() would resolve it.
+    """
+    import numpy as np
+
+    from hmmsim.include.migrate import MIGRATE_PFN_DEVICE_PRIVATE
+
+    first = migrate_pfn_to_page(int(vals[0]), k=k)
+    if first is None or not (vals & np.uint64(MIGRATE_PFN_VALID)).all():
+        return None
+    dp = vals & np.uint64(MIGRATE_PFN_DEVICE_PRIVATE)
+    if k.config.has("c") and (dp != dp[0]).any():
+        return None  # mixed offset/PFN spaces
+    a = first.a
+    idx = (vals >> np.uint64(MIGRATE_PFN_SHIFT)).astype(np.int64)
+    # the first value resolves to first.i, so idx + shift is the index for all
+    pos = idx + (first.i - int(idx[0]))
+    if (pos < 0).any() or (pos >= a.nr).any():
+        return None
+    return a, pos
+
+
+def _order0_locked(a, pos) -> bool:
+    import numpy as np
+
+    from hmmsim.include.mm_types import PG_head
+
+    fl = a.flags[pos]
+    return bool(
+        ((fl & np.uint32(PG_head | PG_locked)) == PG_locked).all()
+        and (a.head_off[pos] == 0).all()
+        and (a._refcount[pos] > 0).all()
+    )
+
+
+def migrate_vma_finalize_remove_bulk(migrate, busy: list[int]) -> list[int]:
+    """remove_migration_ptes(src, dst) for a whole migrate window at once.
+
+    Returns (slots done, whole): the per-entry finalize skips that one call
+    for the slots done, and everything when whole (no hole slots: the
+    unlock/put tail ran in bulk too, _finalize_unlock_put_bulk); ([], False)
+    when the window is not entirely the common case, which
+    is: no fault page, the default scheduler (no lock hooks to interleave),
+    every busy slot with a source migrating to a destination, both order-0,
+    locked and referenced; all sources of one anon_vma whose other vmas
+    (split pieces, forks) do not span their index, each at its vma_address()
+    under a PTE table whose lock is free, each PTE a migration entry naming
+    its source; all destinations of one memory type.
+
+    For those slots the per-entry path's rmap walk visits only this vma and
+    rewrites exactly that PTE, taking a reference and a PTE mapping of the
+    destination (exclusive unless the entry was a read one). The new words
+    come from migration_pte_restored() for each distinct combination of the
+    entry's type, A/D and soft bits at index 0 (a template), plus the index:
+    PFN bits of a present PTE, or the inverted offset field of a swap PTE,
+    which is XOR-linear in the offset. Doing every slot's rewrite before the
+    per-slot unlock/put loop is the same as interleaving them, since a slot's
+    rewrite touches only its own PTE and destination page.
+    Not a kernel function (issue 7); Kernel.fastpath turns it off.
+    """
+    import numpy as np
+
+    from hmmsim.include.mm_types import Page as _Page
+    from hmmsim.include.mm_types import PG_anon_exclusive
+    from hmmsim.include.pgtable import (
+        _PAGE_PRESENT,
+        _PAGE_PROTNONE,
+        _PAGE_PSE,
+        table_entry_pfn,
+    )
+    from hmmsim.include.swapops import (
+        _KEEP_PTE,
+        _PAGE_SWP_SOFT_DIRTY,
+        _PAGE_SWP_UFFD_WP,
+        _TYPE_POS,
+        SWP_MIG_DIRTY,
+        SWP_MIG_YOUNG,
+        SWP_OFFSET_SHIFT,
+        SWP_PFN_MASK,
+        SWP_TYPE_BITS,
+        SWP_TYPE_SHIFT,
+    )
+    from hmmsim.locking import Scheduler
+    from hmmsim.mm.memremap import DEVICE_PRIVATE_BASE
+    from hmmsim.mm.migrate import migration_pte_restored
+
+    vma = migrate.vma
+    mm = vma.vm_mm
+    k = mm.k
+    if (
+        not k.fastpath
+        or type(k.sched) is not Scheduler
+        or migrate.fault_page is not None
+        or len(busy) < 8
+    ):
+        return [], False
+    u64 = np.uint64
+    sv = np.array([int(migrate.src[i]) for i in busy], dtype=np.uint64)
+    dv = np.array([int(migrate.dst[i]) for i in busy], dtype=np.uint64)
+    # slots without a source page (holes) have no migration entry to remove
+    has_src = (sv & u64(MIGRATE_PFN_VALID)) != 0
+    slots = np.asarray(busy, dtype=np.int64)[has_src]
+    sv, dv = sv[has_src], dv[has_src]
+    if len(slots) < 8 or not (sv & u64(MIGRATE_PFN_MIGRATE)).all():
+        return [], False
+    srcs = _window_pages(k, sv, len(slots))
+    dsts = _window_pages(k, dv, len(slots)) if srcs is not None else None
+    if dsts is None:
+        return [], False
+    sa, si = srcs
+    da, di = dsts
+    if not (_order0_locked(sa, si) and _order0_locked(da, di)):
+        return [], False
+    if len(np.unique(si)) != len(si) or len(np.unique(di)) != len(di):
+        return [], False
+    # one anon_vma; the rmap walk's only stop for these pages is this vma
+    m = sa.mapping[si]
+    m0 = int(m[0])
+    if not m0 & 1 or (m != m0).any():
+        return [], False
+    av = k.objects.get(m0 & ~1)
+    if av is None or vma not in av.vmas:
+        return [], False
+    index = sa.index[si]
+    lo, hi = int(index.min()), int(index.max())
+    for v in av.vmas:
+        # vma_address() of every slot: inside this vma, outside every other
+        # (an order-0 page is inside v iff its index is in v's pgoff span)
+        if v is not vma and v.vm_pgoff <= hi and lo < v.vm_pgoff + vma_pages(v):
+            return [], False
+    addr = vma.vm_start + ((index - vma.vm_pgoff) << PAGE_SHIFT)
+    if (addr < vma.vm_start).any() or (addr + PAGE_SIZE > vma.vm_end).any():
+        return [], False
+    # destination kind, one for the window
+    pg = da.pgmap[di]
+    if (pg != pg[0]).any():
+        return [], False
+    dst_dp = folio_is_device_private(_Page(k, da, int(di[0])))
+    # the PTE tables
+    tables = np.empty(len(slots), dtype=np.int64)
+    pmd_no = addr >> 21
+    for pno in np.unique(pmd_no).tolist():
+        pmdp = pmd_offset(mm, pno << 21)
+        if pmdp is None:
+            return [], False
+        pmd = pmdp_get(k, pmdp)
+        if not pmd & _PAGE_PRESENT or pmd & _PAGE_PSE:
+            return [], False
+        table = table_entry_pfn(pmd)
+        if pte_lockptr(mm, table << PAGE_SHIFT).is_locked():
+            return [], False
+        tables[pmd_no == pno] = table
+    col = (addr >> PAGE_SHIFT) & 511
+    words = k.mem.ram.words
+    pte = words[tables, col]
+    if not ((pte != 0) & ((pte & u64(_PAGE_PRESENT | _PAGE_PROTNONE)) == 0)).all():
+        return [], False
+    swp = k.swp
+    p = pte & u64(_KEEP_PTE)
+    typ = (p >> u64(_TYPE_POS)).astype(np.int64)
+    off = (~p << u64(SWP_TYPE_BITS)) >> u64(SWP_OFFSET_SHIFT)
+    if not np.asarray(swp._migration, dtype=bool)[typ].all():
+        return [], False
+    mig_dev = np.asarray(getattr(swp, "_mig_dev", (False,) * 64), dtype=bool)[typ]
+    src_dp_space = sa.base >= DEVICE_PRIVATE_BASE
+    if k.config.has("c"):
+        if (mig_dev != src_dp_space).any():
+            return [], False  # the entry would resolve in the other index space
+    elif src_dp_space:
+        return [], False
+    sbase = sa.base - DEVICE_PRIVATE_BASE if src_dp_space else sa.base
+    if ((off & u64(SWP_PFN_MASK)).astype(np.int64) != si + sbase).any():
+        return [], False
+    # the new words: a template per combination of entry bits, plus the index
+    write = np.asarray(swp._mig_write, dtype=bool)[typ]
+    excl = ~np.asarray(swp._mig_read, dtype=bool)[typ]
+    code = (
+        write.astype(np.int64)
+        | (((off & u64(SWP_MIG_YOUNG)) != 0).astype(np.int64) << 1)
+        | (((off & u64(SWP_MIG_DIRTY)) != 0).astype(np.int64) << 2)
+        | (((pte & u64(_PAGE_SWP_SOFT_DIRTY)) != 0).astype(np.int64) << 3)
+        | (((pte & u64(_PAGE_SWP_UFFD_WP)) != 0).astype(np.int64) << 4)
+    )
+    prot = vma.vm_page_prot
+    if not dst_dp and not prot & _PAGE_PRESENT:
+        return [], False  # a PROT_NONE pfn_pte() inverts the PFN: not a template
+    tmpl = np.zeros(32, dtype=np.uint64)
+    for c in np.unique(code).tolist():
+        t = int(typ[code == c][0])  # a real type with this write bit
+        entry = (t << SWP_TYPE_SHIFT) | (SWP_MIG_YOUNG if c & 2 else 0)
+        entry |= SWP_MIG_DIRTY if c & 4 else 0
+        soft = (_PAGE_SWP_SOFT_DIRTY if c & 8 else 0) | (_PAGE_SWP_UFFD_WP if c & 16 else 0)
+        tmpl[c] = migration_pte_restored(swp, soft, entry, prot, dst_dp, 0)
+    dbase = da.base - DEVICE_PRIVATE_BASE if da.base >= DEVICE_PRIVATE_BASE else da.base
+    didx = (di + dbase).astype(np.uint64)
+    if dst_dp:
+        # swp_entry_to_pte() stores the offset inverted: XOR-linear in it
+        new = tmpl[code] ^ ((didx << u64(SWP_OFFSET_SHIFT)) >> u64(SWP_TYPE_BITS))
+    else:
+        new = tmpl[code] | (didx << u64(PAGE_SHIFT))
+    # spot-check the first slot against the per-entry computation
+    e0 = int(((p[0] >> u64(_TYPE_POS)) << u64(SWP_TYPE_SHIFT)) | off[0])
+    if int(new[0]) != migration_pte_restored(swp, int(pte[0]), e0, prot, dst_dp, int(didx[0])):
+        raise KernelBug("migrate_vma_finalize_remove_bulk: template mismatch")
+    words[tables, col] = new
+    da._refcount[di] += 1
+    da._mapcount[di] += 1
+    da.flags[di[excl]] |= np.uint32(PG_anon_exclusive)
+    if len(slots) == len(busy):
+        # no hole slots: the rest of each slot's finalize in bulk as well
+        _finalize_unlock_put_bulk(k, sa, si, da, di)
+        return slots.tolist(), True
+    return slots.tolist(), False
+
+
+def _finalize_unlock_put_bulk(k, sa, si, da, di) -> None:
+    """The per-slot tail of __migrate_device_finalize for migrated order-0 slots.
+
+    Destinations in system RAM go on the LRU; sources and destinations are
+    unlocked and lose the reference migration held. A destination stays
+    referenced (it is mapped now); sources that drop to zero are freed one by
+    one in slot order, as the per-slot loop frees them (a device page's free
+    runs the driver's callback, whose free list is order-sensitive).
+    """
+    import numpy as np
+
+    from hmmsim.include.mm_types import PG_lru
+
+    if not da.pgmap[di[0]]:
+        da.flags[di] |= np.uint32(PG_lru)
+    unlock = ~np.uint32(PG_locked)
+    sa.flags[si] &= unlock
+    da.flags[di] &= unlock
+    sa._refcount[si] -= 1
+    da._refcount[di] -= 1
+    gone = si[sa._refcount[si] == 0]
+    if sa is k.mem.ram.pages:
+        k.mem.free_folios_order0(gone + sa.base)
+        return
+    if len(gone):
+        from hmmsim.mm.memremap import free_zone_device_folios_order0
+
+        free_zone_device_folios_order0(k, sa, gone)
+
+
+# ----------------------------------------------------------------------------------------
+# issue 7: the collect walk over a PTE table in bulk
+
+
+def migrate_vma_collect_ptes_bulk(migrate, vma, ptep: int, addr: int, end: int) -> int:
+    """Collect the leading run of common PTEs of [addr, end) in one NumPy pass.
+
+    Returns how many PTEs (from ptep on) it consumed; the per-entry loop of
+    migrate_vma_collect_pmd goes on from there, so every uncommon entry, and
+    everything after it, still takes the specification's path. Common, and
+    done exactly as the per-entry loop does them one by one:
+
+    - none (anon vma): src MIGRATE, counted in cpages;
+    - the zero page (SELECT_SYSTEM): the same;
+    - a present, non-special PTE of an order-0 anon system RAM page
+      (SELECT_SYSTEM) that is unlocked, referenced, mapped, and not pinned if
+      anon-exclusive;
+    - a device-private entry of an order-0 page of this pgmap_owner
+      (SELECT_DEVICE_PRIVATE), with the same page conditions.
+
+    A page is locked, loses PageAnonExclusive and one PTE mapping, is marked
+    dirty from a dirty PTE, keeps its reference count (the walk's get and put
+    cancel), and its PTE becomes the migration entry make_migration_entry_for
+    would build (type from write/exclusive, A/D bits, soft-dirty and uffd-wp
+    carried), computed as a per-type template XOR the inverted offset field,
+    which is linear in the offset. Only with the default scheduler, no fault
+    page, and at least 8 PTEs. Context: the PTE lock is held (by the caller).
+    Not a kernel function (issue 7); Kernel.fastpath turns it off.
+    """
+    import numpy as np
+
+    from hmmsim.include.migrate import MIGRATE_PFN_DEVICE_PRIVATE
+    from hmmsim.include.mm_types import (
+        FOLIO_MAPPING_ANON,
+        Page,
+        PG_anon_exclusive,
+        PG_dirty,
+        PG_head,
+    )
+    from hmmsim.include.pgtable import (
+        _PAGE_ACCESSED,
+        _PAGE_DIRTY_BITS,
+        _PAGE_KNL_ERRATUM_MASK,
+        _PAGE_PRESENT,
+        _PAGE_PROTNONE,
+        _PAGE_RW,
+        _PAGE_SOFT_DIRTY,
+        _PAGE_SPECIAL,
+        _PAGE_UFFD_WP,
+        PTE_PFN_MASK,
+    )
+    from hmmsim.include.swapops import (
+        _KEEP_PTE,
+        _PAGE_SWP_SOFT_DIRTY,
+        _PAGE_SWP_UFFD_WP,
+        _TYPE_POS,
+        SWP_MIG_DIRTY,
+        SWP_MIG_YOUNG,
+        SWP_OFFSET_SHIFT,
+        SWP_PFN_MASK,
+        SWP_TYPE_BITS,
+        SWP_TYPE_SHIFT,
+    )
+    from hmmsim.locking import Scheduler
+    from hmmsim.mm.gup import GUP_PIN_COUNTING_BIAS
+    from hmmsim.mm.memremap import DEVICE_PRIVATE_BASE
+
+    mm = vma.vm_mm
+    k = mm.k
+    n = (end - addr) >> PAGE_SHIFT
+    src, dst = migrate.src, migrate.dst
+    lo = migrate.npages
+    if (
+        n < 8
+        or type(k.sched) is not Scheduler
+        or migrate.fault_page is not None
+        or lo + n > min(len(src), len(dst))
+        or not (_sliceable(src) and _sliceable(dst))
+    ):
+        return 0
+    u64 = np.uint64
+    swp = k.swp
+    flags = migrate.flags
+    anon_vma_ok = vma_is_anonymous(vma)
+    words = k.mem.ram.words
+    table, col = ptep >> PAGE_SHIFT, (ptep >> 3) & 511
+    pte = words[table, col : col + n]
+    present = (pte & u64(_PAGE_PRESENT)) != 0
+    none = (pte & u64(~_PAGE_KNL_ERRATUM_MASK & 0xFFFF_FFFF_FFFF_FFFF)) == 0
+    pfn = ((pte & u64(PTE_PFN_MASK)) >> u64(PAGE_SHIFT)).astype(np.int64)
+    zero = present & (pfn == k.mem.zero_pfn)
+    ram = k.mem.ram.pages
+    kind = np.zeros(n, dtype=np.int8)  # 0 uncommon, 1 hole-like, 2 RAM page, 3 device-private
+    if anon_vma_ok:
+        kind[none] = 1
+    if flags & MIGRATE_VMA_SELECT_SYSTEM:
+        kind[zero] = 1
+        ram_pte = present & ~zero & ((pte & u64(_PAGE_SPECIAL)) == 0) & (pfn < ram.nr)
+        kind[ram_pte] = 2
+    # device-private entries (non-present, non-none, device-private type)
+    swap = ~present & ~none & ((pte & u64(_PAGE_PROTNONE)) == 0)
+    p = pte & u64(_KEEP_PTE)
+    typ = (p >> u64(_TYPE_POS)).astype(np.int64)
+    off = (~p << u64(SWP_TYPE_BITS)) >> u64(SWP_OFFSET_SHIFT)
+    dpa = None
+    if flags & MIGRATE_VMA_SELECT_DEVICE_PRIVATE:
+        dev = swap & np.asarray(swp._dev_private, dtype=bool)[typ]
+        if dev.any():
+            j0 = int(np.flatnonzero(dev)[0])
+            e0 = int(((p[j0] >> u64(_TYPE_POS)) << u64(SWP_TYPE_SHIFT)) | off[j0])
+            page0 = k.softleaf_to_page(e0)
+            dpa = page0.a
+            # every device-private entry resolves like the first (one space, one range)
+            dpos = (off & u64(SWP_PFN_MASK)).astype(np.int64) + (
+                page0.i - int(off[j0] & u64(SWP_PFN_MASK))
+            )
+            dpos_ok = dev & (dpos >= 0) & (dpos < dpa.nr)
+            pg = dpa.pgmap[np.where(dpos_ok, dpos, 0)]
+            pgmap = k.pgmaps.get(int(dpa.pgmap[page0.i]))
+            if pgmap is not None and pgmap.owner is migrate.pgmap_owner:
+                kind[dpos_ok & (pg == dpa.pgmap[page0.i])] = 3
+    # the leading run of common entries (page conditions checked below)
+    common = kind != 0
+    run = n if common.all() else int(np.argmin(common))
+    if run == 0:
+        return 0
+
+    def page_ok(a, pos):
+        fl = a.flags[pos]
+        ref = a._refcount[pos]
+        m = a.mapping[pos]
+        ok = (
+            ((fl & np.uint32(PG_head | PG_locked)) == 0)
+            & (a.head_off[pos] == 0)
+            & (ref > 0)
+            & (a._mapcount[pos] >= 0)
+            & ((m & np.uint32(FOLIO_MAPPING_ANON)) != 0)
+        )
+        excl = (fl & np.uint32(PG_anon_exclusive)) != 0
+        return ok & ~(excl & (ref + 1 >= GUP_PIN_COUNTING_BIAS)), excl
+
+    kind = kind[:run]
+    good = np.ones(run, dtype=bool)
+    is_ram = kind == 2
+    is_dev = kind == 3
+    rpos = pfn[:run][is_ram]
+    if len(rpos):
+        ok, _ = page_ok(ram, rpos)
+        good[np.flatnonzero(is_ram)[~ok]] = False
+        if len(np.unique(rpos)) != len(rpos):
+            return 0
+    if is_dev.any():
+        dpos_run = dpos[:run][is_dev]
+        ok, _ = page_ok(dpa, dpos_run)
+        good[np.flatnonzero(is_dev)[~ok]] = False
+        if len(np.unique(dpos_run)) != len(dpos_run):
+            return 0
+    if not good.all():
+        run = int(np.argmin(good))
+        if run == 0:
+            return 0
+        kind, is_ram, is_dev = kind[:run], is_ram[:run], is_dev[:run]
+    pte = pte[:run].copy()
+    typ, off = typ[:run], off[:run]
+    out = np.zeros(run, dtype=np.uint64)
+    out[kind == 1] = MIGRATE_PFN_MIGRATE
+    new = pte.copy()
+    conv = np.flatnonzero(kind >= 2)
+    check = None  # (page view, old PTE, anon-exclusive before) of one converted entry
+    if len(conv):
+        j = int(conv[0])
+        a, i = (ram, int(pfn[j])) if kind[j] == 2 else (dpa, int(dpos[j]))
+        check = (j, Page(k, a, i), int(pte[j]), bool(a.flags[i] & PG_anon_exclusive))
+    for sel, a, pos, is_present in (
+        (is_ram, ram, pfn[:run][is_ram], True),
+        (is_dev, dpa, dpos[:run][is_dev] if is_dev.any() else None, False),
+    ):
+        if not sel.any():
+            continue
+        old = pte[sel]
+        fl = a.flags[pos]
+        excl = (fl & np.uint32(PG_anon_exclusive)) != 0
+        if is_present:
+            write = (old & u64(_PAGE_RW)) != 0
+            young = (old & u64(_PAGE_ACCESSED)) != 0
+            dirty = (old & u64(_PAGE_DIRTY_BITS)) != 0
+            soft = (old & u64(_PAGE_SOFT_DIRTY)) != 0
+            uffd = (old & u64(_PAGE_UFFD_WP)) != 0
+            index = pos.astype(np.uint64)  # page_swp_index of a RAM page: its PFN
+            mig = (
+                swp.SWP_MIGRATION_WRITE,
+                swp.SWP_MIGRATION_READ_EXCLUSIVE,
+                swp.SWP_MIGRATION_READ,
+            )
+            mflag = 0
+        else:
+            write = np.asarray(swp._dev_private_write, dtype=bool)[typ[sel]]
+            young = dirty = np.zeros(len(old), dtype=bool)
+            soft = (old & u64(_PAGE_SWP_SOFT_DIRTY)) != 0
+            uffd = (old & u64(_PAGE_SWP_UFFD_WP)) != 0
+            dp_space = a.base >= DEVICE_PRIVATE_BASE
+            index = (pos + (a.base - DEVICE_PRIVATE_BASE if dp_space else a.base)).astype(np.uint64)
+            if k.config.has("b"):
+                mig = (
+                    swp.SWP_MIGRATION_DEVICE_WRITE,
+                    swp.SWP_MIGRATION_DEVICE_READ_EXCLUSIVE,
+                    swp.SWP_MIGRATION_DEVICE_READ,
+                )
+            else:
+                mig = (
+                    swp.SWP_MIGRATION_WRITE,
+                    swp.SWP_MIGRATION_READ_EXCLUSIVE,
+                    swp.SWP_MIGRATION_READ,
+                )
+            mflag = MIGRATE_PFN_DEVICE_PRIVATE if k.config.has("a") else 0
+        etype = np.where(write, mig[0], np.where(excl, mig[1], mig[2]))
+        eoff = index.copy()
+        if swp._supports_ad:
+            eoff |= np.where(young, u64(SWP_MIG_YOUNG), u64(0))
+            eoff |= np.where(dirty, u64(SWP_MIG_DIRTY), u64(0))
+        words_new = np.zeros(len(old), dtype=np.uint64)
+        for t in np.unique(etype).tolist():
+            tmpl = u64(swp.swp_entry_to_pte(t << SWP_TYPE_SHIFT))
+            m = etype == t
+            words_new[m] = tmpl ^ ((eoff[m] << u64(SWP_OFFSET_SHIFT)) >> u64(SWP_TYPE_BITS))
+        words_new |= np.where(soft, u64(_PAGE_SWP_SOFT_DIRTY), u64(0))
+        words_new |= np.where(uffd, u64(_PAGE_SWP_UFFD_WP), u64(0))
+        new[sel] = words_new
+        mpfn = (index << u64(MIGRATE_PFN_SHIFT)) | u64(MIGRATE_PFN_VALID | MIGRATE_PFN_MIGRATE)
+        mpfn |= u64(mflag)
+        mpfn |= np.where(write, u64(MIGRATE_PFN_WRITE), u64(0))
+        out[sel] = mpfn
+        # struct page effects
+        nf = fl | np.uint32(PG_locked)
+        nf &= ~np.uint32(PG_anon_exclusive)
+        nf |= np.where(is_present & dirty, np.uint32(PG_dirty), np.uint32(0))
+        a.flags[pos] = nf
+        a._mapcount[pos] -= 1
+    # spot-check one converted entry against the per-entry builder
+    if check is not None:
+        j, pg, old, excl_j = check
+        present_j = bool(old & _PAGE_PRESENT)
+        e = make_migration_entry_for(
+            pg,
+            write=bool(out[j] & u64(MIGRATE_PFN_WRITE)),
+            anon_exclusive=excl_j,
+            young=present_j and pte_young(old),
+            dirty=present_j and pte_dirty(old),
+        )
+        want = swp.swp_entry_to_pte(e)
+        if present_j:
+            want |= (_PAGE_SWP_SOFT_DIRTY if pte_soft_dirty(old) else 0) | (
+                _PAGE_SWP_UFFD_WP if pte_uffd_wp(old) else 0
+            )
+        else:
+            want |= old & (_PAGE_SWP_SOFT_DIRTY | _PAGE_SWP_UFFD_WP)
+        if (
+            want != int(new[j])
+            or migrate_pfn_from_page(pg) | MIGRATE_PFN_MIGRATE != int(out[j]) & ~MIGRATE_PFN_WRITE
+        ):
+            raise KernelBug("migrate_vma_collect_ptes_bulk: template mismatch")
+    words[table, col : col + run] = new
+    migrate.cpages += run
+    if isinstance(src, list):
+        src[lo : lo + run] = out.tolist()
+        dst[lo : lo + run] = [0] * run
+    else:
+        src[lo : lo + run] = out
+        dst[lo : lo + run] = 0
+    migrate.npages += run
+    return run
+
+
+# ----------------------------------------------------------------------------------------
+# issue 7: unmap and migrate_vma_pages over a whole window
+
+
+def _slot_values(arr, busy):
+    import numpy as np
+
+    if isinstance(arr, np.ndarray):
+        return arr[np.asarray(busy, dtype=np.int64)].astype(np.uint64)
+    return np.array([int(arr[i]) for i in busy], dtype=np.uint64)
+
+
+def migrate_device_unmap_bulk(src_pfns, npages: int, fault_page, *, k) -> int | None:
+    """migrate_device_unmap for a window where every slot is the common case.
+
+    Returns the unmapped count, or None (nothing done) unless: the default
+    scheduler, no fault page, every page slot an order-0 folio of one memory
+    range that collect left unmapped (no try_to_migrate needed), a system
+    page on the LRU, and every page passing migrate_vma_check_page (so no
+    slot is restored). Then, as the per-slot loop: system pages leave the
+    LRU (isolation's reference replaces collect's, so the count is kept),
+    hole slots with MIGRATE count too. Not a kernel function (issue 7).
+    """
+    import numpy as np
+
+    from hmmsim.include.mm_types import PG_head, PG_lru
+    from hmmsim.locking import Scheduler
+
+    if not k.fastpath or type(k.sched) is not Scheduler or fault_page is not None:
+        return None
+    busy = _busy(npages, src_pfns)
+    if len(busy) < 8:
+        return None
+    sv = _slot_values(src_pfns, busy)
+    valid = (sv & np.uint64(MIGRATE_PFN_VALID)) != 0
+    holes = int(((sv[~valid] & np.uint64(MIGRATE_PFN_MIGRATE)) != 0).sum())
+    if not valid.any():
+        return None
+    pages = _window_pages(k, sv[valid], int(valid.sum()))
+    if pages is None:
+        return None
+    a, pos = pages
+    if len(np.unique(pos)) != len(pos):
+        return None
+    fl = a.flags[pos]
+    ref = a._refcount[pos]
+    if (
+        (fl & np.uint32(PG_head)).any()
+        or (a.head_off[pos] != 0).any()
+        or (a._mapcount[pos] != -1).any()
+        or (ref <= 0).any()
+    ):
+        return None
+    zone_device = bool(a.pgmap[pos[0]]) if a is not k.mem.ram.pages else False
+    if (a.pgmap[pos] != a.pgmap[pos[0]]).any():
+        return None
+    if not zone_device and ((fl & np.uint32(PG_lru)) == 0).any():
+        return None
+    # migrate_vma_check_page: references beyond the walk's must be mappings
+    m = a.mapping[pos].astype(np.int64)
+    extra = 1 + (1 if zone_device else 0) + ((m != 0) & ((m & 1) == 0)).astype(np.int64)
+    if not ((ref.astype(np.int64) - extra) <= 0).all():
+        return None
+    if not zone_device:
+        a.flags[pos] = fl & ~np.uint32(PG_lru)
+    return int(valid.sum()) + holes
+
+
+def migrate_vma_pages_bulk(migrate) -> bool:
+    """migrate_vma_pages for a window where every slot is the common case.
+
+    True if done. The common case: no fault page, every busy slot a MIGRATE
+    source page and a destination page, neither compound, both order-0, each
+    side within one memory range; anon sources; destinations system RAM or
+    device-private/coherent. Then per slot, as folio_migrate_mapping() and
+    folio_migrate_flags() do: a source holding exactly the expected one
+    reference hands its index and mapping to the destination, which gains
+    its dirty/uptodate and anon-exclusive bits; any other source loses
+    MIGRATE. Not a kernel function (issue 7); Kernel.fastpath turns it off.
+    """
+    import numpy as np
+
+    from hmmsim.include.memremap import MEMORY_DEVICE_COHERENT, MEMORY_DEVICE_PRIVATE
+    from hmmsim.include.mm_types import PG_anon_exclusive, PG_dirty, PG_head, PG_uptodate
+    from hmmsim.locking import Scheduler
+
+    k = migrate.vma.vm_mm.k
+    if not k.fastpath or type(k.sched) is not Scheduler or migrate.fault_page is not None:
+        return False
+    src, dst = migrate.src, migrate.dst
+    busy = _busy(migrate.npages, src, dst)
+    if len(busy) < 8:
+        return False
+    u64 = np.uint64
+    sv = _slot_values(src, busy)
+    dv = _slot_values(dst, busy)
+    need = u64(MIGRATE_PFN_VALID | MIGRATE_PFN_MIGRATE)
+    if (
+        ((sv & need) != need).any()
+        or ((dv & u64(MIGRATE_PFN_VALID)) == 0).any()
+        or ((sv | dv) & u64(MIGRATE_PFN_COMPOUND)).any()
+    ):
+        return False
+    s = _window_pages(k, sv, len(busy))
+    d = _window_pages(k, dv, len(busy)) if s is not None else None
+    if d is None:
+        return False
+    sa, si = s
+    da, di = d
+    if len(np.unique(si)) != len(si) or len(np.unique(di)) != len(di):
+        return False
+    for a, pos in ((sa, si), (da, di)):
+        if (a.flags[pos] & np.uint32(PG_head)).any() or (a.head_off[pos] != 0).any():
+            return False
+    if ((sa.mapping[si] & np.uint32(1)) == 0).any():
+        return False
+    pg = da.pgmap[di]
+    if (pg != pg[0]).any():
+        return False
+    if pg[0]:
+        pgmap = k.pgmaps.get(int(pg[0]))
+        if pgmap is None or pgmap.type not in (MEMORY_DEVICE_PRIVATE, MEMORY_DEVICE_COHERENT):
+            return False
+    ok = sa._refcount[si] == 1  # folio_migrate_mapping(): 1 + extra_count, no mapping
+    so, do = si[ok], di[ok]
+    da.index[do] = sa.index[so]
+    da.mapping[do] = sa.mapping[so]
+    sfl = sa.flags[so]
+    da.flags[do] |= (sfl & np.uint32(PG_dirty | PG_uptodate)) | (sfl & np.uint32(PG_anon_exclusive))
+    for j in np.flatnonzero(~ok).tolist():
+        i = busy[j]
+        src[i] = int(src[i]) & ~MIGRATE_PFN_MIGRATE
+    return True

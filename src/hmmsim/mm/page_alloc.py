@@ -130,6 +130,9 @@ class PhysMem:
         return self.range_of(pfn) is not None
 
     def pfn_to_page(self, pfn: int) -> Page:
+        ram = self.ram.pages
+        if 0 <= pfn < ram.nr:
+            return Page(self.k, ram, pfn)
         r = self.range_of(pfn)
         if r is None:
             raise KernelBug(f"pfn_to_page: pfn {pfn:#x} has no struct page")
@@ -185,17 +188,54 @@ class PhysMem:
         n = 1 << order
         self.nr_free -= n
         p = self.ram.pages
-        sl = slice(pfn, pfn + n)
-        p.flags[sl] = 0
-        p._refcount[sl] = 0
+        if order:
+            sl = slice(pfn, pfn + n)
+            p.flags[sl] = 0
+            p._refcount[sl] = 0
+            p.mapping[sl] = 0
+            p.index[sl] = 0
+        else:  # the same stores, as scalar ones (cheaper than 1-element slices)
+            p.flags[pfn] = 0
+            p.mapping[pfn] = 0
+            p.index[pfn] = 0
         p._refcount[pfn] = 1
-        p.mapping[sl] = 0
-        p.index[sl] = 0
         if order:
             self.prep_compound_page(p, pfn, order)
         if gfp & GFP_ZERO_BIT:
-            self.ram.frames[sl] = 0
+            self.ram.frames[pfn : pfn + n] = 0
         return Page(self.k, p, pfn)
+
+    def alloc_pages_order0_bulk(self, m: int) -> np.ndarray | None:
+        """m order-0 alloc_pages() calls, in order, with one store per column.
+
+        The free-list steps are the same as m calls would take (so the lists
+        and the PFNs handed out are identical); None (nothing done) when the
+        test hook that fails allocations is set or fewer than m pages are
+        free. Not a kernel function (issue 7).
+        """
+        if self.should_fail_alloc is not None or self.nr_free < m:
+            return None
+        area = self.free_area
+        out = []
+        for _ in range(m):
+            o = 0
+            while not area[o]:  # nr_free >= m: some block is free
+                o += 1
+            pfn = min(area[o]) if o == MAX_ORDER_MODELLED else area[o].pop()
+            if o == MAX_ORDER_MODELLED:
+                area[o].discard(pfn)
+            while o > 0:
+                o -= 1
+                area[o].add(pfn + (1 << o))
+            out.append(pfn)
+        self.nr_free -= m
+        pfns = np.asarray(out, dtype=np.int64)
+        p = self.ram.pages
+        p.flags[pfns] = 0
+        p.mapping[pfns] = 0
+        p.index[pfns] = 0
+        p._refcount[pfns] = 1
+        return pfns
 
     @staticmethod
     def prep_compound_page(p: PageArrays, i: int, order: int) -> None:
@@ -231,7 +271,7 @@ class PhysMem:
         """Give a block back to the buddy lists, merging with free buddies."""
         p = self.ram.pages
         n = 1 << order
-        sl = slice(pfn, pfn + n)
+        sl = slice(pfn, pfn + n) if order else pfn  # scalar stores for one page
         p.flags[sl] = PGTY_buddy
         p.order[sl] = 0
         p.head_off[sl] = 0
@@ -243,6 +283,10 @@ class PhysMem:
         p._large_mapcount[pfn] = -1
         p.zone_device_data[sl] = 0
         self.nr_free += n
+        self._merge(pfn, order)
+
+    def _merge(self, pfn: int, order: int) -> None:
+        """Put a free block on the lists, merging it with free buddies."""
         o = order
         while o < MAX_ORDER_MODELLED:
             buddy = pfn ^ (1 << o)
@@ -252,6 +296,41 @@ class PhysMem:
             pfn = min(pfn, buddy)
             o += 1
         self.free_area[o].add(pfn)
+
+    def free_folios_order0(self, pfns) -> None:
+        """free_folio() of order-0 RAM folios whose last reference is gone, in order.
+
+        The struct-page resets are one store per column; the buddy merges run
+        one by one in the given order (they read only the free lists, so the
+        lists end up exactly as after calling free_folio on each in turn).
+        Anything but plain order-0 pages (reserved, zero, hugetlb, compound,
+        mapped, referenced, or a PFN twice) goes through free_folio one by one,
+        which raises where the kernel would. Not a kernel function (issue 7).
+        """
+        p = self.ram.pages
+        pfns = np.asarray(pfns, dtype=np.int64)
+        bad = PG_reserved | PG_zero | PG_hugetlb | PG_head
+        if (
+            (p.flags[pfns] & np.uint32(bad)).any()
+            or (p._mapcount[pfns] != -1).any()
+            or (p._refcount[pfns] != 0).any()
+            or len(np.unique(pfns)) != len(pfns)
+        ):
+            for pfn in pfns.tolist():
+                self.free_folio(Page(self.k, p, pfn))
+            return
+        p.flags[pfns] = PGTY_buddy
+        p.order[pfns] = 0
+        p.head_off[pfns] = 0
+        p.mapping[pfns] = 0
+        p.index[pfns] = 0
+        p._mapcount[pfns] = -1
+        p._entire_mapcount[pfns] = -1
+        p._large_mapcount[pfns] = -1
+        p.zone_device_data[pfns] = 0
+        self.nr_free += len(pfns)
+        for pfn in pfns.tolist():
+            self._merge(pfn, 0)
 
     def is_free(self, pfn: int) -> bool:
         return self.range_of(pfn) is self.ram and bool(self.ram.pages.flags[pfn] & PGTY_buddy)

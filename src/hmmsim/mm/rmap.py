@@ -19,12 +19,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from hmmsim.bug import KernelBug
 from hmmsim.include.mm_types import (
     FOLIO_MAPPING_ANON,
     ClearPageAnonExclusive,
     Page,
     PageAnonExclusive,
+    PG_anon_exclusive,
     PG_head,
     PG_lru,
     PG_partially_mapped,
@@ -153,8 +156,7 @@ def folio_add_new_anon_rmap_pte(folio, vma, address, flags):
 
 def _add_ptes(folio: Page, page: Page, nr: int) -> None:
     a = folio.a
-    for n in range(nr):
-        a._mapcount[page.i + n] += 1
+    a._mapcount[page.i : page.i + nr] += 1
     if a.flags[folio.i] & PG_head:
         a._large_mapcount[folio.i] += nr
 
@@ -162,8 +164,7 @@ def _add_ptes(folio: Page, page: Page, nr: int) -> None:
 def folio_add_anon_rmap_ptes(folio, page, nr, vma, address, flags) -> None:
     _add_ptes(folio, page, nr)
     if flags & RMAP_EXCLUSIVE:
-        for n in range(nr):
-            SetPageAnonExclusive(Page(page.k, page.a, page.i + n))
+        page.a.flags[page.i : page.i + nr] |= PG_anon_exclusive
 
 
 def folio_add_anon_rmap_pte(folio, page, vma, address, flags) -> None:
@@ -175,8 +176,7 @@ def folio_add_anon_rmap_pmd(folio, page, vma, address, flags) -> None:
     a._entire_mapcount[i] += 1
     a._large_mapcount[i] += 1
     if flags & RMAP_EXCLUSIVE:
-        for n in range(folio_nr_pages(folio)):
-            SetPageAnonExclusive(folio_page(folio, n))
+        a.flags[i : i + folio_nr_pages(folio)] |= PG_anon_exclusive
 
 
 def folio_add_file_rmap_ptes(folio, page, nr, vma) -> None:
@@ -336,8 +336,7 @@ def folio_try_share_anon_rmap_pmd(folio: Page, page: Page) -> int:
 
     if folio_maybe_dma_pinned(folio):
         return -EBUSY
-    for n in range(folio_nr_pages(folio)):
-        ClearPageAnonExclusive(folio_page(folio, n))
+    folio.a.flags[folio.i : folio.i + folio_nr_pages(folio)] &= ~np.uint32(PG_anon_exclusive)
     return 0
 
 
