@@ -235,13 +235,29 @@ class _FrameCopies:
 
 
 class dmirror_bounce:
+    """struct dmirror_bounce. The C buffer is kvmalloc()ed, uninitialised.
+
+    Every caller copies it to the user only after dmirror_do_read filled all
+    of it, so with Kernel.fastpath (one thread of execution) a read bounce
+    may reuse the kernel's scratch buffer instead of a fresh zeroed one
+    (`k` given): the user sees the same bytes and the host is spared
+    faulting in a new buffer per ioctl (issue 7).
+    """
+
     __slots__ = ("ptr", "size", "addr", "cpages")
 
-    def __init__(self, addr: int, size: int) -> None:
+    def __init__(self, addr: int, size: int, k=None) -> None:
         self.addr = addr
         self.size = size
         self.cpages = 0
-        self.ptr = np.zeros(size, dtype=np.uint8)
+        if k is not None and k.fastpath:
+            buf = getattr(k, "_dmirror_bounce_scratch", None)
+            if buf is None or buf.size < size:
+                buf = np.empty(size, dtype=np.uint8)
+                k._dmirror_bounce_scratch = buf
+            self.ptr = buf[:size]
+        else:
+            self.ptr = np.zeros(size, dtype=np.uint8)
 
 
 def _copy_to_user(proc, uptr, data: np.ndarray) -> int:
@@ -838,6 +854,94 @@ def _frames_of(page: Page, n: int) -> np.ndarray | None:
     return r.frames[base : base + n]
 
 
+class _MirrorTable:
+    """struct dmirror's page table (the C xarray `pt`): vpn -> (page, tag).
+
+    Entries are stored packed in one int each (array id << 40, page index
+    << 2, tag), so mirroring a 2 MiB folio or a whole window stores ints
+    rather than a Page object and a tuple per page. `get`, `[]`, `items()`
+    and iteration hand out (Page, tag) and vpns like the dict this replaces;
+    `map_run`/`map_many`/`packed_run` are the bulk forms (issue 7).
+    """
+
+    __slots__ = ("k", "arrays", "_d")
+
+    IDX_MASK = (1 << 38) - 1
+
+    def __init__(self, k) -> None:
+        self.k = k
+        self.arrays: list = []
+        self._d: dict[int, int] = {}
+
+    def _aid(self, arrays) -> int:
+        for n, a in enumerate(self.arrays):
+            if a is arrays:
+                return n
+        self.arrays.append(arrays)
+        return len(self.arrays) - 1
+
+    def _unpack(self, v: int) -> tuple[Page, int]:
+        return Page(self.k, self.arrays[v >> 40], (v >> 2) & self.IDX_MASK), v & 3
+
+    def get(self, vpn: int, default=None):
+        v = self._d.get(vpn)
+        return default if v is None else self._unpack(v)
+
+    def __getitem__(self, vpn: int) -> tuple[Page, int]:
+        return self._unpack(self._d[vpn])
+
+    def __setitem__(self, vpn: int, value: tuple[Page, int]) -> None:
+        page, tag = value
+        self._d[vpn] = (self._aid(page.a) << 40) | (page.i << 2) | tag
+
+    def __delitem__(self, vpn: int) -> None:
+        del self._d[vpn]
+
+    def pop(self, vpn: int, default=None):
+        v = self._d.pop(vpn, None)
+        return default if v is None else self._unpack(v)
+
+    def __contains__(self, vpn: object) -> bool:
+        return vpn in self._d
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __iter__(self):
+        return iter(self._d)
+
+    def items(self):
+        for vpn, v in self._d.items():
+            yield vpn, self._unpack(v)
+
+    def clear(self) -> None:
+        self._d.clear()
+        self.arrays = []
+
+    def map_run(self, vpn: int, arrays, first: int, n: int, tag: int) -> None:
+        """Map vpn+j -> (page first+j of arrays, tag) for j < n."""
+        base = (self._aid(arrays) << 40) | (first << 2) | tag
+        self._d.update(zip(range(vpn, vpn + n), range(base, base + (n << 2), 4), strict=True))
+
+    def map_many(self, vpns: list[int], arrays, idx: np.ndarray, tags: np.ndarray) -> None:
+        """Map vpns[j] -> (page idx[j] of arrays, tags[j])."""
+        packed = (np.int64(self._aid(arrays)) << 40) | (idx.astype(np.int64) << 2) | tags
+        self._d.update(zip(vpns, packed.tolist(), strict=True))
+
+    def packed_run(self, lo: int, hi: int) -> list[int]:
+        """The packed entries of vpns lo, lo+1, ... up to hi or the first hole."""
+        out = list(map(self._d.get, range(lo, hi)))
+        if None in out:
+            del out[out.index(None) :]
+        return out
+
+    def discard(self, vpn: int, n: int = 1) -> None:
+        """Drop the entries of vpn..vpn+n-1 that exist (xa_erase of each)."""
+        pop = self._d.pop
+        for v in range(vpn, vpn + n):
+            pop(v, None)
+
+
 class dmirror:
     """struct dmirror: one open file's mirror of its process's address space.
 
@@ -851,7 +955,7 @@ class dmirror:
     def __init__(self, mdevice: dmirror_device, mm) -> None:
         self.mdevice = mdevice
         self.mm = mm
-        self.pt: dict[int, tuple[Page, int]] = {}
+        self.pt = _MirrorTable(mdevice.k)
         self.notifier = mmu_interval_notifier()
         self.mutex = Lock(mdevice.k, f"dmirror{mdevice.minor}.mutex")
         self.flags = 0
@@ -880,33 +984,16 @@ class dmirror:
             for vpn in [v for v in self.pt if lo <= v <= hi]:
                 del self.pt[vpn]
         else:
-            for vpn in range(lo, hi + 1):
-                self.pt.pop(vpn, None)
+            self.pt.discard(lo, hi + 1 - lo)
 
     # --- device reads/writes through the mirror ---------------------------------------------
     def dmirror_do_read(self, start: int, end: int, bounce: dmirror_bounce) -> int:
         off = (start - bounce.addr) & PAGE_MASK
         k = self.mdevice.k
         if k.fastpath and end - start > PAGE_SIZE:
-            # the leading run of mirrored system RAM pages in one gather copy
-            # (the loop below would copy the same frames one by one)
-            ram = k.mem.ram
-            idx = []
-            for vpn in range(start >> PAGE_SHIFT, end >> PAGE_SHIFT):
-                entry = self.pt.get(vpn)
-                if entry is None or entry[0].a is not ram.pages:
-                    break
-                idx.append(entry[0].i)
-            m = len(idx)
-            if m and off + m * PAGE_SIZE <= bounce.ptr.size:
-                out = bounce.ptr[off : off + m * PAGE_SIZE].reshape(m, PAGE_SIZE)
-                pos = np.asarray(idx)
-                cuts = [0, *(np.flatnonzero(np.diff(pos) != 1) + 1).tolist(), m]
-                for s, e in zip(cuts, cuts[1:], strict=False):  # runs of consecutive frames
-                    out[s:e] = ram.frames[idx[s] : idx[s] + e - s]
-                off += m * PAGE_SIZE
-                bounce.cpages += m
-                start += m << PAGE_SHIFT
+            done = self._do_read_bulk(start, end, bounce, off)
+            off += done * PAGE_SIZE
+            start += done << PAGE_SHIFT
         for vpn in range(start >> PAGE_SHIFT, end >> PAGE_SHIFT):
             entry = self.pt.get(vpn)
             if entry is None:
@@ -915,6 +1002,40 @@ class dmirror:
             off += PAGE_SIZE
             bounce.cpages += 1
         return 0
+
+    def _do_read_bulk(self, start: int, end: int, bounce: dmirror_bounce, off: int) -> int:
+        """dmirror_do_read's loop for the leading run of mirrored pages that
+        have a linear map, copied per run of consecutive frames (or as one
+        gather); returns how many pages it copied. Not in the C (issue 7):
+        the same bytes land at the same bounce offsets as the per-page loop,
+        which does whatever is left (a hole, a page with no linear map)."""
+        pt = self.pt
+        vals = pt.packed_run(start >> PAGE_SHIFT, end >> PAGE_SHIFT)
+        m = min(len(vals), (bounce.ptr.size - off) // PAGE_SIZE)
+        if m <= 0:
+            return 0
+        arr = np.array(vals[:m], dtype=np.int64)
+        aids = arr >> 40
+        idx = (arr >> 2) & pt.IDX_MASK
+        out = bounce.ptr[off : off + m * PAGE_SIZE].reshape(m, PAGE_SIZE)
+        mem = self.mdevice.k.mem
+        segs = [0, *(np.flatnonzero(np.diff(aids) != 0) + 1).tolist(), m]
+        for s, e in zip(segs, segs[1:], strict=False):  # runs of one PageArrays
+            base = pt.arrays[int(aids[s])].base
+            r = mem.range_of(base)
+            if r is None or r.frames is None or r.base != base:
+                bounce.cpages += s
+                return s
+            sub = idx[s:e]
+            cuts = [0, *(np.flatnonzero(np.diff(sub) != 1) + 1).tolist(), e - s]
+            if len(cuts) > (e - s) // 16 + 2:
+                np.take(r.frames, sub, axis=0, out=out[s:e])
+                continue
+            for c0, c1 in zip(cuts, cuts[1:], strict=False):  # consecutive frames
+                first = int(sub[c0])
+                out[s + c0 : s + c1] = r.frames[first : first + c1 - c0]
+        bounce.cpages += m
+        return m
 
     def dmirror_do_write(self, start: int, end: int, bounce: dmirror_bounce) -> int:
         off = (start - bounce.addr) & PAGE_MASK
@@ -930,6 +1051,8 @@ class dmirror:
     def dmirror_do_fault(self, r: hmm_range) -> int:
         k = self.mdevice.k
         L = k.hmm
+        if k.fastpath and self._do_fault_bulk(r):
+            return 0
         for i, vpn in enumerate(range(r.start >> PAGE_SHIFT, r.end >> PAGE_SHIFT)):
             v = int(r.hmm_pfns[i])
             if v & L.HMM_PFN_ERROR:
@@ -946,6 +1069,37 @@ class dmirror:
                 tag = 0
             self.pt[vpn] = (page, tag)
         return 0
+
+    def _do_fault_bulk(self, r: hmm_range) -> bool:
+        """dmirror_do_fault where every word is VALID, not ERROR, names a
+        system RAM page and, if the range asked for write, grants it: the
+        loop would warn about nothing and map each vpn to that page, tagged
+        writable where the word is. False (nothing done) otherwise. Not in
+        the C (issue 7)."""
+        L = self.mdevice.k.hmm
+        n = (r.end - r.start) >> PAGE_SHIFT
+        hp = r.hmm_pfns
+        if n < 8 or len(hp) < n:
+            return False
+        try:
+            v = np.asarray(hp[:n], dtype=np.uint64)
+        except (OverflowError, TypeError, ValueError):
+            return False
+        if (v & np.uint64(L.HMM_PFN_DEVICE_PRIVATE)).any():
+            return False  # a series (c) offset: hmm_pfn_to_page translates it
+        valid, err, wr = (np.uint64(f) for f in (L.HMM_PFN_VALID, L.HMM_PFN_ERROR, L.HMM_PFN_WRITE))
+        if ((v & valid) == 0).any() or (v & err).any():
+            return False
+        write = (v & wr) != 0
+        if r.default_flags & L.HMM_PFN_WRITE and not write.all():
+            return False
+        pfn = v & np.uint64(~L.HMM_PFN_FLAGS & L._word_mask)
+        ram = self.mdevice.k.mem.ram.pages
+        if (pfn >= np.uint64(ram.nr)).any():
+            return False
+        tags = np.where(write, DPT_XA_TAG_WRITE, 0)
+        self.pt.map_many(list(range(r.start >> PAGE_SHIFT, r.end >> PAGE_SHIFT)), ram, pfn, tags)
+        return True
 
     def dmirror_range_fault(self, r: hmm_range) -> int:
         mm = self.notifier.mm
@@ -998,7 +1152,7 @@ class dmirror:
         size = cmd.npages << PAGE_SHIFT
         start = cmd.addr
         end = start + size
-        bounce = dmirror_bounce(start, size)
+        bounce = dmirror_bounce(start, size, self.mdevice.k)
         while True:
             with self.mutex:
                 ret = self.dmirror_do_read(start, end, bounce)
@@ -1092,15 +1246,14 @@ class dmirror:
         free = mdev.free_pages
         if len(free) < m or k.mem.nr_free < m:
             return False
-        items = free.items[-m:][::-1]  # what m pops return, in order
-        groups: dict[int, list[int]] = {}
-        for pos, v in enumerate(items):
-            groups.setdefault(v >> 32, []).append(pos)
-        didx = np.array([v & 0xFFFFFFFF for v in items], dtype=np.int64)
+        items = np.array(free.items[-m:][::-1], dtype=np.int64)  # what m pops return, in order
+        aids = items >> 32
+        didx = items & 0xFFFFFFFF
+        groups = {int(aid): np.flatnonzero(aids == aid) for aid in np.unique(aids).tolist()}
         for aid, where in groups.items():
             a = free.arrays[aid]
             if (a._refcount[didx[where]] != 0).any() or any(
-                page_pgmap(Page(k, a, i))._killed for i in didx[where].tolist()
+                k.pgmaps[pid]._killed for pid in np.unique(a.pgmap[didx[where]]).tolist()
             ):
                 return False  # zone_device_page_init would warn
         back = k.mem.alloc_pages_order0_bulk(m)
@@ -1123,8 +1276,9 @@ class dmirror:
             a.mapping[idx] = 0
             a._mapcount[idx] = -1
             a._refcount[idx] = 1
-            for i in idx.tolist():  # one pgmap per chunk, usually one chunk
-                page_pgmap(Page(k, a, i))._refs += 1
+            pids, counts = np.unique(a.pgmap[idx], return_counts=True)
+            for pid, cnt in zip(pids.tolist(), counts.tolist(), strict=True):
+                k.pgmaps[pid]._refs += cnt  # one get_dev_pagemap per page
             a.zone_device_data[idx] = back[where] + 1
             swp_index = idx + (
                 a.base - DEVICE_PRIVATE_BASE if a.base >= DEVICE_PRIVATE_BASE else a.base
@@ -1256,11 +1410,9 @@ class dmirror:
             return False
         if (ram.flags[back] & np.uint32(PG_head)).any():
             return False
-        tags = np.where((dv & np.uint64(MIGRATE_PFN_WRITE)) != 0, DPT_XA_TAG_WRITE, 0).tolist()
+        tags = np.where((dv & np.uint64(MIGRATE_PFN_WRITE)) != 0, DPT_XA_TAG_WRITE, 0)
         vpns = ((args.start >> PAGE_SHIFT) + take).tolist()
-        self.pt.update(
-            (v, (Page(k, ram, p), t)) for v, p, t in zip(vpns, back.tolist(), tags, strict=True)
-        )
+        self.pt.map_many(vpns, ram, back, tags)
         return True
 
     def dmirror_migrate_finalize_and_map(self, args) -> int:
@@ -1283,8 +1435,7 @@ class dmirror:
                 rpage = BACKING_PAGE(dpage)
                 rfolio = page_folio(rpage)
                 tag = DPT_XA_TAG_WRITE if dv & MIGRATE_PFN_WRITE else 0
-                ra, ri = rfolio.a, rfolio.i
-                self.pt.update({vpn + j: (Page(k, ra, ri + j), tag) for j in range(nr)})
+                self.pt.map_run(vpn, rfolio.a, rfolio.i, nr, tag)
         return 0
 
     def _windows(self, cmd):
@@ -1332,7 +1483,7 @@ class dmirror:
         finally:
             mm.mmap_lock.up_read()
         size = cmd.npages << PAGE_SHIFT
-        bounce = dmirror_bounce(cmd.addr, size)
+        bounce = dmirror_bounce(cmd.addr, size, self.mdevice.k)
         with self.mutex:
             ret = self.dmirror_do_read(cmd.addr, cmd.addr + size, bounce)
         if ret == 0:
@@ -1405,8 +1556,9 @@ class dmirror:
         for i, v in zip(take.tolist(), d.tolist(), strict=True):
             dst[i] = v
         base = args.start >> PAGE_SHIFT
+        pop = self.pt._d.pop
         for i in take.tolist():
-            self.pt.pop(base + i, None)
+            pop(base + i, None)
         copies.to.extend(new.tolist())
         copies.frm.extend(back.tolist())
         return True
@@ -1454,8 +1606,7 @@ class dmirror:
             frm = _frames_of(spage, n) if to is not None else None
             if to is not None and frm is not None and len(to) == len(frm) == n:
                 # a whole destination folio: one block copy (same bytes as the loop)
-                for j in range(n):
-                    self.pt.pop((addr >> PAGE_SHIFT) + j, None)
+                self.pt.discard(addr >> PAGE_SHIFT, n)
                 to[:] = frm
                 addr += n * PAGE_SIZE
                 i += n
@@ -1477,7 +1628,7 @@ class dmirror:
                     dst_pfn = small.pfn
                 else:
                     dst_pfn = dpage.pfn + j
-                self.pt.pop(addr >> PAGE_SHIFT, None)
+                self.pt.discard(addr >> PAGE_SHIFT)
                 addr += PAGE_SIZE
                 copies.copy_pfn(dst_pfn, spage.pfn + j)
             i += 1 << order
@@ -1513,11 +1664,8 @@ class dmirror:
                     migrate_vma_finalize(args)
                     return -ENOMEM
                 migrate_vma_pages(args)
-                cmd.cpages += sum(
-                    1
-                    for j in range(args.npages)
-                    if int(src[j]) & MIGRATE_PFN_VALID and int(src[j]) & MIGRATE_PFN_MIGRATE
-                )
+                both = MIGRATE_PFN_VALID | MIGRATE_PFN_MIGRATE
+                cmd.cpages += sum(1 for v in src[: args.npages] if v & both == both)
                 migrate_vma_finalize(args)
         finally:
             mm.mmap_lock.up_read()
@@ -1556,7 +1704,7 @@ class dmirror:
             mm.mmap_lock.up_read()
         if ret:
             return ret
-        bounce = dmirror_bounce(start, end - start)
+        bounce = dmirror_bounce(start, end - start, self.mdevice.k)
         with self.mutex:
             ret = self.dmirror_do_read(start, end, bounce)
         if ret == 0:

@@ -329,8 +329,17 @@ class PhysMem:
         p._large_mapcount[pfns] = -1
         p.zone_device_data[pfns] = 0
         self.nr_free += len(pfns)
-        for pfn in pfns.tolist():
-            self._merge(pfn, 0)
+        fa = self.free_area
+        for pfn in pfns.tolist():  # _merge(pfn, 0), inlined
+            o = 0
+            while o < MAX_ORDER_MODELLED:
+                buddy = pfn ^ (1 << o)
+                if buddy not in fa[o]:
+                    break
+                fa[o].discard(buddy)
+                pfn &= ~(1 << o)
+                o += 1
+            fa[o].add(pfn)
 
     def is_free(self, pfn: int) -> bool:
         return self.range_of(pfn) is self.ram and bool(self.ram.pages.flags[pfn] & PGTY_buddy)

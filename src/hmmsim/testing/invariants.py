@@ -364,7 +364,7 @@ class _Checker:
     def check_mirrors(self, proc) -> None:
         """A device page table never maps what the CPU no longer maps there.
 
-        Any interval-notifier subscriber with a `pt` dict (vpn -> (page, tag))
+        Any interval-notifier subscriber with a `pt` mapping (vpn -> (page, tag))
         is a mirror: each entry must name the page the CPU maps at that
         address (for device-private memory, the page's backing page; for a
         device-exclusive entry, the page it names), and a WRITE-tagged entry
@@ -376,7 +376,7 @@ class _Checker:
         swp = k.swp
         for mni in proc.mm.notifier_subscriptions:
             pt = getattr(mni.ops, "pt", None)
-            if not isinstance(pt, dict):
+            if pt is None or not callable(getattr(pt, "items", None)):
                 continue
             backing = getattr(type(mni.ops), "backing_page", None)
             for vpn, (page, tag) in pt.items():
