@@ -138,6 +138,12 @@ def _busy(npages: int, *arrays) -> list[int]:
     """
     import numpy as np
 
+    if all(type(arr) is list for arr in arrays):  # a driver's unsigned long[]
+        if len(arrays) == 1:
+            return [i for i, v in enumerate(arrays[0][:npages]) if v]
+        if len(arrays) == 2:
+            pairs = zip(arrays[0][:npages], arrays[1][:npages], strict=True)
+            return [i for i, (x, y) in enumerate(pairs) if x or y]
     mask = None
     for arr in arrays:
         m = np.asarray(arr[:npages] if not isinstance(arr, np.ndarray) else arr[:npages]) != 0
