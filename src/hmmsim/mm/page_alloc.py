@@ -216,9 +216,13 @@ class PhysMem:
         if self.should_fail_alloc is not None or self.nr_free < m:
             return None
         area = self.free_area
-        out = []
-        for _ in range(m):
-            o = 0
+        area0 = area[0]
+        out: list[int] = []
+        while len(out) < m:
+            if area0:  # the next pops all come straight off the order-0 list
+                out += [area0.pop() for _ in range(min(len(area0), m - len(out)))]
+                continue
+            o = 1
             while not area[o]:  # nr_free >= m: some block is free
                 o += 1
             pfn = min(area[o]) if o == MAX_ORDER_MODELLED else area[o].pop()
