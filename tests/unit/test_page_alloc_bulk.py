@@ -91,3 +91,34 @@ def test_free_order0_bulk_is_free_folio_of_each(ops, m, seed):
     for pfn in pb.tolist():
         folio_put(b.mem.pfn_to_page(pfn))
     assert _same(_state(a), _state(b))
+
+
+def test_alloc_order0_bulk_over_whole_max_order_blocks():
+    a, b = _fragmented([(3, 1), (0, 0), (9, 2)]), _fragmented([(3, 1), (0, 0), (9, 2)])
+    m = a.mem.nr_free - 5  # split every block, max-order ones included
+    assert a.mem.alloc_pages_order0_bulk(m).tolist() == [b.mem.alloc_pages(0).pfn for _ in range(m)]
+    assert _same(_state(a), _state(b))
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**16), n=st.integers(1, 600))
+def test_allocation_depends_only_on_what_is_free(seed, n):
+    """The same pages freed in two different orders: the next allocations
+    (of every order) get the same PFNs, the lowest free block first."""
+    ks = []
+    for order_seed in (seed, seed + 1):
+        k = Kernel(ram_bytes=32 << 20, hugetlb_pages=0)
+        pages = [k.mem.alloc_pages(0) for _ in range(n)]
+        keep = pages[::5]
+        free = [p for p in pages if p not in keep]
+        for i in np.random.default_rng(order_seed).permutation(len(free)).tolist():
+            folio_put(free[i])
+        ks.append(k)
+    a, b = ks
+    assert _same(_state(a), _state(b))
+    fa = a.mem.free_area
+    for order in (0, 0, 3, 0, 9, 1, 0):
+        smallest = next(o for o in range(order, len(fa)) if fa[o])
+        expect = min(fa[smallest])  # the lowest block of the smallest order that fits
+        pa, pb = a.mem.alloc_pages(order), b.mem.alloc_pages(order)
+        assert pa.pfn == pb.pfn == expect

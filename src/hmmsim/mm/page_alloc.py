@@ -18,6 +18,7 @@ allocation that finds no free block fails at once.
 from __future__ import annotations
 
 import bisect
+import heapq
 
 import numpy as np
 
@@ -72,6 +73,55 @@ class MemRange:
         return f"<MemRange {self.name} pfn [{self.base:#x}, {self.end:#x})>"
 
 
+
+class FreeArea:
+    """One order's free list: the start PFNs of its free blocks.
+
+    The kernel hands out the block at the head of a list_head; the model
+    hands out the lowest-addressed one (`pop`), so which page an allocation
+    gets depends only on what is free, never on the order of earlier frees
+    or on the host's set implementation: a seed replays the same on any
+    Python. A set answers membership; a heap with lazy deletion gives the
+    lowest block.
+    """
+
+    __slots__ = ("_set", "_heap")
+
+    def __init__(self) -> None:
+        self._set: set[int] = set()
+        self._heap: list[int] = []
+
+    def add(self, pfn: int) -> None:
+        self._set.add(pfn)
+        heapq.heappush(self._heap, pfn)
+
+    def discard(self, pfn: int) -> None:
+        self._set.discard(pfn)
+        if len(self._heap) > 2 * len(self._set) + 64:  # drop stale heap entries
+            self._heap = sorted(self._set)
+
+    def pop(self) -> int:
+        """Remove and return the lowest free block (KeyError if none)."""
+        s, h = self._set, self._heap
+        while h:
+            pfn = heapq.heappop(h)
+            if pfn in s:
+                s.remove(pfn)
+                return pfn
+        raise KeyError("pop from an empty free area")
+
+    def __contains__(self, pfn: object) -> bool:
+        return pfn in self._set
+
+    def __len__(self) -> int:
+        return len(self._set)
+
+    def __bool__(self) -> bool:
+        return bool(self._set)
+
+    def __iter__(self):
+        return iter(self._set)
+
 class PhysMem:
     """All physical memory of one Kernel: RAM, device ranges, the buddy lists.
 
@@ -84,8 +134,8 @@ class PhysMem:
         self.ram = MemRange(0, nr_ram_pages, "System RAM", with_frames=True)
         self.ranges: list[MemRange] = [self.ram]
         self._bases: list[int] = [0]
-        #: free_area[order] = set of free block start PFNs (RAM only).
-        self.free_area: list[set[int]] = [set() for _ in range(MAX_ORDER_MODELLED + 1)]
+        #: free_area[order]: the start PFNs of free blocks of that order (RAM only).
+        self.free_area: list[FreeArea] = [FreeArea() for _ in range(MAX_ORDER_MODELLED + 1)]
         self.nr_free = 0
         #: Test hook: called with (order,) before each allocation; True fails it.
         self.should_fail_alloc = None
@@ -179,9 +229,7 @@ class PhysMem:
             o += 1
         if o > MAX_ORDER_MODELLED:
             return None
-        pfn = min(self.free_area[o]) if o == MAX_ORDER_MODELLED else self.free_area[o].pop()
-        if o == MAX_ORDER_MODELLED:
-            self.free_area[o].discard(pfn)
+        pfn = self.free_area[o].pop()
         while o > order:  # expand(): hand the upper halves back
             o -= 1
             self.free_area[o].add(pfn + (1 << o))
@@ -217,21 +265,37 @@ class PhysMem:
             return None
         area = self.free_area
         area0 = area[0]
+        pop0 = area0.pop
         out: list[int] = []
-        while len(out) < m:
-            if area0:  # the next pops all come straight off the order-0 list
-                out += [area0.pop() for _ in range(min(len(area0), m - len(out)))]
+        append = out.append
+        left = m
+        while left:
+            n0 = len(area0)
+            if n0 > 8:  # the next pops all come straight off the order-0 list
+                take = min(n0, left)
+                out += [pop0() for _ in range(take)]
+                left -= take
+                continue
+            if n0:
+                append(pop0())
+                left -= 1
                 continue
             o = 1
             while not area[o]:  # nr_free >= m: some block is free
                 o += 1
-            pfn = min(area[o]) if o == MAX_ORDER_MODELLED else area[o].pop()
-            if o == MAX_ORDER_MODELLED:
-                area[o].discard(pfn)
-            while o > 0:
+            pfn = area[o].pop()
+            if left >= 1 << o:
+                # Orders below o are all empty, so one call per page would
+                # split this block and hand out all of it in address order,
+                # leaving those orders empty again: do just that at once.
+                out += range(pfn, pfn + (1 << o))
+                left -= 1 << o
+                continue
+            while o > 0:  # expand(): the upper halves go back
                 o -= 1
                 area[o].add(pfn + (1 << o))
-            out.append(pfn)
+            append(pfn)
+            left -= 1
         self.nr_free -= m
         pfns = np.asarray(out, dtype=np.int64)
         p = self.ram.pages
