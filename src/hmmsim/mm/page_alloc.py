@@ -100,6 +100,21 @@ class FreeArea:
         if len(self._heap) > 2 * len(self._set) + 64:  # drop stale heap entries
             self._heap = sorted(self._set)
 
+    def add_many(self, pfns: list[int]) -> None:
+        self._set.update(pfns)
+        h = self._heap
+        if len(pfns) > 8 + len(h) // 8:
+            h.extend(pfns)
+            heapq.heapify(h)
+        else:
+            for pfn in pfns:
+                heapq.heappush(h, pfn)
+
+    def discard_many(self, pfns: list[int]) -> None:
+        self._set.difference_update(pfns)
+        if len(self._heap) > 2 * len(self._set) + 64:
+            self._heap = sorted(self._set)
+
     def pop(self) -> int:
         """Remove and return the lowest free block (KeyError if none)."""
         s, h = self._set, self._heap
@@ -397,17 +412,39 @@ class PhysMem:
         p._large_mapcount[pfns] = -1
         p.zone_device_data[pfns] = 0
         self.nr_free += len(pfns)
+        self._merge_many(pfns)
+
+    def _merge_many(self, pfns: np.ndarray) -> None:
+        """_merge(pfn, 0) of distinct allocated pages, one order at a time.
+
+        Free blocks are always fully merged, so the lists after a batch of
+        frees depend only on which pages are free: a block is on the list of
+        order o exactly when all its pages are free and its order-o+1 parent
+        is not. Level by level, each new block merges with its buddy when the
+        buddy is new too or already free at that order, else it stays.
+        """
         fa = self.free_area
-        for pfn in pfns.tolist():  # _merge(pfn, 0), inlined
-            o = 0
-            while o < MAX_ORDER_MODELLED:
-                buddy = pfn ^ (1 << o)
-                if buddy not in fa[o]:
-                    break
-                fa[o].discard(buddy)
-                pfn &= ~(1 << o)
-                o += 1
-            fa[o].add(pfn)
+        cur = np.unique(pfns)
+        for o in range(MAX_ORDER_MODELLED):
+            if not len(cur):
+                return
+            bit = 1 << o
+            buddy = cur ^ bit
+            at = np.searchsorted(cur, buddy)  # cur is sorted and unique
+            in_cur = cur[np.minimum(at, len(cur) - 1)] == buddy
+            free = fa[o]._set
+            if free:
+                in_free = np.fromiter(
+                    (b in free for b in buddy.tolist()), dtype=bool, count=len(buddy)
+                )
+            else:
+                in_free = np.zeros(len(cur), dtype=bool)
+            fa[o].add_many(cur[~(in_cur | in_free)].tolist())
+            fa[o].discard_many(buddy[in_free].tolist())
+            cur = np.concatenate((cur[in_cur & (cur < buddy)], cur[in_free])) & ~np.int64(bit)
+            cur.sort()
+        if len(cur):
+            fa[MAX_ORDER_MODELLED].add_many(cur.tolist())
 
     def is_free(self, pfn: int) -> bool:
         return self.range_of(pfn) is self.ram and bool(self.ram.pages.flags[pfn] & PGTY_buddy)
