@@ -123,7 +123,7 @@ from hmmsim.mm.mmu_notifier import (
     mmu_interval_read_retry,
     mmu_interval_set_seq,
 )
-from hmmsim.mm.page_alloc import GFP_ZERO_BIT
+from hmmsim.mm.page_alloc import GFP_ZERO_BIT, has_duplicates
 from hmmsim.mm.rmap import make_device_exclusive
 
 DMIRROR_NDEVICES = 4
@@ -228,7 +228,18 @@ class _FrameCopies:
     def flush(self) -> None:
         frames = self.ram.frames
         if self.to:
-            frames[self.to] = frames[self.frm]
+            to, frm = self.to, self.frm
+            n = len(to)
+            if (
+                n > 1
+                and to[-1] - to[0] == n - 1
+                and frm[-1] - frm[0] == n - 1
+                and (np.diff(to) == 1).all()
+                and (np.diff(frm) == 1).all()
+            ):  # two runs of consecutive frames: one block copy
+                frames[to[0] : to[0] + n] = frames[frm[0] : frm[0] + n]
+            else:
+                frames[to] = frames[frm]
         if self.zero:
             frames[self.zero] = 0
         self.to, self.frm, self.zero = [], [], []
@@ -607,20 +618,20 @@ class dmirror_device:
         zdd = a.zone_device_data[idx]
         ram = k.mem.ram.pages
         back = zdd - 1
-        if (zdd <= 0).any() or (back >= ram.nr).any() or len(np.unique(back)) != len(back):
+        if (zdd <= 0).any() or (back >= ram.nr).any() or has_duplicates(back):
             return False
         if (ram.flags[back] & np.uint32(PG_head)).any() or (ram._refcount[back] != 1).any():
             return False
         refs = k.driver_refs
-        if any(refs[p] < 1 for p in back.tolist()):
-            return False
+        bl = back.tolist()
+        count = refs.get
+        if any(count(p, 0) != 1 for p in bl):
+            return False  # the driver's reference is not the only one
         pgmap = page_pgmap(Page(k, a, int(idx[0])))
         if pgmap._chunk.remove:
             return False
-        for p in back.tolist():  # driver_folio_put(), then the puts below
-            refs[p] -= 1
-            if not refs[p]:
-                del refs[p]
+        for p in bl:  # driver_folio_put(): each count goes 1 -> 0
+            refs.pop(p)
         ram._refcount[back] = 0
         k.mem.free_folios_order0(back)
         a.zone_device_data[idx] = 0
@@ -1029,7 +1040,11 @@ class dmirror:
             sub = idx[s:e]
             cuts = [0, *(np.flatnonzero(np.diff(sub) != 1) + 1).tolist(), e - s]
             if len(cuts) > (e - s) // 16 + 2:
-                np.take(r.frames, sub, axis=0, out=out[s:e])
+                if int(sub.max()) >= len(r.frames) or int(sub.min()) < 0:
+                    bounce.cpages += s
+                    return s
+                # mode="clip" (indices checked above) lets take write straight into out
+                np.take(r.frames, sub, axis=0, out=out[s:e], mode="clip")
                 continue
             for c0, c1 in zip(cuts, cuts[1:], strict=False):  # consecutive frames
                 first = int(sub[c0])
@@ -1259,8 +1274,7 @@ class dmirror:
         back = k.mem.alloc_pages_order0_bulk(m)
         if back is None:
             return False
-        for p in back.tolist():  # folio_alloc(): the driver's reference
-            k.driver_refs[p] += 1
+        k.driver_refs.update(back.tolist())  # folio_alloc(): the driver's reference
         with mdev.lock:
             free.drop_last(m)
             mdev.calloc += m

@@ -97,6 +97,7 @@ from hmmsim.mm.migrate import (
     remove_migration_ptes,
 )
 from hmmsim.mm.mmu_notifier import notify_range
+from hmmsim.mm.page_alloc import has_duplicates
 from hmmsim.mm.pagewalk import mm_walk_ops, walk_page_range
 from hmmsim.mm.pgtable import (
     pmd_lockptr,
@@ -1232,7 +1233,7 @@ def migrate_vma_finalize_remove_bulk(migrate, busy: list[int]) -> list[int]:
     da, di = dsts
     if not (_order0_locked(sa, si) and _order0_locked(da, di)):
         return [], False
-    if len(np.unique(si)) != len(si) or len(np.unique(di)) != len(di):
+    if has_duplicates(si) or has_duplicates(di):
         return [], False
     # one anon_vma; the rmap walk's only stop for these pages is this vma
     m = sa.mapping[si]
@@ -1513,13 +1514,13 @@ def migrate_vma_collect_ptes_bulk(migrate, vma, ptep: int, addr: int, end: int) 
     if len(rpos):
         ok, _ = page_ok(ram, rpos)
         good[np.flatnonzero(is_ram)[~ok]] = False
-        if len(np.unique(rpos)) != len(rpos):
+        if has_duplicates(rpos):
             return 0
     if is_dev.any():
         dpos_run = dpos[:run][is_dev]
         ok, _ = page_ok(dpa, dpos_run)
         good[np.flatnonzero(is_dev)[~ok]] = False
-        if len(np.unique(dpos_run)) != len(dpos_run):
+        if has_duplicates(dpos_run):
             return 0
     if not good.all():
         run = int(np.argmin(good))
@@ -1679,7 +1680,7 @@ def migrate_device_unmap_bulk(src_pfns, npages: int, fault_page, *, k) -> int | 
     if pages is None:
         return None
     a, pos = pages
-    if len(np.unique(pos)) != len(pos):
+    if has_duplicates(pos):
         return None
     fl = a.flags[pos]
     ref = a._refcount[pos]
@@ -1746,7 +1747,7 @@ def migrate_vma_pages_bulk(migrate) -> bool:
         return False
     sa, si = s
     da, di = d
-    if len(np.unique(si)) != len(si) or len(np.unique(di)) != len(di):
+    if has_duplicates(si) or has_duplicates(di):
         return False
     for a, pos in ((sa, si), (da, di)):
         if (a.flags[pos] & np.uint32(PG_head)).any() or (a.head_off[pos] != 0).any():
