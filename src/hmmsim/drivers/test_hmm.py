@@ -311,6 +311,17 @@ def _copy_from_user(proc, uptr, size: int) -> np.ndarray | int:
 
 
 # --- devices and chunks ----------------------------------------------------------------------
+
+
+def _array_id(registry: list, arrays) -> int:
+    """The index of a PageArrays in a packed structure's registry (added if new)."""
+    for n, a in enumerate(registry):
+        if a is arrays:
+            return n
+    registry.append(arrays)
+    return len(registry) - 1
+
+
 class _FreeList:
     """A LIFO list of free device pages, stored compactly.
 
@@ -327,11 +338,7 @@ class _FreeList:
         self._low = 0
 
     def _aid(self, arrays) -> int:
-        for n, a in enumerate(self.arrays):
-            if a is arrays:
-                return n
-        self.arrays.append(arrays)
-        return len(self.arrays) - 1
+        return _array_id(self.arrays, arrays)
 
     def append(self, page: Page) -> None:
         self.items.append((self._aid(page.a) << 32) | page.i)
@@ -885,11 +892,7 @@ class _MirrorTable:
         self._d: dict[int, int] = {}
 
     def _aid(self, arrays) -> int:
-        for n, a in enumerate(self.arrays):
-            if a is arrays:
-                return n
-        self.arrays.append(arrays)
-        return len(self.arrays) - 1
+        return _array_id(self.arrays, arrays)
 
     def _unpack(self, v: int) -> tuple[Page, int]:
         return Page(self.k, self.arrays[v >> 40], (v >> 2) & self.IDX_MASK), v & 3

@@ -73,6 +73,20 @@ class MemRange:
         return f"<MemRange {self.name} pfn [{self.base:#x}, {self.end:#x})>"
 
 
+def _reset_to_buddy(p: PageArrays, pages, heads) -> None:
+    """The struct page state of free buddy pages (`pages`: an index, slice or
+    index array; `heads`: where the folio-head-only fields live)."""
+    p.flags[pages] = PGTY_buddy
+    p.order[pages] = 0
+    p.head_off[pages] = 0
+    p.mapping[pages] = 0
+    p.index[pages] = 0
+    p._mapcount[pages] = -1
+    p._entire_mapcount[heads] = -1
+    p._large_mapcount[heads] = -1
+    p.zone_device_data[pages] = 0
+
+
 def has_duplicates(values: np.ndarray) -> bool:
     """Whether an integer array holds some value twice (the bulk passes'
     guard; a sort is several times cheaper than np.unique for window-sized
@@ -365,16 +379,8 @@ class PhysMem:
         p = self.ram.pages
         n = 1 << order
         sl = slice(pfn, pfn + n) if order else pfn  # scalar stores for one page
-        p.flags[sl] = PGTY_buddy
-        p.order[sl] = 0
-        p.head_off[sl] = 0
-        p.mapping[sl] = 0
-        p.index[sl] = 0
         p._refcount[sl] = 0
-        p._mapcount[sl] = -1
-        p._entire_mapcount[pfn] = -1
-        p._large_mapcount[pfn] = -1
-        p.zone_device_data[sl] = 0
+        _reset_to_buddy(p, sl, pfn)
         self.nr_free += n
         self._merge(pfn, order)
 
@@ -412,15 +418,7 @@ class PhysMem:
             for pfn in pfns.tolist():
                 self.free_folio(Page(self.k, p, pfn))
             return
-        p.flags[pfns] = PGTY_buddy
-        p.order[pfns] = 0
-        p.head_off[pfns] = 0
-        p.mapping[pfns] = 0
-        p.index[pfns] = 0
-        p._mapcount[pfns] = -1
-        p._entire_mapcount[pfns] = -1
-        p._large_mapcount[pfns] = -1
-        p.zone_device_data[pfns] = 0
+        _reset_to_buddy(p, pfns, pfns)
         self.nr_free += len(pfns)
         self._merge_many(pfns)
 
