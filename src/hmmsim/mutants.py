@@ -10,6 +10,13 @@ the interleaving explorer and a mutant counts as found only when a checker
 fires (an invariant, a lost byte, a deadlock or livelock, a kernel oops or
 warning).
 
+Not here: kernel-reference 9.5, series (c) v1/v2 shifting pvmw->pfn left by
+one for a flag bit, which loses bit BITS_PER_LONG-1 of a PFN. No machine the
+model builds has such a PFN (x86-64 MAX_PHYSMEM_BITS is 46 or 52,
+device-private offsets start at 0, and on 32-bit the migrate-PFN encoding
+already refuses PFNs of 2^26 and up), so no checker could ever see the bug;
+a mutant would only be "found" by looking at which mutant is on.
+
 This module is data only, so the kernel can import it.
 """
 
