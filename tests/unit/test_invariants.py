@@ -122,3 +122,17 @@ def test_stale_device_mirror_entry_is_caught():
     p.munmap(a, 4096)
     p.mm.notifier_subscriptions.append(d.notifier)
     caught(k, "but the CPU has")
+
+
+def test_byte_oracle_names_the_first_lost_word(proc, mapped):
+    import numpy as np
+
+    from hmmsim.testing.invariants import check_bytes
+
+    a, _ = mapped
+    shadow = np.arange(1024, dtype=np.int32)
+    proc.store_array(a, shadow)
+    check_bytes(proc, a, shadow)  # what was stored reads back
+    proc.store(a + 4 * 700, b"\xff\xff\xff\xff")
+    with pytest.raises(AssertionError, match=f"word 700 at {a:#x}"):
+        check_bytes(proc, a, shadow)

@@ -42,7 +42,7 @@ from hmmsim.mm.memremap import memremap_pages, zone_device_folio_init
 from hmmsim.mm.migrate import migrate_pfn_from_page, migrate_pfn_to_page
 from hmmsim.mm.migrate_device import migrate_vma_finalize, migrate_vma_pages, migrate_vma_setup
 from hmmsim.mm.mmap import vma_lookup
-from hmmsim.testing.invariants import check_invariants, strict_word_check
+from hmmsim.testing.invariants import check_bytes, check_invariants, strict_word_check
 
 RW = PROT_READ | PROT_WRITE
 NPMD = 3
@@ -177,12 +177,7 @@ def run_devalloc_fuzz(runs: int, seed: int = 0, *, bugs=frozenset()) -> DevAlloc
                     n = rng.randint(1, 64)
                 start = base + first * PAGE_SIZE
                 rep.migrated += _migrate(k, p, dev, start, n, to_device=rng.random() < 0.5)
-                got = p.load_array(base, words)
-                if not (got == shadow).all():
-                    w = int(np.nonzero(got != shadow)[0][0])
-                    raise AssertionError(
-                        f"byte lost: word {w} at {base:#x}: {got[w]} != {shadow[w]}"
-                    )
+                check_bytes(p, base, shadow)
                 check_invariants(k)
         except Exception as e:  # noqa: BLE001 - every failure is reported
             rep.failure = f"run {run}: {type(e).__name__}: {e}"

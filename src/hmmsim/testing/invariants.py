@@ -79,6 +79,18 @@ class InvariantViolation(KernelBug):
         self.problems = problems
 
 
+def check_bytes(proc, base: int, shadow) -> None:
+    """The data oracle of the API fuzzers: the process reads back at base
+    exactly the int32 words of `shadow`, or AssertionError names the first
+    word that differs."""
+    import numpy as np
+
+    got = proc.load_array(base, shadow.size)
+    if not (got == shadow).all():
+        w = int(np.nonzero(got != shadow)[0][0])
+        raise AssertionError(f"byte lost: word {w} at {base:#x}: {got[w]} != {shadow[w]}")
+
+
 def check_invariants(k, *, raise_on_error: bool = True) -> list[str]:
     """Check every invariant of Kernel k; raise InvariantViolation (or return problems)."""
     c = _Checker(k)

@@ -48,7 +48,7 @@ from hmmsim.mm.mmu_notifier import (
     mmu_interval_read_begin,
     mmu_interval_set_seq,
 )
-from hmmsim.testing.invariants import check_invariants, strict_word_check
+from hmmsim.testing.invariants import check_bytes, check_invariants, strict_word_check
 
 RW = PROT_READ | PROT_WRITE
 NPMD = 3
@@ -167,12 +167,7 @@ def run_walk_fuzz(
             for _ in range(4):
                 rep.rounds += 1
                 rep.migrated += _round(k, p, base, rng)
-                got = p.load_array(base, shadow.size)
-                if not (got == shadow).all():
-                    w = int(np.nonzero(got != shadow)[0][0])
-                    raise AssertionError(
-                        f"byte lost: word {w} at {base:#x}: {got[w]} != {shadow[w]}"
-                    )
+                check_bytes(p, base, shadow)
                 check_invariants(k)
         except Exception as e:  # noqa: BLE001 - every failure is reported
             rep.failure = f"run {run}: {type(e).__name__}: {e}"
