@@ -1235,16 +1235,10 @@ class dmirror:
         from hmmsim.include.migrate import MIGRATE_PFN_DEVICE_PRIVATE, MIGRATE_PFN_SHIFT
         from hmmsim.include.mm_types import PG_locked
         from hmmsim.kconfig import DEVICE_PRIVATE_BASE
-        from hmmsim.locking import Scheduler
 
         k = self.mdevice.k
         mdev = self.mdevice
-        if (
-            not k.fastpath
-            or type(k.sched) is not Scheduler
-            or self.flags & HMM_DMIRROR_FLAG_FAIL_ALLOC
-            or not mdev.is_private_zone()
-        ):
+        if not k.fastpath or self.flags & HMM_DMIRROR_FLAG_FAIL_ALLOC or not mdev.is_private_zone():
             return False
         n = (args.end - args.start) >> PAGE_SHIFT
         src, dst = args.src, args.dst
@@ -1529,12 +1523,10 @@ class dmirror:
         """
         from hmmsim.include.migrate import MIGRATE_PFN_DEVICE_PRIVATE, MIGRATE_PFN_SHIFT
         from hmmsim.include.mm_types import PG_head, PG_locked
-        from hmmsim.locking import Scheduler
 
         k = self.mdevice.k
         if (
             not k.fastpath
-            or type(k.sched) is not Scheduler
             or self.flags & HMM_DMIRROR_FLAG_FAIL_ALLOC
             or not self.mdevice.is_private_zone()
         ):

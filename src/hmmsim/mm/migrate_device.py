@@ -1202,19 +1202,13 @@ def migrate_vma_finalize_remove_bulk(migrate, busy: list[int]) -> list[int]:
         SWP_TYPE_BITS,
         SWP_TYPE_SHIFT,
     )
-    from hmmsim.locking import Scheduler
     from hmmsim.mm.memremap import DEVICE_PRIVATE_BASE
     from hmmsim.mm.migrate import migration_pte_restored
 
     vma = migrate.vma
     mm = vma.vm_mm
     k = mm.k
-    if (
-        not k.fastpath
-        or type(k.sched) is not Scheduler
-        or migrate.fault_page is not None
-        or len(busy) < 8
-    ):
+    if not k.fastpath or migrate.fault_page is not None or len(busy) < 8:
         return [], False
     u64 = np.uint64
     sv = np.array([int(migrate.src[i]) for i in busy], dtype=np.uint64)
@@ -1428,7 +1422,6 @@ def migrate_vma_collect_ptes_bulk(migrate, vma, ptep: int, addr: int, end: int) 
         SWP_TYPE_BITS,
         SWP_TYPE_SHIFT,
     )
-    from hmmsim.locking import Scheduler
     from hmmsim.mm.gup import GUP_PIN_COUNTING_BIAS
     from hmmsim.mm.memremap import DEVICE_PRIVATE_BASE
 
@@ -1439,7 +1432,7 @@ def migrate_vma_collect_ptes_bulk(migrate, vma, ptep: int, addr: int, end: int) 
     lo = migrate.npages
     if (
         n < 8
-        or type(k.sched) is not Scheduler
+        or not k.fastpath
         or migrate.fault_page is not None
         or lo + n > min(len(src), len(dst))
         or not (_sliceable(src) and _sliceable(dst))
@@ -1664,9 +1657,8 @@ def migrate_device_unmap_bulk(src_pfns, npages: int, fault_page, *, k) -> int | 
     import numpy as np
 
     from hmmsim.include.mm_types import PG_head, PG_lru
-    from hmmsim.locking import Scheduler
 
-    if not k.fastpath or type(k.sched) is not Scheduler or fault_page is not None:
+    if not k.fastpath or fault_page is not None:
         return None
     busy = _busy(npages, src_pfns)
     if len(busy) < 8:
@@ -1722,10 +1714,9 @@ def migrate_vma_pages_bulk(migrate) -> bool:
 
     from hmmsim.include.memremap import MEMORY_DEVICE_COHERENT, MEMORY_DEVICE_PRIVATE
     from hmmsim.include.mm_types import PG_anon_exclusive, PG_dirty, PG_head, PG_uptodate
-    from hmmsim.locking import Scheduler
 
     k = migrate.vma.vm_mm.k
-    if not k.fastpath or type(k.sched) is not Scheduler or migrate.fault_page is not None:
+    if not k.fastpath or migrate.fault_page is not None:
         return False
     src, dst = migrate.src, migrate.dst
     busy = _busy(migrate.npages, src, dst)
