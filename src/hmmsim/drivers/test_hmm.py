@@ -113,6 +113,7 @@ from hmmsim.mm.migrate_device import (
     migrate_vma_finalize,
     migrate_vma_pages,
     migrate_vma_setup,
+    slot_words,
 )
 from hmmsim.mm.mmap import vma_lookup
 from hmmsim.mm.mmu_notifier import (
@@ -1242,7 +1243,7 @@ class dmirror:
             return False
         n = (args.end - args.start) >> PAGE_SHIFT
         src, dst = args.src, args.dst
-        sv = np.array([int(src[i]) for i in range(n)], dtype=np.uint64)
+        sv = slot_words(src, range(n))
         take = np.flatnonzero((sv & np.uint64(MIGRATE_PFN_MIGRATE)) != 0)
         m = len(take)
         if m < 8 or (sv & np.uint64(MIGRATE_PFN_COMPOUND)).any():
@@ -1395,11 +1396,11 @@ class dmirror:
         if not k.fastpath or not self.mdevice.is_private_zone():
             return False
         n = (args.end - args.start) >> PAGE_SHIFT
-        sv = np.array([int(args.src[i]) for i in range(n)], dtype=np.uint64)
+        sv = slot_words(args.src, range(n))
         take = np.flatnonzero((sv & np.uint64(MIGRATE_PFN_MIGRATE)) != 0)
         if len(take) < 8:
             return False
-        dv = np.array([int(args.dst[i]) for i in take.tolist()], dtype=np.uint64)
+        dv = slot_words(args.dst, take.tolist())
         if ((dv & np.uint64(MIGRATE_PFN_VALID)) == 0).any() or (
             dv & np.uint64(MIGRATE_PFN_COMPOUND)
         ).any():
@@ -1533,7 +1534,7 @@ class dmirror:
             return False
         n = (args.end - args.start) >> PAGE_SHIFT
         src, dst = args.src, args.dst
-        sv = np.array([int(src[i]) for i in range(n)], dtype=np.uint64)
+        sv = slot_words(src, range(n))
         need = np.uint64(MIGRATE_PFN_VALID | MIGRATE_PFN_MIGRATE)
         take = np.flatnonzero((sv & need) == need)
         if len(take) < 8:

@@ -1211,8 +1211,8 @@ def migrate_vma_finalize_remove_bulk(migrate, busy: list[int]) -> list[int]:
     if not k.fastpath or migrate.fault_page is not None or len(busy) < 8:
         return [], False
     u64 = np.uint64
-    sv = np.array([int(migrate.src[i]) for i in busy], dtype=np.uint64)
-    dv = np.array([int(migrate.dst[i]) for i in busy], dtype=np.uint64)
+    sv = slot_words(migrate.src, busy)
+    dv = slot_words(migrate.dst, busy)
     # slots without a source page (holes) have no migration entry to remove
     has_src = (sv & u64(MIGRATE_PFN_VALID)) != 0
     slots = np.asarray(busy, dtype=np.int64)[has_src]
@@ -1635,12 +1635,15 @@ def migrate_vma_collect_ptes_bulk(migrate, vma, ptep: int, addr: int, end: int) 
 # issue 7: unmap and migrate_vma_pages over a whole window
 
 
-def _slot_values(arr, busy):
+def slot_words(arr, busy):
+    """The words of slots `busy` (sorted, distinct) of a src/dst array, as uint64."""
     import numpy as np
 
     if isinstance(arr, np.ndarray):
         return arr[np.asarray(busy, dtype=np.int64)].astype(np.uint64)
-    return np.array([int(arr[i]) for i in busy], dtype=np.uint64)
+    if busy and busy[-1] - busy[0] == len(busy) - 1:  # every slot of a run is busy
+        return np.array(arr[busy[0] : busy[-1] + 1], dtype=np.uint64)
+    return np.fromiter(map(arr.__getitem__, busy), dtype=np.uint64, count=len(busy))
 
 
 def migrate_device_unmap_bulk(src_pfns, npages: int, fault_page, *, k) -> int | None:
@@ -1663,7 +1666,7 @@ def migrate_device_unmap_bulk(src_pfns, npages: int, fault_page, *, k) -> int | 
     busy = _busy(npages, src_pfns)
     if len(busy) < 8:
         return None
-    sv = _slot_values(src_pfns, busy)
+    sv = slot_words(src_pfns, busy)
     valid = (sv & np.uint64(MIGRATE_PFN_VALID)) != 0
     holes = int(((sv[~valid] & np.uint64(MIGRATE_PFN_MIGRATE)) != 0).sum())
     if not valid.any():
@@ -1723,8 +1726,8 @@ def migrate_vma_pages_bulk(migrate) -> bool:
     if len(busy) < 8:
         return False
     u64 = np.uint64
-    sv = _slot_values(src, busy)
-    dv = _slot_values(dst, busy)
+    sv = slot_words(src, busy)
+    dv = slot_words(dst, busy)
     need = u64(MIGRATE_PFN_VALID | MIGRATE_PFN_MIGRATE)
     if (
         ((sv & need) != need).any()
