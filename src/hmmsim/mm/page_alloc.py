@@ -440,11 +440,9 @@ class PhysMem:
             buddy = cur ^ bit
             at = np.searchsorted(cur, buddy)  # cur is sorted and unique
             in_cur = cur[np.minimum(at, len(cur) - 1)] == buddy
-            free = fa[o]._set
-            if free:
-                in_free = np.fromiter(
-                    (b in free for b in buddy.tolist()), dtype=bool, count=len(buddy)
-                )
+            hits = fa[o]._set.intersection(buddy.tolist()) if fa[o] else ()
+            if hits:
+                in_free = np.isin(buddy, np.fromiter(hits, dtype=np.int64, count=len(hits)))
             else:
                 in_free = np.zeros(len(cur), dtype=bool)
             fa[o].add_many(cur[~(in_cur | in_free)].tolist())
