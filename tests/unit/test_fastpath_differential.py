@@ -121,7 +121,8 @@ class World:
         self.kinds = kinds
 
     def ioctl(self, dev: int, req: int, addr: int, npages: int):
-        buf = np.zeros(npages * PAGE_SIZE, dtype=np.uint8)
+        # not zeros: a failed ioctl must leave the caller's bytes as they were
+        buf = np.full(npages * PAGE_SIZE, 0xA5, dtype=np.uint8)
         cmd = hmm_dmirror_cmd(addr=addr, ptr=buf, npages=npages)
         ret = self.p.ioctl(self.fds[dev], req, cmd)
         return ret, cmd.cpages, cmd.faults, buf
@@ -339,7 +340,18 @@ def bulk_calls(monkeypatch):
 
 @pytest.mark.parametrize("cfg", sorted(CONFIGS))
 @pytest.mark.parametrize("seed,fork", [(6, True), (7, False), (8, False), (9, True)])
-def test_migration_round_trips_match(seed, fork, cfg, bulk_calls):
+def test_migration_round_trips_match(seed, fork, cfg, bulk_calls, monkeypatch):
+    import hmmsim.drivers.test_hmm as th
+
+    direct = {"taken": 0, "declined": 0}
+    real_direct = th.dmirror._read_to_user_direct
+
+    def spy(self, *args):
+        done = real_direct(self, *args)
+        direct["declined" if done is None else "taken"] += 1
+        return done
+
+    monkeypatch.setattr(th.dmirror, "_read_to_user_direct", spy)
     # the fork-free worlds are mostly plain pages, so long windows stay common
     fast, slow = pair(seed, cfg, fork, 0.7 if fork else 0.97)
     rng = random.Random(seed)
@@ -362,6 +374,8 @@ def test_migration_round_trips_match(seed, fork, cfg, bulk_calls):
         ("collect",) if fork else ("collect", "unmap", "pages", "finalize", "finalize_whole")
     ):
         assert bulk_calls[name] > 0, f"the bulk {name} never ran: test is vacuous"
+    if not fork:  # MIGRATE_TO_DEV's read-back went straight to the user buffer
+        assert direct["taken"] > 0, direct
 
 
 def _setup_window(w: World, first: int, npages: int, flags: int):

@@ -23,6 +23,9 @@ owns (copy_to_user cannot fail), or a user address in the calling process;
 
 from __future__ import annotations
 
+from collections import deque
+from itertools import compress, repeat
+
 import numpy as np
 
 from hmmsim.drivers.test_hmm_uapi import (
@@ -272,6 +275,13 @@ class dmirror_bounce:
             self.ptr = np.zeros(size, dtype=np.uint8)
 
 
+def _user_view(uptr) -> np.ndarray | None:
+    """A user buffer given as a host array, as writable bytes; else None."""
+    if not isinstance(uptr, np.ndarray):
+        return None
+    return uptr.reshape(-1).view(np.uint8)
+
+
 def _copy_to_user(proc, uptr, data: np.ndarray) -> int:
     """copy_to_user(): 0, or -EFAULT if the user buffer is missing/too small."""
     if uptr is None:
@@ -282,11 +292,9 @@ def _copy_to_user(proc, uptr, data: np.ndarray) -> int:
         except Exception:  # noqa: BLE001 - a user fault is -EFAULT here
             return -EFAULT
         return 0
-    view = (
-        np.frombuffer(memoryview(uptr).cast("B"), dtype=np.uint8)
-        if not isinstance(uptr, np.ndarray)
-        else uptr.reshape(-1).view(np.uint8)
-    )
+    view = _user_view(uptr)
+    if view is None:
+        view = np.frombuffer(memoryview(uptr).cast("B"), dtype=np.uint8)
     if view.size < data.size:
         return -EFAULT
     view[: data.size] = data
@@ -346,7 +354,7 @@ class _FreeList:
 
     def extend_indices(self, arrays, indices) -> None:
         aid = self._aid(arrays) << 32
-        self.items.extend(aid | i for i in indices)
+        self.items.extend(map(aid.__or__, indices))
 
     def pop(self) -> Page:
         v = self.items.pop()
@@ -632,14 +640,12 @@ class dmirror_device:
             return False
         refs = k.driver_refs
         bl = back.tolist()
-        count = refs.get
-        if any(count(p, 0) != 1 for p in bl):
+        if set(map(refs.get, bl)) != {1}:
             return False  # the driver's reference is not the only one
         pgmap = page_pgmap(Page(k, a, int(idx[0])))
         if pgmap._chunk.remove:
             return False
-        for p in bl:  # driver_folio_put(): each count goes 1 -> 0
-            refs.pop(p)
+        deque(map(refs.pop, bl), maxlen=0)  # driver_folio_put(): each count goes 1 -> 0
         ram._refcount[back] = 0
         k.mem.free_folios_order0(back)
         a.zone_device_data[idx] = 0
@@ -873,6 +879,11 @@ def _frames_of(page: Page, n: int) -> np.ndarray | None:
     return r.frames[base : base + n]
 
 
+def _count_both(words: list[int], both: int) -> int:
+    """How many words have every bit of `both` set (one map() in C per window)."""
+    return list(map(both.__and__, words)).count(both)
+
+
 class _MirrorTable:
     """struct dmirror's page table (the C xarray `pt`): vpn -> (page, tag).
 
@@ -952,9 +963,8 @@ class _MirrorTable:
 
     def discard(self, vpn: int, n: int = 1) -> None:
         """Drop the entries of vpn..vpn+n-1 that exist (xa_erase of each)."""
-        pop = self._d.pop
-        for v in range(vpn, vpn + n):
-            pop(v, None)
+        # one map() in C over the run (a 2 MiB folio is 512 entries)
+        deque(map(self._d.pop, range(vpn, vpn + n), repeat(None, n)), maxlen=0)
 
 
 class dmirror:
@@ -1018,43 +1028,83 @@ class dmirror:
             bounce.cpages += 1
         return 0
 
+    def _read_plan(self, start: int, end: int, limit: int):
+        """The leading run of at most `limit` mirrored pages of [start, end)
+        that have a linear map, as (m, runs): runs are (frames, indices, s, e),
+        page s..e-1 of the run being frames[indices]. Issue 7, not in the C."""
+        pt = self.pt
+        vals = pt.packed_run(start >> PAGE_SHIFT, end >> PAGE_SHIFT)
+        m = min(len(vals), limit)
+        if m <= 0:
+            return 0, []
+        arr = np.array(vals[:m], dtype=np.int64)
+        aids = arr >> 40
+        idx = (arr >> 2) & pt.IDX_MASK
+        mem = self.mdevice.k.mem
+        runs = []
+        segs = [0, *(np.flatnonzero(np.diff(aids) != 0) + 1).tolist(), m]
+        for s, e in zip(segs, segs[1:], strict=False):  # runs of one PageArrays
+            base = pt.arrays[int(aids[s])].base
+            r = mem.range_of(base)
+            sub = idx[s:e]
+            if r is None or r.frames is None or r.base != base:
+                return s, runs
+            if int(sub.max()) >= len(r.frames) or int(sub.min()) < 0:
+                return s, runs
+            runs.append((r.frames, sub, s, e))
+        return m, runs
+
+    @staticmethod
+    def _read_runs(runs, out: np.ndarray) -> None:
+        """Copy the pages of _read_plan's runs into out (one row per page)."""
+        for frames, sub, s, e in runs:
+            cuts = [0, *(np.flatnonzero(np.diff(sub) != 1) + 1).tolist(), e - s]
+            if len(cuts) > (e - s) // 16 + 2:
+                # mode="clip" (indices checked by the plan) lets take write straight into out
+                np.take(frames, sub, axis=0, out=out[s:e], mode="clip")
+                continue
+            for c0, c1 in zip(cuts, cuts[1:], strict=False):  # consecutive frames
+                first = int(sub[c0])
+                out[s + c0 : s + c1] = frames[first : first + c1 - c0]
+
     def _do_read_bulk(self, start: int, end: int, bounce: dmirror_bounce, off: int) -> int:
         """dmirror_do_read's loop for the leading run of mirrored pages that
         have a linear map, copied per run of consecutive frames (or as one
         gather); returns how many pages it copied. Not in the C (issue 7):
         the same bytes land at the same bounce offsets as the per-page loop,
         which does whatever is left (a hole, a page with no linear map)."""
-        pt = self.pt
-        vals = pt.packed_run(start >> PAGE_SHIFT, end >> PAGE_SHIFT)
-        m = min(len(vals), (bounce.ptr.size - off) // PAGE_SIZE)
+        m, runs = self._read_plan(start, end, (bounce.ptr.size - off) // PAGE_SIZE)
         if m <= 0:
             return 0
-        arr = np.array(vals[:m], dtype=np.int64)
-        aids = arr >> 40
-        idx = (arr >> 2) & pt.IDX_MASK
         out = bounce.ptr[off : off + m * PAGE_SIZE].reshape(m, PAGE_SIZE)
-        mem = self.mdevice.k.mem
-        segs = [0, *(np.flatnonzero(np.diff(aids) != 0) + 1).tolist(), m]
-        for s, e in zip(segs, segs[1:], strict=False):  # runs of one PageArrays
-            base = pt.arrays[int(aids[s])].base
-            r = mem.range_of(base)
-            if r is None or r.frames is None or r.base != base:
-                bounce.cpages += s
-                return s
-            sub = idx[s:e]
-            cuts = [0, *(np.flatnonzero(np.diff(sub) != 1) + 1).tolist(), e - s]
-            if len(cuts) > (e - s) // 16 + 2:
-                if int(sub.max()) >= len(r.frames) or int(sub.min()) < 0:
-                    bounce.cpages += s
-                    return s
-                # mode="clip" (indices checked above) lets take write straight into out
-                np.take(r.frames, sub, axis=0, out=out[s:e], mode="clip")
-                continue
-            for c0, c1 in zip(cuts, cuts[1:], strict=False):  # consecutive frames
-                first = int(sub[c0])
-                out[s + c0 : s + c1] = r.frames[first : first + c1 - c0]
+        self._read_runs(runs, out)
         bounce.cpages += m
         return m
+
+    def _read_to_user_direct(self, start: int, size: int, uptr) -> int | None:
+        """dmirror_do_read into a bounce, then copy_to_user, as one copy.
+
+        Only where the outcome cannot differ from the two steps: the fast
+        paths on, every page of the range mirrored with a linear map (so the
+        read cannot fail or oops half way), and the user buffer a writable,
+        contiguous host array at least `size` long that shares no memory with
+        modelled frames. Returns the pages read (bounce.cpages), or None
+        without writing anything. The bounce is kernel memory no one else
+        sees, so the user gets the same bytes (issue 7, not in the C).
+        """
+        k = self.mdevice.k
+        view = _user_view(uptr)
+        if not k.fastpath or view is None or view.size < size or size < PAGE_SIZE:
+            return None
+        if not (uptr.flags.c_contiguous and uptr.flags.writeable):
+            return None  # copy_to_user's own path decides what happens
+        npages = size >> PAGE_SHIFT
+        with self.mutex:
+            m, runs = self._read_plan(start, start + size, npages)
+            if m != npages or any(np.may_share_memory(view, f) for f, *_ in runs):
+                return None
+            self._read_runs(runs, view[:size].reshape(npages, PAGE_SIZE))
+        return npages
 
     def dmirror_do_write(self, start: int, end: int, bounce: dmirror_bounce) -> int:
         off = (start - bounce.addr) & PAGE_MASK
@@ -1434,7 +1484,9 @@ class dmirror:
         with self.mutex:
             if self._finalize_and_map_bulk(args):
                 return 0
-            for i, vpn in enumerate(range(start_pfn, end_pfn)):
+            # the slots with a source (a THP window has one in 512)
+            for i in compress(range(end_pfn - start_pfn), args.src):
+                vpn = start_pfn + i
                 if not int(args.src[i]) & MIGRATE_PFN_MIGRATE:
                     continue
                 dv = int(args.dst[i])
@@ -1494,7 +1546,12 @@ class dmirror:
                 migrate_vma_finalize(args)
         finally:
             mm.mmap_lock.up_read()
+        # return the migrated data for verification (only device pages read)
         size = cmd.npages << PAGE_SHIFT
+        done = self._read_to_user_direct(cmd.addr, size, cmd.ptr)
+        if done is not None:
+            cmd.cpages = done
+            return 0
         bounce = dmirror_bounce(cmd.addr, size, self.mdevice.k)
         with self.mutex:
             ret = self.dmirror_do_read(cmd.addr, cmd.addr + size, bounce)
@@ -1656,8 +1713,7 @@ class dmirror:
             for vma, addr, nxt in self._windows(cmd):
                 if vma is None:
                     return -EINVAL
-                for j in range(PTRS_PER_PTE):
-                    dst[j] = 0
+                dst[:] = [0] * PTRS_PER_PTE
                 args = migrate_vma(
                     vma=vma,
                     src=src,
@@ -1675,7 +1731,7 @@ class dmirror:
                     return -ENOMEM
                 migrate_vma_pages(args)
                 both = MIGRATE_PFN_VALID | MIGRATE_PFN_MIGRATE
-                cmd.cpages += sum(1 for v in src[: args.npages] if v & both == both)
+                cmd.cpages += _count_both(src[: args.npages], both)
                 migrate_vma_finalize(args)
         finally:
             mm.mmap_lock.up_read()

@@ -18,6 +18,9 @@ no memcg charging, TLB flushes are implicit.
 
 from __future__ import annotations
 
+from itertools import compress
+from operator import or_
+
 from hmmsim.bug import KernelBug
 from hmmsim.errno import EAGAIN, EINVAL, ENOENT
 from hmmsim.include.migrate import (
@@ -140,11 +143,14 @@ def _busy(npages: int, *arrays) -> list[int]:
     import numpy as np
 
     if all(type(arr) is list for arr in arrays):  # a driver's unsigned long[]
+        # compress() walks the list in C: a THP window is one busy slot in 512
         if len(arrays) == 1:
-            return [i for i, v in enumerate(arrays[0][:npages]) if v]
+            return list(compress(range(npages), arrays[0][:npages]))
         if len(arrays) == 2:
-            pairs = zip(arrays[0][:npages], arrays[1][:npages], strict=True)
-            return [i for i, (x, y) in enumerate(pairs) if x or y]
+            a, b = arrays[0][:npages], arrays[1][:npages]
+            if len(a) != len(b):
+                raise ValueError("src and dst differ in length")
+            return list(compress(range(npages), map(or_, a, b)))
     mask = None
     for arr in arrays:
         m = np.asarray(arr[:npages] if not isinstance(arr, np.ndarray) else arr[:npages]) != 0
@@ -627,8 +633,11 @@ def migrate_vma_setup(args) -> int:
         )
     if not vma.vm_mm.mmap_lock.is_locked():
         raise KernelBug("migrate_vma_setup: mmap_lock not held")
-    for i in range(nr_pages):
-        args.src[i] = 0
+    if type(args.src) is list:  # the same stores, one slice
+        args.src[:nr_pages] = [0] * nr_pages
+    else:
+        for i in range(nr_pages):
+            args.src[i] = 0
     args.cpages = 0
     args.npages = 0
     migrate_vma_collect(args)
