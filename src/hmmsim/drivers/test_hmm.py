@@ -127,7 +127,7 @@ from hmmsim.mm.mmu_notifier import (
     mmu_interval_read_retry,
     mmu_interval_set_seq,
 )
-from hmmsim.mm.page_alloc import GFP_ZERO_BIT, has_duplicates
+from hmmsim.mm.page_alloc import GFP_ZERO_BIT, distinct_values, has_duplicates
 from hmmsim.mm.rmap import make_device_exclusive
 
 DMIRROR_NDEVICES = 4
@@ -1312,11 +1312,11 @@ class dmirror:
         items = np.array(free.items[-m:][::-1], dtype=np.int64)  # what m pops return, in order
         aids = items >> 32
         didx = items & 0xFFFFFFFF
-        groups = {int(aid): np.flatnonzero(aids == aid) for aid in np.unique(aids).tolist()}
+        groups = {int(aid): np.flatnonzero(aids == aid) for aid in distinct_values(aids)}
         for aid, where in groups.items():
             a = free.arrays[aid]
             if (a._refcount[didx[where]] != 0).any() or any(
-                k.pgmaps[pid]._killed for pid in np.unique(a.pgmap[didx[where]]).tolist()
+                k.pgmaps[pid]._killed for pid in distinct_values(a.pgmap[didx[where]])
             ):
                 return False  # zone_device_page_init would warn
         back = k.mem.alloc_pages_order0_bulk(m)

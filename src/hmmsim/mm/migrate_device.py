@@ -100,7 +100,7 @@ from hmmsim.mm.migrate import (
     remove_migration_ptes,
 )
 from hmmsim.mm.mmu_notifier import notify_range
-from hmmsim.mm.page_alloc import has_duplicates
+from hmmsim.mm.page_alloc import distinct_values, has_duplicates
 from hmmsim.mm.pagewalk import mm_walk_ops, walk_page_range
 from hmmsim.mm.pgtable import (
     pmd_lockptr,
@@ -1264,7 +1264,7 @@ def migrate_vma_finalize_remove_bulk(migrate, busy: list[int]) -> list[int]:
     # the PTE tables
     tables = np.empty(len(slots), dtype=np.int64)
     pmd_no = addr >> 21
-    for pno in np.unique(pmd_no).tolist():
+    for pno in distinct_values(pmd_no):
         pmdp = pmd_offset(mm, pno << 21)
         if pmdp is None:
             return [], False
@@ -1310,7 +1310,7 @@ def migrate_vma_finalize_remove_bulk(migrate, busy: list[int]) -> list[int]:
     if not dst_dp and not prot & _PAGE_PRESENT:
         return [], False  # a PROT_NONE pfn_pte() inverts the PFN: not a template
     tmpl = np.zeros(32, dtype=np.uint64)
-    for c in np.unique(code).tolist():
+    for c in distinct_values(code):
         t = int(typ[code == c][0])  # a real type with this write bit
         entry = (t << SWP_TYPE_SHIFT) | (SWP_MIG_YOUNG if c & 2 else 0)
         entry |= SWP_MIG_DIRTY if c & 4 else 0
@@ -1588,7 +1588,7 @@ def migrate_vma_collect_ptes_bulk(migrate, vma, ptep: int, addr: int, end: int) 
             eoff |= np.where(young, u64(SWP_MIG_YOUNG), u64(0))
             eoff |= np.where(dirty, u64(SWP_MIG_DIRTY), u64(0))
         words_new = np.zeros(len(old), dtype=np.uint64)
-        for t in np.unique(etype).tolist():
+        for t in distinct_values(etype):
             tmpl = u64(swp.swp_entry_to_pte(t << SWP_TYPE_SHIFT))
             m = etype == t
             words_new[m] = tmpl ^ ((eoff[m] << u64(SWP_OFFSET_SHIFT)) >> u64(SWP_TYPE_BITS))

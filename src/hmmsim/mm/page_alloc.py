@@ -97,6 +97,16 @@ def has_duplicates(values: np.ndarray) -> bool:
     return bool((s[1:] == s[:-1]).any())
 
 
+def distinct_values(values: np.ndarray) -> list[int]:
+    """The distinct values of a non-empty integer array, ascending, as ints
+    (np.unique, but a window whose values are all one, the common case,
+    costs one comparison)."""
+    v0 = values[0]
+    if (values == v0).all():
+        return [int(v0)]
+    return np.unique(values).tolist()
+
+
 class FreeArea:
     """One order's free list: the start PFNs of its free blocks.
 
@@ -432,7 +442,7 @@ class PhysMem:
         buddy is new too or already free at that order, else it stays.
         """
         fa = self.free_area
-        cur = np.unique(pfns)
+        cur = np.sort(pfns)  # distinct: the caller checked
         for o in range(MAX_ORDER_MODELLED):
             if not len(cur):
                 return
