@@ -117,6 +117,7 @@ from hmmsim.mm.migrate_device import (
     migrate_vma_pages,
     migrate_vma_setup,
     slot_words,
+    store_slots,
 )
 from hmmsim.mm.mmap import vma_lookup
 from hmmsim.mm.mmu_notifier import (
@@ -1352,8 +1353,7 @@ class dmirror:
                 word |= np.uint64(MIGRATE_PFN_DEVICE_PRIVATE)
             out[where] = word
         out |= vals & np.uint64(MIGRATE_PFN_WRITE)
-        for i, v in zip(take.tolist(), out.tolist(), strict=True):
-            dst[i] = v
+        store_slots(dst, take, out)
         copies.to.extend(back[valid].tolist())
         copies.frm.extend(spfn[valid].tolist())
         copies.zero.extend(back[~valid].tolist())
@@ -1620,8 +1620,7 @@ class dmirror:
         ram.flags[new] |= np.uint32(PG_locked)  # folio_lock() of a fresh page
         d = (new.astype(np.uint64) << np.uint64(MIGRATE_PFN_SHIFT)) | np.uint64(MIGRATE_PFN_VALID)
         d |= vals & np.uint64(MIGRATE_PFN_WRITE)
-        for i, v in zip(take.tolist(), d.tolist(), strict=True):
-            dst[i] = v
+        store_slots(dst, take, d)
         base = args.start >> PAGE_SHIFT
         pop = self.pt._d.pop
         for i in take.tolist():

@@ -1655,6 +1655,27 @@ def slot_words(arr, busy):
     return np.fromiter(map(arr.__getitem__, busy), dtype=np.uint64, count=len(busy))
 
 
+def store_slots(arr, slots, words) -> None:
+    """arr[slots[j]] = words[j] for sorted, distinct slots (a src/dst array).
+
+    The same stores as a loop: one slice when the slots are a run of a list,
+    one fancy store for an array."""
+    import numpy as np
+
+    if isinstance(arr, np.ndarray):
+        arr[np.asarray(slots, dtype=np.int64)] = words
+        return
+    slots = slots.tolist() if isinstance(slots, np.ndarray) else list(slots)
+    words = words.tolist() if isinstance(words, np.ndarray) else list(words)
+    if len(slots) != len(words):
+        raise ValueError("store_slots: slots and words differ in length")
+    if slots and type(arr) is list and slots[-1] - slots[0] == len(slots) - 1:
+        arr[slots[0] : slots[-1] + 1] = words
+        return
+    for i, v in zip(slots, words, strict=True):
+        arr[i] = v
+
+
 def migrate_device_unmap_bulk(src_pfns, npages: int, fault_page, *, k) -> int | None:
     """migrate_device_unmap for a window where every slot is the common case.
 
