@@ -142,15 +142,15 @@ def _busy(npages: int, *arrays) -> list[int]:
     """
     import numpy as np
 
-    if all(type(arr) is list for arr in arrays):  # a driver's unsigned long[]
-        # compress() walks the list in C: a THP window is one busy slot in 512
-        if len(arrays) == 1:
-            return list(compress(range(npages), arrays[0][:npages]))
-        if len(arrays) == 2:
-            a, b = arrays[0][:npages], arrays[1][:npages]
-            if len(a) != len(b):
-                raise ValueError("src and dst differ in length")
-            return list(compress(range(npages), map(or_, a, b)))
+    # a driver's unsigned long[]: compress() walks the list in C (a THP
+    # window is one busy slot in 512)
+    if len(arrays) == 1 and type(arrays[0]) is list:
+        return list(compress(range(npages), arrays[0][:npages]))
+    if len(arrays) == 2 and type(arrays[0]) is list and type(arrays[1]) is list:
+        a, b = arrays[0][:npages], arrays[1][:npages]
+        if len(a) != len(b):
+            raise ValueError("src and dst differ in length")
+        return list(compress(range(npages), map(or_, a, b)))
     mask = None
     for arr in arrays:
         m = np.asarray(arr[:npages] if not isinstance(arr, np.ndarray) else arr[:npages]) != 0
