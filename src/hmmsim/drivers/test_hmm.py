@@ -1210,8 +1210,7 @@ class dmirror:
         while addr < end:
             r.start = addr
             r.end = min(addr + (32 << PAGE_SHIFT), end)
-            for i in range(32):
-                pfns[i] = 0
+            pfns[:] = [0] * 32
             ret = self.dmirror_range_fault(r)
             if ret:
                 return ret
@@ -1887,8 +1886,7 @@ class dmirror:
         while addr < end:
             nxt = min(addr + (32 << PAGE_SHIFT), end)
             r.start, r.end = addr, nxt
-            for i in range(32):
-                pfns[i] = 0
+            pfns[:] = [0] * 32
             ret = self.dmirror_range_snapshot(r, perm)
             if ret:
                 break
