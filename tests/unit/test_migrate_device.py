@@ -536,3 +536,59 @@ def test_coherent_thp_split_skips_the_private_split_callback():
     check_invariants(k)
     assert (p.load_array(h, PMD_SIZE // 4) == np.arange(PMD_SIZE // 4)).all()
     check_invariants(k)
+
+
+@pytest.mark.parametrize(
+    "ptr, error",
+    [
+        (np.zeros(2 * NPAGES * 4096, np.uint8)[::2], ValueError),  # not one run of bytes
+        (np.zeros((NPAGES * 4096, 2), np.uint8)[:, 0], ValueError),
+        ([0] * (NPAGES * 4096), TypeError),  # no buffer protocol
+        ("text", TypeError),
+    ],
+)
+def test_a_user_buffer_the_model_cannot_write_is_refused_before_any_work(ptr, error):
+    k, _ = make()
+    p = k.spawn()
+    fd = p.open("/dev/hmm_dmirror0", O_RDWR)
+    a = p.mmap(0, NPAGES * 4096, RW, ANON)
+    p.store_array(a, np.arange(NPAGES * 1024, dtype=np.int32))
+    before = [entry_at(p, a + i * 4096) for i in range(NPAGES)]
+    stats = dict(k.stats)
+    for req in (HMM_DMIRROR_MIGRATE_TO_DEV, HMM_DMIRROR_READ):
+        with pytest.raises(error, match="hmm_dmirror_cmd.ptr"):
+            p.ioctl(fd, req, hmm_dmirror_cmd(addr=a, ptr=ptr, npages=NPAGES))
+    assert [entry_at(p, a + i * 4096) for i in range(NPAGES)] == before  # nothing migrated
+    assert dict(k.stats) == stats
+    check_invariants(k)
+
+
+@pytest.mark.parametrize("fastpath", [True, False])
+def test_a_read_only_user_buffer_is_efault_like_copy_to_user(fastpath):
+    """copy_to_user into memory without write permission fails: -EFAULT,
+    after the work the kernel does first (the migration itself stands)."""
+    from hmmsim.errno import EFAULT
+
+    k, _ = make()
+    k.fastpath = fastpath
+    p = k.spawn()
+    fd = p.open("/dev/hmm_dmirror0", O_RDWR)
+    a = p.mmap(0, NPAGES * 4096, RW, ANON)
+    data = np.arange(NPAGES * 1024, dtype=np.int32)
+    p.store_array(a, data)
+    ro = np.full(NPAGES * 1024, -1, dtype=np.int32)
+    ro.flags.writeable = False
+    cmd = hmm_dmirror_cmd(addr=a, ptr=ro, npages=NPAGES)
+    assert p.ioctl(fd, HMM_DMIRROR_MIGRATE_TO_DEV, cmd) == -EFAULT
+    assert cmd.cpages == 0  # not written back on error
+    assert (ro == -1).all()
+    from hmmsim.include.pgtable import pte_present
+
+    entries = [entry_at(p, a + i * 4096) for i in range(NPAGES)]
+    assert all(lvl == "pte" and w and not pte_present(w) for lvl, w in entries)  # migrated
+    assert p.ioctl(fd, HMM_DMIRROR_READ, hmm_dmirror_cmd(addr=a, ptr=ro, npages=NPAGES)) == -EFAULT
+    assert (ro == -1).all()
+    out = np.zeros(NPAGES * 1024, dtype=np.int32)
+    assert p.ioctl(fd, HMM_DMIRROR_READ, hmm_dmirror_cmd(addr=a, ptr=out, npages=NPAGES)) == 0
+    assert (out == data).all()
+    check_invariants(k)

@@ -276,15 +276,40 @@ class dmirror_bounce:
             self.ptr = np.zeros(size, dtype=np.uint8)
 
 
+def check_user_ptr(uptr) -> None:
+    """Refuse a cmd.ptr the model cannot treat as user memory (before any work).
+
+    A user buffer is None (copy_to/from_user then fail with -EFAULT), a user
+    address (an int) in the calling process, or a host object with the
+    buffer protocol laid out as one C-contiguous run of bytes (bytearray,
+    bytes, a C-contiguous NumPy array). A read-only one is user memory
+    without write permission: writing to it fails with -EFAULT, as
+    copy_to_user does. Raises TypeError or ValueError otherwise.
+    """
+    if uptr is None or isinstance(uptr, int):
+        return
+    try:
+        mv = memoryview(uptr)
+    except TypeError:
+        raise TypeError(
+            "hmm_dmirror_cmd.ptr must be None, a user address (int) or a buffer "
+            f"(bytearray, NumPy array), not {type(uptr).__name__}"
+        ) from None
+    if not mv.c_contiguous:
+        raise ValueError("hmm_dmirror_cmd.ptr must be C-contiguous (one run of bytes)")
+
+
 def _user_view(uptr) -> np.ndarray | None:
-    """A user buffer given as a host array, as writable bytes; else None."""
-    if not isinstance(uptr, np.ndarray):
+    """A host user buffer as bytes (writable unless the buffer is read-only);
+    None for a user address or no buffer."""
+    if uptr is None or isinstance(uptr, int):
         return None
-    return uptr.reshape(-1).view(np.uint8)
+    return np.frombuffer(memoryview(uptr).cast("B"), dtype=np.uint8)
 
 
 def _copy_to_user(proc, uptr, data: np.ndarray) -> int:
-    """copy_to_user(): 0, or -EFAULT if the user buffer is missing/too small."""
+    """copy_to_user(): 0, or -EFAULT if the user buffer is missing, too
+    small or not writable."""
     if uptr is None:
         return -EFAULT
     if isinstance(uptr, int):
@@ -294,9 +319,7 @@ def _copy_to_user(proc, uptr, data: np.ndarray) -> int:
             return -EFAULT
         return 0
     view = _user_view(uptr)
-    if view is None:
-        view = np.frombuffer(memoryview(uptr).cast("B"), dtype=np.uint8)
-    if view.size < data.size:
+    if view.size < data.size or not view.flags.writeable:
         return -EFAULT
     view[: data.size] = data
     return 0
@@ -310,11 +333,7 @@ def _copy_from_user(proc, uptr, size: int) -> np.ndarray | int:
             return np.frombuffer(proc.load(uptr, size), dtype=np.uint8).copy()
         except Exception:  # noqa: BLE001
             return -EFAULT
-    view = (
-        np.frombuffer(memoryview(uptr).cast("B"), dtype=np.uint8)
-        if not isinstance(uptr, np.ndarray)
-        else uptr.reshape(-1).view(np.uint8)
-    )
+    view = _user_view(uptr)
     if view.size < size:
         return -EFAULT
     return view[:size].copy()
@@ -797,6 +816,7 @@ class dmirror_device:
             return -EINVAL
         if cmd.addr >= cmd.addr + (cmd.npages << PAGE_SHIFT):
             return -EINVAL
+        check_user_ptr(cmd.ptr)
         work = type(cmd)(addr=cmd.addr, ptr=cmd.ptr, npages=cmd.npages, cpages=0, faults=0)
         handlers = {
             HMM_DMIRROR_READ: d.dmirror_read,
@@ -1094,10 +1114,12 @@ class dmirror:
         sees, so the user gets the same bytes (issue 7, not in the C).
         """
         k = self.mdevice.k
-        view = _user_view(uptr)
-        if not k.fastpath or view is None or view.size < size or size < PAGE_SIZE:
+        if not k.fastpath or not isinstance(uptr, np.ndarray) or size < PAGE_SIZE:
             return None
-        if not (uptr.flags.c_contiguous and uptr.flags.writeable):
+        if not uptr.flags.c_contiguous:
+            return None
+        view = _user_view(uptr)
+        if view.size < size or not view.flags.writeable:
             return None  # copy_to_user's own path decides what happens
         npages = size >> PAGE_SHIFT
         with self.mutex:
