@@ -191,6 +191,15 @@ def driver_folio_put(folio) -> None:
     folio_put(folio)
 
 
+def _copy_scratch(k, n: int) -> np.ndarray:
+    """A reused (n, PAGE_SIZE) host buffer for gathered frames (issue 7)."""
+    buf = getattr(k, "_frame_copy_scratch", None)
+    if buf is None or len(buf) < n:
+        buf = np.empty((max(n, 512), PAGE_SIZE), dtype=np.uint8)
+        k._frame_copy_scratch = buf
+    return buf[:n]
+
+
 class _FrameCopies:
     """The driver's one-page copies into its new pages, done as one gather.
 
@@ -233,18 +242,19 @@ class _FrameCopies:
     def flush(self) -> None:
         frames = self.ram.frames
         if self.to:
-            to, frm = self.to, self.frm
+            to, frm = np.array(self.to), np.array(self.frm)
             n = len(to)
-            if (
-                n > 1
-                and to[-1] - to[0] == n - 1
-                and frm[-1] - frm[0] == n - 1
-                and (np.diff(to) == 1).all()
-                and (np.diff(frm) == 1).all()
-            ):  # two runs of consecutive frames: one block copy
-                frames[to[0] : to[0] + n] = frames[frm[0] : frm[0] + n]
+            # runs where both sides step by one frame: a slice copy each is one
+            # pass over the bytes; a gather and scatter is two
+            cut = (np.flatnonzero((np.diff(to) != 1) | (np.diff(frm) != 1)) + 1).tolist()
+            if len(cut) * 4 < n:
+                for lo, hi in zip([0, *cut], [*cut, n], strict=True):
+                    t, f = int(to[lo]), int(frm[lo])
+                    frames[t : t + hi - lo] = frames[f : f + hi - lo]
             else:
-                frames[to] = frames[frm]
+                buf = _copy_scratch(self.k, n)
+                np.take(frames, frm, axis=0, out=buf, mode="clip")  # indices checked on entry
+                frames[to] = buf
         if self.zero:
             frames[self.zero] = 0
         self.to, self.frm, self.zero = [], [], []
