@@ -306,7 +306,10 @@ def check_user_ptr(uptr) -> None:
             f"(bytearray, NumPy array), not {type(uptr).__name__}"
         ) from None
     if not mv.c_contiguous:
-        raise ValueError("hmm_dmirror_cmd.ptr must be C-contiguous (one run of bytes)")
+        raise ValueError(
+            "hmm_dmirror_cmd.ptr must be C-contiguous (one run of bytes): "
+            "pass np.ascontiguousarray(buf) and read the result from that"
+        )
 
 
 def _user_view(uptr) -> np.ndarray | None:

@@ -20,8 +20,11 @@ class hmm_dmirror_cmd:
     """struct hmm_dmirror_cmd: five __u64 fields.
 
     addr: page-aligned VA of the range; ptr: the user buffer (a bytearray /
-    NumPy array the caller owns, or a user address in the calling process);
-    npages (for FLAGS: the flag value); cpages, faults: outputs.
+    C-contiguous NumPy array the caller owns, or a user address in the
+    calling process; anything else is refused with TypeError/ValueError
+    before the ioctl does any work, and a read-only buffer is -EFAULT where
+    the driver writes to it); npages (for FLAGS: the flag value); cpages,
+    faults: outputs.
     """
 
     addr: int = 0
