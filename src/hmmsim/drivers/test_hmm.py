@@ -201,14 +201,15 @@ def _copy_scratch(k, n: int) -> np.ndarray:
 
 
 class _FrameCopies:
-    """The driver's one-page copies into its new pages, done as one gather.
+    """The driver's one-page copies into its new pages, done together.
 
     copy(to, frm) is `frame(to)[:] = frame(frm)` (frm None: zero-fill). With
     Kernel.fastpath and both pages in system RAM the copy is queued and
-    flush() does every queued one with one fancy-indexed copy; that is the
-    same bytes because the queued destinations are distinct fresh pages that
-    nothing reads or writes before the flush (the callers flush before they
-    return, also on errors). Not in the C (issue 7).
+    flush() does every queued one: runs of consecutive frames on both sides
+    as slice copies, or one gather and scatter when the runs are short.
+    That is the same bytes because the queued destinations are distinct
+    fresh pages that nothing reads or writes before the flush (the callers
+    flush before they return, also on errors). Not in the C (issue 7).
     """
 
     __slots__ = ("k", "ram", "to", "frm", "zero")
