@@ -167,7 +167,15 @@ def hmm_range_need_fault(w: hmm_vma_walk, i: int, npages: int, cpu_flags: int) -
 
 
 def hmm_vma_fault(addr: int, end: int, required_fault: int, walk) -> int:
-    """Fault [addr, end) in; -EBUSY asks the caller to rewalk from addr."""
+    """Fault [addr, end) in; -EBUSY asks the caller to rewalk from addr.
+
+    mm/hmm.c hmm_vma_fault: every page from addr to end goes through
+    handle_mm_fault with the same flags, whatever its own state or request:
+    a present page gets a no-op (or, with FAULT_FLAG_WRITE, a COW) fault and
+    a device-private page, the caller's own included, is brought back by its
+    migrate_to_ram. From the PTE loop, end is the end of the PMD walk
+    (hmm_vma_walk_pmd passes its end to hmm_vma_handle_pte), not the page.
+    """
     w = walk.private
     vma = walk.vma
     fault_flags = FAULT_FLAG_REMOTE
@@ -390,7 +398,7 @@ def hmm_vma_walk_pmd(pmdp: int, start: int, end: int, walk) -> int:
             return hmm_vma_walk_ptes_bulk(walk, start, pmdp, ptep, i, npages)
         addr = start
         while addr < end:
-            ret = hmm_vma_handle_pte(walk, addr, addr + PAGE_SIZE, pmdp, ptep, i)
+            ret = hmm_vma_handle_pte(walk, addr, end, pmdp, ptep, i)
             if ret:
                 return ret
             addr += PAGE_SIZE
@@ -454,7 +462,8 @@ def _hmm_ptes_common(w: hmm_vma_walk, k, ptep: int, i: int, n: int):
 def hmm_vma_walk_ptes_bulk(walk, start: int, pmdp: int, ptep: int, i: int, n: int) -> int:
     """The PTE loop of hmm_vma_walk_pmd with common entries done in bulk.
 
-    Same result as calling hmm_vma_handle_pte on each of the n PTEs in order:
+    Same result as calling hmm_vma_handle_pte on each of the n PTEs in order,
+    each with the walk's end (a fault runs on to the end of the PMD walk):
     runs of common entries (see _hmm_ptes_common) are written with one slice
     assignment, every other entry goes through hmm_vma_handle_pte, and a
     non-zero return stops the loop before any later slot is written, as the
@@ -464,6 +473,7 @@ def hmm_vma_walk_ptes_bulk(walk, start: int, pmdp: int, ptep: int, i: int, n: in
     """
     k = walk.mm.k
     w = walk.private
+    end = start + n * PAGE_SIZE
     res = _hmm_ptes_common(w, k, ptep, i, n)
     hp = w.range.hmm_pfns
     if res is None:
@@ -478,7 +488,7 @@ def hmm_vma_walk_ptes_bulk(walk, start: int, pmdp: int, ptep: int, i: int, n: in
         if u > done:
             hp[i + done : i + u] = out[done:u].tolist() if as_list else out[done:u]
         addr = start + u * PAGE_SIZE
-        ret = hmm_vma_handle_pte(walk, addr, addr + PAGE_SIZE, pmdp, ptep + 8 * u, i + u)
+        ret = hmm_vma_handle_pte(walk, addr, end, pmdp, ptep + 8 * u, i + u)
         if ret:
             return ret
         done = u + 1
