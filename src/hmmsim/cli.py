@@ -15,7 +15,16 @@ import sys
 import click
 
 from hmmsim import __version__
-from hmmsim.kconfig import KERNEL_COMMIT, KERNEL_TAG, KERNEL_TREE, SERIES, ConfigError, KConfig
+from hmmsim.kconfig import (
+    KERNEL_COMMIT,
+    KERNEL_TAG,
+    KERNEL_TREE,
+    KERNELS,
+    SERIES,
+    SERIES_ABSENT,
+    ConfigError,
+    KConfig,
+)
 
 
 def _parse_size(text: str) -> int:
@@ -32,9 +41,20 @@ def _parse_size(text: str) -> int:
     return value
 
 
-def _make_config(features: tuple[str, ...], ram: str) -> KConfig:
+def _make_config(features: tuple[str, ...], ram: str, kernel: str = "mainline") -> KConfig:
+    """The KConfig of a command: series (d) (merged at the pin) plus `features`,
+    for the `kernel` profile; a series that profile lacks is a usage error."""
+    absent = sorted(set(features) & set(SERIES_ABSENT.get(kernel, ())))
+    if absent:
+        raise click.UsageError(
+            f"series {', '.join(absent)} did not exist in Linux {kernel}: "
+            f"drop --feature {' --feature '.join(absent)} or --kernel {kernel}"
+        )
+    merged = {"d"} - set(SERIES_ABSENT.get(kernel, ()))
     try:
-        return KConfig(features=frozenset({"d", *features}), ram_bytes=_parse_size(ram))
+        return KConfig(
+            features=frozenset({*merged, *features}), ram_bytes=_parse_size(ram), kernel=kernel
+        )
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
 
@@ -47,6 +67,14 @@ feature_option = click.option(
     help="Enable a seed series (repeatable): " + "; ".join(f"{k}: {v}" for k, v in SERIES.items()),
 )
 ram_option = click.option("--ram", default="256M", show_default=True, help="Modelled RAM size.")
+kernel_option = click.option(
+    "--kernel",
+    type=click.Choice(sorted(KERNELS)),
+    default="mainline",
+    show_default=True,
+    help="Kernel profile: the pinned mainline, or the behaviours of Linux 6.12 where they "
+    "differ (docs/kernel-versions.md; series d did not exist in 6.12).",
+)
 
 
 class OneLineErrors(click.Group):
@@ -72,21 +100,28 @@ def main() -> None:
 @main.command()
 @feature_option
 @ram_option
+@kernel_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def info(features: tuple[str, ...], ram: str, as_json: bool) -> None:
+def info(features: tuple[str, ...], ram: str, kernel: str, as_json: bool) -> None:
     """Show the pinned kernel, the seed-series switches and memory sizes."""
     import time
 
     from hmmsim.kernel import Kernel
 
-    cfg = _make_config(features, ram)
+    cfg = _make_config(features, ram, kernel)
     t0 = time.perf_counter()
     k = Kernel(cfg)
     boot = time.perf_counter() - t0
     mem = k.memory_report()
     data = {
         "version": __version__,
-        "kernel": {"tree": KERNEL_TREE, "commit": KERNEL_COMMIT, "tag": KERNEL_TAG},
+        "kernel": {
+            "tree": KERNEL_TREE,
+            "commit": KERNEL_COMMIT,
+            "tag": KERNEL_TAG,
+            "profile": cfg.kernel,
+            "profile_description": KERNELS[cfg.kernel],
+        },
         "features": {s: (s in cfg.features) for s in sorted(SERIES)},
         "bits_per_long": cfg.bits_per_long,
         "memory": mem,
@@ -99,6 +134,7 @@ def info(features: tuple[str, ...], ram: str, as_json: bool) -> None:
         return
     click.echo(f"hmmsim {__version__}")
     click.echo(f"kernel     {KERNEL_TREE} @ {KERNEL_COMMIT}  ({KERNEL_TAG})")
+    click.echo(f"profile    {cfg.kernel}: {KERNELS[cfg.kernel]}")
     for s, desc in SERIES.items():
         mark = "on " if s in cfg.features else "off"
         click.echo(f"series {s}   [{mark}] {desc}")
@@ -117,11 +153,12 @@ def info(features: tuple[str, ...], ram: str, as_json: bool) -> None:
 
 @main.command()
 @feature_option
-def demo(features: tuple[str, ...]) -> None:
+@kernel_option
+def demo(features: tuple[str, ...], kernel: str) -> None:
     """A narrated walk: faults, fork with COW, mprotect, munmap, THP."""
     from hmmsim.demo import run_demo
 
-    run_demo(_make_config(features, "64M"), click.echo)
+    run_demo(_make_config(features, "64M", kernel), click.echo)
 
 
 @main.command()
@@ -138,6 +175,7 @@ def demo(features: tuple[str, ...]) -> None:
 @click.option("-l", "--list", "list_only", is_flag=True, help="List the cases and exit.")
 @feature_option
 @click.option("--ram", default="1G", show_default=True, help="Modelled RAM size.")
+@kernel_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per case instead of TAP.")
 def selftest(
     runs: tuple[str, ...],
@@ -147,6 +185,7 @@ def selftest(
     list_only: bool,
     features: tuple[str, ...],
     ram: str,
+    kernel: str,
     as_json: bool,
 ) -> None:
     """Run tools/testing/selftests/mm/hmm-tests.c against the model (TAP output).
@@ -159,7 +198,7 @@ def selftest(
     from hmmsim.selftests.harness import Filters, all_cases, run_tests, select_cases
     from hmmsim.selftests.hmm_tests import FIXTURES, KNOWN_FAILURES, make_kernel, post_checks
 
-    cfg = _make_config(features, ram)
+    cfg = _make_config(features, ram, kernel)
     cases = all_cases(FIXTURES)
     known = {
         "-f": {c.fixture.name for c in cases},

@@ -9,11 +9,17 @@ Every model module names this commit in its docstring. The five seed series
 (a)-(e) are switches on top of it, off by default, like Kconfig options; a
 `KConfig` is immutable and checked when it is built, so an impossible
 combination never reaches a `Kernel`.
+
+`KConfig.kernel` picks a profile: "mainline" (the pin) or "6.12" (Linux
+6.12.117, the one real kernel the project can boot). The 6.12 profile
+switches the behaviours that differ between the two in what the dmirror
+scenarios exercise; docs/kernel-versions.md lists every difference found,
+its source in both trees, and whether the profile models it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 #: The upstream commit every name, bit and errno in hmmsim follows.
 KERNEL_COMMIT = "0eaed89c18aeedf0898baf2dbf5ff027c6795152"
@@ -56,6 +62,15 @@ SERIES = {
 #: (c) is built on (a) and (b) in the real series.
 SERIES_REQUIRES = {"c": ("a", "b")}
 
+#: Kernel profiles: the pin, and the Linux 6.12 the oracle boots.
+KERNELS = {
+    "mainline": f"{KERNEL_TREE} @ {KERNEL_COMMIT[:12]} (v7.3-rc)",
+    "6.12": "Linux 6.12.117 (Debian linux-source-6.12); see docs/kernel-versions.md",
+}
+#: Series that were merged upstream after a profile's release: they cannot be
+#: switched on for it. (d), THP migration of device pages, is not in 6.12.
+SERIES_ABSENT = {"6.12": ("d",)}
+
 
 class ConfigError(ValueError):
     """A KConfig that the real series could not build."""
@@ -66,8 +81,14 @@ class KConfig:
     """Configuration of one modelled kernel.
 
     Fields:
+        kernel: "mainline" (the pin, default) or "6.12" (the behaviours of
+            Linux 6.12 where they differ; docs/kernel-versions.md).
         features: enabled seed series letters; "d" is merged at the pin, so it
-            is on unless removed explicitly.
+            is on unless removed explicitly (None, the default, means {"d"}).
+            A series in SERIES_ABSENT[kernel] is dropped: (d) did not exist in
+            6.12, so `replace(cfg, kernel="6.12")` of a mainline config with
+            (d) is the 6.12 profile without it (the CLI refuses --feature d
+            with --kernel 6.12 instead).
         bits_per_long: 64 (x86-64) or 32, for the HMM/migrate PFN budgets.
         ram_bytes: size of modelled system RAM.
         hugetlb_pages: PMD-sized pages in the hugetlb pool (HugeTLB default
@@ -83,16 +104,27 @@ class KConfig:
     Invariant: every series in SERIES_REQUIRES has its prerequisites enabled.
     """
 
-    features: frozenset[str] = field(default_factory=lambda: frozenset({"d"}))
+    features: frozenset[str] | None = None
     bits_per_long: int = 64
     ram_bytes: int = 256 << 20
     hugetlb_pages: int = 4
     phys_addr_bits: int = MAX_PHYSMEM_BITS
     conflict_resolution: str | None = None
     bugs: frozenset[str] = frozenset()
+    kernel: str = "mainline"
 
     def __post_init__(self) -> None:
         from hmmsim.mutants import check_bugs
+
+        if self.kernel not in KERNELS:
+            raise ConfigError(
+                f"unknown kernel profile {self.kernel!r}: choose from {sorted(KERNELS)}"
+            )
+        absent = set(SERIES_ABSENT.get(self.kernel, ()))
+        if self.features is None:
+            object.__setattr__(self, "features", frozenset({"d"} - absent))
+        else:
+            object.__setattr__(self, "features", frozenset(self.features) - absent)
 
         try:
             object.__setattr__(self, "bugs", check_bugs(self.bugs))
@@ -153,8 +185,9 @@ class KConfig:
 
     def __repr__(self) -> str:
         f = "".join(sorted(self.features)) or "-"
+        tree = KERNEL_COMMIT[:12] if self.kernel == "mainline" else f"linux-{self.kernel}"
         return (
-            f"<KConfig {KERNEL_COMMIT[:12]} series={f} BITS_PER_LONG={self.bits_per_long} "
+            f"<KConfig {tree} series={f} BITS_PER_LONG={self.bits_per_long} "
             f"ram={self.ram_bytes >> 20}MiB"
             + (f" bugs={','.join(sorted(self.bugs))}" if self.bugs else "")
             + ">"

@@ -75,7 +75,7 @@ from hmmsim.include.migrate import (
     MIGRATE_VMA_SELECT_SYSTEM,
     migrate_vma,
 )
-from hmmsim.include.mm import VM_FAULT_OOM, VM_FAULT_SIGBUS, VM_READ
+from hmmsim.include.mm import VM_FAULT_OOM, VM_FAULT_SIGBUS, VM_READ, VM_WRITE
 from hmmsim.include.mm_types import (
     Page,
     folio_nr_pages,
@@ -1234,7 +1234,8 @@ class dmirror:
         L = k.hmm
         if self.notifier.mm.dead:
             return 0
-        pfns = [0] * 32
+        npfns = dmirror_fault_window(k)
+        pfns = [0] * npfns
         r = hmm_range(
             notifier=self.notifier,
             hmm_pfns=pfns,
@@ -1245,8 +1246,8 @@ class dmirror:
         addr = start
         while addr < end:
             r.start = addr
-            r.end = min(addr + (32 << PAGE_SHIFT), end)
-            pfns[:] = [0] * 32
+            r.end = min(addr + (npfns << PAGE_SHIFT), end)
+            pfns[:] = [0] * npfns
             ret = self.dmirror_range_fault(r)
             if ret:
                 return ret
@@ -1507,7 +1508,10 @@ class dmirror:
             return False
         if (ram.flags[back] & np.uint32(PG_head)).any():
             return False
-        tags = np.where((dv & np.uint64(MIGRATE_PFN_WRITE)) != 0, DPT_XA_TAG_WRITE, 0)
+        write = (dv & np.uint64(MIGRATE_PFN_WRITE)) != 0
+        if _hole_dst_writable(k, args):
+            write |= (sv[take] & np.uint64(MIGRATE_PFN_VALID)) == 0
+        tags = np.where(write, DPT_XA_TAG_WRITE, 0)
         vpns = ((args.start >> PAGE_SHIFT) + take).tolist()
         self.pt.map_many(vpns, ram, back, tags)
         return True
@@ -1516,6 +1520,7 @@ class dmirror:
         k = self.mdevice.k
         start_pfn = args.start >> PAGE_SHIFT
         end_pfn = args.end >> PAGE_SHIFT
+        hole_write = _hole_dst_writable(k, args)
         with self.mutex:
             if self._finalize_and_map_bulk(args):
                 return 0
@@ -1533,7 +1538,10 @@ class dmirror:
                     k.warn_once("finalize_and_map", "dmirror: compound page past the window")
                 rpage = BACKING_PAGE(dpage)
                 rfolio = page_folio(rpage)
-                tag = DPT_XA_TAG_WRITE if dv & MIGRATE_PFN_WRITE else 0
+                write = dv & MIGRATE_PFN_WRITE or (
+                    hole_write and not int(args.src[i]) & MIGRATE_PFN_VALID
+                )
+                tag = DPT_XA_TAG_WRITE if write else 0
                 self.pt.map_run(vpn, rfolio.a, rfolio.i, nr, tag)
         return 0
 
@@ -1952,6 +1960,34 @@ class _SnapshotNotifier:
         mmu_interval_set_seq(mni, cur_seq)
         self.d.mutex.unlock()
         return True
+
+
+def _hole_dst_writable(k, args) -> bool:
+    """Does a migrated hole or zero page get a writable mirror entry?
+
+    Linux 6.12 lib/test_hmm.c dmirror_migrate_alloc_and_copy sets
+    MIGRATE_PFN_WRITE in dst for a slot without a source page (a hole or the
+    zero page) when the vma is VM_WRITE, and dmirror_migrate_finalize_and_map
+    tags the mirror entry writable from dst. At the pin (linux-mm 05ab5121)
+    dst WRITE comes from the src entry only, so such an entry is read-only
+    in the mirror and a later HMM_DMIRROR_WRITE has to fault (where
+    hmm_range_fault reports the device page itself: tests/unit/test_kernel_612).
+    The core never reads dst WRITE (the CPU entry's writability comes from
+    the vma), so the model applies the rule where the tag is made.
+    """
+    return k.config.kernel == "6.12" and bool(args.vma.vm_flags & VM_WRITE)
+
+
+def dmirror_fault_window(k) -> int:
+    """The pages one hmm_range_fault of dmirror_fault covers: its pfns[] size.
+
+    lib/test_hmm.c dmirror_fault: `unsigned long pfns[32]` at the pin
+    (linux-mm 05ab5121), `pfns[64]` in Linux 6.12. Visible because a fault
+    runs on to the end of the range walked (mm/hmm.c hmm_vma_fault): one
+    READ/WRITE fault brings back the caller's device pages up to 64 pages on
+    under 6.12, 32 at the pin. docs/kernel-versions.md.
+    """
+    return 64 if k.config.kernel == "6.12" else 32
 
 
 def hmm_pfn_to_page(k, hmm_pfn: int) -> Page:

@@ -97,7 +97,14 @@ from hmmsim.include.pgtable import (
     pte_present,
     table_entry_pfn,
 )
-from hmmsim.kconfig import PAGE_SHIFT, PAGE_SIZE, SERIES, SERIES_REQUIRES, KConfig
+from hmmsim.kconfig import (
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    SERIES,
+    SERIES_ABSENT,
+    SERIES_REQUIRES,
+    KConfig,
+)
 from hmmsim.kernel import Kernel
 from hmmsim.mm.memremap import page_pgmap
 from hmmsim.mm.mmap import vma_lookup
@@ -213,6 +220,7 @@ class SeqConfig:
     thp: str = "madvise"
     ram_bytes: int = DEFAULT_RAM
     bugs: frozenset = frozenset()  # known-bug mutants (hmmsim.mutants); none normally
+    kernel: str = "mainline"  # KConfig.kernel: the pin or the "6.12" profile
 
     def make_kernel(self) -> Kernel:
         k = Kernel(
@@ -221,6 +229,7 @@ class SeqConfig:
             features=frozenset(self.features),
             conflict_resolution=self.conflict_resolution,
             bugs=frozenset(self.bugs),
+            kernel=self.kernel,
         )
         hmm_dmirror_init(k)
         k.thp_enabled = self.thp
@@ -230,7 +239,8 @@ class SeqConfig:
         f = "".join(sorted(self.features)) or "-"
         if self.conflict_resolution:
             f += f"/{self.conflict_resolution}"
-        return f"features={f} thp={self.thp}"
+        kern = f" kernel={self.kernel}" if self.kernel != "mainline" else ""
+        return f"features={f} thp={self.thp}{kern}"
 
     def kernel_source(self) -> str:
         """The Python expression that builds this configuration's Kernel."""
@@ -239,12 +249,17 @@ class SeqConfig:
         cr = self.conflict_resolution
         cr = f", conflict_resolution={cr!r}" if cr else ""
         bugs = f", bugs=frozenset({sorted(self.bugs)!r})" if self.bugs else ""
-        return f"Kernel(ram_bytes={self.ram_bytes:#x}, hugetlb_pages=0, features={feats}{cr}{bugs})"
+        kern = f", kernel={self.kernel!r}" if self.kernel != "mainline" else ""
+        return (
+            f"Kernel(ram_bytes={self.ram_bytes:#x}, hugetlb_pages=0, "
+            f"features={feats}{cr}{bugs}{kern})"
+        )
 
 
-def feature_configs() -> list[tuple[frozenset, str | None]]:
-    """Every buildable (features, conflict_resolution) pair of the five seed series."""
-    letters = sorted(SERIES)
+def feature_configs(kernel: str = "mainline") -> list[tuple[frozenset, str | None]]:
+    """Every buildable (features, conflict_resolution) pair of the five seed series
+    (for the "6.12" profile: without the series that did not exist then)."""
+    letters = sorted(set(SERIES) - set(SERIES_ABSENT.get(kernel, ())))
     out = []
     for mask in range(1 << len(letters)):
         fs = frozenset(x for i, x in enumerate(letters) if mask >> i & 1)
@@ -255,7 +270,7 @@ def feature_configs() -> list[tuple[frozenset, str | None]]:
         else:
             out.append((fs, None))
     for fs, cr in out:  # every one must build
-        KConfig(features=fs, conflict_resolution=cr)
+        KConfig(features=fs, conflict_resolution=cr, kernel=kernel)
     return out
 
 
@@ -2082,6 +2097,7 @@ def run_fuzz(
     ram_bytes: int = DEFAULT_RAM,
     shared_anon: float = 0.15,
     bugs: frozenset = frozenset(),
+    kernel: str = "mainline",
 ) -> FuzzReport:
     """Run `steps` generated operations in sequences of `sequence_steps`.
 
@@ -2097,8 +2113,9 @@ def run_fuzz(
     sequences.
     shared_anon: probability that a generated mmap is MAP_SHARED.
     bugs: known-bug mutants to put back in every sequence's Kernel.
+    kernel: the KConfig.kernel profile of every sequence ("mainline", "6.12").
     """
-    configs = configs or feature_configs()
+    configs = configs or feature_configs(kernel)
     rep = FuzzReport(seed=seed, check_every=check_every, sweep_every=sweep_every)
     rep.bugs = frozenset(bugs)
     master = random.Random(seed)
@@ -2106,7 +2123,9 @@ def run_fuzz(
     index = 0
     while rep.steps < steps and rep.failing_sequences < max_violations:
         fs, cr = configs[master.randrange(len(configs))]
-        cfg = SeqConfig(frozenset(fs), cr, master.choice(THP_MODES), ram_bytes, frozenset(bugs))
+        cfg = SeqConfig(
+            frozenset(fs), cr, master.choice(THP_MODES), ram_bytes, frozenset(bugs), kernel
+        )
         sseed = _seq_seed(seed, index)
         n = min(sequence_steps, steps - rep.steps)
         w = World(cfg)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import click
 
-from hmmsim.kconfig import SERIES, ConfigError, KConfig
+from hmmsim.kconfig import KERNELS, SERIES, ConfigError, KConfig
 from hmmsim.mutants import MUTANTS
 
 RESOLUTIONS = ("c-first", "e-first")
@@ -42,16 +42,24 @@ class _OneLineCommand(click.Command):
             sys.exit(1)
 
 
-def _configs(features: tuple[str, ...], resolution: str | None):
+def _configs(features: tuple[str, ...], resolution: str | None, kernel: str = "mainline"):
     """The (features, conflict_resolution) pairs to run: one, or every buildable one."""
+    from hmmsim.kconfig import SERIES_ABSENT
     from hmmsim.testing.fuzz import feature_configs
 
+    absent = set(features) & set(SERIES_ABSENT.get(kernel, ()))
+    if absent:
+        raise click.UsageError(
+            f"series {', '.join(sorted(absent))} did not exist in Linux {kernel}; "
+            f"drop --feature {' --feature '.join(sorted(absent))} or --kernel {kernel}"
+        )
     if not features:
-        out = feature_configs()
+        out = feature_configs(kernel)
         if resolution:
             out = [(fs, cr) for fs, cr in out if cr in (None, resolution)]
         return out, "sampled per sequence from every buildable combination"
-    fs = frozenset({"d", *features})
+    merged = {"d"} - set(SERIES_ABSENT.get(kernel, ()))
+    fs = frozenset({*merged, *features})
     if {"c", "e"} <= fs and resolution is None:
         raise click.UsageError(
             "series (c) and (e) both claim HMM_PFN bit BITS_PER_LONG-7; "
@@ -59,7 +67,7 @@ def _configs(features: tuple[str, ...], resolution: str | None):
         )
     cr = resolution if {"c", "e"} <= fs else None
     try:
-        KConfig(features=fs, conflict_resolution=cr)
+        KConfig(features=fs, conflict_resolution=cr, kernel=kernel)
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
     label = "".join(sorted(fs)) + (f" ({cr})" if cr else "")
@@ -136,6 +144,13 @@ def _script_paths(out: str | None, seed: int, n: int) -> list[Path]:
     type=click.Choice(sorted(MUTANTS)),
     help="Put a known kernel bug back (repeatable; see `hmmsim explore --bugs list`).",
 )
+@click.option(
+    "--kernel",
+    type=click.Choice(sorted(KERNELS)),
+    default="mainline",
+    show_default=True,
+    help="Kernel profile: the pin, or Linux 6.12's behaviours (no series d).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object, no progress bar.")
 @click.option(
     "--out",
@@ -154,13 +169,16 @@ def fuzz(
     shrink_seconds: float,
     keep_going: bool,
     bugs: tuple[str, ...],
+    kernel: str,
     as_json: bool,
     out: str | None,
 ) -> None:
     """Fuzz the model against a shadow of every process's bytes; shrink what fails."""
     from hmmsim.testing.fuzz import run_fuzz
 
-    configs, feature_label = _configs(features, conflict_resolution)
+    configs, feature_label = _configs(features, conflict_resolution, kernel)
+    if kernel != "mainline":
+        feature_label += f"; kernel profile {kernel}"
     progress = None
     task = None
     if not as_json:
@@ -205,6 +223,7 @@ def fuzz(
             max_violations=(1 << 62) if keep_going else 1,
             on_progress=on_progress,
             bugs=frozenset(bugs),
+            kernel=kernel,
         )
     except KeyboardInterrupt:
         raise click.Abort() from None
@@ -223,6 +242,7 @@ def fuzz(
         data = rep.to_json()
         data["features"] = feature_label
         data["bugs"] = sorted(bugs)
+        data["kernel"] = kernel
         data["replay_scripts"] = [str(p) for p in paths[: len(rep.violations)]]
         click.echo(json.dumps(data, indent=2))
     else:
