@@ -51,15 +51,37 @@ struct hmm_dmirror_cmd {
 };
 #define HMM_REQ(nr) _IOWR('H', nr, struct hmm_dmirror_cmd)
 
-/* ---- errno names: the same set as src/hmmsim/errno.py (others print -E<n>) ---- */
+/* ---- errno names: the first name of each number in the uapi errno-base.h and
+ * errno.h (hmmsim.scenario.interp.ERRNO_NAMES reads the same); others print -E<n> ---- */
 static const struct { int num; const char *name; } errnames[] = {
-	{1, "EPERM"}, {2, "ENOENT"}, {3, "ESRCH"}, {4, "EINTR"}, {5, "EIO"},
-	{6, "ENXIO"}, {7, "E2BIG"}, {9, "EBADF"}, {10, "ECHILD"}, {11, "EAGAIN"},
-	{12, "ENOMEM"}, {13, "EACCES"}, {14, "EFAULT"}, {16, "EBUSY"},
-	{17, "EEXIST"}, {19, "ENODEV"}, {22, "EINVAL"}, {23, "ENFILE"},
-	{24, "EMFILE"}, {25, "ENOTTY"}, {27, "EFBIG"}, {28, "ENOSPC"},
-	{29, "ESPIPE"}, {34, "ERANGE"}, {38, "ENOSYS"}, {75, "EOVERFLOW"},
-	{95, "EOPNOTSUPP"}, {133, "EHWPOISON"},
+	{1, "EPERM"}, {2, "ENOENT"}, {3, "ESRCH"}, {4, "EINTR"}, {5, "EIO"}, {6, "ENXIO"}, {7,
+	"E2BIG"}, {8, "ENOEXEC"}, {9, "EBADF"}, {10, "ECHILD"}, {11, "EAGAIN"}, {12, "ENOMEM"},
+	{13, "EACCES"}, {14, "EFAULT"}, {15, "ENOTBLK"}, {16, "EBUSY"}, {17, "EEXIST"}, {18,
+	"EXDEV"}, {19, "ENODEV"}, {20, "ENOTDIR"}, {21, "EISDIR"}, {22, "EINVAL"}, {23,
+	"ENFILE"}, {24, "EMFILE"}, {25, "ENOTTY"}, {26, "ETXTBSY"}, {27, "EFBIG"}, {28,
+	"ENOSPC"}, {29, "ESPIPE"}, {30, "EROFS"}, {31, "EMLINK"}, {32, "EPIPE"}, {33, "EDOM"},
+	{34, "ERANGE"}, {35, "EDEADLK"}, {36, "ENAMETOOLONG"}, {37, "ENOLCK"}, {38, "ENOSYS"},
+	{39, "ENOTEMPTY"}, {40, "ELOOP"}, {42, "ENOMSG"}, {43, "EIDRM"}, {44, "ECHRNG"}, {45,
+	"EL2NSYNC"}, {46, "EL3HLT"}, {47, "EL3RST"}, {48, "ELNRNG"}, {49, "EUNATCH"}, {50,
+	"ENOCSI"}, {51, "EL2HLT"}, {52, "EBADE"}, {53, "EBADR"}, {54, "EXFULL"}, {55, "ENOANO"},
+	{56, "EBADRQC"}, {57, "EBADSLT"}, {59, "EBFONT"}, {60, "ENOSTR"}, {61, "ENODATA"}, {62,
+	"ETIME"}, {63, "ENOSR"}, {64, "ENONET"}, {65, "ENOPKG"}, {66, "EREMOTE"}, {67,
+	"ENOLINK"}, {68, "EADV"}, {69, "ESRMNT"}, {70, "ECOMM"}, {71, "EPROTO"}, {72,
+	"EMULTIHOP"}, {73, "EDOTDOT"}, {74, "EBADMSG"}, {75, "EOVERFLOW"}, {76, "ENOTUNIQ"},
+	{77, "EBADFD"}, {78, "EREMCHG"}, {79, "ELIBACC"}, {80, "ELIBBAD"}, {81, "ELIBSCN"}, {82,
+	"ELIBMAX"}, {83, "ELIBEXEC"}, {84, "EILSEQ"}, {85, "ERESTART"}, {86, "ESTRPIPE"}, {87,
+	"EUSERS"}, {88, "ENOTSOCK"}, {89, "EDESTADDRREQ"}, {90, "EMSGSIZE"}, {91, "EPROTOTYPE"},
+	{92, "ENOPROTOOPT"}, {93, "EPROTONOSUPPORT"}, {94, "ESOCKTNOSUPPORT"}, {95,
+	"EOPNOTSUPP"}, {96, "EPFNOSUPPORT"}, {97, "EAFNOSUPPORT"}, {98, "EADDRINUSE"}, {99,
+	"EADDRNOTAVAIL"}, {100, "ENETDOWN"}, {101, "ENETUNREACH"}, {102, "ENETRESET"}, {103,
+	"ECONNABORTED"}, {104, "ECONNRESET"}, {105, "ENOBUFS"}, {106, "EISCONN"}, {107,
+	"ENOTCONN"}, {108, "ESHUTDOWN"}, {109, "ETOOMANYREFS"}, {110, "ETIMEDOUT"}, {111,
+	"ECONNREFUSED"}, {112, "EHOSTDOWN"}, {113, "EHOSTUNREACH"}, {114, "EALREADY"}, {115,
+	"EINPROGRESS"}, {116, "ESTALE"}, {117, "EUCLEAN"}, {118, "ENOTNAM"}, {119, "ENAVAIL"},
+	{120, "EISNAM"}, {121, "EREMOTEIO"}, {122, "EDQUOT"}, {123, "ENOMEDIUM"}, {124,
+	"EMEDIUMTYPE"}, {125, "ECANCELED"}, {126, "ENOKEY"}, {127, "EKEYEXPIRED"}, {128,
+	"EKEYREVOKED"}, {129, "EKEYREJECTED"}, {130, "EOWNERDEAD"}, {131, "ENOTRECOVERABLE"},
+	{132, "ERFKILL"}, {133, "EHWPOISON"}
 };
 
 /* ---- symbolic names ---- */
@@ -559,19 +581,22 @@ static void fault_handler(int sig, siginfo_t *si, void *uc)
 
 static void res_signal(u64 page)
 {
-	const char *code = "?";
+	const char *code = NULL;
 	if (fault_sig == SIGSEGV) {
 		if (fault_code == SEGV_MAPERR) code = "MAPERR";
 		else if (fault_code == SEGV_ACCERR) code = "ACCERR";
+		else if (fault_code == SI_KERNEL) code = "KERNEL";
 	} else if (fault_sig == SIGBUS) {
-		if (fault_code == BUS_ADRERR) code = "ADRERR";
+		if (fault_code == BUS_ADRALN) code = "ADRALN";
+		else if (fault_code == BUS_ADRERR) code = "ADRERR";
 		else if (fault_code == BUS_OBJERR) code = "OBJERR";
+		else if (fault_code == BUS_MCEERR_AR) code = "MCEERR_AR";
 	}
-	if (!strcmp(code, "?"))
-		res_add("%s %d @%" PRIu64, fault_sig == SIGSEGV ? "SIGSEGV" : "SIGBUS",
-			fault_code, page);
+	res_add("%s ", fault_sig == SIGSEGV ? "SIGSEGV" : "SIGBUS");
+	if (code)
+		res_add("%s @%" PRIu64, code, page);
 	else
-		res_add("%s %s @%" PRIu64, fault_sig == SIGSEGV ? "SIGSEGV" : "SIGBUS", code, page);
+		res_add("%d @%" PRIu64, (int)fault_code, page);
 }
 
 static volatile u64 cur_page;
@@ -702,59 +727,113 @@ static void do_pagemap(u64 addr, u64 npages)
 /* ---- fds and ioctls ---- */
 static int slots[NSLOTS];
 
-static void fill_buffer(u64 npages, int pattern, u64 seed)
+/* Fill the first min(npages, 64) buffer pages (pat(seed) or 0xa5); 0 or a
+ * caught signal (printed as "= SIG... @k"). */
+static int fill_buffer(u64 npages, int pattern, u64 seed)
 {
 	u64 n = npages < BUF_PAGES ? npages : BUF_PAGES;
-	if (pattern) {
-		for (u64 i = 0; i < n * 512; i++) {
-			u64 va = BUF_ADDR + 8 * i;
-			*(volatile u64 *)va = pat(seed, va);
-		}
-	} else {
-		memset((void *)BUF_ADDR, 0xa5, n * PAGE_SIZE);
+	cur_page = 0;
+	if (sigsetjmp(fault_jmp, 1)) {
+		res_add("= ");
+		res_signal(cur_page);
+		return -1;
 	}
+	fault_armed = 1;
+	for (u64 i = 0; i < n; i++) {
+		cur_page = i;
+		for (u64 w = 0; w < 512; w++) {
+			u64 va = BUF_ADDR + i * PAGE_SIZE + 8 * w;
+			*(volatile u64 *)va = pattern ? pat(seed, va) : 0xa5a5a5a5a5a5a5a5ULL;
+		}
+	}
+	fault_armed = 0;
+	return 0;
+}
+
+/* " data=RLE" of the first n buffer pages, a signal ends it */
+static void buffer_hashes(u64 n)
+{
+	static u64 page[512];
+	static struct rle r;
+	char tok[16];
+
+	memset(&r, 0, sizeof(r));
+	cur_page = 0;
+	res_add(" data=");
+	if (sigsetjmp(fault_jmp, 1)) {
+		rle_end(&r);
+		res_add(" ");
+		res_signal(cur_page);
+		return;
+	}
+	fault_armed = 1;
+	for (u64 i = 0; i < n; i++) {
+		cur_page = i;
+		for (u64 w = 0; w < 512; w++)
+			page[w] = *(volatile u64 *)(BUF_ADDR + i * PAGE_SIZE + 8 * w);
+		pagehash_tok(page, tok);
+		rle_add(&r, tok);
+	}
+	fault_armed = 0;
+	rle_end(&r);
+}
+
+/* " snap=RLE" of the first nb buffer bytes, read page by page; a signal ends it */
+static void buffer_bytes(u64 nb)
+{
+	static unsigned char page[PAGE_SIZE];
+	static struct rle r;
+	char tok[4];
+
+	memset(&r, 0, sizeof(r));
+	cur_page = 0;
+	res_add(" snap=");
+	if (sigsetjmp(fault_jmp, 1)) {
+		rle_end(&r);
+		res_add(" ");
+		res_signal(cur_page);
+		return;
+	}
+	fault_armed = 1;
+	for (u64 off = 0; off < nb; off += PAGE_SIZE) {
+		u64 len = nb - off < PAGE_SIZE ? nb - off : PAGE_SIZE;
+		cur_page = off / PAGE_SIZE;
+		for (u64 j = 0; j < len; j++)
+			page[j] = *(volatile unsigned char *)(BUF_ADDR + off + j);
+		for (u64 j = 0; j < len; j++) {
+			sprintf(tok, "%02x", page[j]);
+			rle_add(&r, tok);
+		}
+	}
+	fault_armed = 0;
+	rle_end(&r);
 }
 
 static void do_ioctl(const struct op *o)
 {
-	u64 req = o->a[0];
+	u64 req = o->a[0] & 0xffffffffULL;
 	struct hmm_dmirror_cmd cmd = {
 		.addr = o->a[1], .ptr = o->a[3], .npages = o->a[2], .cpages = 0, .faults = 0,
 	};
 	u64 n = o->a[2] < BUF_PAGES ? o->a[2] : BUF_PAGES;
 
-	fill_buffer(o->a[2], req == HMM_REQ(0x01), o->a[4]);
-	long r = syscall(SYS_ioctl, slots[o->fd_slot], (unsigned long)(unsigned int)req, &cmd);
+	if (fill_buffer(o->a[2], req == HMM_REQ(0x01), o->a[4]))
+		return;
+	long r = syscall(SYS_ioctl, (long)slots[o->fd_slot], (unsigned long)req, &cmd);
 	int e = errno;
 	res_add("= ");
 	if (r == -1)
 		res_errno(e);
 	else
-		res_add("%ld cpages=%" PRIu64 " faults=%" PRIu64, r, cmd.cpages, cmd.faults);
+		res_add("%ld", r);
+	if (r == 0)
+		res_add(" cpages=%" PRIu64 " faults=%" PRIu64, cmd.cpages, cmd.faults);
 	if (!o->ptr_buf)
 		return;
-	if (req == HMM_REQ(0x00) || req == HMM_REQ(0x02)) {
-		struct rle rl;
-		char tok[16];
-		memset(&rl, 0, sizeof(rl));
-		res_add(" data=");
-		for (u64 i = 0; i < n; i++) {
-			pagehash_tok((const u64 *)(BUF_ADDR + i * PAGE_SIZE), tok);
-			rle_add(&rl, tok);
-		}
-		rle_end(&rl);
-	} else if (req == HMM_REQ(0x04)) {
-		struct rle rl;
-		char tok[4];
-		u64 nb = o->a[2] < BUF_PAGES * PAGE_SIZE ? o->a[2] : BUF_PAGES * PAGE_SIZE;
-		memset(&rl, 0, sizeof(rl));
-		res_add(" snap=");
-		for (u64 i = 0; i < nb; i++) {
-			sprintf(tok, "%02x", ((const unsigned char *)BUF_ADDR)[i]);
-			rle_add(&rl, tok);
-		}
-		rle_end(&rl);
-	}
+	if (req == HMM_REQ(0x00) || req == HMM_REQ(0x02))
+		buffer_hashes(n);
+	else if (req == HMM_REQ(0x04))
+		buffer_bytes(o->a[2] < BUF_PAGES * PAGE_SIZE ? o->a[2] : BUF_PAGES * PAGE_SIZE);
 }
 
 /* ---- fork ---- */
@@ -857,6 +936,7 @@ static void do_fork(int idx)
 			close(held[i].release_w);
 		nheld = 0;
 		run_range(idx + 1, o->match);
+		reap_all(0);    /* its own held children, before it is held itself */
 		if (o->hold) {
 			char b = 0;
 			close(release[1]);
