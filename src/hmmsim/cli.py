@@ -242,10 +242,11 @@ def _opt_what(opt: str) -> str:
 def _register() -> None:
     """The commands that live beside the code they drive."""
     from hmmsim.bench_cli import bench_command
+    from hmmsim.oracle.cli import oracle
     from hmmsim.testing.explore_cli import explore_command
     from hmmsim.testing.fuzz_cli import fuzz
 
-    for cmd in (explore_command, fuzz, bench_command):
+    for cmd in (explore_command, fuzz, bench_command, oracle):
         main.add_command(cmd)
 
 

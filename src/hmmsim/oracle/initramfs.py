@@ -45,7 +45,8 @@ for w in $(cat /proc/cmdline); do
   case "$w" in hmmsim.start=*) start="${w#hmmsim.start=}" ;; esac
 done
 echo "@@HMMSIM INFO devices $(ls /dev | grep -c hmm_dmirror)"
-echo "@@HMMSIM INFO coherent $(grep -c hmm_dmirror /proc/iomem) $(dmesg | grep -c 'added new 256 MB chunk')"
+# coherent devices: their first chunk is the reserved range (PFNs 0x40000..0x60000)
+dmesg | grep 'added new 256 MB chunk' | sed 's/^.*PFNs/@@HMMSIM INFO chunk PFNs/'
 echo "@@HMMSIM INFO thp $(cat /sys/kernel/mm/transparent_hugepage/enabled)"
 echo "@@HMMSIM READY $start"
 i=0
@@ -107,7 +108,9 @@ def file_list(busybox: bytes, runner: bytes, scenarios: list[bytes]) -> list[Ent
     entries += [
         Entry(f"scn/{n}", stat.S_IFREG | 0o644, s) for n, s in zip(names, scenarios, strict=True)
     ]
-    entries.append(Entry("scn/LIST", stat.S_IFREG | 0o644, "".join(n + "\n" for n in names).encode()))
+    entries.append(
+        Entry("scn/LIST", stat.S_IFREG | 0o644, "".join(n + "\n" for n in names).encode())
+    )
     return entries
 
 

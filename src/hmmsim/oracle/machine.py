@@ -204,7 +204,9 @@ def build(workdir: Path, jobs: int, log: Log, apt: bool = True) -> dict:
 def ensure_built(paths: Paths) -> None:
     for p, what in ((paths.bzimage, "kernel"), (paths.runner, "runner")):
         if not p.exists():
-            raise OracleError(f"no {what} at {p}: run `hmmsim oracle build --workdir {paths.workdir}`")
+            raise OracleError(
+                f"no {what} at {p}: run `hmmsim oracle build --workdir {paths.workdir}`"
+            )
     if paths.runner.stat().st_mtime < RUNNER_C.stat().st_mtime:
         raise OracleError(f"{paths.runner} is older than runner.c: run `hmmsim oracle build`")
 
@@ -330,9 +332,7 @@ def record_texts(
     ensure_built(paths)
     paths.workdir.mkdir(parents=True, exist_ok=True)
     initrd = paths.workdir / "initrd.gz"
-    initrd.write_bytes(
-        initramfs.build(BUSYBOX.read_bytes(), paths.runner.read_bytes(), scenarios)
-    )
+    initrd.write_bytes(initramfs.build(BUSYBOX.read_bytes(), paths.runner.read_bytes(), scenarios))
     runs: dict[int, golden.Run] = {}
     start, boots, t0 = 0, 0, time.monotonic()
     info: list[str] = []
