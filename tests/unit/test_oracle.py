@@ -101,6 +101,29 @@ def test_hung_run_without_end():
     assert golden.golden_lines(run) == ["! HUNG"]
 
 
+def test_hung_after_an_oops_uses_the_mirror_and_the_console():
+    # the process oopsed holding a mutex and never exited: no RC, no LOG
+    text = "\r\n".join(
+        ["@@HMMSIM READY 0", "@@HMMSIM BEGIN 0", "~>1 mmap", "~=1 mmap = 0x100000000", "~>4 ioctl"]
+        + OOPS_LOG.splitlines()
+    )
+    run = golden.parse_transcript(text)[0]
+    run.status = "hung"
+    assert golden.golden_lines(run) == [
+        "1 mmap = 0x100000000",
+        "4 ioctl OOPS dmirror_devmem_fault",
+        "! OOPS dmirror_devmem_fault",
+    ]
+
+
+def test_mirror_ignored_when_the_run_completes():
+    text = transcript("1 mmap = 0x1\n", "").replace(
+        "@@HMMSIM BEGIN 0\r\n", "@@HMMSIM BEGIN 0\r\n~>1 mmap\r\n~=1 mmap = 0x1\r\nnoise\r\n"
+    )
+    run = golden.parse_transcript(text)[0]
+    assert run.complete and golden.golden_lines(run) == ["1 mmap = 0x1"]
+
+
 def test_log_events():
     assert [e.line() for e in golden.log_events(OOPS_LOG.splitlines())] == [
         "! OOPS dmirror_devmem_fault"

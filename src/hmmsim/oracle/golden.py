@@ -16,8 +16,14 @@ scenario I::
 
 The runner's stdout is printed as `sed 's/^/|/'` of the file plus one extra
 newline, so the transcript's last '|' line is the runner's unfinished line
-(empty when the runner ended its last line). Anything else on the console
-(kernel messages at emergency level, QEMU noise) is ignored.
+(empty when the runner ended its last line).
+
+While the runner runs it also mirrors its lines to the console ("~> LINE OP"
+when an operation starts, "~= LINE OP RESULT" when it ends), and the kernel
+prints an oops there as it happens. For a run that never reaches END (the
+process hung after an oops, or the guest died) those are all there is: the
+"~=" lines become the output, a "~>" without its "~=" the unfinished line, and
+the other console lines the kernel log.
 """
 
 from __future__ import annotations
@@ -50,6 +56,9 @@ class Run:
     stderr: list[str] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
     complete: bool = False  # END seen
+    mirror_out: list[str] = field(default_factory=list)  # "~=" lines: finished ops
+    mirror_pending: str | None = None  # "~>" without its "~=": the op in flight
+    console: list[str] = field(default_factory=list)  # other console lines meanwhile
     status: str = "ok"  # ok | hung | crashed (set by the driver)
 
 
@@ -85,15 +94,26 @@ def parse_transcript(text: str) -> dict[int, Run]:
             continue
         if cur is None:
             continue
-        if section == "out" and raw.startswith("|"):
+        if raw.startswith("~>"):
+            cur.mirror_pending = raw[2:] + " "
+        elif raw.startswith("~="):
+            cur.mirror_out.append(raw[2:])
+            cur.mirror_pending = None
+        elif section == "out" and raw.startswith("|"):
             out_lines.append(raw[1:])
         elif section == "err" and raw.startswith("%"):
             cur.stderr.append(raw[1:])
         elif section == "log" and raw.startswith(">"):
             cur.log.append(strip_stamp(raw[1:]))
-    if cur is not None and section == "out":
-        # the guest died while printing: what came through is all there is
-        cur.out = [ln for ln in out_lines if ln]
+        elif raw.strip():
+            cur.console.append(strip_stamp(raw))
+    if cur is not None and not cur.complete:
+        # the guest hung or died inside the run: the mirror and the console
+        if cur.rc is None:
+            cur.out = list(cur.mirror_out)
+            cur.partial = cur.mirror_pending
+        if not cur.log:
+            cur.log = list(cur.console)
     return runs
 
 
@@ -199,9 +219,11 @@ def golden_lines(run: Run) -> list[str]:
             lines = lines[:i] + [ln + tail]
             break
     out = lines + [e.line() for e in events]
-    if run.status == "hung":
+    # a process killed by an oops often hangs in exit (a mutex it held): the
+    # oops is the scenario's end, the hang its consequence
+    if func is None and run.status == "hung":
         out.append("! HUNG")
-    elif run.status == "crashed":
+    elif func is None and run.status == "crashed":
         out.append("! CRASHED")
     return out
 

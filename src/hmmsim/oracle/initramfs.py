@@ -55,7 +55,7 @@ for f in $(cat /scn/LIST); do
     dmesg -c >/dev/null
     echo "@@HMMSIM BEGIN $i"
     cd /tmp
-    /runner "/scn/$f" >/tmp/out 2>/tmp/err
+    HMMSIM_MIRROR_FD=3 /runner "/scn/$f" >/tmp/out 2>/tmp/err 3>/dev/console
     rc=$?
     cd /
     { cat /tmp/out; echo; } | sed 's/^/|/'

@@ -201,14 +201,14 @@ def build(workdir: Path, jobs: int, log: Log, apt: bool = True) -> dict:
     return timings
 
 
-def ensure_built(paths: Paths) -> None:
-    for p, what in ((paths.bzimage, "kernel"), (paths.runner, "runner")):
-        if not p.exists():
-            raise OracleError(
-                f"no {what} at {p}: run `hmmsim oracle build --workdir {paths.workdir}`"
-            )
-    if paths.runner.stat().st_mtime < RUNNER_C.stat().st_mtime:
-        raise OracleError(f"{paths.runner} is older than runner.c: run `hmmsim oracle build`")
+def ensure_built(paths: Paths, log: Log) -> None:
+    """The kernel must exist; the runner is (re)compiled when runner.c is newer."""
+    if not paths.bzimage.exists():
+        raise OracleError(
+            f"no kernel at {paths.bzimage}: run `hmmsim oracle build --workdir {paths.workdir}`"
+        )
+    if not paths.runner.exists() or paths.runner.stat().st_mtime < RUNNER_C.stat().st_mtime:
+        compile_runner(paths, log)
 
 
 # --- booting ------------------------------------------------------------------------------------
@@ -253,6 +253,7 @@ def boot_once(
     start: int,
     boot_timeout: float,
     scenario_timeout: float,
+    oops_settle: float = 5.0,
 ) -> BootResult:
     """Boot the guest once, running scenarios from `start` until done, a reboot or a hang."""
     t0 = time.monotonic()
@@ -288,6 +289,10 @@ def boot_once(
             *lines, pending = pending.split(b"\n")
             for raw in lines:
                 line = raw.decode("utf-8", "replace").rstrip("\r")
+                if current is not None and line.startswith("---[ end trace"):
+                    # an oops ended: a run that is still alive after this
+                    # settle time hung in its exit (e.g. on a mutex it held)
+                    deadline = min(deadline, time.monotonic() + oops_settle)
                 if not line.startswith(golden.MARK + " "):
                     continue
                 parts = line.split()
@@ -329,7 +334,7 @@ def record_texts(
     scenario_timeout: float = 60.0,
 ) -> Recording:
     """Run the scenarios in the guest (rebooting after a taint or a hang)."""
-    ensure_built(paths)
+    ensure_built(paths, log)
     paths.workdir.mkdir(parents=True, exist_ok=True)
     initrd = paths.workdir / "initrd.gz"
     initrd.write_bytes(initramfs.build(BUSYBOX.read_bytes(), paths.runner.read_bytes(), scenarios))

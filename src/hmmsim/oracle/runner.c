@@ -459,15 +459,40 @@ static void res_add(const char *fmt, ...)
 	biglen += n;
 }
 
+/*
+ * The mirror (fd $HMMSIM_MIRROR_FD, the guest's console): whole lines only,
+ * "~> LINE OP" when an operation starts and "~= LINE OP RESULT" when it ends,
+ * so a run that never finishes (a hang after an oops) still shows its lines.
+ */
+static int mirror_fd = -1;
+
+static void mirror(const char *tag, const char *a, size_t alen, const char *b, size_t blen)
+{
+	char *m;
+	size_t n = 2 + alen + blen + 1;
+	if (mirror_fd < 0 || !(m = malloc(n)))
+		return;
+	memcpy(m, tag, 2);
+	memcpy(m + 2, a, alen);
+	memcpy(m + 2 + alen, b, blen);
+	m[n - 1] = '\n';
+	if (write(mirror_fd, m, n) < 0) {
+		/* the mirror is best effort */
+	}
+	free(m);
+}
+
 static void begin_op(const struct op *o)
 {
 	outlen = snprintf(out, sizeof(out), "%d %s ", o->line, o->name);
+	mirror("~>", out, outlen - 1, "", 0);
 	emit_raw(out, outlen);
 	biglen = 0;
 }
 
 static void end_op(void)
 {
+	mirror("~=", out, outlen, big, biglen);
 	res_add("\n");
 	emit_raw(big, biglen);
 	biglen = 0;
@@ -855,13 +880,15 @@ static void status_str(int st)
 }
 
 /* a child died with its line unfinished: end that line (stdout a regular file) */
+static int out_rd = -1;     /* stdout reopened for reading (a regular file) */
+
 static void fix_partial_line(void)
 {
 	struct stat stbuf;
 	char c;
-	if (fstat(1, &stbuf) || !S_ISREG(stbuf.st_mode) || !stbuf.st_size)
+	if (out_rd < 0 || fstat(out_rd, &stbuf) || !S_ISREG(stbuf.st_mode) || !stbuf.st_size)
 		return;
-	if (pread(1, &c, 1, stbuf.st_size - 1) == 1 && c != '\n')
+	if (pread(out_rd, &c, 1, stbuf.st_size - 1) == 1 && c != '\n')
 		emit_raw("\n", 1);
 }
 
@@ -1074,6 +1101,12 @@ int main(int argc, char **argv)
 	}
 	scn_path = argv[1];
 	parse_file(argv[1]);
+	out_rd = open("/proc/self/fd/1", O_RDONLY | O_CLOEXEC);
+	if (getenv("HMMSIM_MIRROR_FD")) {
+		mirror_fd = atoi(getenv("HMMSIM_MIRROR_FD"));
+		if (fcntl(mirror_fd, F_SETFD, FD_CLOEXEC) < 0)
+			mirror_fd = -1;
+	}
 	for (int i = 0; i < NSLOTS; i++)
 		slots[i] = -1;
 
