@@ -94,8 +94,9 @@ def record(scns: tuple[str, ...], workdir: Path | None, out_dir: Path | None, ti
     """Boot the oracle, run the scenarios (files or directories of *.scn), write goldens."""
     files = _files(scns)
     rec, problems = _record(_paths(workdir), files, out_dir, timeout, click.echo)
+    written = sum(machine.golden_paths(f, out_dir)[0].exists() for f in files)
     click.echo(
-        f"recorded {len(files) - len(problems)}/{len(files)} scenarios in {rec.seconds:.1f}s "
+        f"recorded {written}/{len(files)} scenarios in {rec.seconds:.1f}s "
         f"({rec.boots} boot{'s' if rec.boots != 1 else ''}); guest: {'; '.join(rec.info)}"
     )
     for f, why in problems:

@@ -406,8 +406,12 @@ def write_goldens(
             continue
         g, lg = golden_paths(scn, out_dir)
         g.parent.mkdir(parents=True, exist_ok=True)
-        g.write_text("".join(ln + "\n" for ln in golden.golden_lines(run)))
+        lines = golden.golden_lines(run)
+        g.write_text("".join(ln + "\n" for ln in lines))
         lg.write_text("".join(ln + "\n" for ln in run.log))
+        oops = [ln[2:] for ln in lines if ln.startswith("! OOPS")]
         if run.status != "ok":
-            problems.append((scn, run.status))
+            problems.append((scn, f"{oops[0]}, then {run.status}" if oops else run.status))
+        elif oops:
+            problems.append((scn, oops[0]))
     return problems
