@@ -1091,6 +1091,17 @@ static void run_range(int from, int to)
 	}
 }
 
+/* fd moved to `min` or above (close-on-exec), the original closed; -1 on failure */
+static int high_fd(int fd, int min)
+{
+	int h;
+	if (fd < 0)
+		return -1;
+	h = fcntl(fd, F_DUPFD_CLOEXEC, min);
+	close(fd);
+	return h;
+}
+
 int main(int argc, char **argv)
 {
 	struct sigaction sa;
@@ -1101,12 +1112,11 @@ int main(int argc, char **argv)
 	}
 	scn_path = argv[1];
 	parse_file(argv[1]);
-	out_rd = open("/proc/self/fd/1", O_RDONLY | O_CLOEXEC);
-	if (getenv("HMMSIM_MIRROR_FD")) {
-		mirror_fd = atoi(getenv("HMMSIM_MIRROR_FD"));
-		if (fcntl(mirror_fd, F_SETFD, FD_CLOEXEC) < 0)
-			mirror_fd = -1;
-	}
+	/* the runner's own fds live at 900+, so a scenario's fds start at 3 and a
+	 * literal fd in a scenario never hits one of them */
+	out_rd = high_fd(open("/proc/self/fd/1", O_RDONLY | O_CLOEXEC), 900);
+	if (getenv("HMMSIM_MIRROR_FD"))
+		mirror_fd = high_fd(atoi(getenv("HMMSIM_MIRROR_FD")), 901);
 	for (int i = 0; i < NSLOTS; i++)
 		slots[i] = -1;
 
