@@ -5,8 +5,9 @@ one with it off (the per-entry code, the specification). The same random
 operations run on both; after each one the return values, the caller's
 arrays, and the whole machine state must be identical: every byte of RAM
 (so every page table and every page's data), every PageArrays column of
-every memory range, the buddy free lists, the event counters, warnings,
-notifier events and sequences, rss counters and the dmirror mirrors.
+every memory range, the buddy free lists and the per-cpu lists, the event
+counters, warnings, notifier events and sequences, rss counters and the
+dmirror mirrors.
 
 The worlds mix every kind of entry the walks meet: none, the zero page,
 writable and read-only (mprotect) anon pages, PROT_NONE, COW-shared pages
@@ -58,7 +59,12 @@ from hmmsim.testing.invariants import check_invariants
 RW = PROT_READ | PROT_WRITE
 ANON = MAP_PRIVATE | MAP_ANONYMOUS
 NPAGES = 3 * 512  # three PTE tables' worth of 4 KiB pages
-CONFIGS = {"d": frozenset("d"), "abcd": frozenset("abcd")}
+#: name -> (features, KConfig.kernel profile); "6.12" has no series (d)
+CONFIGS = {
+    "d": (frozenset("d"), "mainline"),
+    "abcd": (frozenset("abcd"), "mainline"),
+    "6.12": (frozenset(), "6.12"),
+}
 
 
 class Sub:
@@ -71,10 +77,13 @@ class World:
     """One kernel, a process with a mixed buffer, the dmirror devices."""
 
     def __init__(
-        self, seed: int, fast: bool, features: frozenset, fork: bool = True, common: float = 0.7
+        self, seed: int, fast: bool, config: tuple, fork: bool = True, common: float = 0.7
     ) -> None:
         rng = random.Random(seed)
-        self.k = k = Kernel(KConfig(ram_bytes=32 << 20, hugetlb_pages=0, features=features))
+        features, kernel = config
+        self.k = k = Kernel(
+            KConfig(ram_bytes=32 << 20, hugetlb_pages=0, features=features, kernel=kernel)
+        )
         k.fastpath = fast
         self.devs = hmm_dmirror_init(k)
         self.p = p = k.spawn("diff")
@@ -171,6 +180,7 @@ def machine_state(w: World) -> dict:
             st[f"{n}:{r.name}:bytes"] = (r.frames, used)
     st["free_area"] = [sorted(s) for s in k.mem.free_area]
     st["nr_free"] = k.mem.nr_free
+    st["pcp"] = repr(k.mem.pcp.state())  # the per-cpu lists in order, and their tuning
     st["stats"] = sorted(k.stats.items())
     st["warnings"] = [repr(x) for x in k.warnings]
     st["notifier_events"] = [repr(e) for e in k.notifier_events]

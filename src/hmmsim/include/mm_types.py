@@ -411,6 +411,7 @@ class vm_fault:
         "orig_pmd",
         "page",
         "ptl",
+        "prealloc_pte",
     )
 
     def __init__(self, vma, address: int, flags: int) -> None:
@@ -427,6 +428,7 @@ class vm_fault:
         self.orig_pmd = 0
         self.page = None
         self.ptl = None
+        self.prealloc_pte = None  # a PTE table's PFN, allocated ahead of the PTE lock
 
     def __repr__(self) -> str:
         return f"<vm_fault {self.address:#x} flags={self.flags:#x}>"

@@ -2,7 +2,8 @@
 
 Models: mm/memory.c (handle_mm_fault, __handle_mm_fault, handle_pte_fault,
 do_anonymous_page, do_fault/do_read_fault/do_cow_fault/do_shared_fault,
-finish_fault, do_wp_page, wp_page_copy, wp_page_reuse,
+should_fault_around/do_fault_around, __do_fault, finish_fault, set_pte_range,
+pmd_install, do_wp_page, wp_page_copy, wp_page_reuse,
 wp_can_reuse_anon_folio, do_swap_page's non-swap branches, vm_normal_page,
 zap_pte_range/zap_pmd_range/unmap_page_range, copy_page_range,
 copy_present_pte/copy_present_page/copy_nonpresent_pte) and
@@ -59,6 +60,7 @@ from hmmsim.include.mm_types import (
 )
 from hmmsim.include.mmu_notifier import MMU_NOTIFY_CLEAR, MMU_NOTIFY_PROTECTION_PAGE
 from hmmsim.include.pgtable import (
+    mk_table_entry,
     pfn_pte,
     pmd_leaf,
     pmd_none,
@@ -66,6 +68,7 @@ from hmmsim.include.pgtable import (
     pmd_trans_huge,
     pmd_write,
     pte_dirty,
+    pte_index,
     pte_mkclean,
     pte_mkdirty,
     pte_mkold,
@@ -85,13 +88,15 @@ from hmmsim.include.pgtable import (
     pte_write,
     pte_wrprotect,
 )
-from hmmsim.kconfig import PAGE_SIZE, PMD_MASK, PMD_SIZE
+from hmmsim.kconfig import PAGE_SHIFT, PAGE_SIZE, PMD_MASK, PMD_SIZE
 from hmmsim.locking import folio_trylock, folio_unlock, trylock_page, unlock_page
 from hmmsim.mm import huge_memory
 from hmmsim.mm.migrate import migration_entry_wait, softleaf_entry_wait_on_locked
 from hmmsim.mm.mmu_notifier import notify_range
 from hmmsim.mm.page_alloc import __GFP_ZERO
 from hmmsim.mm.pgtable import (
+    alloc_table,
+    free_table,
     pmd_offset,
     pmdp_get,
     pte_alloc,
@@ -105,6 +110,7 @@ from hmmsim.mm.rmap import (
     RMAP_EXCLUSIVE,
     anon_vma_prepare,
     folio_add_file_rmap_pte,
+    folio_add_file_rmap_ptes,
     folio_add_new_anon_rmap,
     folio_move_anon_rmap,
     folio_remove_rmap_pte,
@@ -280,8 +286,49 @@ def do_anonymous_page(vmf: vm_fault) -> int:
 
 
 # --- file faults ---------------------------------------------------------------------------
+#: mm/memory.c fault_around_pages: the debugfs knob fault_around_bytes (64 KiB
+#: by default) in pages, a power of two no larger than PTRS_PER_PTE. A read
+#: fault on a file with ->map_pages maps the page-cache pages of this
+#: naturally aligned window around it (do_fault_around).
+fault_around_pages = 65536 >> PAGE_SHIFT
+
+PTRS_PER_PTE = 512
+
+
+def pmd_install(mm, pmdp: int, vmf: vm_fault) -> None:
+    """Hang vmf's preallocated PTE table under an empty PMD.
+
+    If the PMD was filled meanwhile, the table stays in vmf.prealloc_pte for
+    the caller to free (do_fault). Kernel: mm/memory.c pmd_install.
+    """
+    from hmmsim.mm.pgtable import pmd_lockptr
+
+    k = mm.k
+    with pmd_lockptr(mm, pmdp):
+        if pmd_none(pmdp_get(k, pmdp)):
+            set_pte_at(mm, 0, pmdp, mk_table_entry(vmf.prealloc_pte))
+            vmf.prealloc_pte = None
+
+
+def _free_prealloc_pte(vmf: vm_fault) -> None:
+    """The preallocated table was not used: pte_free() it."""
+    if vmf.prealloc_pte is not None:
+        free_table(vmf.vma.vm_mm.k, vmf.prealloc_pte)
+        vmf.prealloc_pte = None
+
+
 def __do_fault(vmf: vm_fault) -> int:
-    """Ask the file for the page: returns with vmf.page locked and referenced."""
+    """Ask the file for the page: returns with vmf.page locked and referenced.
+
+    Like the kernel, a PTE table for an empty PMD is allocated first (before
+    the file allocates its page): no memory for it is VM_FAULT_OOM with the
+    page cache untouched. Kernel: mm/memory.c __do_fault.
+    """
+    k = vmf.vma.vm_mm.k
+    if vmf.prealloc_pte is None and pmd_none(pmdp_get(k, vmf.pmd)):
+        vmf.prealloc_pte = alloc_table(k)
+        if vmf.prealloc_pte is None:
+            return VM_FAULT_OOM
     ret = vmf.vma.vm_file.fault(vmf)
     if ret & (VM_FAULT_ERROR | VM_FAULT_NOPAGE | VM_FAULT_RETRY):
         return ret
@@ -293,17 +340,66 @@ def __do_fault(vmf: vm_fault) -> int:
 
 
 def do_fault(vmf: vm_fault) -> int:
+    """A fault on an empty PTE of a file vma: read, COW or shared fault.
+
+    A PTE table preallocated on the way and not used is freed here.
+    Kernel: mm/memory.c do_fault.
+    """
     vma = vmf.vma
     if vma.vm_file is None or not hasattr(vma.vm_file, "fault"):
         return VM_FAULT_SIGBUS
     if not vmf.flags & FAULT_FLAG_WRITE:
-        return do_read_fault(vmf)
-    if not vma.vm_flags & VM_SHARED:
-        return do_cow_fault(vmf)
-    return do_shared_fault(vmf)
+        ret = do_read_fault(vmf)
+    elif not vma.vm_flags & VM_SHARED:
+        ret = do_cow_fault(vmf)
+    else:
+        ret = do_shared_fault(vmf)
+    _free_prealloc_pte(vmf)
+    return ret
+
+
+def should_fault_around(vmf: vm_fault) -> bool:
+    """Only files with ->map_pages (shmem here) fault around, and only if the
+    window is more than one page. The model has no VM_UFFD_WP/VM_UFFD_MINOR,
+    which would turn it off. Kernel: mm/memory.c should_fault_around.
+    """
+    if getattr(vmf.vma.vm_file, "map_pages", None) is None:
+        return False
+    return fault_around_pages > 1
+
+
+def do_fault_around(vmf: vm_fault) -> int:
+    """Map the cached pages of the fault-around window (->map_pages).
+
+    The window is fault_around_pages PTEs aligned to its own size, clipped
+    to the vma and to the PTE table (one PMD) holding the fault. Returns
+    VM_FAULT_NOPAGE if the faulting page itself got mapped, VM_FAULT_OOM if
+    no PTE table could be allocated for an empty PMD, else 0.
+    Kernel: mm/memory.c do_fault_around.
+    """
+    vma = vmf.vma
+    k = vma.vm_mm.k
+    nr_pages = fault_around_pages
+    pte_off = pte_index(vmf.address)
+    vma_off = vmf.pgoff - vma.vm_pgoff
+    from_pte = max(pte_off & ~(nr_pages - 1), pte_off - min(pte_off, vma_off))
+    vma_pages = (vma.vm_end - vma.vm_start) >> PAGE_SHIFT
+    to_pte = min(from_pte + nr_pages, PTRS_PER_PTE, pte_off + vma_pages - vma_off) - 1
+    if pmd_none(pmdp_get(k, vmf.pmd)):
+        vmf.prealloc_pte = alloc_table(k)
+        if vmf.prealloc_pte is None:
+            return VM_FAULT_OOM
+    return vma.vm_file.map_pages(vmf, vmf.pgoff + from_pte - pte_off, vmf.pgoff + to_pte - pte_off)
 
 
 def do_read_fault(vmf: vm_fault) -> int:
+    """Read fault on a file page: fault around first, ->fault() if the page
+    itself was not mapped by it. Kernel: mm/memory.c do_read_fault.
+    """
+    if should_fault_around(vmf):
+        ret = do_fault_around(vmf)
+        if ret:
+            return ret
     ret = __do_fault(vmf)
     if ret & (VM_FAULT_ERROR | VM_FAULT_NOPAGE | VM_FAULT_RETRY):
         return ret
@@ -351,28 +447,54 @@ def do_shared_fault(vmf: vm_fault) -> int:
     return ret & ~VM_FAULT_LOCKED
 
 
+def set_pte_range(vmf: vm_fault, folio: Page, page: Page, nr: int, addr: int, ptep: int) -> None:
+    """Map nr pages of folio from page at addr (PTE lock held).
+
+    The PTEs are made from vm_page_prot (on x86 already Accessed, and x86
+    does not want prefaulted PTEs old), dirty and writable-if-VM_WRITE only
+    for a write fault; a COW page gets a new exclusive anon rmap, a file page
+    a file rmap. The caller counts rss and references.
+    Kernel: mm/memory.c set_pte_range.
+    """
+    vma = vmf.vma
+    mm = vma.vm_mm
+    write = bool(vmf.flags & FAULT_FLAG_WRITE)
+    entry = mk_pte(page, vma.vm_page_prot)
+    if write:
+        entry = maybe_mkwrite(pte_mkdirty(entry), vma)
+    if write and not vma.vm_flags & VM_SHARED:
+        if nr != 1:
+            raise KernelBug("set_pte_range: a COW of more than one page")
+        folio_add_new_anon_rmap(folio, vma, addr, RMAP_EXCLUSIVE)
+    else:
+        folio_add_file_rmap_ptes(folio, page, nr, vma)
+    for n in range(nr):
+        set_pte_at(mm, addr + n * PAGE_SIZE, ptep + 8 * n, entry + (n << PAGE_SHIFT))
+
+
 def finish_fault(vmf: vm_fault, page: Page, cow: bool) -> int:
-    """Install the PTE for a file fault (set_pte_range for one page)."""
+    """Install the PTE for a file fault (set_pte_range for one page).
+
+    An empty PMD gets the table __do_fault preallocated. VM_FAULT_NOPAGE if
+    the PTE is no longer empty. Kernel: mm/memory.c finish_fault.
+    """
     vma = vmf.vma
     mm = vma.vm_mm
     k = mm.k
-    if not pte_alloc(mm, vmf.pmd):
-        return VM_FAULT_OOM
+    if pmd_none(pmdp_get(k, vmf.pmd)):
+        if vmf.prealloc_pte is not None:
+            pmd_install(mm, vmf.pmd, vmf)
+        elif not pte_alloc(mm, vmf.pmd):
+            return VM_FAULT_OOM
     ptep = pte_offset_map(k, pmdp_get(k, vmf.pmd), vmf.address)
+    if ptep is None:
+        return VM_FAULT_NOPAGE
     with pte_lockptr(mm, ptep):
         if not pte_none(ptep_get(k, ptep)):
             return VM_FAULT_NOPAGE
-        entry = mk_pte(page, vma.vm_page_prot)
-        if vmf.flags & FAULT_FLAG_WRITE:
-            entry = maybe_mkwrite(pte_mkdirty(entry), vma)
         folio = page_folio(page)
-        if cow:
-            mm.rss_stat[MM_ANONPAGES] += 1
-            folio_add_new_anon_rmap(folio, vma, vmf.address, RMAP_EXCLUSIVE)
-        else:
-            folio_add_file_rmap_pte(folio, page, vma)
-            mm.rss_stat[mm_counter_file(folio)] += 1
-        set_pte_at(mm, vmf.address, ptep, entry)
+        set_pte_range(vmf, folio, page, 1, vmf.address, ptep)
+        mm.rss_stat[MM_ANONPAGES if cow else mm_counter_file(folio)] += 1
     return 0
 
 

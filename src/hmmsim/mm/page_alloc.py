@@ -10,15 +10,35 @@ cheap until pages are touched. Page-table pages are ordinary frames viewed
 as 512 little-endian u64 words, as on x86-64. ZONE_DEVICE ranges are added
 by memremap (later) as further `PageArrays`, with or without frame bytes.
 
-Differences from kernel: one zone, one node; orders 0..HPAGE_PMD_ORDER only
-(MAX_PAGE_ORDER is 10 upstream); no per-cpu lists, watermarks or reclaim: an
-allocation that finds no free block fails at once.
+Per-CPU page lists (issue 13): the orders the kernel keeps on pcp lists
+(0..PAGE_ALLOC_COSTLY_ORDER and the PMD order, pcp_allowed_order) are freed
+onto one CPU's lists and reused last-in-first-out; an empty list is refilled
+from the buddy `batch` blocks at a time in address order (rmqueue_bulk), and
+a list that reaches `high` is drained oldest-first back to the buddy
+(free_pcppages_bulk), with the pinned tag's batch/high auto-tuning
+(nr_pcp_alloc, nr_pcp_high, nr_pcp_free). `batch`, `high_min` and
+`high_max` are what zone_set_pageset_high_and_batch computes at boot for one
+zone holding all modelled RAM on a one-CPU machine; see `pcp_defaults`.
+
+Differences from kernel: one zone, one node, one CPU; orders
+0..HPAGE_PMD_ORDER only (MAX_PAGE_ORDER is 10 upstream); the buddy hands out
+the lowest-addressed free block of the smallest order that fits instead of
+the head of a list_head (the same PFNs as the kernel while a refill splits
+one block, which comes out in address order either way); one migratetype
+(the kernel separates MOVABLE user pages from UNMOVABLE page tables and
+kernel allocations on both the pcp and the buddy lists, by pageblock); no
+watermarks, reclaim or OOM killer: an allocation that finds no free block
+drains the pcp lists once (as __alloc_pages_direct_reclaim does) and then
+fails. Not modelled on the pcp side: ZONE_BELOW_HIGH / ZONE_RECLAIM_ACTIVE
+(they need watermarks), decay_pcp_high and drain_zone_pages (vmstat timer
+work), the trylock and PREEMPT_RT paths, and other CPUs.
 """
 
 from __future__ import annotations
 
 import bisect
 import heapq
+import math
 
 import numpy as np
 
@@ -33,7 +53,7 @@ from hmmsim.include.mm_types import (
     PG_zero,
     PGTY_buddy,
 )
-from hmmsim.kconfig import HPAGE_PMD_ORDER, PAGE_SIZE
+from hmmsim.kconfig import HPAGE_PMD_ORDER, PAGE_SHIFT, PAGE_SIZE
 
 #: Allocation flags the model honours (include/linux/gfp_types.h names).
 __GFP_ZERO = 0x100
@@ -47,6 +67,164 @@ GFP_ZERO_BIT = __GFP_ZERO
 MAX_ORDER_MODELLED = HPAGE_PMD_ORDER
 #: PFNs below this are firmware/kernel-image pages (PG_reserved, never freed).
 RESERVED_PFNS = 1 << HPAGE_PMD_ORDER
+
+# --- per-CPU page lists: constants and boot-time sizing ------------------------------
+PAGE_ALLOC_COSTLY_ORDER = 3
+#: CONFIG_PCP_BATCH_SCALE_MAX (mm/Kconfig default).
+PCP_BATCH_SCALE_MAX = 5
+MIN_PERCPU_PAGELIST_HIGH_FRACTION = 8
+#: per_cpu_pages.flags (include/linux/mmzone.h).
+PCPF_PREV_FREE_HIGH_ORDER = 1 << 0
+PCPF_FREE_HIGH_BATCH = 1 << 1
+#: The model's lists: one per order 0..PAGE_ALLOC_COSTLY_ORDER, then the PMD
+#: order; the kernel has one per (migratetype, order) in the same order, and
+#: the round robin of free_pcppages_bulk skips the empty ones, so with one
+#: migratetype the order of visits is the same.
+NR_PCP_LISTS = PAGE_ALLOC_COSTLY_ORDER + 2
+MIGRATE_PCPTYPES = 3
+#: vm.watermark_scale_factor default.
+WATERMARK_SCALE_FACTOR = 10
+PAGEBLOCK_NR_PAGES = 1 << HPAGE_PMD_ORDER  # pageblock_order == HPAGE_PMD_ORDER on x86-64
+#: cacheinfo's per_cpu_data_slice_size the model assumes for its one CPU (the
+#: whole last-level cache of a one-CPU machine, taken as 2 MiB); only compared
+#: with 3 * batch pages to set PCPF_FREE_HIGH_BATCH (zone_pcp_update_cacheinfo).
+PER_CPU_DATA_SLICE_BYTES = 2 << 20
+
+
+def pcp_allowed_order(order: int) -> bool:
+    """mm/page_alloc.c pcp_allowed_order (CONFIG_TRANSPARENT_HUGEPAGE=y)."""
+    return order <= PAGE_ALLOC_COSTLY_ORDER or order == HPAGE_PMD_ORDER
+
+
+def order_to_pindex(order: int) -> int:
+    return order if order <= PAGE_ALLOC_COSTLY_ORDER else PAGE_ALLOC_COSTLY_ORDER + 1
+
+
+def pindex_to_order(pindex: int) -> int:
+    return pindex if pindex <= PAGE_ALLOC_COSTLY_ORDER else HPAGE_PMD_ORDER
+
+
+def zone_batchsize(managed: int) -> int:
+    """mm/page_alloc.c zone_batchsize (CONFIG_MMU): about 0.025% of the zone,
+    at most 256 KiB, rounded down to 2^n - 1."""
+    batch = min(managed >> 12, (256 << 10) // PAGE_SIZE)
+    if batch <= 1:
+        return 1
+    v = batch + batch // 2
+    return (1 << (v.bit_length() - 1)) - 1
+
+
+def _zone_wmarks(managed: int, min_free_kbytes: int) -> tuple[int, int, int]:
+    """__setup_per_zone_wmarks for a single lowmem zone: (min, low, high) pages."""
+    pages_min = min_free_kbytes >> (PAGE_SHIFT - 10)
+    wmin = pages_min * managed // managed  # the zone's share of pages_min: all of it
+    step = max(wmin >> 2, managed * WATERMARK_SCALE_FACTOR // 10000)  # mult_frac
+    return wmin, wmin + step, wmin + 2 * step
+
+
+def zone_watermarks(managed: int, thp: bool = True) -> tuple[int, int, int, int]:
+    """The boot-time watermarks of one zone of `managed` pages on a one-zone
+    machine: (min_free_kbytes, min, low, high).
+
+    init_per_zone_wmark_min: calculate_min_free_kbytes (4 * sqrt(lowmem KiB),
+    clamped to 128..262144, nr_free_buffer_pages() being all managed pages
+    before any watermark exists), setup_per_zone_wmarks. Then, with THP
+    enabled ("always" or "madvise"), hugepage_init starts khugepaged, whose
+    set_recommended_min_free_kbytes (mm/khugepaged.c) raises min_free_kbytes
+    to 2 + MIGRATE_PCPTYPES^2 pageblocks per zone, at most 5% of the managed
+    pages above the high watermark, and sets the watermarks again.
+    """
+    mfk = min(max(math.isqrt(managed * (PAGE_SIZE >> 10) * 16), 128), 262144)
+    wm = _zone_wmarks(managed, mfk)
+    if thp:
+        rec = PAGEBLOCK_NR_PAGES * 2 + PAGEBLOCK_NR_PAGES * MIGRATE_PCPTYPES * MIGRATE_PCPTYPES
+        rec = min(rec, max(managed - wm[2], 0) // 20) << (PAGE_SHIFT - 10)
+        if rec > mfk:
+            mfk = rec
+            wm = _zone_wmarks(managed, mfk)
+    return (mfk, *wm)
+
+
+def zone_highsize(managed: int, low_wmark: int, batch: int, high_fraction: int) -> int:
+    """mm/page_alloc.c zone_highsize with one CPU on the zone's node and
+    cpu_online 0 (the last update at boot comes from setup_per_zone_wmarks):
+    the low watermark, or managed / high_fraction, split over one CPU, at
+    least 4 * batch."""
+    total = managed // high_fraction if high_fraction else low_wmark
+    nr_split_cpus = 1
+    return max(total // nr_split_cpus, batch << 2)
+
+
+def pcp_defaults(managed: int, thp: bool = True) -> tuple[int, int, int]:
+    """(batch, high_min, high_max) as zone_set_pageset_high_and_batch sets
+    them at boot with vm.percpu_pagelist_high_fraction 0 (auto-tuning on).
+
+    For example 1 GiB of modelled RAM (261632 managed pages): batch 63,
+    min_free_kbytes 22528 (raised by khugepaged), low watermark 7040, so
+    high_min 7040 and high_max 32704; 256 MiB: 15, 4016, 8128; 32 MiB: 1,
+    462, 960.
+    """
+    batch = zone_batchsize(managed)
+    low = zone_watermarks(managed, thp)[2]
+    return (
+        batch,
+        zone_highsize(managed, low, batch, 0),
+        zone_highsize(managed, low, batch, MIN_PERCPU_PAGELIST_HIGH_FRACTION),
+    )
+
+
+class PerCpuPages:
+    """struct per_cpu_pages of the one modelled CPU and zone.
+
+    `lists[pindex]` is a Python list whose END is the list_head's head: a
+    free appends (list_add), an allocation pops from the end
+    (list_first_entry), a drain takes from the front (list_last_entry, the
+    oldest), and a refill of an empty list stores the new blocks reversed
+    (list_add_tail in address order). Entries are the blocks' first PFNs.
+    """
+
+    __slots__ = (
+        "lists",
+        "count",
+        "high",
+        "high_min",
+        "high_max",
+        "batch",
+        "free_count",
+        "alloc_factor",
+        "flags",
+    )
+
+    def __init__(self, batch: int, high_min: int, high_max: int, flags: int = 0) -> None:
+        self.lists: list[list[int]] = [[] for _ in range(NR_PCP_LISTS)]
+        self.count = 0  # pages on the lists (a block of order o counts 1 << o)
+        self.high = 0  # per_cpu_pages_init zeroes it; clamped on first use
+        self.high_min = high_min
+        self.high_max = high_max
+        self.batch = batch
+        self.free_count = 0
+        self.alloc_factor = 0
+        self.flags = flags
+
+    def state(self) -> tuple:
+        """Everything, as comparable values (for tests)."""
+        return (
+            [list(x) for x in self.lists],
+            self.count,
+            self.high,
+            self.high_min,
+            self.high_max,
+            self.batch,
+            self.free_count,
+            self.alloc_factor,
+            self.flags,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<PerCpuPages count={self.count} high={self.high} "
+            f"[{self.high_min}, {self.high_max}] batch={self.batch}>"
+        )
 
 
 class MemRange:
@@ -73,10 +251,11 @@ class MemRange:
         return f"<MemRange {self.name} pfn [{self.base:#x}, {self.end:#x})>"
 
 
-def _reset_to_buddy(p: PageArrays, pages, heads) -> None:
+def _reset_to_buddy(p: PageArrays, pages, heads, flags: int = PGTY_buddy) -> None:
     """The struct page state of free buddy pages (`pages`: an index, slice or
-    index array; `heads`: where the folio-head-only fields live)."""
-    p.flags[pages] = PGTY_buddy
+    index array; `heads`: where the folio-head-only fields live). With
+    flags 0: a free page on a pcp list (not PageBuddy, as in the kernel)."""
+    p.flags[pages] = flags
     p.order[pages] = 0
     p.head_off[pages] = 0
     p.mapping[pages] = 0
@@ -189,10 +368,15 @@ class FreeArea:
 
 
 class PhysMem:
-    """All physical memory of one Kernel: RAM, device ranges, the buddy lists.
+    """All physical memory of one Kernel: RAM, device ranges, the buddy and
+    per-cpu lists.
 
-    Invariant: every free RAM block of order o starts at a multiple of 1 << o,
-    and all its pages carry PGTY_buddy with _refcount 0.
+    Invariant: every free RAM page is either in a block on the buddy lists
+    (a block of order o starts at a multiple of 1 << o, and all its pages
+    carry PGTY_buddy) or in a block on a pcp list (no PGTY_buddy, as the
+    kernel's pcp pages are not PageBuddy); all have _refcount 0 and
+    _mapcount -1. `nr_free` counts both; the buddy's share is
+    nr_free - pcp.count (the kernel's NR_FREE_PAGES).
     """
 
     def __init__(self, k, nr_ram_pages: int) -> None:
@@ -205,6 +389,16 @@ class PhysMem:
         self.nr_free = 0
         #: Test hook: called with (order,) before each allocation; True fails it.
         self.should_fail_alloc = None
+        #: Pages the buddy was given at boot (zone_managed_pages).
+        self.managed_pages = nr_ram_pages - RESERVED_PFNS
+        batch, high_min, high_max = pcp_defaults(
+            self.managed_pages, getattr(k, "thp_enabled", "madvise") != "never"
+        )
+        slice_pages = PER_CPU_DATA_SLICE_BYTES >> PAGE_SHIFT
+        #: The one CPU's per-cpu pageset (zone->per_cpu_pageset).
+        self.pcp = PerCpuPages(
+            batch, high_min, high_max, PCPF_FREE_HIGH_BATCH if slice_pages > 3 * batch else 0
+        )
         p = self.ram.pages
         p.flags[:RESERVED_PFNS] = PG_reserved
         p._refcount[:RESERVED_PFNS] = 1
@@ -274,10 +468,14 @@ class PhysMem:
     def copy_frame(self, dst_pfn: int, src_pfn: int) -> None:
         self.frame(dst_pfn)[:] = self.frame(src_pfn)
 
-    # --- buddy allocator -----------------------------------------------------------
+    # --- allocation --------------------------------------------------------------------
     def alloc_pages(self, order: int, gfp: int = 0) -> Page | None:
         """Allocate a 1 << order block; refcount 1; compound if order > 0.
 
+        rmqueue(): the pcp list of the order when pcp_allowed_order, else
+        (or when even a refill finds nothing) the buddy. When both fail and
+        pages sit on the pcp lists, they are drained and the allocation
+        retried once (the drain_all_pages of __alloc_pages_direct_reclaim).
         Returns None when no block is free (the caller turns that into
         VM_FAULT_OOM / -ENOMEM like the kernel).
         """
@@ -290,15 +488,12 @@ class PhysMem:
 
             if should_fail(self.k, "alloc_pages"):
                 return None
-        o = order
-        while o <= MAX_ORDER_MODELLED and not self.free_area[o]:
-            o += 1
-        if o > MAX_ORDER_MODELLED:
+        pfn = self._rmqueue(order)
+        if pfn is None and self.pcp.count:
+            self.drain_all_pages()
+            pfn = self._rmqueue(order)
+        if pfn is None:
             return None
-        pfn = self.free_area[o].pop()
-        while o > order:  # expand(): hand the upper halves back
-            o -= 1
-            self.free_area[o].add(pfn + (1 << o))
         n = 1 << order
         self.nr_free -= n
         p = self.ram.pages
@@ -319,16 +514,95 @@ class PhysMem:
             self.ram.frames[pfn : pfn + n] = 0
         return Page(self.k, p, pfn)
 
-    def alloc_pages_order0_bulk(self, m: int) -> np.ndarray | None:
-        """m order-0 alloc_pages() calls, in order, with one store per column.
+    def _rmqueue(self, order: int) -> int | None:
+        """rmqueue(): the first PFN of a block taken off the free lists, or None."""
+        if pcp_allowed_order(order):
+            pfn = self._rmqueue_pcplist(order)
+            if pfn is not None:
+                return pfn
+        return self._rmqueue_smallest(order)  # rmqueue_buddy
 
-        The free-list steps are the same as m calls would take (so the lists
-        and the PFNs handed out are identical); None (nothing done) when the
-        test hook that fails allocations is set or fewer than m pages are
-        free. Not a kernel function (issue 7).
-        """
-        if self.should_fail_alloc is not None or self.nr_free < m:
+    def _rmqueue_pcplist(self, order: int) -> int | None:
+        """rmqueue_pcplist / __rmqueue_pcplist: the head of the order's list,
+        refilled from the buddy first when empty."""
+        pcp = self.pcp
+        pcp.free_count >>= 1
+        lst = pcp.lists[order_to_pindex(order)]
+        if not lst:
+            got = self._rmqueue_bulk(order, self._nr_pcp_alloc(order))
+            if not got:
+                return None
+            pcp.count += len(got) << order
+            got.reverse()
+            lst.extend(got)
+        pcp.count -= 1 << order
+        return lst.pop()
+
+    def _nr_pcp_alloc(self, order: int) -> int:
+        """nr_pcp_alloc(): how many blocks a refill takes (ZONE_BELOW_HIGH is
+        never set in the model); grows pcp.high and pcp.alloc_factor."""
+        pcp = self.pcp
+        base_batch = pcp.batch
+        high_min, high_max = pcp.high_min, pcp.high_max
+        high = pcp.high = min(max(pcp.high, high_min), high_max)
+        if high < base_batch:
+            return 1
+        batch = base_batch if order else base_batch << pcp.alloc_factor
+        if high_min != high_max:
+            high = pcp.high = min(high + batch, high_max)
+        if not order:
+            max_nr_alloc = max(high - pcp.count - base_batch, base_batch)
+            if batch <= max_nr_alloc and pcp.alloc_factor < PCP_BATCH_SCALE_MAX:
+                pcp.alloc_factor += 1
+            batch = min(batch, max_nr_alloc)
+        if batch > 1:
+            batch = max(batch >> order, 2)
+        return batch
+
+    def _rmqueue_bulk(self, order: int, count: int) -> list[int]:
+        """rmqueue_bulk(): up to `count` blocks off the buddy, in the order
+        __rmqueue hands them out; they stop being PageBuddy."""
+        p = self.ram.pages
+        if order == 0:
+            n = min(count, self.nr_free - self.pcp.count)  # the buddy's pages
+            if n <= 0:
+                return []
+            got = self._buddy_take_order0(n)
+            if n == 1:
+                p.flags[got[0]] = 0
+            else:
+                p.flags[np.asarray(got, dtype=np.int64)] = 0
+            return got
+        got = []
+        for _ in range(count):
+            pfn = self._rmqueue_smallest(order)
+            if pfn is None:
+                break
+            p.flags[pfn : pfn + (1 << order)] = 0
+            got.append(pfn)
+        return got
+
+    def _rmqueue_smallest(self, order: int) -> int | None:
+        """__rmqueue_smallest(): the lowest block of the smallest order that
+        fits, split down (expand) with the upper halves going back."""
+        o = order
+        area = self.free_area
+        while o <= MAX_ORDER_MODELLED and not area[o]:
+            o += 1
+        if o > MAX_ORDER_MODELLED:
             return None
+        pfn = area[o].pop()
+        while o > order:  # expand(): hand the upper halves back
+            o -= 1
+            area[o].add(pfn + (1 << o))
+        return pfn
+
+    def _buddy_take_order0(self, m: int) -> list[int]:
+        """m __rmqueue_smallest(0) calls, in order (the buddy holds >= m pages).
+
+        The free-list steps are the same as m calls would take, so the lists
+        and the PFNs handed out are identical.
+        """
         area = self.free_area
         area0 = area[0]
         pop0 = area0.pop
@@ -347,7 +621,7 @@ class PhysMem:
                 left -= 1
                 continue
             o = 1
-            while not area[o]:  # nr_free >= m: some block is free
+            while not area[o]:  # the buddy holds >= left pages: some block is free
                 o += 1
             whole = min(len(area[o]), left >> o)
             if whole:
@@ -365,7 +639,46 @@ class PhysMem:
                 area[o].add(pfn + (1 << o))
             append(pfn)
             left -= 1
-        self.nr_free -= m
+        return out
+
+    def alloc_pages_order0_bulk(self, m: int) -> np.ndarray | None:
+        """m order-0 alloc_pages() calls, in order, with one store per column.
+
+        The pcp steps are the same as m calls would take: the list's head
+        pages first, then refills of nr_pcp_alloc() pages from the buddy
+        (each call's `free_count >>= 1` applied at the end, as nothing
+        between reads it), so the PFNs handed out, the pcp state and the buddy
+        lists are identical. None (nothing done) when the test hooks that
+        fail allocations are set or the order-0 list and the buddy hold fewer
+        than m pages (then a call could need the drain-and-retry path). Not
+        a kernel function (issue 7).
+        """
+        if self.should_fail_alloc is not None or self.k.fault_inject is not None:
+            return None
+        pcp = self.pcp
+        lst = pcp.lists[0]
+        if m <= 0 or len(lst) + (self.nr_free - pcp.count) < m:
+            return None if m > 0 else np.zeros(0, dtype=np.int64)
+        take = min(m, len(lst))
+        cut = len(lst) - take
+        out = lst[cut:]
+        out.reverse()
+        del lst[cut:]
+        pcp.count -= take
+        self.nr_free -= take  # kept current: the buddy's share is nr_free - pcp.count
+        left = m - take
+        while left:
+            got = self._rmqueue_bulk(0, self._nr_pcp_alloc(0))  # the buddy is not empty
+            pcp.count += len(got)
+            use = min(left, len(got))
+            out += got[:use]
+            rest = got[use:]
+            rest.reverse()
+            lst.extend(rest)
+            pcp.count -= use
+            self.nr_free -= use
+            left -= use
+        pcp.free_count >>= m
         pfns = np.asarray(out, dtype=np.int64)
         p = self.ram.pages
         p.flags[pfns] = 0
@@ -383,6 +696,7 @@ class PhysMem:
         p._entire_mapcount[i] = -1
         p._large_mapcount[i] = -1
 
+    # --- freeing ---------------------------------------------------------------------
     def free_folio(self, folio: Page) -> None:
         """__folio_put(): the last reference is gone."""
         a, i = folio.a, folio.i
@@ -402,10 +716,28 @@ class PhysMem:
             raise KernelBug(f"Bad page state: freeing mapped page {folio!r}")
         if (a._refcount[sl] != 0).any():
             raise KernelBug(f"Bad page state: tail page with references in {folio!r}")
-        self.free_pages_ok(i, order)
+        self.free_frozen_pages(i, order)
+
+    def free_frozen_pages(self, pfn: int, order: int) -> None:
+        """__free_frozen_pages(): onto the pcp list of the order when
+        pcp_allowed_order (free_frozen_page_commit), else to the buddy."""
+        if not pcp_allowed_order(order):
+            self.free_pages_ok(pfn, order)
+            return
+        p = self.ram.pages
+        n = 1 << order
+        sl = slice(pfn, pfn + n) if order else pfn  # scalar stores for one page
+        p._refcount[sl] = 0
+        _reset_to_buddy(p, sl, pfn, 0)
+        self.nr_free += n
+        sink: list = []
+        self._free_frozen_page_commit(pfn, order, sink)
+        if sink:
+            self._to_buddy(sink)
 
     def free_pages_ok(self, pfn: int, order: int) -> None:
-        """Give a block back to the buddy lists, merging with free buddies."""
+        """__free_pages_ok(): give a block straight back to the buddy lists,
+        merging with free buddies."""
         p = self.ram.pages
         n = 1 << order
         sl = slice(pfn, pfn + n) if order else pfn  # scalar stores for one page
@@ -413,6 +745,128 @@ class PhysMem:
         _reset_to_buddy(p, sl, pfn)
         self.nr_free += n
         self._merge(pfn, order)
+
+    def _free_frozen_page_commit(self, pfn: int, order: int, sink: list) -> None:
+        """free_frozen_page_commit(): add the block at the list's head, then
+        drain when the pcp holds `high` pages; drained blocks are appended to
+        `sink` as (order, [pfns]) for `_to_buddy`."""
+        pcp = self.pcp
+        pcp.alloc_factor >>= 1
+        pindex = order_to_pindex(order)
+        pcp.lists[pindex].append(pfn)
+        pcp.count += 1 << order
+        batch = pcp.batch
+        free_high = False
+        if order and order <= PAGE_ALLOC_COSTLY_ORDER:
+            free_high = (
+                pcp.free_count >= batch + pcp.high_min // 2
+                and bool(pcp.flags & PCPF_PREV_FREE_HIGH_ORDER)
+                and (not pcp.flags & PCPF_FREE_HIGH_BATCH or pcp.count >= batch)
+            )
+            pcp.flags |= PCPF_PREV_FREE_HIGH_ORDER
+        else:
+            pcp.flags &= ~PCPF_PREV_FREE_HIGH_ORDER
+        if pcp.free_count < batch << PCP_BATCH_SCALE_MAX:
+            pcp.free_count += 1 << order
+        high = self._nr_pcp_high(batch, free_high)
+        if pcp.count < high:
+            return
+        to_free = self._nr_pcp_free(batch, high, free_high)
+        while to_free > 0 and pcp.count > 0:
+            chunk = min(to_free, batch)
+            self._free_pcppages_bulk(chunk, pindex, sink)
+            to_free -= chunk
+
+    def _nr_pcp_high(self, batch: int, free_high: bool) -> int:
+        """nr_pcp_high() without ZONE_RECLAIM_ACTIVE / ZONE_BELOW_HIGH."""
+        pcp = self.pcp
+        high_min, high_max = pcp.high_min, pcp.high_max
+        high = pcp.high = min(max(pcp.high, high_min), high_max)
+        if not high:
+            return 0
+        if free_high:
+            pcp.high = max(high - (batch << PCP_BATCH_SCALE_MAX), high_min)
+            return 0
+        if high_min == high_max:
+            return high
+        if pcp.count >= high:
+            need_high = pcp.free_count + batch
+            if pcp.high < need_high:
+                pcp.high = min(max(need_high, high_min), high_max)
+        return high
+
+    def _nr_pcp_free(self, batch: int, high: int, free_high: bool) -> int:
+        """nr_pcp_free()."""
+        pcp = self.pcp
+        if free_high:
+            return min(pcp.count, batch << PCP_BATCH_SCALE_MAX)
+        if high < batch:
+            return 1
+        return min(max(pcp.free_count, batch), high - batch)
+
+    def _free_pcppages_bulk(self, count: int, pindex: int, sink: list) -> None:
+        """free_pcppages_bulk(): `count` pages off the lists, round robin
+        from `pindex`, each list from its tail (its oldest block)."""
+        pcp = self.pcp
+        lists = pcp.lists
+        count = min(pcp.count, count)
+        pindex -= 1
+        while count > 0:
+            while True:
+                pindex += 1
+                if pindex > NR_PCP_LISTS - 1:
+                    pindex = 0
+                if lists[pindex]:
+                    break
+            lst = lists[pindex]
+            order = pindex_to_order(pindex)
+            nr = 1 << order
+            k = min(len(lst), -(-count // nr))  # the do-while takes until count <= 0
+            sink.append((order, lst[:k]))
+            del lst[:k]
+            count -= k * nr
+            pcp.count -= k * nr
+
+    def _to_buddy(self, sink: list) -> None:
+        """__free_one_page() of every drained block: they become PageBuddy
+        and merge. The buddy lists after a set of frees depend only on which
+        pages are free, so the blocks are merged together, not in turn."""
+        p = self.ram.pages
+        zero: list[int] = []
+        for order, pfns in sink:
+            if order == 0:
+                zero += pfns
+                continue
+            n = 1 << order
+            for pfn in pfns:
+                p.flags[pfn : pfn + n] = PGTY_buddy
+                self._merge(pfn, order)
+        if len(zero) > 16:
+            arr = np.asarray(zero, dtype=np.int64)
+            p.flags[arr] = PGTY_buddy
+            self._merge_many(arr)
+        else:
+            for pfn in zero:
+                p.flags[pfn] = PGTY_buddy
+                self._merge(pfn, 0)
+
+    def drain_all_pages(self) -> None:
+        """drain_all_pages() / drain_pages_zone(): every pcp page back to the buddy."""
+        pcp = self.pcp
+        sink: list = []
+        while pcp.count:
+            self._free_pcppages_bulk(min(pcp.count, pcp.batch << PCP_BATCH_SCALE_MAX), 0, sink)
+        self._to_buddy(sink)
+
+    def pcp_pfns(self) -> np.ndarray:
+        """Every page on the pcp lists (blocks expanded), for checks."""
+        out = []
+        for pindex, lst in enumerate(self.pcp.lists):
+            if lst:
+                n = 1 << pindex_to_order(pindex)
+                first = np.asarray(lst, dtype=np.int64)
+                out.append((first[:, None] + np.arange(n)).ravel())
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
     def _merge(self, pfn: int, order: int) -> None:
         """Put a free block on the lists, merging it with free buddies."""
@@ -429,9 +883,12 @@ class PhysMem:
     def free_folios_order0(self, pfns) -> None:
         """free_folio() of order-0 RAM folios whose last reference is gone, in order.
 
-        The struct-page resets are one store per column; the buddy merges run
-        one by one in the given order (they read only the free lists, so the
-        lists end up exactly as after calling free_folio on each in turn).
+        The struct-page resets are one store per column; the pcp commits run
+        in the given order, with the stretches that cannot reach `high` done
+        at once (only count, free_count, alloc_factor and the flags move
+        there), and the drained pages are merged into the buddy at the end
+        (the lists depend only on which pages are free), so the pcp and the
+        buddy end up exactly as after calling free_folio on each in turn.
         Anything but plain order-0 pages (reserved, zero, hugetlb, compound,
         mapped, referenced, or a PFN twice) goes through free_folio one by one,
         which raises where the kernel would. Not a kernel function (issue 7).
@@ -448,9 +905,33 @@ class PhysMem:
             for pfn in pfns.tolist():
                 self.free_folio(Page(self.k, p, pfn))
             return
-        _reset_to_buddy(p, pfns, pfns)
+        _reset_to_buddy(p, pfns, pfns, 0)
         self.nr_free += len(pfns)
-        self._merge_many(pfns)
+        pcp = self.pcp
+        lst0 = pcp.lists[0]
+        cap = pcp.batch << PCP_BATCH_SCALE_MAX
+        pl = pfns.tolist()
+        n = len(pl)
+        i = 0
+        sink: list = []
+        while i < n:
+            high = min(max(pcp.high, pcp.high_min), pcp.high_max)
+            room = high - pcp.count - 1  # commits that leave count < high: no drain
+            if room > 0:
+                k = min(room, n - i)
+                lst0 += pl[i : i + k]
+                pcp.count += k
+                pcp.alloc_factor >>= k
+                pcp.flags &= ~PCPF_PREV_FREE_HIGH_ORDER
+                if pcp.free_count < cap:
+                    pcp.free_count = min(pcp.free_count + k, cap)
+                pcp.high = high  # nr_pcp_high's clamp
+                i += k
+                continue
+            self._free_frozen_page_commit(pl[i], 0, sink)
+            i += 1
+        if sink:
+            self._to_buddy(sink)
 
     def _merge_many(self, pfns: np.ndarray) -> None:
         """_merge(pfn, 0) of distinct allocated pages, one order at a time.
@@ -483,11 +964,15 @@ class PhysMem:
             fa[MAX_ORDER_MODELLED].add_many(cur.tolist())
 
     def is_free(self, pfn: int) -> bool:
-        return self.range_of(pfn) is self.ram and bool(self.ram.pages.flags[pfn] & PGTY_buddy)
+        """Whether a RAM page is free: on the buddy or on a pcp list."""
+        if self.range_of(pfn) is not self.ram:
+            return False
+        return bool(self.ram.pages.flags[pfn] & PGTY_buddy) or pfn in self.pcp_pfns()
 
     def __repr__(self) -> str:
         return (
-            f"<PhysMem ram={self.ram.pages.nr} pages free={self.nr_free} ranges={len(self.ranges)}>"
+            f"<PhysMem ram={self.ram.pages.nr} pages free={self.nr_free} "
+            f"pcp={self.pcp.count} ranges={len(self.ranges)}>"
         )
 
 

@@ -1,9 +1,9 @@
 """tmpfs/shmem: files whose pages live only in the page cache.
 
 Models: mm/shmem.c (shmem_file_setup, shmem_zero_setup, shmem_fault,
-shmem_get_folio, shmem_setattr/shmem_truncate_range, shmem_file_read_iter/
-write_iter) and mm/truncate.c (truncate_inode_pages_range,
-unmap_mapping_range) @ torvalds/linux 0eaed89c18ae.
+map_pages (filemap_map_pages, see filemap.py), shmem_get_folio,
+shmem_setattr/shmem_truncate_range, shmem_file_read_iter/write_iter) and
+mm/truncate.c (truncate_inode_pages_range, unmap_mapping_range) @ torvalds/linux 0eaed89c18ae.
 
 A `shmem_inode` is the inode and its address_space in one object: the page
 cache maps file index -> PFN of an order-0 folio. Each cached folio holds one
@@ -92,6 +92,12 @@ class shmem_inode:
             return VM_FAULT_OOM
         vmf.page = folio
         return VM_FAULT_LOCKED
+
+    def map_pages(self, vmf, start_pgoff: int, end_pgoff: int) -> int:
+        """shmem_vm_ops/shmem_anon_vm_ops .map_pages = filemap_map_pages (fault-around)."""
+        from hmmsim.mm.filemap import filemap_map_pages
+
+        return filemap_map_pages(vmf, start_pgoff, end_pgoff)
 
     # --- file operations ----------------------------------------------------------------------
     def read(self, offset: int, n: int) -> bytes:

@@ -9,8 +9,8 @@ mapcount scheme) @ torvalds/linux 0eaed89c18ae.
 
 Checked:
 - no lock is held (the checker runs between syscalls);
-- every free RAM page carries PGTY_buddy, refcount 0, mapcount -1, and
-  PhysMem.nr_free matches the buddy lists;
+- every free RAM page carries PGTY_buddy (or, on a pcp list, not), refcount
+  0, mapcount -1, and PhysMem.nr_free matches the buddy and pcp lists;
 - every entry decodes: present entries name an allocated page (never a
   free one), software leaf entries have a known type and name a page;
 - vmas are sorted, disjoint, page aligned, and no entry maps outside a vma;
@@ -148,10 +148,20 @@ class _Checker:
         if (buddy != in_lists).any():
             pfn = int(np.nonzero(buddy != in_lists)[0][0])
             self.bad(f"pfn {pfn:#x}: PGTY_buddy disagrees with the free lists")
-        if int(in_lists.sum()) != mem.nr_free:
-            self.bad(f"nr_free {mem.nr_free} but {int(in_lists.sum())} pages on the free lists")
+        pcp = mem.pcp_pfns()  # pages on the per-cpu lists: free, not PageBuddy
+        if len(pcp) != mem.pcp.count:
+            self.bad(f"pcp count {mem.pcp.count} but {len(pcp)} pages on the pcp lists")
+        if len(pcp) and (in_lists[pcp].any() or len(np.unique(pcp)) != len(pcp)):
+            self.bad("a pcp page is on the buddy lists or on the pcp lists twice")
+        if int(in_lists.sum()) + len(pcp) != mem.nr_free:
+            self.bad(
+                f"nr_free {mem.nr_free} but {int(in_lists.sum())} pages on the free lists "
+                f"and {len(pcp)} on the pcp lists"
+            )
         if (p._refcount[in_lists] != 0).any() or (p._mapcount[in_lists] != -1).any():
             self.bad("a free page has a reference or a mapping")
+        if len(pcp) and ((p._refcount[pcp] != 0).any() or (p._mapcount[pcp] != -1).any()):
+            self.bad("a pcp page has a reference or a mapping")
 
     # --- page tables ------------------------------------------------------------------------
     def check_mm(self, mm) -> None:
