@@ -149,6 +149,7 @@ class _Checker:
             pfn = int(np.nonzero(buddy != in_lists)[0][0])
             self.bad(f"pfn {pfn:#x}: PGTY_buddy disagrees with the free lists")
         pcp = mem.pcp_pfns()  # pages on the per-cpu lists: free, not PageBuddy
+        self.pcp_free = set(pcp.tolist())
         if len(pcp) != mem.pcp.count:
             self.bad(f"pcp count {mem.pcp.count} but {len(pcp)} pages on the pcp lists")
         if len(pcp) and (in_lists[pcp].any() or len(np.unique(pcp)) != len(pcp)):
@@ -333,7 +334,9 @@ class _Checker:
             self.bad(f"{where}: pfn {pfn:#x} has no struct page")
             return None
         page = mem.pfn_to_page(pfn)
-        if r is mem.ram and page.a.flags[page.i] & PGTY_buddy:
+        if r is mem.ram and (
+            page.a.flags[page.i] & PGTY_buddy or pfn in getattr(self, "pcp_free", ())
+        ):
             self.bad(f"{where}: maps free page {pfn:#x}")
             return None
         if is_device_private_page(page):
