@@ -10,6 +10,13 @@ eviction. Series (a)/(b)/(c) change only the encodings, through
 `migrate_pfn_from_page`, `migrate_pfn_to_page` and the migration-entry
 helpers in mm/migrate.py.
 
+With series (d) off (and always in the KConfig.kernel "6.12" profile) the
+collect is the code from before it, as in Linux 6.12 mm/migrate_device.c
+migrate_vma_collect_pmd: MIGRATE_VMA_SELECT_COMPOUND means nothing (no
+MIGRATE_PFN_COMPOUND, so no device THP and no device-private PMD is ever
+made), a PMD-mapped THP is split (`_collect_thp_pre_d`) and a PTE-mapped
+page of a large folio is not collected.
+
 src/dst are arrays the caller owns (lists or NumPy uint64), updated in
 place. The mmap_lock must be held for read across setup..finalize.
 Differences from kernel: no LRU lists (PG_lru marks an isolatable folio),
@@ -192,6 +199,12 @@ def _collect_skip(migrate, start: int, end: int) -> int:
     return 0
 
 
+def _select_compound(migrate, k) -> bool:
+    """MIGRATE_VMA_SELECT_COMPOUND in effect: the flag came with series (d);
+    without it (Linux 6.12 has no such flag) collect never makes compound slots."""
+    return bool(migrate.flags & MIGRATE_VMA_SELECT_COMPOUND) and k.config.has("d")
+
+
 def migrate_vma_collect_hole(start: int, end: int, depth: int, walk) -> int:
     """A missing table or empty PMD: anon holes may be populated by the device."""
     migrate = walk.private
@@ -199,7 +212,7 @@ def migrate_vma_collect_hole(start: int, end: int, depth: int, walk) -> int:
         return _collect_skip(migrate, start, end)
     if (
         thp_migration_supported()
-        and migrate.flags & MIGRATE_VMA_SELECT_COMPOUND
+        and _select_compound(migrate, walk.mm.k)
         and start % PMD_SIZE == 0
         and end % PMD_SIZE == 0
     ):
@@ -262,6 +275,8 @@ def migrate_vma_collect_huge_pmd(pmdp: int, start: int, end: int, walk, fault_fo
     if pmd_none(pmd):
         ptl.unlock()
         return migrate_vma_collect_hole(start, end, -1, walk)
+    if pmd_trans_huge(pmd) and pmd_present(pmd) and not k.config.has("d"):
+        return _collect_thp_pre_d(pmdp, pmd, start, end, walk, ptl)
     if pmd_trans_huge(pmd) and pmd_present(pmd):
         if not migrate.flags & MIGRATE_VMA_SELECT_SYSTEM:
             ptl.unlock()
@@ -300,7 +315,7 @@ def migrate_vma_collect_huge_pmd(pmdp: int, start: int, end: int, walk, fault_fo
 
     if (
         thp_migration_supported()
-        and migrate.flags & MIGRATE_VMA_SELECT_COMPOUND
+        and _select_compound(migrate, k)
         and start % PMD_SIZE == 0
         and end % PMD_SIZE == 0
     ):
@@ -331,6 +346,40 @@ def migrate_vma_collect_huge_pmd(pmdp: int, start: int, end: int, walk, fault_fo
         return _collect_skip(migrate, start, end)
     if pmd_none(pmdp_get(k, pmdp)):
         return migrate_vma_collect_hole(start, end, -1, walk)
+    return -ENOENT
+
+
+def _collect_thp_pre_d(pmdp: int, pmd: int, start: int, end: int, walk, ptl) -> int:
+    """A PMD-mapped THP before series (d): split it, then collect its PTEs.
+
+    Linux 6.12 mm/migrate_device.c migrate_vma_collect_pmd (pmd_trans_huge
+    branch), whatever the SELECT flags: the huge zero PMD is split into zero
+    PTEs (split_huge_pmd); any other THP is locked with folio_trylock (busy:
+    the range is skipped) and split_folio'd (failure: skipped). -ENOENT: go
+    on with the PTE loop. Called with the PMD lock held; drops it. At the pin
+    (series (d)) the THP is collected whole or split only where a
+    destination is small, and the huge zero PMD is a hole; see
+    migrate_vma_collect_huge_pmd.
+    """
+    migrate = walk.private
+    k = walk.mm.k
+    from hmmsim.include.pgtable import pmd_pfn
+
+    folio = page_folio(k.mem.pfn_to_page(pmd_pfn(pmd)))
+    if huge_memory.is_huge_zero_pmd(k, pmd):
+        ptl.unlock()
+        huge_memory.__split_huge_pmd(walk.vma, pmdp, start)
+        return -ENOENT
+    folio_get(folio)
+    ptl.unlock()
+    if not folio_trylock(folio):
+        folio_put(folio)
+        return _collect_skip(migrate, start, end)
+    ret = huge_memory.split_folio(folio)
+    folio_unlock(folio)
+    folio_put(folio)
+    if ret:
+        return _collect_skip(migrate, start, end)
     return -ENOENT
 
 
@@ -391,6 +440,11 @@ def migrate_vma_collect_pmd(pmdp: int, start: int, end: int, walk) -> int:
                     ptep += 8
                     continue
                 folio = page_folio(page)
+                if folio_test_large(folio) and not k.config.has("d"):
+                    _emit(migrate, 0)  # before (d): "FIXME support THP", not collected
+                    addr += PAGE_SIZE
+                    ptep += 8
+                    continue
                 if folio_test_large(folio):
                     ptl.unlock()
                     if migrate_vma_split_folio(folio, migrate.fault_page):
@@ -425,6 +479,11 @@ def migrate_vma_collect_pmd(pmdp: int, start: int, end: int, walk) -> int:
                         ptep += 8
                         continue
                 folio = page_folio(page) if page is not None else None
+                if folio is not None and folio_test_large(folio) and not k.config.has("d"):
+                    _emit(migrate, 0)  # before (d): PageTransCompound, not collected
+                    addr += PAGE_SIZE
+                    ptep += 8
+                    continue
                 if folio is not None and folio_test_large(folio):
                     ptl.unlock()
                     if migrate_vma_split_folio(folio, migrate.fault_page):
