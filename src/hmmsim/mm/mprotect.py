@@ -170,11 +170,26 @@ def change_protection(vma, start: int, end: int, cp_flags: int) -> int:
     return pages
 
 
-def mprotect_fixup(vma, start: int, end: int, newflags: int) -> int:
-    vma.vm_flags = newflags
-    vma.vm_page_prot = vm_get_page_prot(newflags)
-    cp = MM_CP_TRY_CHANGE_WRITABLE if vma_wants_manual_pte_write_upgrade(vma) else 0
-    change_protection(vma, start, end, cp)
+def mprotect_fixup(mm, vma, start: int, end: int, newflags: int) -> int:
+    """Give [start, end) of vma the flags newflags; 0 or -errno (a split failed).
+
+    Unchanged flags are a no-op, as in the kernel: no split, no page-table
+    walk, no MMU_NOTIFY_PROTECTION_VMA (so mirrors keep their entries and
+    writable device-private entries stay writable). Otherwise the range is
+    split off into its own vma (the model never merges) and its entries are
+    rewritten to the new vm_page_prot.
+    Kernel: mm/mprotect.c mprotect_fixup.
+    """
+    if newflags == vma.vm_flags:
+        return 0
+    pieces = split_range(mm, start, end)
+    if isinstance(pieces, int):
+        return pieces
+    for piece in pieces:  # [start, end) lies in vma: one piece
+        piece.vm_flags = newflags
+        piece.vm_page_prot = vm_get_page_prot(newflags)
+        cp = MM_CP_TRY_CHANGE_WRITABLE if vma_wants_manual_pte_write_upgrade(piece) else 0
+        change_protection(piece, piece.vm_start, piece.vm_end, cp)
     return 0
 
 
@@ -205,11 +220,9 @@ def do_mprotect_pkey(mm, start: int, length: int, prot: int) -> int:
         if (newflags & ~(newflags >> 4)) & VM_ACCESS_FLAGS:
             return -EACCES
         tmp = min(vma.vm_end, end)
-        pieces = split_range(mm, max(nstart, vma.vm_start), tmp)
-        if isinstance(pieces, int):
-            return pieces
-        for piece in pieces:
-            mprotect_fixup(piece, piece.vm_start, piece.vm_end, newflags)
+        ret = mprotect_fixup(mm, vma, max(nstart, vma.vm_start), tmp, newflags)
+        if ret:
+            return ret
         nstart = tmp
         if nstart >= end:
             return 0
