@@ -221,12 +221,21 @@ class Process:
         return self.children[pid]
 
     def _exit(self, status: int) -> None:
-        """_exit(2): close every fd, tear the mm down, become a zombie."""
+        """_exit(2): tear the mm down, close every fd, become a zombie.
+
+        The order is do_exit()'s (kernel/exit.c): exit_mm() before
+        exit_files() (and a file's ->release only runs from task work after
+        both). So a driver whose last fd this is still has its mirror
+        registered while the mm goes: its interval notifier sees the
+        MMU_NOTIFY_RELEASE invalidation, and the process's device-private
+        pages are freed by the zap before the driver's release could evict
+        (migrate back) them.
+        """
         if not self.alive:
             return
+        _mmap.exit_mmap(self.mm)
         for fd in sorted(self.fds):
             self.close(fd)
-        _mmap.exit_mmap(self.mm)
         self.alive = False
         self.exit_status = (status & 0xFF) << 8
 
