@@ -102,9 +102,10 @@ def test_read_with_device_pages_beyond_32(fastpath):
         check_invariants(k)
 
 
+@pytest.mark.parametrize("zero", [False, True], ids=["hole", "zero-page"])
 @pytest.mark.parametrize("npages", [1, 16], ids=["one", "bulk"])
 @pytest.mark.parametrize("fastpath", [False, True], ids=["per-entry", "fastpath"])
-def test_migrated_hole_is_writable_in_the_mirror_under_612(npages, fastpath):
+def test_migrated_hole_is_writable_in_the_mirror_under_612(npages, fastpath, zero):
     """MIGRATE_TO_DEV of untouched pages of a RW mapping, then a device WRITE.
     6.12 tags the mirror entries writable (the vma is VM_WRITE): the write
     needs no fault. At the pin the tag comes from the src entry only, so the
@@ -114,6 +115,8 @@ def test_migrated_hole_is_writable_in_the_mirror_under_612(npages, fastpath):
         k, p = _kernel(profile, fastpath)
         fd = p.open("/dev/hmm_dmirror0", O_RDWR)
         a = p.mmap(0, npages * PAGE, RW, ANON)
+        for i in range(npages if zero else 0):
+            p.load(a + i * PAGE, 1)  # the zero page: no source page either
         cmd = hmm_dmirror_cmd(addr=a, ptr=np.zeros(npages * 1024, np.int32), npages=npages)
         assert p.ioctl(fd, HMM_DMIRROR_MIGRATE_TO_DEV, cmd) == 0 and cmd.cpages == npages
         data = np.arange(7, 7 + npages * 1024, dtype=np.int32)
@@ -146,6 +149,22 @@ def test_migrated_page_of_a_readonly_mapping_stays_readonly_in_612():
         cmd = hmm_dmirror_cmd(addr=a, ptr=np.ones(1024, np.int32), npages=1)
         assert p.ioctl(fd, HMM_DMIRROR_WRITE, cmd) == -EFAULT
         assert [w.msg for w in k.warnings] == ["dmirror_do_fault: write requested but not granted"]
+
+
+def test_flags_ioctl_does_not_exist_in_612():
+    """HMM_DMIRROR_FLAGS (0x08, FAIL_ALLOC) came with the THP series: an
+    unknown command, -EINVAL, in 6.12; at the pin it sets the flags."""
+    from hmmsim.drivers.test_hmm_uapi import HMM_DMIRROR_FLAG_FAIL_ALLOC, HMM_DMIRROR_FLAGS
+    from hmmsim.errno import EINVAL
+
+    for profile, want in (("mainline", 0), ("6.12", -EINVAL)):
+        k, p = _kernel(profile)
+        fd = p.open("/dev/hmm_dmirror0", O_RDWR)
+        a = p.mmap(0, PAGE, RW, ANON)
+        cmd = hmm_dmirror_cmd(
+            addr=a, ptr=np.zeros(1024, np.int32), npages=HMM_DMIRROR_FLAG_FAIL_ALLOC
+        )
+        assert p.ioctl(fd, HMM_DMIRROR_FLAGS, cmd) == want
 
 
 # --- CLI -------------------------------------------------------------------------------------
