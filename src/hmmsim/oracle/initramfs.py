@@ -16,14 +16,15 @@ from dataclasses import dataclass
 #: devices (dmirror 2, 3) take one 256 MiB half each (DEVMEM_CHUNK_SIZE).
 #: No panic on oops: the process dies, /init prints the log and reboots
 #: (-no-reboot makes QEMU exit; the host restarts at the next scenario).
-#: panic=-1: a panic reboots at once instead of hanging.
+#: panic=-1: a panic reboots at once instead of hanging. no_timer_check: under
+#: TCG on a loaded host the IO-APIC timer check can fail and panic the boot.
 SPM_BASE = 0x40000000
 SPM_SIZE = 256 << 20
 CMDLINE = (
     "console=ttyS0 loglevel=1 transparent_hugepage=madvise "
     f"memmap=512M${SPM_BASE:#x} "
     f"test_hmm.spm_addr_dev0={SPM_BASE:#x} test_hmm.spm_addr_dev1={SPM_BASE + SPM_SIZE:#x} "
-    "panic_on_warn=0 panic=-1 nokaslr norandmaps"
+    "panic_on_warn=0 panic=-1 nokaslr norandmaps no_timer_check"
 )
 
 INIT = r"""#!/bin/busybox sh
