@@ -388,3 +388,27 @@ def test_generator_is_deterministic_and_parses():
         assert 10 <= n <= 45
         parse(text)
     assert generate(1) != generate(2)
+
+
+def test_slots_failed_open_keeps_the_slot_close_clears_it():
+    out = lines(
+        f"mmap {A:#x} 4096 read|write private|anon|fixed_noreplace\n"
+        "open s3 /dev/hmm_dmirror0 rdwr\n"
+        "open s3 /tmp/nothing-here rdonly\n"
+        f"ioctl s3 MIGRATE_TO_SYS {A:#x} 1\n"
+        "fork\n"
+        "  close s3\n"
+        "  close s3\n"
+        "end\n"
+        f"ioctl s3 MIGRATE_TO_SYS {A:#x} 1\n"
+    )
+    assert out == [
+        "1 mmap = 0x100000000",
+        "2 open = ok",
+        "3 open = -ENOENT",
+        "4 ioctl = 0 cpages=0 faults=0",  # s3 still names the dmirror
+        "6 close = 0",
+        "7 close = -EBADF",
+        "5 fork = exit 0",
+        "9 ioctl = 0 cpages=0 faults=0",  # the child's close was its own
+    ]

@@ -479,8 +479,10 @@ class Interpreter:
     def op_open(self, task: _Task, op: Op) -> str:
         slot, path, flags = op.args
         ret = task.proc.open(path, flags, 0o600)
-        task.slots[slot] = ret if ret >= 0 else -1
-        return "= ok" if ret >= 0 else _sys(ret)
+        if ret < 0:
+            return _sys(ret)  # the slot keeps what it held
+        task.slots[slot] = ret
+        return "= ok"
 
     def op_close(self, task: _Task, op: Op) -> str:
         (slot,) = op.args
