@@ -65,7 +65,18 @@ def pte_table_pfn(ptep: int) -> int:
 
 
 def alloc_table(k) -> int | None:
-    """pagetable_alloc(): a zeroed page marked as a page table."""
+    """pagetable_alloc(): a zeroed page marked as a page table.
+
+    An order-0 page of modelled RAM from the page allocator, through the
+    per-cpu lists like any page, and freed back there by `free_table`, so
+    tables and data pages take part in the same reuse order. Differences
+    (issue 13): the kernel allocates tables with GFP_PGTABLE_USER, an
+    UNMOVABLE migratetype with its own pcp and buddy lists (the model has one
+    migratetype, so a freed table can be the next data page and the other
+    way round); it frees the tables of free_pgtables through the mmu_gather
+    (tlb_remove_ptdesc), after the TLB flush, not one by one; and with PTI an
+    x86-64 pgd is an order-1 allocation (PGD_ALLOCATION_ORDER), here order 0.
+    """
     page = k.mem.alloc_pages(0, __GFP_ZERO)
     if page is None:
         return None
