@@ -49,7 +49,16 @@ from hmmsim.include.pgtable import (
     pmd_pfn,
     pte_pfn,
 )
-from hmmsim.kconfig import PAGE_SHIFT, PAGE_SIZE, PMD_SIZE
+from hmmsim.include.uapi_types import (
+    c_int,
+    int_to_ulong,
+    loff_t,
+    size_t,
+    u32,
+    u64,
+    ulong,
+)
+from hmmsim.kconfig import PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, TASK_SIZE
 from hmmsim.mm import madvise as _madvise
 from hmmsim.mm import mmap as _mmap
 from hmmsim.mm import mprotect as _mprotect
@@ -65,6 +74,10 @@ SIGBUS = 7
 SIGKILL = 9
 SEGV_MAPERR = 1
 SEGV_ACCERR = 2
+
+#: fs/read_write.c MAX_RW_COUNT: one read or write moves at most this much.
+MAX_RW_COUNT = ((1 << 31) - 1) & ~(PAGE_SIZE - 1)
+_LONG_MAX = (1 << 63) - 1
 
 #: A fault that is retried this many times without progress is a livelock.
 FAULT_RETRY_LIMIT = 64
@@ -155,9 +168,18 @@ class Process:
     def mmap(
         self, addr: int, length: int, prot: int, flags: int, fd: int = -1, offset: int = 0
     ) -> int:
-        """mmap(2): the mapped address, or -errno (MAP_FAILED's errno)."""
+        """mmap(2): the mapped address, or -errno (MAP_FAILED's errno).
+
+        Arguments have mmap(2)'s C types (void *, size_t, int, int, int,
+        off_t) and reach arch/x86/kernel/sys_x86_64.c sys_mmap as unsigned
+        longs: an offset that is not page aligned is -EINVAL there, and
+        the page offset is the unsigned offset >> PAGE_SHIFT.
+        """
         self._check_alive()
-        _check_int(addr=addr, length=length, prot=prot, flags=flags, fd=fd, offset=offset)
+        addr, length = ulong(addr, "addr"), size_t(length, "length")
+        prot, flags = c_int(prot, "prot"), c_int(flags, "flags")
+        fd, offset = c_int(fd, "fd"), u64(loff_t(offset, "offset"))
+        prot, flags = int_to_ulong(prot), int_to_ulong(flags)
         if offset & (PAGE_SIZE - 1):
             return -EINVAL
         file, fmode = None, 0
@@ -176,28 +198,38 @@ class Process:
             )
 
     def munmap(self, addr: int, length: int) -> int:
+        """munmap(2) (unsigned long addr, size_t len)."""
         self._check_alive()
-        _check_int(addr=addr, length=length)
+        addr, length = ulong(addr, "addr"), size_t(length, "length")
         with _mmap_write(self.mm):
             return _mmap.do_vmi_munmap(self.mm, addr, length)
 
     def mprotect(self, addr: int, length: int, prot: int) -> int:
+        """mprotect(2) (unsigned long start, size_t len, int prot as unsigned long)."""
         self._check_alive()
-        _check_int(addr=addr, length=length, prot=prot)
+        addr, length = ulong(addr, "addr"), size_t(length, "length")
+        prot = int_to_ulong(c_int(prot, "prot"))
         with _mmap_write(self.mm):
             return _mprotect.do_mprotect_pkey(self.mm, addr, length, prot)
 
     def mremap(
         self, old_address: int, old_size: int, new_size: int, flags: int = 0, new_address: int = 0
     ) -> int:
+        """mremap(2) (unsigned long addr, old_len, new_len, flags, new_addr;
+        libc passes flags as an int)."""
         self._check_alive()
-        _check_int(old_address=old_address, old_size=old_size, new_size=new_size, flags=flags)
+        old_address = ulong(old_address, "old_address")
+        old_size, new_size = size_t(old_size, "old_size"), size_t(new_size, "new_size")
+        flags = int_to_ulong(c_int(flags, "flags"))
+        new_address = ulong(new_address, "new_address")
         with _mmap_write(self.mm):
             return _mremap.do_mremap(self.mm, old_address, old_size, new_size, flags, new_address)
 
     def madvise(self, addr: int, length: int, advice: int) -> int:
+        """madvise(2) (unsigned long start, size_t len_in, int behavior)."""
         self._check_alive()
-        _check_int(addr=addr, length=length, advice=advice)
+        addr, length = ulong(addr, "addr"), size_t(length, "length")
+        advice = c_int(advice, "advice")
         with _mmap_read(self.mm):
             return _madvise.do_madvise(self.mm, addr, length, advice)
 
@@ -317,8 +349,17 @@ class Process:
         return 0
 
     def ioctl(self, fd: int, request: int, arg=None) -> int:
-        """ioctl(2): the driver's return value (0 or -errno)."""
+        """ioctl(2): the driver's return value (0 or -errno).
+
+        fs/ioctl.c: the fd is an unsigned int, the request an unsigned int
+        (libc's unsigned long, truncated), the argument an unsigned long:
+        here either a user address (an int) or, as a convenience of the
+        model, the driver's command object itself.
+        """
         self._check_alive()
+        fd, request = c_int(fd, "fd"), u32(request, "request")
+        if isinstance(arg, (int, np.integer)):
+            arg = ulong(arg, "arg")
         f = self.fds.get(fd)
         if f is None:
             return -EBADF
@@ -335,24 +376,48 @@ class Process:
         return f, f.obj
 
     def pread(self, fd: int, count: int, offset: int) -> bytes | int:
+        """pread(2) (int fd, size_t count, off_t offset): the bytes read, or -errno.
+
+        fs/read_write.c ksys_pread64: a negative offset is -EINVAL before
+        the fd is looked up; rw_verify_area: a count that is negative as
+        ssize_t, or an end that overflows loff_t, is -EINVAL; the count is
+        clamped to MAX_RW_COUNT.
+        """
+        self._check_alive()
+        fd, count, offset = c_int(fd, "fd"), size_t(count, "count"), loff_t(offset, "offset")
+        if offset < 0:
+            return -EINVAL
         f, inode = self._inode(fd)
         if inode is None:
             return -EBADF
         if not f.fmode & FMODE_READ:
             return -EBADF
-        if offset < 0 or count < 0:
+        if count > _LONG_MAX or offset + count > _LONG_MAX:
             return -EINVAL
-        return inode.read(offset, count)
+        return inode.read(offset, min(count, MAX_RW_COUNT))
 
     def pwrite(self, fd: int, data: bytes, offset: int) -> int:
+        """pwrite(2) (int fd, the buffer, off_t offset): bytes written, or -errno
+        (ksys_pwrite64 and rw_verify_area, as pread)."""
+        self._check_alive()
+        fd, offset = c_int(fd, "fd"), loff_t(offset, "offset")
+        if offset < 0:
+            return -EINVAL
         f, inode = self._inode(fd)
         if inode is None or not f.fmode & FMODE_WRITE:
             return -EBADF
-        if offset < 0:
+        data = bytes(data)
+        if offset + len(data) > _LONG_MAX:
             return -EINVAL
-        return inode.write(offset, bytes(data))
+        return inode.write(offset, data[:MAX_RW_COUNT])
 
     def ftruncate(self, fd: int, length: int) -> int:
+        """ftruncate(2) (int fd, off_t length): fs/open.c do_sys_ftruncate
+        checks a negative length (-EINVAL) before the fd (-EBADF)."""
+        self._check_alive()
+        fd, length = c_int(fd, "fd"), loff_t(length, "length")
+        if length < 0:
+            return -EINVAL
         f, inode = self._inode(fd)
         if inode is None or not f.fmode & FMODE_WRITE:
             return -EBADF if inode is None else -EINVAL
@@ -410,8 +475,17 @@ class Process:
             raise BusError(addr, "hardware poison" if ret & VM_FAULT_HWPOISON else "bus error")
 
     def page_for(self, addr: int, write: bool) -> int:
-        """PFN backing addr for this access, faulting as the CPU would."""
+        """PFN backing addr for this access, faulting as the CPU would.
+
+        An address at or above TASK_SIZE is never a user mapping: the kernel
+        half and the top guard page fault (do_user_addr_fault's bad area),
+        a non-canonical address takes a general protection fault; both are
+        SIGSEGV. The page-table walk is never tried there (its indices
+        would alias a user address).
+        """
         self._check_alive()
+        if not 0 <= addr < TASK_SIZE:
+            raise SegmentationFault(addr, SEGV_MAPERR)
         for attempt in range(FAULT_RETRY_LIMIT):
             pfn = self._translate(addr, write)
             if pfn is not None:
@@ -423,8 +497,9 @@ class Process:
         raise KernelBug(f"fault livelock: {FAULT_RETRY_LIMIT} faults at {addr:#x} made no progress")
 
     def load(self, addr: int, n: int) -> bytes:
-        """Read n bytes at addr like CPU loads."""
-        _check_int(addr=addr, n=n)
+        """Read n bytes at addr like CPU loads (void *addr, size_t n: the
+        bytes come page by page, so a huge n faults where the mapping ends)."""
+        addr, n = ulong(addr, "addr"), size_t(n, "n")
         out = bytearray()
         end = addr + n
         while addr < end:
@@ -442,7 +517,7 @@ class Process:
             if not isinstance(data, np.ndarray)
             else np.ascontiguousarray(data).view(np.uint8).reshape(-1)
         )
-        _check_int(addr=addr)
+        addr = ulong(addr, "addr")
         pos = 0
         n = buf.size
         while pos < n:
@@ -488,15 +563,6 @@ class _mmap_read:
 
     def __exit__(self, *exc) -> None:
         self.mm.mmap_lock.up_read()
-
-
-def _check_int(**args) -> None:
-    for name, v in args.items():
-        if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
-            raise TypeError(
-                f"{name} must be an int (got {type(v).__name__}); pass addresses "
-                "and lengths as integers, like the C prototypes"
-            )
 
 
 _ = (ESRCH, SIGBUS, SIGSEGV, SIGKILL)

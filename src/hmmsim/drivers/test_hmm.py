@@ -28,6 +28,7 @@ from itertools import compress, repeat
 
 import numpy as np
 
+from hmmsim.bug import KernelOops
 from hmmsim.drivers.test_hmm_uapi import (
     HMM_DMIRROR_CHECK_EXCLUSIVE,
     HMM_DMIRROR_EXCLUSIVE,
@@ -52,6 +53,8 @@ from hmmsim.drivers.test_hmm_uapi import (
     HMM_DMIRROR_RELEASE,
     HMM_DMIRROR_SNAPSHOT,
     HMM_DMIRROR_WRITE,
+    SIZEOF_HMM_DMIRROR_CMD,
+    hmm_dmirror_cmd,
 )
 from hmmsim.errno import EBUSY, EFAULT, EINVAL, ENOENT, ENOMEM, EPERM
 from hmmsim.fault_inject import should_fail
@@ -84,6 +87,7 @@ from hmmsim.include.mm_types import (
     page_folio,
 )
 from hmmsim.include.mmu_notifier import MMU_NOTIFY_MIGRATE, mmu_notifier_range_blockable
+from hmmsim.include.uapi_types import U64_MASK, u64
 from hmmsim.kconfig import (
     HPAGE_PMD_NR,
     HPAGE_PMD_ORDER,
@@ -130,6 +134,7 @@ from hmmsim.mm.mmu_notifier import (
 )
 from hmmsim.mm.page_alloc import GFP_ZERO_BIT, distinct_values, has_duplicates
 from hmmsim.mm.rmap import make_device_exclusive
+from hmmsim.mm.vmalloc import vmalloc_size_ok
 
 DMIRROR_NDEVICES = 4
 DMIRROR_RANGE_FAULT_TIMEOUT = 1000
@@ -174,6 +179,16 @@ def _set_backing(dpage: Page, rpage: Page | None) -> None:
 
 def _frame(page: Page) -> np.ndarray:
     return page.k.mem.frame(page.pfn)
+
+
+def _kmap_frame(page: Page, function: str) -> np.ndarray:
+    """The frame memcpy_from_page/memcpy_to_page touch; a page with no
+    linear map (a device-private page) oopses in `function`, the function
+    the kernel's oops names once the copy helpers are inlined into it."""
+    r = page.k.mem.range_of(page.pfn)
+    if r is None or r.frames is None:
+        raise KernelOops(function, f"pfn {page.pfn:#x} has no linear mapping (page_address)")
+    return r.frames[page.pfn - r.base]
 
 
 def folio_alloc(k, order: int, gfp: int = 0):
@@ -261,8 +276,18 @@ class _FrameCopies:
         self.to, self.frm, self.zero = [], [], []
 
 
+def dmirror_bounce_init(k, addr: int, size: int):
+    """lib/test_hmm.c dmirror_bounce_init: a dmirror_bounce, or -ENOMEM when
+    vmalloc(size) returns NULL (mm/vmalloc.c: more than totalram_pages()).
+    Checked before any host buffer is sized by the user's npages."""
+    if not vmalloc_size_ok(k, size):
+        return -ENOMEM
+    return dmirror_bounce(addr, size, k)
+
+
 class dmirror_bounce:
-    """struct dmirror_bounce. The C buffer is kvmalloc()ed, uninitialised.
+    """struct dmirror_bounce. The C buffer is vmalloc()ed, uninitialised
+    (dmirror_bounce_init checks the size first).
 
     Every caller copies it to the user only after dmirror_do_read filled all
     of it, so with Kernel.fastpath (one thread of execution) a read bounce
@@ -321,22 +346,24 @@ def _user_view(uptr) -> np.ndarray | None:
     return np.frombuffer(memoryview(uptr).cast("B"), dtype=np.uint8)
 
 
-def _copy_to_user(proc, uptr, data: np.ndarray) -> int:
-    """copy_to_user(): 0, or -EFAULT if the user buffer is missing, too
-    small or not writable."""
+def _copy_to_user(proc, uptr, data: np.ndarray, off: int = 0) -> int:
+    """copy_to_user(uptr + off, data): 0, or -EFAULT if the user buffer is
+    missing, too small or not writable. Like the C, the bytes that fit
+    before the fault are written."""
     if uptr is None:
         return -EFAULT
     if isinstance(uptr, int):
         try:
-            proc.store(uptr, data)
+            proc.store((uptr + off) & U64_MASK, data)
         except Exception:  # noqa: BLE001 - a user fault is -EFAULT here
             return -EFAULT
         return 0
     view = _user_view(uptr)
-    if view.size < data.size or not view.flags.writeable:
+    if not view.flags.writeable:
         return -EFAULT
-    view[: data.size] = data
-    return 0
+    fit = max(0, min(data.size, view.size - off))
+    view[off : off + fit] = data[:fit]
+    return -EFAULT if fit < data.size else 0
 
 
 def _copy_from_user(proc, uptr, size: int) -> np.ndarray | int:
@@ -820,18 +847,40 @@ class dmirror_device:
         return 0
 
     def ioctl(self, f, proc, command: int, cmd) -> int:
-        """dmirror_fops_unlocked_ioctl: 0 or -errno; on error cmd is not written back."""
+        """dmirror_fops_unlocked_ioctl: 0 or -errno; on error cmd is not written back.
+
+        `cmd` is the struct hmm_dmirror_cmd object, or a user address (an
+        int) in `proc` where the 40-byte struct lies: it is read like
+        copy_from_user (-EFAULT if unreadable) and written back whole on
+        success (-EFAULT if that fails). Every field is a __u64 and is
+        reduced like one, and the range check is done on u64s: an npages
+        whose byte size wraps (2**52, 2**63, 2**64 - 1 ...) is -EINVAL
+        here, before any handler runs.
+        """
         d = f.private
         if d is None:
             return -EINVAL
         if cmd is None:
             return -EFAULT
-        if cmd.addr & ~PAGE_MASK:
+        uarg = None
+        if isinstance(cmd, (int, np.integer)):
+            uarg = u64(cmd, "ioctl arg")
+            raw = _copy_from_user(proc, uarg, SIZEOF_HMM_DMIRROR_CMD)
+            if isinstance(raw, int):
+                return -EFAULT
+            words = [int(w) for w in raw.view("<u8")]
+            cmd = hmm_dmirror_cmd(*words)
+        addr = u64(cmd.addr, "hmm_dmirror_cmd.addr")
+        npages = u64(cmd.npages, "hmm_dmirror_cmd.npages")
+        ptr = cmd.ptr
+        if isinstance(ptr, (int, np.integer)):
+            ptr = u64(ptr, "hmm_dmirror_cmd.ptr")
+        if addr & ~PAGE_MASK:
             return -EINVAL
-        if cmd.addr >= cmd.addr + (cmd.npages << PAGE_SHIFT):
+        if addr >= (addr + (npages << PAGE_SHIFT)) & U64_MASK:
             return -EINVAL
-        check_user_ptr(cmd.ptr)
-        work = type(cmd)(addr=cmd.addr, ptr=cmd.ptr, npages=cmd.npages, cpages=0, faults=0)
+        check_user_ptr(ptr)
+        work = hmm_dmirror_cmd(addr=addr, ptr=ptr, npages=npages, cpages=0, faults=0)
         handlers = {
             HMM_DMIRROR_READ: d.dmirror_read,
             HMM_DMIRROR_WRITE: d.dmirror_write,
@@ -843,19 +892,24 @@ class dmirror_device:
         if command in handlers:
             ret = handlers[command](work, proc)
         elif command == HMM_DMIRROR_CHECK_EXCLUSIVE:
-            ret = d.dmirror_check_atomic(work.addr, work.addr + (work.npages << PAGE_SHIFT))
+            ret = d.dmirror_check_atomic(addr, (addr + (npages << PAGE_SHIFT)) & U64_MASK)
         elif command == HMM_DMIRROR_RELEASE:
             self.dmirror_device_remove_chunks()
             ret = 0
         elif command == HMM_DMIRROR_FLAGS and self.k.config.kernel != "6.12":
             # Linux 6.12 has no HMM_DMIRROR_FLAGS (lib/test_hmm_uapi.h ends at
             # RELEASE, 0x07): there it is an unknown command, -EINVAL
-            d.flags = work.npages
+            d.flags = npages
             ret = 0
         else:
             return -EINVAL
         if ret:
             return ret
+        if uarg is not None:
+            out = np.array(
+                [addr, ptr, npages, work.cpages & U64_MASK, work.faults & U64_MASK], "<u8"
+            )
+            return -EFAULT if _copy_to_user(proc, uarg, out.view(np.uint8)) else 0
         cmd.cpages, cmd.faults = work.cpages, work.faults
         return 0
 
@@ -993,10 +1047,8 @@ class _MirrorTable:
 
     def packed_run(self, lo: int, hi: int) -> list[int]:
         """The packed entries of vpns lo, lo+1, ... up to hi or the first hole."""
-        out = list(map(self._d.get, range(lo, hi)))
-        if None in out:
-            del out[out.index(None) :]
-        return out
+        # iter(callable, None) stops at the first hole (or the end of the range)
+        return list(iter(map(self._d.get, range(lo, hi)).__next__, None))
 
     def discard(self, vpn: int, n: int = 1) -> None:
         """Drop the entries of vpn..vpn+n-1 that exist (xa_erase of each)."""
@@ -1060,7 +1112,7 @@ class dmirror:
             entry = self.pt.get(vpn)
             if entry is None:
                 return -ENOENT
-            bounce.ptr[off : off + PAGE_SIZE] = _frame(entry[0])
+            bounce.ptr[off : off + PAGE_SIZE] = _kmap_frame(entry[0], "dmirror_do_read")
             off += PAGE_SIZE
             bounce.cpages += 1
         return 0
@@ -1146,12 +1198,15 @@ class dmirror:
         return npages
 
     def dmirror_do_write(self, start: int, end: int, bounce: dmirror_bounce) -> int:
+        """An oops here is reported in dmirror_fops_unlocked_ioctl: this and
+        dmirror_write are inlined into it."""
         off = (start - bounce.addr) & PAGE_MASK
         for vpn in range(start >> PAGE_SHIFT, end >> PAGE_SHIFT):
             entry = self.pt.get(vpn)
             if entry is None or entry[1] != DPT_XA_TAG_WRITE:
                 return -ENOENT
-            _frame(entry[0])[:] = bounce.ptr[off : off + PAGE_SIZE]
+            frame = _kmap_frame(entry[0], "dmirror_fops_unlocked_ioctl")
+            frame[:] = bounce.ptr[off : off + PAGE_SIZE]
             off += PAGE_SIZE
             bounce.cpages += 1
         return 0
@@ -1257,10 +1312,14 @@ class dmirror:
         return 0
 
     def dmirror_read(self, cmd, proc) -> int:
-        size = cmd.npages << PAGE_SHIFT
+        size = (cmd.npages << PAGE_SHIFT) & U64_MASK
         start = cmd.addr
-        end = start + size
-        bounce = dmirror_bounce(start, size, self.mdevice.k)
+        end = (start + size) & U64_MASK
+        if end < start:
+            return -EINVAL
+        bounce = dmirror_bounce_init(self.mdevice.k, start, size)
+        if isinstance(bounce, int):
+            return bounce
         while True:
             with self.mutex:
                 ret = self.dmirror_do_read(start, end, bounce)
@@ -1277,9 +1336,13 @@ class dmirror:
         return ret
 
     def dmirror_write(self, cmd, proc) -> int:
-        size = cmd.npages << PAGE_SHIFT
+        size = (cmd.npages << PAGE_SHIFT) & U64_MASK
         start = cmd.addr
-        end = start + size
+        end = (start + size) & U64_MASK
+        if end < start:
+            return -EINVAL
+        if not vmalloc_size_ok(self.mdevice.k, size):
+            return -ENOMEM  # dmirror_bounce_init
         bounce = dmirror_bounce(start, size)
         data = _copy_from_user(proc, cmd.ptr, size)
         if isinstance(data, int):
@@ -1592,7 +1655,9 @@ class dmirror:
         finally:
             mm.mmap_lock.up_read()
         # return the migrated data for verification (only device pages read)
-        size = cmd.npages << PAGE_SHIFT
+        size = (cmd.npages << PAGE_SHIFT) & U64_MASK
+        if not vmalloc_size_ok(self.mdevice.k, size):
+            return -ENOMEM  # dmirror_bounce_init
         done = self._read_to_user_direct(cmd.addr, size, cmd.ptr)
         if done is not None:
             cmd.cpages = done
@@ -1783,7 +1848,17 @@ class dmirror:
 
     # --- exclusive access ------------------------------------------------------------------
     def dmirror_check_atomic(self, start: int, end: int) -> int:
-        for vpn in range(start >> PAGE_SHIFT, end >> PAGE_SHIFT):
+        """-EPERM if a mirror entry of [start, end) is tagged ATOMIC, else 0.
+
+        The C loads every index of the range; only entries that exist can
+        be ATOMIC, so a range wider than the table looks at the table's
+        entries instead (same answer, without 2**40 iterations)."""
+        lo, hi = start >> PAGE_SHIFT, end >> PAGE_SHIFT
+        if hi - lo > len(self.pt):
+            vpns = [v for v in self.pt if lo <= v < hi]
+        else:
+            vpns = range(lo, hi)
+        for vpn in vpns:
             entry = self.pt.get(vpn)
             if entry is not None and entry[1] == DPT_XA_TAG_ATOMIC:
                 return -EPERM
@@ -1794,7 +1869,9 @@ class dmirror:
         if mm.dead:
             return -EINVAL
         start = cmd.addr
-        end = start + (cmd.npages << PAGE_SHIFT)
+        end = (start + (cmd.npages << PAGE_SHIFT)) & U64_MASK
+        if end < start:
+            return -EINVAL
         ret = 0
         mm.mmap_lock.down_read()
         try:
@@ -1814,7 +1891,9 @@ class dmirror:
             mm.mmap_lock.up_read()
         if ret:
             return ret
-        bounce = dmirror_bounce(start, end - start, self.mdevice.k)
+        bounce = dmirror_bounce_init(self.mdevice.k, start, end - start)
+        if isinstance(bounce, int):
+            return bounce
         with self.mutex:
             ret = self.dmirror_do_read(start, end, bounce)
         if ret == 0:
@@ -1917,18 +1996,23 @@ class dmirror:
             mmu_interval_notifier_remove(r.notifier)
 
     def dmirror_snapshot(self, cmd, proc) -> int:
+        """One byte per page, copied to the user one 32-page window at a
+        time as the C does: a buffer too small is -EFAULT once a window runs
+        off it, after the earlier windows were written. Nothing is sized by
+        npages."""
         mm = self.notifier.mm
+        start = cmd.addr
+        end = (start + (cmd.npages << PAGE_SHIFT)) & U64_MASK
+        if end < start:
+            return -EINVAL
         if mm.dead:
             return -EINVAL
-        start = cmd.addr
-        end = start + (cmd.npages << PAGE_SHIFT)
         pfns = [0] * 32
         perm = np.zeros(32, dtype=np.uint8)
         r = hmm_range(hmm_pfns=pfns, dev_private_owner=self.mdevice)
-        out = np.zeros(cmd.npages, dtype=np.uint8)
         addr = start
         ret = 0
-        done = 0
+        uoff = 0
         while addr < end:
             nxt = min(addr + (32 << PAGE_SHIFT), end)
             r.start, r.end = addr, nxt
@@ -1937,14 +2021,12 @@ class dmirror:
             if ret:
                 break
             n = (nxt - addr) >> PAGE_SHIFT
-            out[done : done + n] = perm[:n]
-            done += n
+            if _copy_to_user(proc, cmd.ptr, perm[:n], uoff):
+                ret = -EFAULT
+                break
             cmd.cpages += n
+            uoff += n
             addr = nxt
-        if done:
-            err = _copy_to_user(proc, cmd.ptr, out[:done])
-            if err:
-                return err
         return ret
 
 

@@ -33,6 +33,7 @@ from hmmsim.include.mman import (
     MADV_SEQUENTIAL,
     MADV_WILLNEED,
 )
+from hmmsim.include.uapi_types import U64_MASK
 from hmmsim.kconfig import PAGE_SIZE, PMD_MASK
 from hmmsim.mm.memory import zap_page_range_single
 from hmmsim.mm.mmap import PAGE_ALIGN, split_range, vmas_in
@@ -52,15 +53,16 @@ def madvise_behavior_valid(behavior: int) -> bool:
 
 def do_madvise(mm, start: int, len_in: int, behavior: int) -> int:
     """madvise(2): 0, -EINVAL (unaligned, unknown advice, locked vma), -ENOMEM (hole)."""
+    start, len_in = start & U64_MASK, len_in & U64_MASK
+    if not madvise_behavior_valid(behavior):
+        return -EINVAL
     if start & (PAGE_SIZE - 1):
         return -EINVAL
-    length = PAGE_ALIGN(len_in)
-    if len_in and not length:
+    length = PAGE_ALIGN(len_in) & U64_MASK
+    if len_in and not length:  # rounded up from a small negative length
         return -EINVAL
-    end = start + length
+    end = (start + length) & U64_MASK
     if end < start:
-        return -EINVAL
-    if not madvise_behavior_valid(behavior):
         return -EINVAL
     if end == start:
         return 0

@@ -47,13 +47,22 @@ from hmmsim.include.mman import (
     PROT_WRITE,
 )
 from hmmsim.include.mmu_notifier import MMU_NOTIFY_RELEASE, MMU_NOTIFY_UNMAP
-from hmmsim.kconfig import MMAP_MIN_ADDR, PAGE_SHIFT, PAGE_SIZE, PMD_MASK, PMD_SIZE, TASK_SIZE
+from hmmsim.include.uapi_types import U64_MASK
+from hmmsim.kconfig import (
+    MMAP_MIN_ADDR,
+    PAGE_MASK,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PMD_MASK,
+    PMD_SIZE,
+    TASK_SIZE,
+)
 from hmmsim.mm import huge_memory
 from hmmsim.mm.memory import handle_mm_fault, unmap_page_range
 from hmmsim.mm.mmu_notifier import notify_range
 from hmmsim.mm.pgtable import free_pgd_range
 from hmmsim.mm.rmap import anon_vma_clone, unlink_anon_vmas
-from hmmsim.mm.shmem import shmem_zero_setup
+from hmmsim.mm.shmem import shmem_inode, shmem_zero_setup
 
 FMODE_READ = 0x1
 FMODE_WRITE = 0x2
@@ -193,6 +202,7 @@ def split_range(mm: mm_struct, start: int, end: int) -> list[vm_area_struct] | i
 # --- munmap -------------------------------------------------------------------------------
 def do_vmi_munmap(mm: mm_struct, start: int, length: int) -> int:
     """munmap(2): 0, -EINVAL (unaligned, zero length, out of range, hugetlb edge)."""
+    start, length = start & U64_MASK, length & U64_MASK
     if offset_in_page(start) or start > TASK_SIZE or length > TASK_SIZE - start:
         return -EINVAL
     end = start + PAGE_ALIGN(length)
@@ -247,6 +257,25 @@ def calc_vm_prot_bits(prot: int) -> int:
     )
 
 
+def round_hint_to_min(hint: int) -> int:
+    """mm/mmap.c round_hint_to_min: a hint below mmap_min_addr is raised to it."""
+    hint &= PAGE_MASK & U64_MASK
+    if hint and hint < MMAP_MIN_ADDR:
+        return PAGE_ALIGN(MMAP_MIN_ADDR)
+    return hint
+
+
+def file_mmap_ok(file, pgoff: int, length: int) -> bool:
+    """mm/mmap.c file_mmap_ok: the file range must fit file_mmap_size_max
+    (MAX_LFS_FILESIZE for a regular tmpfs file, ULONG_MAX for a device)."""
+    from hmmsim.mm.shmem import MAX_LFS_FILESIZE
+
+    maxsize = MAX_LFS_FILESIZE if isinstance(file, shmem_inode) else U64_MASK
+    if length > maxsize:
+        return False
+    return pgoff <= (maxsize - length) >> PAGE_SHIFT
+
+
 def do_mmap(
     mm: mm_struct, addr: int, length: int, prot: int, flags: int, file, fmode: int, pgoff: int
 ) -> int:
@@ -255,6 +284,8 @@ def do_mmap(
     `file` is a shmem inode (or None for anonymous), `fmode` its FMODE_* bits.
     """
     k = mm.k
+    # the syscall's unsigned longs: arithmetic below wraps like the C
+    addr, length, prot, flags, pgoff = (v & U64_MASK for v in (addr, length, prot, flags, pgoff))
     if length == 0:
         return -EINVAL
     if prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC):
@@ -263,25 +294,39 @@ def do_mmap(
     if maptype not in (MAP_SHARED, MAP_PRIVATE, MAP_SHARED_VALIDATE):
         return -EINVAL
     hugetlb = bool(flags & MAP_HUGETLB)
+    fixed = bool(flags & (MAP_FIXED | MAP_FIXED_NOREPLACE))
+    if not fixed:
+        addr = round_hint_to_min(addr)
     if hugetlb:
         if file is not None:
             return -EINVAL
-        length = (length + PMD_SIZE - 1) & PMD_MASK
-    length = PAGE_ALIGN(length)
-    if not length or length > TASK_SIZE:
+        length = (length + PMD_SIZE - 1) & PMD_MASK & U64_MASK
+    length = PAGE_ALIGN(length) & U64_MASK
+    if not length:
         return -ENOMEM
-    if pgoff + (length >> PAGE_SHIFT) < pgoff or pgoff + (length >> PAGE_SHIFT) >= 1 << 52:
+    if (pgoff + (length >> PAGE_SHIFT)) & U64_MASK < pgoff:
         return -EOVERFLOW
-    fixed = bool(flags & (MAP_FIXED | MAP_FIXED_NOREPLACE))
+    if length > TASK_SIZE:  # __get_unmapped_area
+        return -ENOMEM
     if fixed:
-        if offset_in_page(addr) or (hugetlb and addr & ~PMD_MASK):
+        if hugetlb and addr & ~PMD_MASK:  # hugetlb_get_unmapped_area
             return -EINVAL
-        if addr + length > TASK_SIZE:
+        if addr > TASK_SIZE - length:
             return -ENOMEM
-        if addr < MMAP_MIN_ADDR:
+        if offset_in_page(addr):
+            return -EINVAL
+        if addr < MMAP_MIN_ADDR:  # security_mmap_addr: cap_mmap_addr
             return -EPERM
         if flags & MAP_FIXED_NOREPLACE and vmas_in(mm, addr, addr + length):
             return -EEXIST
+        start = addr
+    else:
+        align = PMD_SIZE if (hugetlb or (file is None and length % PMD_SIZE == 0)) else PAGE_SIZE
+        start = get_unmapped_area(mm, addr, length, align)
+        if start < 0:
+            return start
+    if file is not None and not file_mmap_ok(file, pgoff, length):
+        return -EOVERFLOW
     vm_flags = calc_vm_prot_bits(prot) | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC
     if file is not None:
         if maptype in (MAP_SHARED, MAP_SHARED_VALIDATE):
@@ -299,13 +344,6 @@ def do_mmap(
         vm_flags |= VM_HUGETLB
     if flags & MAP_NORESERVE:
         vm_flags |= VM_NORESERVE
-    if fixed:
-        start = addr
-    else:
-        align = PMD_SIZE if (hugetlb or (file is None and length % PMD_SIZE == 0)) else PAGE_SIZE
-        start = get_unmapped_area(mm, addr, length, align)
-        if start < 0:
-            return start
     end = start + length
     if hugetlb and k.hugetlb.free_huge_pages - k.hugetlb.resv_huge_pages < length // PMD_SIZE:
         return -ENOMEM

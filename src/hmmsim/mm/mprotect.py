@@ -33,6 +33,7 @@ from hmmsim.include.pgtable import (
     pte_write,
     vm_get_page_prot,
 )
+from hmmsim.include.uapi_types import U64_MASK
 from hmmsim.kconfig import PAGE_SIZE, PMD_MASK, PMD_SIZE
 from hmmsim.mm import huge_memory
 from hmmsim.mm.memory import vm_normal_page
@@ -49,6 +50,8 @@ from hmmsim.mm.pgtable import (
     set_pte_at,
 )
 
+#: include/uapi/asm-generic/mman-common.h PROT_SEM (accepted, no effect on x86)
+PROT_SEM = 0x8
 MM_CP_TRY_CHANGE_WRITABLE = 1 << 0
 
 
@@ -195,21 +198,26 @@ def mprotect_fixup(mm, vma, start: int, end: int, newflags: int) -> int:
 
 def do_mprotect_pkey(mm, start: int, length: int, prot: int) -> int:
     """mprotect(2): 0, -EINVAL, -ENOMEM (hole or overflow), -EACCES (VM_MAYx)."""
+    start, length, prot = start & U64_MASK, length & U64_MASK, prot & U64_MASK
+    grows = prot & (PROT_GROWSDOWN | PROT_GROWSUP)
+    prot &= ~(PROT_GROWSDOWN | PROT_GROWSUP)
+    if grows == PROT_GROWSDOWN | PROT_GROWSUP:
+        return -EINVAL
     if start & (PAGE_SIZE - 1):
         return -EINVAL
     if not length:
         return 0
-    length = PAGE_ALIGN(length)
-    end = start + length
+    length = PAGE_ALIGN(length) & U64_MASK
+    end = (start + length) & U64_MASK
     if end <= start:
         return -ENOMEM
-    if prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC | PROT_GROWSDOWN | PROT_GROWSUP):
-        return -EINVAL
-    if prot & (PROT_GROWSDOWN | PROT_GROWSUP):
+    if prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC | PROT_SEM):  # arch_validate_prot
         return -EINVAL
     vmas = vmas_in(mm, start, end)
     if not vmas or vmas[0].vm_start > start:
         return -ENOMEM
+    if grows:  # no vma of the model is VM_GROWSDOWN / VM_GROWSUP
+        return -EINVAL
     reqprot = calc_vm_prot_bits(prot)
     # Walk like the kernel: apply vma by vma; stop at the first error.
     nstart = start

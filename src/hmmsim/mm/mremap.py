@@ -12,13 +12,14 @@ not modelled and returns -EINVAL.
 
 from __future__ import annotations
 
-from hmmsim.errno import EFAULT, EINVAL, ENOMEM
+from hmmsim.errno import EFAULT, EINVAL, ENOMEM, EPERM
 from hmmsim.include.mm import VM_HUGETLB, VM_SHARED
 from hmmsim.include.mm_types import vm_area_struct
 from hmmsim.include.mman import MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE
 from hmmsim.include.mmu_notifier import MMU_NOTIFY_UNMAP
 from hmmsim.include.pgtable import pmd_none, pte_none
-from hmmsim.kconfig import PAGE_SHIFT, PAGE_SIZE, PMD_MASK, PMD_SIZE, TASK_SIZE
+from hmmsim.include.uapi_types import U64_MASK
+from hmmsim.kconfig import MMAP_MIN_ADDR, PAGE_SHIFT, PAGE_SIZE, PMD_MASK, PMD_SIZE, TASK_SIZE
 from hmmsim.mm import huge_memory
 from hmmsim.mm.mmap import (
     PAGE_ALIGN,
@@ -122,20 +123,45 @@ def move_vma(vma, old_addr: int, old_len: int, new_len: int, new_addr: int, flag
     return new_addr
 
 
-def do_mremap(mm, addr: int, old_len: int, new_len: int, flags: int, new_addr: int = 0) -> int:
-    """mremap(2): the new address, or -EINVAL/-EFAULT/-ENOMEM."""
+def check_mremap_params(addr: int, old_len: int, new_len: int, flags: int, new_addr: int) -> int:
+    """mm/mremap.c check_mremap_params: 0 or -EINVAL, before any vma lookup."""
     if flags & ~(MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP):
-        return -EINVAL
-    if flags & MREMAP_FIXED and not flags & MREMAP_MAYMOVE:
-        return -EINVAL
-    if flags & MREMAP_DONTUNMAP and (not flags & MREMAP_MAYMOVE or old_len != new_len):
         return -EINVAL
     if addr & (PAGE_SIZE - 1):
         return -EINVAL
-    old_len = PAGE_ALIGN(old_len)
-    new_len = PAGE_ALIGN(new_len)
-    if not new_len or not old_len:
+    if not new_len or new_len > TASK_SIZE:
         return -EINVAL
+    if not flags & (MREMAP_FIXED | MREMAP_DONTUNMAP):  # vrm_implies_new_addr
+        return 0
+    if new_addr > TASK_SIZE - new_len or new_addr & (PAGE_SIZE - 1):
+        return -EINVAL
+    if not flags & MREMAP_MAYMOVE:
+        return -EINVAL
+    if flags & MREMAP_DONTUNMAP and old_len != new_len:
+        return -EINVAL
+    # vrm_overlaps, on unsigned longs
+    if addr < new_addr + new_len and (addr + old_len) & U64_MASK > new_addr:
+        return -EINVAL
+    return 0
+
+
+def do_mremap(mm, addr: int, old_len: int, new_len: int, flags: int, new_addr: int = 0) -> int:
+    """mremap(2): the new address, or -EINVAL/-EFAULT/-ENOMEM/-EPERM.
+
+    The arguments are unsigned longs: the lengths are page aligned modulo
+    2**64 (so a "negative" length wraps), then check_mremap_params()
+    validates everything that needs no vma before the lookup.
+    """
+    addr, old_len, new_len, flags, new_addr = (
+        v & U64_MASK for v in (addr, old_len, new_len, flags, new_addr)
+    )
+    old_len = PAGE_ALIGN(old_len) & U64_MASK
+    new_len = PAGE_ALIGN(new_len) & U64_MASK
+    ret = check_mremap_params(addr, old_len, new_len, flags, new_addr)
+    if ret:
+        return ret
+    if not old_len:
+        return -EINVAL  # the shared-mapping duplicate is not modelled
     vma = vma_lookup(mm, addr)
     if vma is None:
         return -EFAULT
@@ -146,10 +172,6 @@ def do_mremap(mm, addr: int, old_len: int, new_len: int, flags: int, new_addr: i
     if addr + old_len > vma.vm_end:
         return -EFAULT
     if flags & MREMAP_FIXED:
-        if new_addr & (PAGE_SIZE - 1) or new_len > TASK_SIZE or new_addr > TASK_SIZE - new_len:
-            return -EINVAL
-        if addr < new_addr + new_len and new_addr < addr + old_len:
-            return -EINVAL
         ret = do_vmi_munmap(mm, new_addr, new_len)
         if ret:
             return ret
@@ -158,6 +180,8 @@ def do_mremap(mm, addr: int, old_len: int, new_len: int, flags: int, new_addr: i
             if ret:
                 return ret
             old_len = new_len
+        if new_addr < MMAP_MIN_ADDR:  # vrm_set_new_addr: security_mmap_addr
+            return -EPERM
         return move_vma(vma_lookup(mm, addr), addr, old_len, new_len, new_addr, flags)
     if flags & MREMAP_DONTUNMAP:  # mremap_to() with a fresh address
         dest = get_unmapped_area(mm, 0, new_len)
