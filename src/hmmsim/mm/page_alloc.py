@@ -290,11 +290,12 @@ class FreeArea:
     """One order's free list: the start PFNs of its free blocks.
 
     The kernel hands out the block at the head of a list_head; the model
-    hands out the lowest-addressed one (`pop`), so which page an allocation
-    gets depends only on what is free, never on the order of earlier frees
-    or on the host's set implementation: a seed replays the same on any
-    Python. A set answers membership; a heap with lazy deletion gives the
-    lowest block.
+    hands out the lowest-addressed one (`pop`), so which block the buddy
+    gives depends only on what is free on its lists, never on the order of
+    earlier merges or on the host's set implementation: a seed replays the
+    same on any Python. (The per-cpu lists in front of it are LIFO, as in
+    the kernel.) A set answers membership; a heap with lazy deletion gives
+    the lowest block.
     """
 
     __slots__ = ("_set", "_heap")
