@@ -1,8 +1,10 @@
 """Physical memory: frames with real bytes, struct page columns, buddy allocator.
 
-Models: mm/page_alloc.c (buddy allocator, __free_pages, prep_compound_page),
-mm/mm_init.c (memmap init), mm/swap.c (__folio_put) and the sparse vmemmap
-(pfn_to_page) @ torvalds/linux 0eaed89c18ae.
+Models: mm/page_alloc.c (buddy allocator, per-cpu lists, __free_pages,
+prep_compound_page, boot-time watermarks and pcp sizes), mm/khugepaged.c
+(set_recommended_min_free_kbytes), mm/mm_init.c (memmap init), mm/swap.c
+(__folio_put) and the sparse vmemmap (pfn_to_page) @ torvalds/linux
+0eaed89c18ae.
 
 System RAM is one contiguous PFN range starting at 0; the frame store is a
 NumPy array the OS commits lazily, so a Kernel with GiBs of modelled RAM is
@@ -31,7 +33,10 @@ watermarks, reclaim or OOM killer: an allocation that finds no free block
 drains the pcp lists once (as __alloc_pages_direct_reclaim does) and then
 fails. Not modelled on the pcp side: ZONE_BELOW_HIGH / ZONE_RECLAIM_ACTIVE
 (they need watermarks), decay_pcp_high and drain_zone_pages (vmstat timer
-work), the trylock and PREEMPT_RT paths, and other CPUs.
+work), the trylock and PREEMPT_RT paths, and other CPUs. The lists start
+empty (a booted kernel's hold whatever boot freed last), and
+PCPF_FREE_HIGH_BATCH comes from an assumed cache size
+(PER_CPU_DATA_SLICE_BYTES).
 """
 
 from __future__ import annotations
