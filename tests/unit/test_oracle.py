@@ -116,6 +116,22 @@ def test_hung_after_an_oops_uses_the_mirror_and_the_console():
     ]
 
 
+def test_hung_after_a_held_childs_oops():
+    # the held child oopsed in line 4; its parent went on and hung later
+    text = "\r\n".join(
+        ["@@HMMSIM BEGIN 0", "~>1 mmap", "~=1 mmap = 0x1", "~>4 ioctl"]
+        + OOPS_LOG.splitlines()
+        + ["~>3 fork", "~=3 fork = held", "~>6 munmap"]
+    )
+    run = golden.parse_transcript(text)[0]
+    run.status = "hung"
+    assert golden.golden_lines(run) == [
+        "1 mmap = 0x1",
+        "4 ioctl OOPS dmirror_devmem_fault",
+        "! OOPS dmirror_devmem_fault",
+    ]
+
+
 def test_mirror_ignored_when_the_run_completes():
     text = transcript("1 mmap = 0x1\n", "").replace(
         "@@HMMSIM BEGIN 0\r\n", "@@HMMSIM BEGIN 0\r\n~>1 mmap\r\n~=1 mmap = 0x1\r\nnoise\r\n"

@@ -23,7 +23,9 @@ when an operation starts, "~= LINE OP RESULT" when it ends), and the kernel
 prints an oops there as it happens. For a run that never reaches END (the
 process hung after an oops, or the guest died) those are all there is: the
 "~=" lines become the output, a "~>" without its "~=" the unfinished line, and
-the other console lines the kernel log.
+the other console lines the kernel log. Mirror lines are matched by
+"LINE OP": a "~>" whose "~=" never came is the op the process died in, kept
+at its place (a held child's line comes before its parent's `fork = held`).
 """
 
 from __future__ import annotations
@@ -56,8 +58,8 @@ class Run:
     stderr: list[str] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
     complete: bool = False  # END seen
-    mirror_out: list[str] = field(default_factory=list)  # "~=" lines: finished ops
-    mirror_pending: str | None = None  # "~>" without its "~=": the op in flight
+    # the mirror, in start order: [prefix "LINE OP", full line or None if unfinished]
+    mirror: list[list] = field(default_factory=list)
     console: list[str] = field(default_factory=list)  # other console lines meanwhile
     status: str = "ok"  # ok | hung | crashed (set by the driver)
 
@@ -95,10 +97,12 @@ def parse_transcript(text: str) -> dict[int, Run]:
         if cur is None:
             continue
         if raw.startswith("~>"):
-            cur.mirror_pending = raw[2:] + " "
+            cur.mirror.append([raw[2:], None])
         elif raw.startswith("~="):
-            cur.mirror_out.append(raw[2:])
-            cur.mirror_pending = None
+            for m in reversed(cur.mirror):
+                if m[1] is None and raw[2:].startswith(m[0] + " "):
+                    m[1] = raw[2:]
+                    break
         elif section == "out" and raw.startswith("|"):
             out_lines.append(raw[1:])
         elif section == "err" and raw.startswith("%"):
@@ -110,8 +114,10 @@ def parse_transcript(text: str) -> dict[int, Run]:
     if cur is not None and not cur.complete:
         # the guest hung or died inside the run: the mirror and the console
         if cur.rc is None:
-            cur.out = list(cur.mirror_out)
-            cur.partial = cur.mirror_pending
+            # an op that started and never ended (a child's, maybe, with its
+            # parent's lines after it) stays in place as "LINE OP "
+            cur.out = [text if text is not None else prefix + " " for prefix, text in cur.mirror]
+            cur.partial = None
         if not cur.log:
             cur.log = list(cur.console)
     return runs
