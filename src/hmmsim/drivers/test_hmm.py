@@ -17,8 +17,9 @@ under series (c)), zone_device_folio_init, folio/page helpers.
 Differences from the C: free lists are Python lists instead of pages
 threaded through zone_device_data; the mirror's page table is a dict keyed
 by VA page number; `ptr` buffers are NumPy/bytearray buffers the caller
-owns (copy_to_user cannot fail), or a user address in the calling process;
-"jiffies" are counted in retries (DMIRROR_RANGE_FAULT_TIMEOUT of them).
+owns (copying past their end or into a read-only one is -EFAULT), or a user
+address in the calling process; "jiffies" are counted in retries
+(DMIRROR_RANGE_FAULT_TIMEOUT of them).
 """
 
 from __future__ import annotations

@@ -24,7 +24,13 @@ class hmm_dmirror_cmd:
     calling process; anything else is refused with TypeError/ValueError
     before the ioctl does any work, and a read-only buffer is -EFAULT where
     the driver writes to it); npages (for FLAGS: the flag value); cpages,
-    faults: outputs.
+    faults: outputs. The ioctl reduces addr, npages and an int ptr modulo
+    2**64 (include/uapi_types.u64), so npages=-1 is 2**64 - 1, as in C.
+
+    `ioctl(fd, request, cmd)` takes this object, or the user address of the
+    struct laid out as five little-endian u64s (SIZEOF_HMM_DMIRROR_CMD
+    bytes), which the driver reads and writes back like copy_from_user /
+    copy_to_user.
     """
 
     addr: int = 0
