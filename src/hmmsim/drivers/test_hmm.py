@@ -347,10 +347,11 @@ def _user_view(uptr) -> np.ndarray | None:
     return np.frombuffer(memoryview(uptr).cast("B"), dtype=np.uint8)
 
 
-def _copy_to_user(proc, uptr, data: np.ndarray, off: int = 0) -> int:
+def _copy_to_user(proc, uptr, data: np.ndarray, off: int = 0, view=None) -> int:
     """copy_to_user(uptr + off, data): 0, or -EFAULT if the user buffer is
     missing, too small or not writable. Like the C, the bytes that fit
-    before the fault are written."""
+    before the fault are written. `view`: _user_view(uptr), if the caller
+    copies to the same host buffer repeatedly."""
     if uptr is None:
         return -EFAULT
     if isinstance(uptr, int):
@@ -359,7 +360,8 @@ def _copy_to_user(proc, uptr, data: np.ndarray, off: int = 0) -> int:
         except Exception:  # noqa: BLE001 - a user fault is -EFAULT here
             return -EFAULT
         return 0
-    view = _user_view(uptr)
+    if view is None:
+        view = _user_view(uptr)
     if not view.flags.writeable:
         return -EFAULT
     fit = max(0, min(data.size, view.size - off))
@@ -2014,6 +2016,7 @@ class dmirror:
         addr = start
         ret = 0
         uoff = 0
+        view = _user_view(cmd.ptr)
         while addr < end:
             nxt = min(addr + (32 << PAGE_SHIFT), end)
             r.start, r.end = addr, nxt
@@ -2022,7 +2025,7 @@ class dmirror:
             if ret:
                 break
             n = (nxt - addr) >> PAGE_SHIFT
-            if _copy_to_user(proc, cmd.ptr, perm[:n], uoff):
+            if _copy_to_user(proc, cmd.ptr, perm[:n], uoff, view):
                 ret = -EFAULT
                 break
             cmd.cpages += n
