@@ -2,7 +2,7 @@
 
 import pytest
 
-from hmmsim.errno import EACCES, EBADF, EEXIST, EINVAL, ENOMEM, EOVERFLOW, EPERM
+from hmmsim.errno import EACCES, EBADF, EEXIST, EINVAL, ENOMEM, EOPNOTSUPP, EOVERFLOW, EPERM
 from hmmsim.include.mm_types import MM_ANONPAGES
 from hmmsim.include.mman import (
     MAP_ANONYMOUS,
@@ -11,10 +11,12 @@ from hmmsim.include.mman import (
     MAP_POPULATE,
     MAP_PRIVATE,
     MAP_SHARED,
+    MAP_SHARED_VALIDATE,
     O_RDONLY,
     O_RDWR,
     O_TMPFILE,
     PROT_READ,
+    PROT_SEM,
     PROT_WRITE,
 )
 from hmmsim.kconfig import TASK_SIZE
@@ -29,7 +31,7 @@ ANON = MAP_PRIVATE | MAP_ANONYMOUS
     [
         ((0, 0, RW, ANON), -EINVAL),  # zero length
         ((0, 4096, RW, MAP_ANONYMOUS), -EINVAL),  # neither shared nor private
-        ((0, 4096, RW | 0x80, ANON), -EINVAL),  # unknown prot bit
+        ((0, 4096, RW, MAP_SHARED_VALIDATE | MAP_ANONYMOUS), -EINVAL),  # anon: no VALIDATE
         ((0x10001, 4096, RW, ANON | MAP_FIXED), -EINVAL),  # unaligned fixed
         ((0x1000, 4096, RW, ANON | MAP_FIXED), -EPERM),  # below mmap_min_addr
         ((TASK_SIZE, 8192, RW, ANON | MAP_FIXED), -ENOMEM),  # beyond TASK_SIZE
@@ -39,6 +41,25 @@ ANON = MAP_PRIVATE | MAP_ANONYMOUS
 def test_mmap_argument_errors(proc, args, err):
     assert proc.mmap(*args) == err
     assert proc.mm.vmas == []
+
+
+def test_mmap_ignores_unknown_prot_bits(proc):
+    # mm/mmap.c do_mmap never validates prot: calc_vm_prot_bits keeps R/W/X only
+    a = proc.mmap(0, 4096, RW | 0x80 | PROT_SEM, ANON)
+    assert a > 0
+    proc.store(a, b"x")
+    assert proc.load(a, 1) == b"x"
+    assert proc.mprotect(a, 4096, RW | 0x80) == -EINVAL  # mprotect does: arch_validate_prot
+
+
+def test_mmap_shared_validate(proc):
+    fd = proc.open("/tmp", O_TMPFILE | O_RDWR)
+    assert proc.ftruncate(fd, 4096) == 0
+    assert proc.mmap(0x10000000, 4096, RW, MAP_SHARED_VALIDATE | MAP_FIXED_NOREPLACE, fd, 0) == (
+        -EOPNOTSUPP
+    )
+    assert proc.mm.vmas == []
+    assert proc.mmap(0, 4096, RW, MAP_SHARED_VALIDATE, fd, 0) > 0
 
 
 def test_mmap_file_errors(proc):

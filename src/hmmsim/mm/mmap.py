@@ -16,7 +16,17 @@ from __future__ import annotations
 import bisect
 
 from hmmsim.bug import KernelBug
-from hmmsim.errno import EACCES, EBADF, EEXIST, EINVAL, ENODEV, ENOMEM, EOVERFLOW, EPERM
+from hmmsim.errno import (
+    EACCES,
+    EBADF,
+    EEXIST,
+    EINVAL,
+    ENODEV,
+    ENOMEM,
+    EOPNOTSUPP,
+    EOVERFLOW,
+    EPERM,
+)
 from hmmsim.include.mm import (
     FAULT_FLAG_WRITE,
     VM_EXEC,
@@ -33,6 +43,7 @@ from hmmsim.include.mm import (
 )
 from hmmsim.include.mm_types import mm_struct, vm_area_struct
 from hmmsim.include.mman import (
+    LEGACY_MAP_MASK,
     MAP_FIXED,
     MAP_FIXED_NOREPLACE,
     MAP_HUGETLB,
@@ -288,8 +299,8 @@ def do_mmap(
     addr, length, prot, flags, pgoff = (v & U64_MASK for v in (addr, length, prot, flags, pgoff))
     if length == 0:
         return -EINVAL
-    if prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC):
-        return -EINVAL
+    # do_mmap validates no prot bits: calc_vm_prot_bits takes READ/WRITE/EXEC and
+    # ignores the rest (only mprotect refuses unknown bits, via arch_validate_prot)
     maptype = flags & MAP_TYPE
     if maptype not in (MAP_SHARED, MAP_PRIVATE, MAP_SHARED_VALIDATE):
         return -EINVAL
@@ -329,6 +340,10 @@ def do_mmap(
         return -EOVERFLOW
     vm_flags = calc_vm_prot_bits(prot) | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC
     if file is not None:
+        if maptype == MAP_SHARED_VALIDATE and flags & ~LEGACY_MAP_MASK:
+            # shmem has no mmap_supported_flags: anything past the legacy
+            # set (MAP_FIXED_NOREPLACE, MAP_SYNC, ...) is refused
+            return -EOPNOTSUPP
         if maptype in (MAP_SHARED, MAP_SHARED_VALIDATE):
             if prot & PROT_WRITE and not fmode & FMODE_WRITE:
                 return -EACCES
@@ -337,7 +352,9 @@ def do_mmap(
                 vm_flags &= ~(VM_MAYWRITE | VM_SHARED)
         if not fmode & FMODE_READ:
             return -EACCES
-    elif maptype in (MAP_SHARED, MAP_SHARED_VALIDATE):
+    elif maptype == MAP_SHARED_VALIDATE:
+        return -EINVAL  # do_mmap: an anonymous mapping knows MAP_SHARED and MAP_PRIVATE only
+    elif maptype == MAP_SHARED:
         vm_flags |= VM_SHARED | VM_MAYSHARE
         pgoff = 0
     if hugetlb:

@@ -13,7 +13,14 @@ from __future__ import annotations
 from hmmsim.errno import EACCES, EINVAL, ENOMEM
 from hmmsim.include.mm import VM_ACCESS_FLAGS, VM_EXEC, VM_HUGETLB, VM_READ, VM_SHARED, VM_WRITE
 from hmmsim.include.mm_types import PageAnonExclusive, folio_test_anon, page_folio
-from hmmsim.include.mman import PROT_EXEC, PROT_GROWSDOWN, PROT_GROWSUP, PROT_READ, PROT_WRITE
+from hmmsim.include.mman import (
+    PROT_EXEC,
+    PROT_GROWSDOWN,
+    PROT_GROWSUP,
+    PROT_READ,
+    PROT_SEM,
+    PROT_WRITE,
+)
 from hmmsim.include.mmu_notifier import MMU_NOTIFY_PROTECTION_VMA
 from hmmsim.include.pgtable import (
     pmd_mkwrite_novma,
@@ -50,8 +57,6 @@ from hmmsim.mm.pgtable import (
     set_pte_at,
 )
 
-#: include/uapi/asm-generic/mman-common.h PROT_SEM (accepted, no effect on x86)
-PROT_SEM = 0x8
 MM_CP_TRY_CHANGE_WRITABLE = 1 << 0
 
 
