@@ -276,3 +276,20 @@ def test_runner_patterns_match_the_model(tmp_path):
     host = subprocess.run([str(exe), str(scn)], capture_output=True, text=True, timeout=30)
     assert host.returncode == 0, host.stderr
     assert host.stdout == run_text(scn.read_text()).text()
+
+
+def test_qemu_command_and_paths(tmp_path):
+    paths = machine.Paths(tmp_path)
+    cmd = machine.qemu_command(paths, tmp_path / "initrd.gz", 7)
+    assert cmd[0] == "qemu-system-x86_64"
+    for a, b in (("-smp", "1"), ("-kernel", str(paths.bzimage)), ("-serial", "stdio")):
+        assert cmd[cmd.index(a) + 1] == b
+    assert "-no-reboot" in cmd and "-enable-kvm" not in cmd
+    assert cmd[-1].endswith(" hmmsim.start=7")
+    (tmp_path / "b.scn").write_text("peek 0\n")
+    (tmp_path / "a.scn").write_text("peek 0\n")
+    files = machine.scenario_files([str(tmp_path)])
+    assert [f.name for f in files] == ["a.scn", "b.scn"]
+    assert machine.golden_paths(files[0], None) == (tmp_path / "a.golden", tmp_path / "a.log")
+    with pytest.raises(machine.OracleError):
+        machine.scenario_files([str(tmp_path / "missing.scn")])
