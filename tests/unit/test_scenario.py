@@ -412,3 +412,40 @@ def test_slots_failed_open_keeps_the_slot_close_clears_it():
         "5 fork = exit 0",
         "9 ioctl = 0 cpages=0 faults=0",  # the child's close was its own
     ]
+
+
+def test_hostile_arguments_never_break_the_interpreter():
+    """Every operation with hostile values prints one line and no model ERROR."""
+    text = (
+        "mmap 0 -1 read|write private|anon\n"
+        "mmap 0xffffffffffff0000 4096 read private|anon|fixed\n"
+        "mmap 0x100000000 4096 -1 -1 - -4096\n"
+        "munmap -1 -1\n"
+        "mprotect 0x100000000 -4096 0x7fffffff\n"
+        "madvise 0x100000000 4096 -1\n"
+        "mremap 0x100000000 -1 -4096 maymove|fixed|dontunmap 0x8000000000000000\n"
+        "store 0xfffffffffffff000 2 1\n"
+        "load 0x7ffffffff000 2\n"
+        "pagemap 0xffffffffffffffff 4\n"
+        "open s0 /tmp rdwr|tmpfile\n"
+        "ftruncate s0 -1\n"
+        "ftruncate s0 0x7fffffffffffffff\n"
+        "open s1 /dev/hmm_dmirror3 wronly\n"
+        "ioctl s1 WRITE 0xfffffffffffff000 1 seed=-1\n"
+        "ioctl s1 SNAPSHOT 0 0x8000000000000000 ptr=0xffffffffffffffff\n"
+        "ioctl s1 EXCLUSIVE 0x100000000 -1\n"
+        "ioctl s1 CHECK_EXCLUSIVE 0x600000000000 64\n"
+        "ioctl s1 -1 0 1\n"
+        "ioctl s0 READ 0x100000000 1\n"
+        "ioctl s1 FLAGS 0x100000000 0xffffffff\n"
+        "ioctl s1 MIGRATE_TO_DEV 0x600000000000 64\n"
+        "ioctl s1 MIGRATE_TO_SYS 0x600000000000 64\n"
+        "ioctl s1 RELEASE 0x600000000000 64\n"
+        "close s15\n"
+    )
+    res = run_text(text)
+    assert len(res.lines) == 25
+    assert [int(ln.split()[0]) for ln in res.lines] == list(range(1, 26))
+    assert not [ln for ln in res.lines + res.events if "ERROR" in ln]
+    assert res.lines[7] == "8 store = SIGSEGV MAPERR @0"
+    assert res.lines[8] == "9 load = - SIGSEGV MAPERR @0"  # no page before the fault
