@@ -21,6 +21,7 @@ from hmmsim.include.swapops import (
     SWP_PFN_BITS,
     SWP_TYPE_SHIFT,
     SwapLayout,
+    SwapLayout612,
     SwapLayoutSeriesB,
     arch_swp_entry,
     arch_swp_offset,
@@ -497,3 +498,96 @@ def test_kernel_uses_the_layout_for_its_config():
     assert type(Kernel(ram_bytes=64 << 20).swp) is SwapLayout
     k = Kernel(ram_bytes=64 << 20, features={"b", "d"})
     assert type(k.swp) is SwapLayoutSeriesB and k.swp.MAX_SWAPFILES == 21
+
+
+# --- the Linux 6.12 layout (--kernel 6.12) --------------------------------------------------
+V612 = SwapLayout(KConfig(kernel="6.12"))
+
+
+def test_612_type_numbers():
+    # include/linux/swap.h (6.12): SWP_DEVICE_NUM 4 (WRITE, READ, EXCLUSIVE_WRITE,
+    # EXCLUSIVE_READ), MIGRATION 3, HWPOISON 1, PTE_MARKER 1: MAX_SWAPFILES = 32 - 9
+    s = V612
+    assert type(s) is SwapLayout612 and not s.series_b
+    assert (s.SWP_DEVICE_NUM, s.SWP_MIGRATION_NUM, s.SWP_HWPOISON_NUM) == (4, 3, 1)
+    assert s.SWP_PTE_MARKER_NUM == 1
+    assert s.MAX_SWAPFILES == 23 and s.SWP_HWPOISON == 23
+    assert (s.SWP_MIGRATION_READ, s.SWP_MIGRATION_READ_EXCLUSIVE, s.SWP_MIGRATION_WRITE) == (
+        24,
+        25,
+        26,
+    )
+    assert (s.SWP_DEVICE_WRITE, s.SWP_DEVICE_READ) == (27, 28)
+    assert (s.SWP_DEVICE_EXCLUSIVE_WRITE, s.SWP_DEVICE_EXCLUSIVE_READ) == (29, 30)
+    assert s.SWP_PTE_MARKER == 31
+    assert repr(s).startswith("<SwapLayout612 MAX_SWAPFILES=23")
+
+
+def test_612_layout_leaves_the_other_layouts_alone():
+    assert type(SwapLayout(KConfig())) is SwapLayout
+    assert SwapLayout(KConfig()).SWP_DEVICE_WRITE == 28
+    assert not hasattr(PIN, "SWP_DEVICE_EXCLUSIVE_READ")
+    with pytest.raises(AttributeError):
+        PIN.make_readable_device_exclusive_entry(1)
+
+
+def test_612_softleaf_type_of_every_type_number():
+    s, T = V612, softleaf_type
+    want = {
+        23: T.SOFTLEAF_HWPOISON,
+        24: T.SOFTLEAF_MIGRATION_READ,
+        25: T.SOFTLEAF_MIGRATION_READ_EXCLUSIVE,
+        26: T.SOFTLEAF_MIGRATION_WRITE,
+        27: T.SOFTLEAF_DEVICE_PRIVATE_WRITE,
+        28: T.SOFTLEAF_DEVICE_PRIVATE_READ,
+        29: T.SOFTLEAF_DEVICE_EXCLUSIVE,
+        30: T.SOFTLEAF_DEVICE_EXCLUSIVE,
+        31: T.SOFTLEAF_MARKER,
+    }
+    for t in range(32):
+        assert s.softleaf_type(s.swp_entry(t, 1)) == want.get(t, T.SOFTLEAF_SWAP), t
+
+
+@given(t=st.integers(0, 31), pfn=st.integers(0, (1 << 34) - 1))
+def test_612_predicates_by_type(t, pfn):
+    s = V612
+    e = s.swp_entry(t, pfn)
+    assert s.softleaf_is_device_exclusive(e) == (t in (29, 30))
+    assert s.is_device_exclusive_entry(e) == (t in (29, 30))
+    assert s.is_writable_device_exclusive_entry(e) == (t == 29)
+    assert s.softleaf_is_device_private(e) == (t in (27, 28))
+    assert s.softleaf_is_device_private_write(e) == (t == 27)
+    assert s.softleaf_is_migration(e) == (t in (24, 25, 26))
+    assert s.softleaf_is_hwpoison(e) == (t == 23)
+    assert s.softleaf_is_marker(e) == (t == 31)
+    assert s.softleaf_has_pfn(e) == (23 <= t <= 30)
+    assert s.softleaf_is_swap(e) == (t < 23 and e != 0)
+    assert s.non_swap_entry(e) == (t >= 23)
+    # device-exclusive entries never sit in a PMD
+    assert s.softleaf_is_valid_pmd_entry(e) == (t in (24, 25, 26, 27, 28))
+
+
+@given(pfn=st.integers(0, (1 << 34) - 1), soft=st.integers(0, 7))
+def test_612_exclusive_entries_round_trip(pfn, soft):
+    s = V612
+    for make, t, w in (
+        (s.make_writable_device_exclusive_entry, 29, True),
+        (s.make_readable_device_exclusive_entry, 30, False),
+    ):
+        e = make(pfn)
+        assert (s.swp_type(e), s.swp_offset(e)) == (t, pfn)
+        pte = s.swp_entry_to_pte(e)
+        assert arch_swp_type(pte) == t
+        assert s.softleaf_from_pte(pte | (soft << 1)) == e
+        assert s.is_writable_device_exclusive_entry(e) is w
+        assert s.softleaf_to_pfn(e) == pfn
+        assert s.describe_softleaf(e) == f"SOFTLEAF_DEVICE_EXCLUSIVE pfn={pfn:#x}"
+    assert s.make_device_exclusive_entry(pfn) == s.make_writable_device_exclusive_entry(pfn)
+    assert s.swp_type(s.make_writable_device_private_entry(pfn)) == 27
+
+
+def test_kernel_612_profile_uses_the_612_layout():
+    from hmmsim.kernel import Kernel
+
+    k = Kernel(ram_bytes=64 << 20, kernel="6.12")
+    assert type(k.swp) is SwapLayout612 and k.swp.SWP_DEVICE_WRITE == 27

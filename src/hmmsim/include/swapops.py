@@ -213,7 +213,9 @@ class SwapLayout:
     """Swap-entry type numbers and the swapops/leafops API for one KConfig.
 
     Build it with ``SwapLayout(cfg)``; with series (b) the object is a
-    `SwapLayoutSeriesB`, which adds the device-private migration types.
+    `SwapLayoutSeriesB`, which adds the device-private migration types; with
+    the 6.12 profile (``cfg.kernel == "6.12"``) a `SwapLayout612`, which has
+    two device-exclusive types.
 
     Type numbers, all options on (MAX_SWAPFILES = 32 - DEVICE - MIGRATION -
     HWPOISON - PTE_MARKER):
@@ -264,6 +266,8 @@ class SwapLayout:
         # cfg may be absent when copy/pickle rebuild an instance
         if cls is SwapLayout and cfg is not None and cfg.has("b"):
             cls = SwapLayoutSeriesB
+        elif cls is SwapLayout and cfg is not None and cfg.kernel == "6.12":
+            cls = SwapLayout612
         return super().__new__(cls)
 
     def __init__(self, cfg, warn: Callable[[str], None] | None = None) -> None:
@@ -808,3 +812,59 @@ class SwapLayoutSeriesB(SwapLayout):
     def _is_device_kind(self, entry: int) -> bool:
         t = entry >> SWP_TYPE_SHIFT
         return self._dev_private[t] or self._mig_dev[t]
+
+
+class SwapLayout612(SwapLayout):
+    """SwapLayout of Linux 6.12 (the ``--kernel 6.12`` profile): SWP_DEVICE_NUM 4.
+
+    Models: include/linux/swap.h and include/linux/swapops.h of Linux 6.12,
+    where a device-exclusive entry still records whether the PTE it replaced
+    was writable: SWP_DEVICE_EXCLUSIVE_WRITE and SWP_DEVICE_EXCLUSIVE_READ
+    follow SWP_DEVICE_WRITE and SWP_DEVICE_READ. MAX_SWAPFILES is 23, so every
+    special type moves down by one against the pin:
+
+    - SWP_HWPOISON 23; SWP_MIGRATION_READ, _READ_EXCLUSIVE, _WRITE 24-26
+    - SWP_DEVICE_WRITE 27, SWP_DEVICE_READ 28 (pagemap shows a device-private
+      write entry as ``s27``)
+    - SWP_DEVICE_EXCLUSIVE_WRITE 29, SWP_DEVICE_EXCLUSIVE_READ 30
+    - SWP_PTE_MARKER 31
+
+    Both exclusive types classify as SOFTLEAF_DEVICE_EXCLUSIVE (6.12 has no
+    leafops.h; the softleaf names are the model's vocabulary), so every
+    ``softleaf_is_device_exclusive`` caller sees both;
+    ``is_writable_device_exclusive_entry`` tells them apart.
+    ``SWP_DEVICE_EXCLUSIVE`` and ``make_device_exclusive_entry`` name the write
+    variant (the pin's single type has no read variant).
+    """
+
+    SWP_DEVICE_NUM = 4
+
+    def __init__(self, cfg, warn: Callable[[str], None] | None = None) -> None:
+        super().__init__(cfg, warn)
+        both = {self.SWP_DEVICE_EXCLUSIVE_WRITE, self.SWP_DEVICE_EXCLUSIVE_READ}
+        self._dev_exclusive = _table(both)
+        self._dev_exclusive_write = _table({self.SWP_DEVICE_EXCLUSIVE_WRITE})
+        self._has_pfn = _table(
+            {t for t in range(64) if self._has_pfn[t]} | {self.SWP_DEVICE_EXCLUSIVE_READ}
+        )
+
+    def _extra_types(self) -> dict:
+        dev = self.SWP_DEVICE_WRITE
+        self.SWP_DEVICE_EXCLUSIVE_WRITE = dev + 2
+        self.SWP_DEVICE_EXCLUSIVE_READ = dev + 3
+        return {dev + 3: self.softleaf_type_enum.SOFTLEAF_DEVICE_EXCLUSIVE}
+
+    def __repr__(self) -> str:
+        return super().__repr__().replace("<SwapLayout", "<SwapLayout612", 1)
+
+    def make_writable_device_exclusive_entry(self, offset: int) -> int:
+        """Kernel (6.12): include/linux/swapops.h make_writable_device_exclusive_entry."""
+        return self.swp_entry(self.SWP_DEVICE_EXCLUSIVE_WRITE, offset)
+
+    def make_readable_device_exclusive_entry(self, offset: int) -> int:
+        """Kernel (6.12): include/linux/swapops.h make_readable_device_exclusive_entry."""
+        return self.swp_entry(self.SWP_DEVICE_EXCLUSIVE_READ, offset)
+
+    def is_writable_device_exclusive_entry(self, entry: int) -> bool:
+        """Kernel (6.12): include/linux/swapops.h is_writable_device_exclusive_entry."""
+        return self._dev_exclusive_write[entry >> SWP_TYPE_SHIFT]
