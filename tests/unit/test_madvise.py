@@ -72,3 +72,52 @@ def test_partial_hole_still_applies_and_reports_enomem(k, proc, ok):
 def test_valid_advice_returns_zero(proc, advice):
     a = proc.mmap(0, 4096, RW, MAP_PRIVATE | MAP_ANONYMOUS)
     assert proc.madvise(a, 4096, advice) == 0
+
+
+# --- MADV_REMOVE (mm/madvise.c madvise_remove; the same in 6.12 and mainline) ------------------
+
+
+def test_remove_errors_per_vma_kind(proc):
+    from hmmsim.errno import EACCES
+    from hmmsim.include.mman import MADV_REMOVE, O_RDWR, O_TMPFILE
+
+    priv = proc.mmap(0, 2 * 4096, RW, MAP_PRIVATE | MAP_ANONYMOUS)
+    assert proc.madvise(priv, 2 * 4096, MADV_REMOVE) == -EINVAL  # no file
+    fd = proc.open("/tmp", O_TMPFILE | O_RDWR)
+    assert proc.ftruncate(fd, 4 * 4096) == 0
+    fpriv = proc.mmap(0, 4 * 4096, RW, MAP_PRIVATE, fd, 0)
+    assert proc.madvise(fpriv, 4096, MADV_REMOVE) == -EACCES  # not shared
+    ro = proc.mmap(0, 4 * 4096, PROT_READ, MAP_SHARED, fd, 0)
+    assert proc.madvise(ro, 4096, MADV_REMOVE) == 0  # VM_MAYWRITE is enough
+    assert proc.madvise(0x6000_0000, 4096, MADV_REMOVE) == -ENOMEM
+
+
+def test_remove_punches_shared_anon_to_zero(k, proc, ok):
+    from hmmsim.include.mman import MADV_REMOVE
+
+    a = proc.mmap(0, 4 * 4096, RW, MAP_SHARED | MAP_ANONYMOUS)
+    for i in range(4):
+        proc.store(a + i * 4096, b"data")
+    free = k.mem.nr_free
+    assert proc.madvise(a + 4096, 2 * 4096, MADV_REMOVE) == 0
+    assert k.mem.nr_free == free + 2  # the page cache let go of the hole
+    assert proc.load(a + 4096, 4) == bytes(4)
+    assert proc.load(a + 2 * 4096, 4) == bytes(4)
+    assert proc.load(a, 4) == b"data" and proc.load(a + 3 * 4096, 4) == b"data"
+
+
+def test_remove_punches_the_file_and_keeps_private_cow_copies(proc):
+    from hmmsim.include.mman import MADV_REMOVE, O_RDWR, O_TMPFILE
+
+    fd = proc.open("/tmp", O_TMPFILE | O_RDWR)
+    assert proc.pwrite(fd, b"F" * (3 * 4096), 0) == 3 * 4096
+    shared = proc.mmap(0, 3 * 4096, RW, MAP_SHARED, fd, 0)
+    priv = proc.mmap(0, 3 * 4096, RW, MAP_PRIVATE, fd, 0)
+    proc.store(priv, b"cow!")  # page 0: an anonymous COW copy
+    assert proc.load(priv + 4096, 1) == b"F"  # page 1: the cache page, mapped
+    assert proc.madvise(shared, 3 * 4096, MADV_REMOVE) == 0
+    assert proc.pread(fd, 4, 0) == bytes(4)  # the hole reads as zeroes, size kept
+    assert proc.pread(fd, 4, 2 * 4096) == bytes(4)
+    assert proc.load(priv, 4) == b"cow!"  # COW copy kept (no even_cows)
+    assert proc.load(priv + 4096, 1) == b"\0"  # the cache page was unmapped
+    assert proc.load(shared + 2 * 4096, 1) == b"\0"

@@ -1,7 +1,7 @@
-"""madvise(2): DONTNEED zaps, HUGEPAGE/NOHUGEPAGE set vma flags.
+"""madvise(2): DONTNEED zaps, REMOVE punches a hole, HUGEPAGE/NOHUGEPAGE set vma flags.
 
 Models: mm/madvise.c (do_madvise, madvise_dontneed_free,
-madvise_dontneed_free_valid_vma, madvise_behavior_valid) and
+madvise_dontneed_free_valid_vma, madvise_remove, madvise_behavior_valid) and
 mm/khugepaged.c (hugepage_madvise) @ torvalds/linux 0eaed89c18ae.
 
 Accepted but without effect in the model (no reclaim, no readahead):
@@ -11,14 +11,16 @@ anonymous memory (mm/khugepaged.py).
 
 from __future__ import annotations
 
-from hmmsim.errno import EINVAL, ENOMEM
+from hmmsim.errno import EACCES, EINVAL, ENOMEM
 from hmmsim.include.mm import (
     VM_DONTCOPY,
     VM_HUGEPAGE,
     VM_HUGETLB,
     VM_LOCKED,
+    VM_MAYWRITE,
     VM_NOHUGEPAGE,
     VM_PFNMAP,
+    VM_SHARED,
 )
 from hmmsim.include.mman import (
     MADV_COLLAPSE,
@@ -30,11 +32,12 @@ from hmmsim.include.mman import (
     MADV_NOHUGEPAGE,
     MADV_NORMAL,
     MADV_RANDOM,
+    MADV_REMOVE,
     MADV_SEQUENTIAL,
     MADV_WILLNEED,
 )
 from hmmsim.include.uapi_types import U64_MASK
-from hmmsim.kconfig import PAGE_SIZE, PMD_MASK
+from hmmsim.kconfig import PAGE_SHIFT, PAGE_SIZE, PMD_MASK
 from hmmsim.mm.memory import zap_page_range_single
 from hmmsim.mm.mmap import PAGE_ALIGN, split_range, vmas_in
 
@@ -48,11 +51,40 @@ _FLAGS = {
 
 
 def madvise_behavior_valid(behavior: int) -> bool:
-    return behavior in _NOOP or behavior in _FLAGS or behavior in (MADV_DONTNEED, MADV_COLLAPSE)
+    return behavior in _NOOP or behavior in _FLAGS or behavior in _WALKED
+
+
+_WALKED = (MADV_DONTNEED, MADV_COLLAPSE, MADV_REMOVE)
+
+
+def madvise_remove(vma, start: int, end: int) -> int:
+    """MADV_REMOVE on [start, end) of one vma: 0 or -errno.
+
+    mm/madvise.c madvise_remove (the same in 6.12 and mainline): a locked vma
+    or one without a file (private anonymous memory) is -EINVAL, a mapping
+    that is not shared and writable (vma_is_shared_maywrite) is -EACCES;
+    otherwise the file range behind it is hole-punched (vfs_fallocate with
+    PUNCH_HOLE | KEEP_SIZE; every file here is tmpfs, shmem_fallocate).
+    Shared anonymous memory is a shmem file, so it is punched too.
+    """
+    if vma.vm_flags & VM_LOCKED:
+        return -EINVAL
+    f = vma.vm_file
+    if f is None:
+        return -EINVAL
+    if (vma.vm_flags & (VM_SHARED | VM_MAYWRITE)) != (VM_SHARED | VM_MAYWRITE):
+        return -EACCES
+    offset = (start - vma.vm_start) + (vma.vm_pgoff << PAGE_SHIFT)  # loff_t
+    if offset >= 1 << 63:
+        offset -= 1 << 64
+    return f.punch_hole(offset, end - start)
 
 
 def do_madvise(mm, start: int, len_in: int, behavior: int) -> int:
-    """madvise(2): 0, -EINVAL (unaligned, unknown advice, locked vma), -ENOMEM (hole)."""
+    """madvise(2): 0, -EINVAL (unaligned, unknown advice, locked vma), -ENOMEM (hole).
+
+    MADV_REMOVE may also return -EACCES/-EFBIG (madvise_remove).
+    """
     start, len_in = start & U64_MASK, len_in & U64_MASK
     if not madvise_behavior_valid(behavior):
         return -EINVAL
@@ -83,6 +115,10 @@ def do_madvise(mm, start: int, len_in: int, behavior: int) -> int:
                 if e <= s:
                     continue
             zap_page_range_single(vma, s, e - s)
+        elif behavior == MADV_REMOVE:
+            ret = madvise_remove(vma, s, e)
+            if ret:
+                return ret
         elif behavior == MADV_COLLAPSE:
             from hmmsim.mm.khugepaged import madvise_collapse
 

@@ -704,6 +704,8 @@ def restore_exclusive_pte(
     """Put the present PTE back for a device-exclusive entry (writable if allowed)."""
     from hmmsim.include.pgtable import pte_mksoft_dirty, pte_swp_soft_dirty
 
+    if vma.vm_mm.k.config.kernel == "6.12":
+        return restore_exclusive_pte_612(vma, folio, page, address, ptep, orig_pte)
     if "exclusive_drops_mapcount" in vma.vm_mm.k.bugs:
         from hmmsim.mm.rmap import RMAP_NONE, folio_add_anon_rmap_pte
 
@@ -717,6 +719,43 @@ def restore_exclusive_pte(
             if folio_test_dirty_any(folio)
             else (pte_mkwrite_novma(pte))
         )
+    set_pte_at(vma.vm_mm, address, ptep, pte)
+
+
+def restore_exclusive_pte_612(
+    vma, folio: Page, page: Page, address: int, ptep: int, orig_pte: int
+) -> None:
+    """Linux 6.12's restore of a device-exclusive entry (--kernel 6.12).
+
+    Kernel (6.12): mm/memory.c restore_exclusive_pte. The new PTE is old,
+    keeps the entry's soft-dirty mark; a uffd-wp entry gives a uffd-wp PTE,
+    else an SWP_DEVICE_EXCLUSIVE_WRITE entry gives a dirty PTE, writable if
+    the vma is (maybe_mkwrite); an _READ entry a clean read-only one. The
+    rmap dropped when the entry was made is added back (RMAP_NONE: the page's
+    PageAnonExclusive is left as it is); the entry's reference becomes the
+    PTE's.
+    """
+    from hmmsim.include.pgtable import (
+        pte_mksoft_dirty,
+        pte_mkuffd_wp,
+        pte_swp_soft_dirty,
+        pte_swp_uffd_wp,
+    )
+    from hmmsim.mm.rmap import RMAP_NONE, folio_add_anon_rmap_pte
+
+    k = vma.vm_mm.k
+    pte = pte_mkold(mk_pte(page, vma.vm_page_prot))
+    if pte_swp_soft_dirty(orig_pte):
+        pte = pte_mksoft_dirty(pte)
+    entry = k.swp.softleaf_from_pte(orig_pte)
+    if pte_swp_uffd_wp(orig_pte):
+        pte = pte_mkuffd_wp(pte)
+    elif k.swp.is_writable_device_exclusive_entry(entry):
+        pte = maybe_mkwrite(pte_mkdirty(pte), vma)
+    if folio_test_anon(folio):
+        folio_add_anon_rmap_pte(folio, page, vma, address, RMAP_NONE)
+    else:
+        k.warn("restore_exclusive_pte: device-exclusive entry names a file page")
     set_pte_at(vma.vm_mm, address, ptep, pte)
 
 
@@ -770,8 +809,12 @@ def try_restore_exclusive_pte(vma, addr: int, ptep: int) -> int:
 # zap
 
 
-def zap_pte_range(vma, pmdp: int, addr: int, end: int) -> None:
-    """Clear the PTEs of [addr, end) under one PMD, dropping rmap and references."""
+def zap_pte_range(vma, pmdp: int, addr: int, end: int, even_cows: bool = True) -> None:
+    """Clear the PTEs of [addr, end) under one PMD, dropping rmap and references.
+
+    even_cows=False is zap_details.even_cows false (mm/memory.c should_zap_folio,
+    should_zap_cows): a hole punch keeps anonymous (COW) folios and swap entries.
+    """
     mm = vma.vm_mm
     k = mm.k
     swp = k.swp
@@ -782,7 +825,9 @@ def zap_pte_range(vma, pmdp: int, addr: int, end: int) -> None:
     with pte_lockptr(mm, ptep):
         while addr < end:
             pte = ptep_get(k, ptep)
-            if not pte_none(pte):
+            if not pte_none(pte) and not even_cows and _keeps_cow(vma, addr, pte):
+                pass
+            elif not pte_none(pte):
                 ptep_get_and_clear(mm, addr, ptep)
                 if pte_present(pte):
                     page = vm_normal_page(vma, addr, pte)
@@ -802,9 +847,9 @@ def zap_pte_range(vma, pmdp: int, addr: int, end: int) -> None:
                         folio = page_folio(page)
                         mm.rss_stat[mm_counter(folio)] -= 1
                         if not (
-                            "exclusive_drops_mapcount" in k.bugs
+                            ("exclusive_drops_mapcount" in k.bugs or k.config.kernel == "6.12")
                             and swp.softleaf_is_device_exclusive(entry)
-                        ):  # mutant (9.16): the old zap kept no rmap to remove
+                        ):  # mutant (9.16), and 6.12: an exclusive entry has no rmap to remove
                             folio_remove_rmap_pte(folio, page, vma)
                         to_free.append(folio)
                     elif swp.softleaf_is_migration(entry):
@@ -816,8 +861,28 @@ def zap_pte_range(vma, pmdp: int, addr: int, end: int) -> None:
         folio_put(folio)
 
 
-def unmap_page_range(vma, addr: int, end: int) -> None:
-    """Zap every mapping of [addr, end) in vma, splitting huge PMDs at the edges."""
+def _keeps_cow(vma, addr: int, pte: int) -> bool:
+    """A zap without even_cows leaves this entry: an anonymous folio or a swap entry."""
+    k = vma.vm_mm.k
+    if pte_present(pte):
+        page = vm_normal_page(vma, addr, pte)
+        return page is not None and folio_test_anon(page_folio(page))
+    entry = k.swp.softleaf_from_pte(pte)
+    swp = k.swp
+    if (
+        swp.softleaf_is_device_private(entry)
+        or swp.softleaf_is_device_exclusive(entry)
+        or swp.softleaf_is_migration(entry)
+    ):
+        return folio_test_anon(page_folio(softleaf_to_page(k, entry)))
+    return True  # a swap entry or a marker: should_zap_cows() is false
+
+
+def unmap_page_range(vma, addr: int, end: int, even_cows: bool = True) -> None:
+    """Zap every mapping of [addr, end) in vma, splitting huge PMDs at the edges.
+
+    even_cows=False keeps anonymous folios (see zap_pte_range).
+    """
     mm = vma.vm_mm
     k = mm.k
     while addr < end:
@@ -832,7 +897,7 @@ def unmap_page_range(vma, addr: int, end: int) -> None:
                     continue
                 huge_memory.__split_huge_pmd(vma, pmdp, addr)
             if not pmd_none(pmdp_get(k, pmdp)):
-                zap_pte_range(vma, pmdp, addr, nxt)
+                zap_pte_range(vma, pmdp, addr, nxt, even_cows)
         addr = nxt
 
 

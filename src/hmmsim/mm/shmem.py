@@ -2,7 +2,8 @@
 
 Models: mm/shmem.c (shmem_file_setup, shmem_zero_setup, shmem_fault,
 map_pages (filemap_map_pages, see filemap.py), shmem_get_folio,
-shmem_setattr/shmem_truncate_range, shmem_file_read_iter/write_iter) and
+shmem_setattr/shmem_truncate_range, shmem_fallocate's hole punch,
+shmem_file_read_iter/write_iter) and
 mm/truncate.c (truncate_inode_pages_range, unmap_mapping_range) @ torvalds/linux 0eaed89c18ae.
 
 A `shmem_inode` is the inode and its address_space in one object: the page
@@ -157,20 +158,54 @@ class shmem_inode:
                     self.k.mem.frame(folio.pfn)[size & (PAGE_SIZE - 1) :] = 0
         return 0
 
-    def unmap_mapping_range(self, first_index: int) -> None:
-        """Zap every user mapping of file pages at or past first_index."""
+    def unmap_mapping_range(
+        self, first_index: int, last_index: int | None = None, even_cows: bool = True
+    ) -> None:
+        """Zap every user mapping of file pages first_index..last_index (None: to the end).
+
+        even_cows=False (a hole punch) leaves private COW copies mapped.
+        """
         from hmmsim.mm.memory import unmap_page_range
         from hmmsim.mm.mmu_notifier import notify_range
 
         for vma in sorted(self.i_mmap, key=lambda v: v.vm_start):
             vstart = vma.vm_start + max(0, (first_index - vma.vm_pgoff)) * PAGE_SIZE
-            if vstart >= vma.vm_end:
+            vend = vma.vm_end
+            if last_index is not None:
+                vend = min(vend, vma.vm_start + (last_index + 1 - vma.vm_pgoff) * PAGE_SIZE)
+            if vstart >= vend:
                 continue
-            with notify_range(vma.vm_mm, MMU_NOTIFY_CLEAR, vstart, vma.vm_end):
-                unmap_page_range(vma, vstart, vma.vm_end)
+            with notify_range(vma.vm_mm, MMU_NOTIFY_CLEAR, vstart, vend):
+                unmap_page_range(vma, vstart, vend, even_cows)
 
-    def truncate_inode_pages_range(self, first_index: int) -> None:
-        for index in sorted(i for i in self.cache if i >= first_index):
+    def punch_hole(self, offset: int, length: int) -> int:
+        """vfs_fallocate(PUNCH_HOLE | KEEP_SIZE) on tmpfs: 0 or -errno.
+
+        fs/open.c vfs_fallocate (length <= 0 or offset < 0 is -EINVAL; an end
+        past MAX_LFS_FILESIZE or an overflowed loff_t is -EFBIG), then
+        mm/shmem.c shmem_fallocate's hole punch: unmap the whole pages of the
+        hole from every mapping without even_cows (private COW copies stay),
+        then drop them from the page cache (shmem_truncate_range). i_size is
+        kept. Callers pass page-aligned ranges (madvise_remove).
+        """
+        if offset < 0 or length <= 0:
+            return -EINVAL
+        end = offset + length
+        if end > MAX_LFS_FILESIZE or end >= 1 << 63:
+            return -EFBIG
+        first = (offset + PAGE_SIZE - 1) >> PAGE_SHIFT
+        last = (end >> PAGE_SHIFT) - 1  # inclusive: round_down(end) - 1
+        if last >= first:
+            self.unmap_mapping_range(first, last, even_cows=False)
+        # shmem_undo_range: the whole pages of [offset, end) leave the cache.
+        self.truncate_inode_pages_range(first, last)
+        return 0
+
+    def truncate_inode_pages_range(self, first_index: int, last_index: int | None = None) -> None:
+        """Drop the cached folios at first_index..last_index (to the end if None)."""
+        for index in sorted(
+            i for i in self.cache if i >= first_index and (last_index is None or i <= last_index)
+        ):
             folio = self.k.mem.pfn_to_page(self.cache.pop(index))
             folio_lock(folio)
             folio.a.mapping[folio.i] = 0
