@@ -16,16 +16,20 @@ from __future__ import annotations
 import struct
 
 from hmmsim.errno import EINVAL
+from hmmsim.include.mm import VM_SOFTDIRTY
 from hmmsim.include.mm_types import folio_test_anon, page_folio, page_mapcount
 from hmmsim.include.pgtable import (
     _PAGE_PRESENT,
-    _PAGE_PSE,
     pmd_pfn,
     pmd_soft_dirty,
+    pmd_swp_soft_dirty,
+    pmd_swp_uffd_wp,
     pte_pfn,
     pte_present,
     pte_soft_dirty,
     pte_swp_soft_dirty,
+    pte_swp_uffd_wp,
+    pte_uffd_wp,
 )
 from hmmsim.kconfig import PAGE_SHIFT
 
@@ -66,7 +70,18 @@ class pagemap_file:
         return struct.pack(f"<{len(words)}Q", *words)
 
     def entry(self, addr: int) -> int:
-        """The pagemap word of the page at addr."""
+        """The pagemap word of the page at addr.
+
+        One page of fs/proc/task_mmu.c pagemap_pte_hole (no page table or an
+        empty entry), pte_to_pagemap_entry (PTE level) or pagemap_pmd_range's
+        huge branch (a leaf or non-present PMD). Every entry of a vma with
+        VM_SOFTDIRTY, holes included, reads soft-dirty. PM_FILE comes from the
+        folio (not anon), never from vma->vm_file, so a hole of a file vma and
+        a CoW'd anon page of a private file mapping read without it.
+        PM_MMAP_EXCLUSIVE needs PM_PRESENT (a device-private or migration
+        entry's page is never "exclusively mapped").
+        """
+        from hmmsim.mm.memory import vm_normal_page
         from hmmsim.mm.mmap import vma_lookup
         from hmmsim.userspace import entry_at
 
@@ -75,40 +90,67 @@ class pagemap_file:
         vma = vma_lookup(proc.mm, addr)
         if vma is None:
             return 0
-        flags = PM_FILE if vma.vm_file is not None else 0
+        vma_flags = PM_SOFT_DIRTY if vma.vm_flags & VM_SOFTDIRTY else 0
         level, e = entry_at(proc, addr)
         if not e:
-            return 0
+            return vma_flags
         swp = k.swp
-        if e & _PAGE_PRESENT or (level == "pte" and pte_present(e)):
-            huge = level == "pmd" and e & _PAGE_PSE
+        huge = level == "pmd"
+        page = None
+        flags = 0
+        frame = 0
+        if e & _PAGE_PRESENT or (not huge and pte_present(e)):
             sub = (addr >> PAGE_SHIFT) & 511 if huge else 0
             pfn = (pmd_pfn(e) if huge else pte_pfn(e)) + sub
             frame = pfn if self.show_pfn else 0
+            flags |= PM_PRESENT
             if pmd_soft_dirty(e) if huge else pte_soft_dirty(e):
                 flags |= PM_SOFT_DIRTY
-            if k.mem.pfn_valid(pfn) and pfn != k.mem.zero_pfn and pfn != k.huge_zero_pfn:
-                page = k.mem.pfn_to_page(pfn)
-                if page_mapcount(page) == 1:
-                    flags |= PM_MMAP_EXCLUSIVE
-                if not folio_test_anon(page_folio(page)):
-                    flags |= PM_FILE
-            return frame | flags | PM_PRESENT
-        entry = swp.softleaf_from_pmd(e) if level == "pmd" else swp.softleaf_from_pte(e)
-        if swp.softleaf_is_marker(entry):
-            return flags
-        frame = 0
-        if self.show_pfn:
-            off = (
-                swp.softleaf_to_pfn(entry) if swp.softleaf_has_pfn(entry) else swp.swp_offset(entry)
-            )
-            if level == "pmd":
-                off += (addr >> PAGE_SHIFT) & 511
-            frame = (swp.swp_type(entry) | (off << MAX_SWAPFILES_SHIFT)) & PM_PFRAME_MASK
-        if pte_swp_soft_dirty(e):
-            flags |= PM_SOFT_DIRTY
-        if swp.softleaf_has_pfn(entry):
-            page = k.softleaf_to_page(entry)
-            if page_mapcount(page) == 1:
+            if pte_uffd_wp(e):  # pmd_uffd_wp tests the same bit on x86-64
+                flags |= PM_UFFD_WP
+            if huge:
+                page = self._pmd_page(pfn)
+            else:
+                page = vm_normal_page(vma, addr, e)
+        else:
+            entry = swp.softleaf_from_pmd(e) if huge else swp.softleaf_from_pte(e)
+            if swp.softleaf_is_marker(entry) and k.config.kernel != "6.12":
+                return vma_flags
+            if pmd_swp_soft_dirty(e) if huge else pte_swp_soft_dirty(e):
+                flags |= PM_SOFT_DIRTY
+            if pmd_swp_uffd_wp(e) if huge else pte_swp_uffd_wp(e):
+                flags |= PM_UFFD_WP
+            if self.show_pfn:
+                off = (
+                    swp.softleaf_to_pfn(entry)
+                    if swp.softleaf_has_pfn(entry)
+                    else swp.swp_offset(entry)
+                )
+                if huge:
+                    off += (addr >> PAGE_SHIFT) & 511
+                frame = (swp.swp_type(entry) | (off << MAX_SWAPFILES_SHIFT)) & PM_PFRAME_MASK
+            flags |= PM_SWAP
+            if swp.softleaf_has_pfn(entry):
+                page = k.softleaf_to_page(entry)
+            if swp.softleaf_is_uffd_wp_marker(entry):
+                flags |= PM_UFFD_WP
+        if page is not None:
+            if not folio_test_anon(page_folio(page)):
+                flags |= PM_FILE
+            if flags & PM_PRESENT and page_mapcount(page) == 1:
                 flags |= PM_MMAP_EXCLUSIVE
-        return frame | flags | PM_SWAP
+        return frame | flags | vma_flags
+
+    def _pmd_page(self, pfn: int):
+        """The page of a present leaf PMD as pagemap_pmd_range takes it.
+
+        6.12 uses pmd_page() as is, so the huge zero folio (not anon, never
+        mapcounted) reads PM_FILE and not exclusive; the pin's model skips the
+        huge zero page like vm_normal_page_pmd.
+        """
+        k = self.proc.k
+        if not k.mem.pfn_valid(pfn):
+            return None
+        if pfn == k.huge_zero_pfn and k.config.kernel != "6.12":
+            return None
+        return k.mem.pfn_to_page(pfn)

@@ -39,6 +39,7 @@ from hmmsim.include.mm import (
     VM_NORESERVE,
     VM_READ,
     VM_SHARED,
+    VM_SOFTDIRTY,
     VM_WRITE,
 )
 from hmmsim.include.mm_types import mm_struct, vm_area_struct
@@ -390,6 +391,10 @@ def do_mmap(
         if ret:
             unmap_region(mm, [vma], start, end)
             return ret
+    # __mmap_region: every vma mmap maps starts soft-dirty (clear_refs, which
+    # would clear VM_SOFTDIRTY, is not modelled), so pagemap reads each of
+    # its entries, holes included, with PM_SOFT_DIRTY
+    vma.vm_flags |= VM_SOFTDIRTY
     if flags & MAP_POPULATE:
         mm_populate(mm, start, length)
     return start
