@@ -121,3 +121,38 @@ def test_remove_punches_the_file_and_keeps_private_cow_copies(proc):
     assert proc.load(priv, 4) == b"cow!"  # COW copy kept (no even_cows)
     assert proc.load(priv + 4096, 1) == b"\0"  # the cache page was unmapped
     assert proc.load(shared + 2 * 4096, 1) == b"\0"
+
+
+# --- advice that only changes vma flags (madvise_update_vma) -------------------------------------
+
+
+def _bounds(proc, a, n):
+    return [
+        (v.vm_start - a, v.vm_end - a) for v in proc.mm.vmas if a <= v.vm_end and v.vm_start < a + n
+    ]
+
+
+def test_unchanged_flags_do_not_split(proc):
+    """madvise_update_vma returns early when the new flags equal the old ones."""
+    from hmmsim.include.mman import MADV_DOFORK, MADV_NORMAL
+
+    a = proc.mmap(0, 4 * 4096, RW, MAP_PRIVATE | MAP_ANONYMOUS)
+    assert proc.madvise(a + 4096, 4096, MADV_DOFORK) == 0
+    assert proc.madvise(a + 4096, 4096, MADV_NORMAL) == 0
+    assert _bounds(proc, a, 4 * 4096) == [(0, 4 * 4096)]
+
+
+def test_sequential_and_random_set_read_hints_and_split(proc):
+    """MADV_SEQUENTIAL/RANDOM/NORMAL set and clear VM_SEQ_READ/VM_RAND_READ."""
+    from hmmsim.include.mm import VM_RAND_READ, VM_SEQ_READ
+    from hmmsim.include.mman import MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL
+
+    a = proc.mmap(0, 4 * 4096, RW, MAP_PRIVATE | MAP_ANONYMOUS)
+    assert proc.madvise(a + 4096, 2 * 4096, MADV_SEQUENTIAL) == 0
+    assert _bounds(proc, a, 4 * 4096) == [(0, 4096), (4096, 3 * 4096), (3 * 4096, 4 * 4096)]
+    mid = proc.mm.vmas[[v.vm_start for v in proc.mm.vmas].index(a + 4096)]
+    assert mid.vm_flags & (VM_SEQ_READ | VM_RAND_READ) == VM_SEQ_READ
+    assert proc.madvise(a + 4096, 4096, MADV_RANDOM) == 0
+    assert mid.vm_flags & (VM_SEQ_READ | VM_RAND_READ) == VM_RAND_READ
+    assert proc.madvise(a + 4096, 4096, MADV_NORMAL) == 0
+    assert mid.vm_flags & (VM_SEQ_READ | VM_RAND_READ) == 0

@@ -89,6 +89,14 @@ def test_populate_faults_everything_in(k, proc, ok):
     ok(k)
 
 
+def test_populate_skips_prot_none(k, proc, ok):
+    """mm/gup.c populate_vma_page_range: PROT_NONE is never faulted in (6.12 and mainline)."""
+    a = proc.mmap(0, 4 * 4096, 0, ANON | MAP_POPULATE)
+    assert proc.mm.rss_stat[MM_ANONPAGES] == 0
+    assert all(entry_at(proc, a + i * 4096)[0] != "pte" for i in range(4))
+    ok(k)
+
+
 def test_partial_munmap_splits_the_vma_and_frees_pages(k, proc, ok):
     a = proc.mmap(0, 8 * 4096, RW, ANON)
     for i in range(8):

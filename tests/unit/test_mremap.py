@@ -40,7 +40,9 @@ def test_other_errors(proc):
     assert proc.mremap(a + 1, 4096, 4096) == -EINVAL
     assert proc.mremap(a, 4096, 0) == -EINVAL
     assert proc.mremap(0x6000_0000, 4096, 4096) == -EFAULT
-    assert proc.mremap(a, 3 * 4096, 3 * 4096) == -EFAULT  # crosses the vma end
+    assert proc.mremap(a, 3 * 4096, 4 * 4096) == -EFAULT  # a grow that crosses the vma end
+    # same size without a move is a no-op: the vma boundary is never checked
+    assert proc.mremap(a, 3 * 4096, 3 * 4096) == a
     assert proc.mremap(a, 8192, 8192, MREMAP_MAYMOVE | MREMAP_FIXED, a + 4096) == -EINVAL
 
 
@@ -111,4 +113,35 @@ def test_move_whole_thp_keeps_the_pmd(k, proc, ok):
     level, pmd = entry_at(proc, th)
     assert level == "pmd" and pmd_pfn(pmd) == pfn
     assert (proc.load_array(th, PMD_SIZE // 4) == np.arange(PMD_SIZE // 4)).all()
+    ok(k)
+
+
+# --- the order of mm/mremap.c's checks (6.12 and mainline agree) ------------------------------
+
+
+def test_shrink_across_vmas_unmaps_the_tail_first(k, proc, ok):
+    """mremap_at SHRINK / 6.12's old_len >= new_len branch: no vma_to_resize check."""
+    a = filled(proc, 6)
+    assert proc.mprotect(a + 3 * 4096, 4096, PROT_READ) == 0  # three vmas now
+    assert proc.mremap(a, 6 * 4096, 2 * 4096) == a
+    assert [(v.vm_start, v.vm_end) for v in proc.mm.vmas if a <= v.vm_start < a + 6 * 4096] == [
+        (a, a + 2 * 4096)
+    ]
+    assert (proc.load_array(a, 2048) == np.arange(2048)).all()
+    ok(k)
+
+
+def test_fixed_move_unmaps_the_destination_before_the_vma_check(k, proc, ok):
+    """mremap_to: do_munmap(new_addr) and the shrink come before remap_is_valid's -EFAULT."""
+    a = filled(proc, 4)
+    assert proc.mprotect(a + 2 * 4096, 4096, PROT_READ) == 0
+    dst = proc.mmap(0, 4 * 4096, RW, ANON)
+    proc.store(dst, b"dest")
+    ret = proc.mremap(a, 4 * 4096, 4 * 4096, MREMAP_MAYMOVE | MREMAP_FIXED, dst)
+    assert ret == -EFAULT
+    assert not [v for v in proc.mm.vmas if dst <= v.vm_start < dst + 4 * 4096]  # gone anyway
+    # a FIXED shrink cuts the tail before the check, so the rest moves
+    assert proc.mremap(a, 4 * 4096, 2 * 4096, MREMAP_MAYMOVE | MREMAP_FIXED, dst) == dst
+    assert not [v for v in proc.mm.vmas if a <= v.vm_start < a + 4 * 4096]
+    assert (proc.load_array(dst, 2048) == np.arange(2048)).all()
     ok(k)

@@ -4,8 +4,10 @@ Models: mm/madvise.c (do_madvise, madvise_dontneed_free,
 madvise_dontneed_free_valid_vma, madvise_remove, madvise_behavior_valid) and
 mm/khugepaged.c (hugepage_madvise) @ torvalds/linux 0eaed89c18ae.
 
+MADV_NORMAL/RANDOM/SEQUENTIAL set VM_SEQ_READ/VM_RAND_READ (splitting
+the vma as the kernel does; the model has no readahead to steer).
 Accepted but without effect in the model (no reclaim, no readahead):
-MADV_NORMAL, RANDOM, SEQUENTIAL, WILLNEED, FREE. MADV_COLLAPSE collapses
+MADV_WILLNEED, FREE. MADV_COLLAPSE collapses
 anonymous memory (mm/khugepaged.py).
 """
 
@@ -20,6 +22,8 @@ from hmmsim.include.mm import (
     VM_MAYWRITE,
     VM_NOHUGEPAGE,
     VM_PFNMAP,
+    VM_RAND_READ,
+    VM_SEQ_READ,
     VM_SHARED,
 )
 from hmmsim.include.mman import (
@@ -41,8 +45,12 @@ from hmmsim.kconfig import PAGE_SHIFT, PAGE_SIZE, PMD_MASK
 from hmmsim.mm.memory import zap_page_range_single
 from hmmsim.mm.mmap import PAGE_ALIGN, split_range, vmas_in
 
-_NOOP = {MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL, MADV_WILLNEED, MADV_FREE}
+_NOOP = {MADV_WILLNEED, MADV_FREE}
+#: advice -> (flags set, flags cleared): mm/madvise.c madvise_vma_behavior
 _FLAGS = {
+    MADV_NORMAL: (0, VM_RAND_READ | VM_SEQ_READ),
+    MADV_SEQUENTIAL: (VM_SEQ_READ, VM_RAND_READ),
+    MADV_RANDOM: (VM_RAND_READ, VM_SEQ_READ),
     MADV_HUGEPAGE: (VM_HUGEPAGE, VM_NOHUGEPAGE),
     MADV_NOHUGEPAGE: (VM_NOHUGEPAGE, VM_HUGEPAGE),
     MADV_DONTFORK: (VM_DONTCOPY, 0),
@@ -128,10 +136,12 @@ def do_madvise(mm, start: int, len_in: int, behavior: int) -> int:
         elif behavior in _FLAGS:
             if behavior in (MADV_HUGEPAGE, MADV_NOHUGEPAGE) and vma.vm_flags & VM_HUGETLB:
                 continue
+            set_bits, clear_bits = _FLAGS[behavior]
+            if (vma.vm_flags | set_bits) & ~clear_bits == vma.vm_flags:
+                continue  # madvise_update_vma: unchanged flags, no split
             pieces = split_range(mm, s, e)
             if isinstance(pieces, int):
                 return pieces
-            set_bits, clear_bits = _FLAGS[behavior]
             for piece in pieces:
                 piece.vm_flags = (piece.vm_flags | set_bits) & ~clear_bits
     if pos < end:

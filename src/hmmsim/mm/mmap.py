@@ -401,15 +401,22 @@ def do_mmap(
 
 
 def mm_populate(mm: mm_struct, start: int, length: int) -> None:
-    """MAP_POPULATE: fault the range in (write faults for private writable)."""
+    """MAP_POPULATE: fault the range in (write faults for private writable).
+
+    mm/gup.c __mm_populate with ignore_errors (as mm_populate calls it) and
+    populate_vma_page_range: a PROT_NONE vma is never faulted in (-EFAULT,
+    skipped), and a failed fault skips the rest of its vma, not the range.
+    """
     end = start + length
     for vma in vmas_in(mm, start, end):
+        if not vma.vm_flags & (VM_READ | VM_WRITE | VM_EXEC):  # vma_is_accessible
+            continue
         write = (vma.vm_flags & (VM_WRITE | VM_SHARED)) == VM_WRITE
         step = PMD_SIZE if vma.vm_flags & VM_HUGETLB else PAGE_SIZE
         for addr in range(max(start, vma.vm_start), min(end, vma.vm_end), step):
             ret = handle_mm_fault(vma, addr, FAULT_FLAG_WRITE if write else 0)
             if ret & VM_FAULT_ERROR:
-                return
+                break
 
 
 # --- teardown ------------------------------------------------------------------------------

@@ -150,7 +150,12 @@ def do_mremap(mm, addr: int, old_len: int, new_len: int, flags: int, new_addr: i
 
     The arguments are unsigned longs: the lengths are page aligned modulo
     2**64 (so a "negative" length wraps), then check_mremap_params()
-    validates everything that needs no vma before the lookup.
+    validates everything that needs no vma before the lookup. The order after
+    it is mm/mremap.c's (6.12 SYSCALL mremap/mremap_to/vma_to_resize and
+    mainline do_mremap/mremap_to/mremap_at/remap_is_valid agree): a move
+    (FIXED/DONTUNMAP) unmaps the destination and the shrunk tail first, a
+    shrink or same-size call never checks the vma boundary, and the -EFAULT
+    for a range crossing a vma boundary comes last.
     """
     addr, old_len, new_len, flags, new_addr = (
         v & U64_MASK for v in (addr, old_len, new_len, flags, new_addr)
@@ -167,33 +172,44 @@ def do_mremap(mm, addr: int, old_len: int, new_len: int, flags: int, new_addr: i
         return -EFAULT
     if vma.vm_flags & VM_HUGETLB:
         return -EINVAL
-    if flags & MREMAP_DONTUNMAP and vma.vm_flags & VM_SHARED:
-        return -EINVAL
-    if addr + old_len > vma.vm_end:
-        return -EFAULT
-    if flags & MREMAP_FIXED:
-        ret = do_vmi_munmap(mm, new_addr, new_len)
-        if ret:
-            return ret
+    if flags & (MREMAP_FIXED | MREMAP_DONTUNMAP):
+        # mremap_to(): the destination is unmapped and the old range shrunk
+        # before the vma is checked (remap_is_valid / vma_to_resize), so a
+        # range that crosses a vma boundary fails with -EFAULT only after that.
+        if flags & MREMAP_FIXED:
+            ret = do_vmi_munmap(mm, new_addr, new_len)
+            if ret:
+                return ret
         if old_len > new_len:
             ret = do_vmi_munmap(mm, addr + new_len, old_len - new_len)
             if ret:
                 return ret
             old_len = new_len
-        if new_addr < MMAP_MIN_ADDR:  # vrm_set_new_addr: security_mmap_addr
-            return -EPERM
-        return move_vma(vma_lookup(mm, addr), addr, old_len, new_len, new_addr, flags)
-    if flags & MREMAP_DONTUNMAP:  # mremap_to() with a fresh address
-        dest = get_unmapped_area(mm, 0, new_len)
+        vma = vma_lookup(mm, addr)
+        if vma is None:
+            return -EFAULT
+        if flags & MREMAP_DONTUNMAP and vma.vm_flags & VM_SHARED:
+            return -EINVAL  # not modelled (see the module docstring)
+        if addr + old_len > vma.vm_end:
+            return -EFAULT
+        if flags & MREMAP_FIXED:
+            if new_addr < MMAP_MIN_ADDR:  # vrm_set_new_addr: security_mmap_addr
+                return -EPERM
+            return move_vma(vma, addr, old_len, new_len, new_addr, flags)
+        dest = get_unmapped_area(mm, 0, new_len)  # DONTUNMAP to a fresh address
         if dest < 0:
             return dest
         return move_vma(vma, addr, old_len, new_len, dest, flags)
     if new_len <= old_len:
+        # mremap_at(): same size is a no-op and a shrink just unmaps the tail,
+        # neither checks that [addr, addr + old_len) lies in one vma.
         if new_len < old_len:
             ret = do_vmi_munmap(mm, addr + new_len, old_len - new_len)
             if ret:
                 return ret
         return addr
+    if addr + old_len > vma.vm_end:  # expand_vma: remap_is_valid
+        return -EFAULT
     # grow: in place if the vma ends at the old end and the space above is free
     if addr + old_len == vma.vm_end and not vmas_in(mm, vma.vm_end, addr + new_len):
         if addr + new_len <= TASK_SIZE:
