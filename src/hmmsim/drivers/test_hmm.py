@@ -1875,6 +1875,11 @@ class dmirror:
         end = (start + (cmd.npages << PAGE_SHIFT)) & U64_MASK
         if end < start:
             return -EINVAL
+        if mm.k.config.kernel == "6.12":
+            ret = self._dmirror_exclusive_612(mm, start, end)
+            if ret:
+                return ret
+            return self._dmirror_exclusive_read_back(cmd, proc, start, end)
         ret = 0
         mm.mmap_lock.down_read()
         try:
@@ -1894,6 +1899,60 @@ class dmirror:
             mm.mmap_lock.up_read()
         if ret:
             return ret
+        return self._dmirror_exclusive_read_back(cmd, proc, start, end)
+
+    def _dmirror_exclusive_612(self, mm, start: int, end: int) -> int:
+        """Linux 6.12's exclusive loop: 64-page windows; 0 or -EBUSY.
+
+        Kernel (6.12): lib/test_hmm.c dmirror_exclusive. Each window goes to
+        make_device_exclusive_range; only if GUP got every page of it are the
+        pages that became exclusive entered in the mirror (dmirror_atomic_map,
+        tagged ATOMIC), and unless all of them did, the ioctl stops with
+        -EBUSY (also for a GUP error). Pages made exclusive before that keep
+        their entries.
+        """
+        from hmmsim.mm.rmap import make_device_exclusive_range
+
+        window = 64
+        mm.mmap_lock.down_read()
+        try:
+            addr = start
+            while addr < end:
+                nxt = min(end, (addr + (window << PAGE_SHIFT)) & U64_MASK)
+                if nxt <= addr:  # the C's addr + 64 pages wraps: min() picks it
+                    nxt = (addr + (window << PAGE_SHIFT)) & U64_MASK
+                pages: list = []
+                ret = make_device_exclusive_range(mm, addr, nxt, pages, None)
+                mapped = 0
+                if ret == (nxt - addr) >> PAGE_SHIFT:
+                    mapped = self._dmirror_atomic_map(addr, pages)
+                for page in pages[: max(ret, 0)]:
+                    if page is not None:
+                        folio = page_folio(page)
+                        folio_unlock(folio)
+                        folio_put(folio)
+                if addr + (mapped << PAGE_SHIFT) < nxt:
+                    return -EBUSY
+                addr = nxt
+        finally:
+            mm.mmap_lock.up_read()
+        return 0
+
+    def _dmirror_atomic_map(self, start: int, pages: list) -> int:
+        """Enter the exclusive pages of a window in the mirror, tagged ATOMIC;
+        returns how many (Kernel (6.12): lib/test_hmm.c dmirror_atomic_map)."""
+        mapped = 0
+        with self.mutex:
+            vpn = start >> PAGE_SHIFT
+            for i, page in enumerate(pages):
+                if page is None:
+                    continue
+                self.pt[vpn + i] = (page, DPT_XA_TAG_ATOMIC)
+                mapped += 1
+        return mapped
+
+    def _dmirror_exclusive_read_back(self, cmd, proc, start: int, end: int) -> int:
+        """The tail of dmirror_exclusive: read the range back through the mirror."""
         bounce = dmirror_bounce_init(self.mdevice.k, start, end - start)
         if isinstance(bounce, int):
             return bounce

@@ -506,3 +506,156 @@ def make_device_exclusive(mm, addr: int, owner, foliop: list):
         foliop[:] = [folio]
         return page
     raise KernelBug(f"make_device_exclusive: livelock at {addr:#x}")
+
+
+# --- device-exclusive entries, Linux 6.12 (--kernel 6.12) ------------------------------------
+@dataclass
+class make_exclusive_args:
+    """What folio_make_device_exclusive hands its rmap_one (Kernel (6.12):
+    mm/rmap.c struct make_exclusive_args)."""
+
+    mm: object
+    address: int
+    owner: object
+    valid: bool = False
+
+
+def page_make_device_exclusive_one(
+    folio: Page, vma: vm_area_struct, address: int, args: make_exclusive_args
+) -> bool:
+    """Replace every PTE of `folio` in `vma` by a device-exclusive entry (6.12).
+
+    Kernel (6.12): mm/rmap.c page_make_device_exclusive_one. One
+    MMU_NOTIFY_EXCLUSIVE range (owner args.owner) covers the folio's span in
+    the vma. Each present PTE is cleared (its dirty bit goes to the folio) and
+    becomes SWP_DEVICE_EXCLUSIVE_WRITE or _READ by its write bit, keeping
+    soft-dirty and uffd-wp; the page's rmap is removed (the mapcount drops)
+    while the PTE's reference stays with the entry. args.valid is set when
+    the PTE at args.address of args.mm was writable. A non-present PTE of the
+    folio (an entry another call left) stops the walk: returns False.
+
+    Differences from kernel: a PMD mapping (the kernel's VM_BUG_ON_FOLIO) is
+    a warning and stops the walk.
+    """
+    from hmmsim.include.mm_types import folio_mark_dirty
+    from hmmsim.include.mmu_notifier import MMU_NOTIFY_EXCLUSIVE
+    from hmmsim.include.pgtable import (
+        pte_dirty,
+        pte_pfn,
+        pte_present,
+        pte_soft_dirty,
+        pte_swp_mksoft_dirty,
+        pte_swp_mkuffd_wp,
+        pte_uffd_wp,
+        pte_write,
+    )
+    from hmmsim.mm.mmu_notifier import notify_range
+    from hmmsim.mm.page_vma_mapped import (
+        PageVmaMappedWalk,
+        page_vma_mapped_walk,
+        page_vma_mapped_walk_done,
+    )
+    from hmmsim.mm.pgtable import ptep_get, ptep_get_and_clear, set_pte_at
+
+    mm = vma.vm_mm
+    k = mm.k
+    swp = k.swp
+    nr = folio_nr_pages(folio)
+    ret = True
+    end = min(vma.vm_end, address + nr * 4096)
+    with notify_range(mm, MMU_NOTIFY_EXCLUSIVE, address, end, owner=args.owner):
+        pvmw = PageVmaMappedWalk(folio.pfn, nr, vma, address)
+        while page_vma_mapped_walk(pvmw):
+            if pvmw.pte is None:
+                k.warn(f"page_make_device_exclusive_one: PMD-mapped folio {folio.pfn:#x}")
+                ret = False
+                page_vma_mapped_walk_done(pvmw)
+                break
+            ptent = ptep_get(k, pvmw.pte)
+            if not pte_present(ptent):
+                ret = False
+                page_vma_mapped_walk_done(pvmw)
+                break
+            subpage = folio_page(folio, pte_pfn(ptent) - folio.pfn)
+            addr = pvmw.address
+            pteval = ptep_get_and_clear(mm, addr, pvmw.pte)  # ptep_clear_flush
+            if pte_dirty(pteval):
+                folio_mark_dirty(folio)
+            if args.mm is mm and args.address == addr and pte_write(pteval):
+                args.valid = True
+            if pte_write(pteval):
+                entry = swp.make_writable_device_exclusive_entry(subpage.pfn)
+            else:
+                entry = swp.make_readable_device_exclusive_entry(subpage.pfn)
+            swp_pte = swp.swp_entry_to_pte(entry)
+            if pte_soft_dirty(pteval):
+                swp_pte = pte_swp_mksoft_dirty(swp_pte)
+            if pte_uffd_wp(pteval):
+                swp_pte = pte_swp_mkuffd_wp(swp_pte)
+            set_pte_at(mm, addr, pvmw.pte, swp_pte)
+            # the reference the PTE held now belongs to the entry
+            folio_remove_rmap_pte(folio, subpage, vma)
+    return ret
+
+
+def folio_make_device_exclusive(folio: Page, mm, address: int, owner) -> bool:
+    """Make every mapping of a locked anon folio device-exclusive (6.12).
+
+    Kernel (6.12): mm/rmap.c folio_make_device_exclusive. False for a non-anon
+    or hugetlb folio (nothing changes), and unless the PTE at `address` of
+    `mm` was writable and no mapping is left afterwards (folio_mapcount 0);
+    a False return may still leave entries installed.
+    """
+    from hmmsim.include.mm_types import folio_test_hugetlb
+
+    if not folio_test_anon(folio) or folio_test_hugetlb(folio):
+        return False
+    args = make_exclusive_args(mm=mm, address=address, owner=owner)
+    rmap_walk(
+        folio,
+        rmap_walk_control(
+            rmap_one=page_make_device_exclusive_one,
+            arg=args,
+            done=lambda f: folio_mapcount(f) == 0,
+        ),
+    )
+    return args.valid and folio_mapcount(folio) == 0
+
+
+def make_device_exclusive_range(mm, start: int, end: int, pages: list, owner) -> int:
+    """Mark [start, end) for exclusive use by a device (Linux 6.12's API).
+
+    Kernel (6.12): mm/rmap.c make_device_exclusive_range. GUP (FOLL_GET |
+    FOLL_WRITE | FOLL_SPLIT_PMD) the range; returns GUP's count (or its
+    -errno). `pages` is filled with that many entries: the page, locked and
+    referenced, where it became exclusive, else None (a tail page, a folio
+    it could not trylock, or folio_make_device_exclusive failing; the GUP
+    reference is dropped then). The pinned mainline replaced this with
+    make_device_exclusive (one page).
+    Context: mmap_lock held.
+    """
+    from hmmsim.include.mm_types import PageTail, folio_put
+    from hmmsim.locking import folio_trylock, folio_unlock
+    from hmmsim.mm.gup import FOLL_GET, FOLL_SPLIT_PMD, FOLL_WRITE, get_user_pages_remote
+
+    if not mm.mmap_lock.is_locked():
+        raise KernelBug("make_device_exclusive_range: mmap_lock not held")
+    npages = ((end - start) & ((1 << 64) - 1)) >> PAGE_SHIFT
+    got = get_user_pages_remote(mm, start, npages, FOLL_GET | FOLL_WRITE | FOLL_SPLIT_PMD)
+    pages[:] = []
+    if isinstance(got, int):
+        return got
+    addr = start
+    for page in got:
+        folio = page_folio(page)
+        if PageTail(page) or not folio_trylock(folio):
+            folio_put(folio)
+            pages.append(None)
+        elif not folio_make_device_exclusive(folio, mm, addr, owner):
+            folio_unlock(folio)
+            folio_put(folio)
+            pages.append(None)
+        else:
+            pages.append(page)
+        addr += 1 << PAGE_SHIFT
+    return len(got)

@@ -308,7 +308,11 @@ class _Checker:
             if swp.softleaf_is_migration(entry):
                 self.migrating.add(folio.pfn)
             elif swp.softleaf_is_device_private(entry) or swp.softleaf_is_device_exclusive(entry):
-                self.pte_maps[page.pfn] += 1
+                # Linux 6.12 drops the rmap of a device-exclusive page (the
+                # entry keeps only the reference; mm/rmap.c
+                # page_make_device_exclusive_one); the pin keeps it mapped
+                if not (k.config.kernel == "6.12" and swp.softleaf_is_device_exclusive(entry)):
+                    self.pte_maps[page.pfn] += 1
                 self.refs[folio.pfn] += 1
 
     def check_anon_index(self, vma, addr: int, page) -> None:
