@@ -181,3 +181,21 @@ def test_pin_keeps_its_own_path(wpin):
     assert swp.swp_type(e) == swp.SWP_DEVICE_EXCLUSIVE == 30
     assert folio_mapcount(page_folio(wpin.k.softleaf_to_page(e))) == 1
     wpin.ok()
+
+
+def test_612_mprotect_makes_the_entry_read_and_the_restore_read_only(w):
+    # mm/mprotect.c change_pte_range (6.12): a writable exclusive entry becomes
+    # a readable one; restore_exclusive_pte then maps the page clean, read-only
+    w.map(A, 1)
+    assert w.exclusive(A, 1) == 0
+    assert w.p.mprotect(A, PAGE, PROT_READ) == 0
+    swp = w.k.swp
+    assert swp.swp_type(w.entry(A)) == swp.SWP_DEVICE_EXCLUSIVE_READ == 30
+    assert w.p.mprotect(A, PAGE, RW) == 0
+    assert swp.swp_type(w.entry(A)) == 30
+    assert w.p.load(A, 4) == (A % 997).to_bytes(4, "little")
+    pte = entry_at(w.p, A)[1]
+    assert pte_present(pte) and not pte & _PAGE_RW and not pte & _PAGE_DIRTY
+    w.p.store(A, b"x")  # write fault: reuse
+    assert entry_at(w.p, A)[1] & _PAGE_RW
+    w.ok()

@@ -107,6 +107,9 @@ def change_pte_range(vma, pmdp: int, addr: int, end: int, newprot: int, cp_flags
                     )
                 elif swp.softleaf_is_device_private_write(entry):
                     new_entry = swp.make_readable_device_private_entry(swp.swp_offset(entry))
+                elif k.config.kernel == "6.12" and swp.is_writable_device_exclusive_entry(entry):
+                    # 6.12 only (two exclusive types): mm/mprotect.c change_pte_range
+                    new_entry = swp.make_readable_device_exclusive_entry(swp.swp_offset(entry))
                 if new_entry is not None:
                     new = swp.swp_entry_to_pte(new_entry)
                     if pte_swp_soft_dirty(old):
