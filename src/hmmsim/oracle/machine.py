@@ -340,13 +340,22 @@ def record_texts(
     """Run the scenarios in the guest (rebooting after a taint or a hang)."""
     ensure_built(paths, log)
     paths.workdir.mkdir(parents=True, exist_ok=True)
-    initrd = paths.workdir / "initrd.gz"
+    # one initrd per recording: two may share a work directory
+    initrd = paths.workdir / f"initrd-{os.getpid()}.gz"
     initrd.write_bytes(initramfs.build(BUSYBOX.read_bytes(), paths.runner.read_bytes(), scenarios))
+    try:
+        return _record(paths, initrd, len(scenarios), log, boot_timeout, scenario_timeout)
+    finally:
+        initrd.unlink(missing_ok=True)
+
+
+def _record(
+    paths: Paths, initrd: Path, n: int, log: Log, boot_timeout: float, scenario_timeout: float
+) -> Recording:
     runs: dict[int, golden.Run] = {}
     start, boots, retries, t0 = 0, 0, 0, time.monotonic()
     info: list[str] = []
     transcripts = []
-    n = len(scenarios)
     while start < n:
         res = boot_once(paths, initrd, start, boot_timeout, scenario_timeout)
         boots += 1
