@@ -156,3 +156,35 @@ def test_sequential_and_random_set_read_hints_and_split(proc):
     assert mid.vm_flags & (VM_SEQ_READ | VM_RAND_READ) == VM_RAND_READ
     assert proc.madvise(a + 4096, 4096, MADV_NORMAL) == 0
     assert mid.vm_flags & (VM_SEQ_READ | VM_RAND_READ) == 0
+
+
+# --- MADV_FREE (mm/madvise.c madvise_free_single_vma; the same in 6.12 and mainline) ----------
+
+
+def test_free_refuses_memory_that_is_not_private_anon(proc):
+    from hmmsim.include.mman import MADV_FREE
+
+    shared = proc.mmap(0, 2 * 4096, RW, MAP_SHARED | MAP_ANONYMOUS)
+    assert proc.madvise(shared, 2 * 4096, MADV_FREE) == -EINVAL  # shmem has vm_ops
+    # the first vma's -EINVAL wins over a later hole's -ENOMEM
+    assert proc.madvise(shared, 3 * 4096, MADV_FREE) == -EINVAL
+    priv = proc.mmap(0, 3 * 4096, RW, MAP_PRIVATE | MAP_ANONYMOUS)
+    assert proc.munmap(priv + 2 * 4096, 4096) == 0
+    assert proc.madvise(priv, 2 * 4096, MADV_FREE) == 0
+    assert proc.madvise(priv, 3 * 4096, MADV_FREE) == -ENOMEM
+
+
+def test_free_tells_mirrors_to_drop_the_range(k, proc, ok):
+    """MMU_NOTIFY_CLEAR over the range: the kernel keeps the pages mapped, lazily freed."""
+    from hmmsim.include.mman import MADV_FREE
+
+    a = proc.mmap(0, 4 * 4096, RW, MAP_PRIVATE | MAP_ANONYMOUS)
+    for i in range(4):
+        proc.store(a + i * 4096, b"data")
+    n = len(k.notifier_events)
+    assert proc.madvise(a + 4096, 2 * 4096, MADV_FREE) == 0
+    assert len(k.notifier_events) == n + 1
+    assert k.notifier_events[-1][0] == 1  # MMU_NOTIFY_CLEAR
+    assert proc.mm.rss_stat[MM_ANONPAGES] == 4  # no reclaim in the model
+    assert proc.load(a + 4096, 4) == b"data"
+    ok(k)

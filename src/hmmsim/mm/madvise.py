@@ -6,8 +6,10 @@ mm/khugepaged.c (hugepage_madvise) @ torvalds/linux 0eaed89c18ae.
 
 MADV_NORMAL/RANDOM/SEQUENTIAL set VM_SEQ_READ/VM_RAND_READ (splitting
 the vma as the kernel does; the model has no readahead to steer).
-Accepted but without effect in the model (no reclaim, no readahead):
-MADV_WILLNEED, FREE. MADV_COLLAPSE collapses
+MADV_FREE (madvise_free_single_vma) refuses vmas that are not private
+anonymous memory and sends MMU_NOTIFY_CLEAR over the range, as the kernel
+does; the lazy-free marking itself has no effect in the model (no reclaim).
+Accepted but without effect in the model (no readahead): MADV_WILLNEED. MADV_COLLAPSE collapses
 anonymous memory (mm/khugepaged.py).
 """
 
@@ -45,7 +47,7 @@ from hmmsim.kconfig import PAGE_SHIFT, PAGE_SIZE, PMD_MASK
 from hmmsim.mm.memory import zap_page_range_single
 from hmmsim.mm.mmap import PAGE_ALIGN, split_range, vmas_in
 
-_NOOP = {MADV_WILLNEED, MADV_FREE}
+_NOOP = {MADV_WILLNEED}
 #: advice -> (flags set, flags cleared): mm/madvise.c madvise_vma_behavior
 _FLAGS = {
     MADV_NORMAL: (0, VM_RAND_READ | VM_SEQ_READ),
@@ -62,7 +64,30 @@ def madvise_behavior_valid(behavior: int) -> bool:
     return behavior in _NOOP or behavior in _FLAGS or behavior in _WALKED
 
 
-_WALKED = (MADV_DONTNEED, MADV_COLLAPSE, MADV_REMOVE)
+_WALKED = (MADV_DONTNEED, MADV_FREE, MADV_COLLAPSE, MADV_REMOVE)
+
+
+def madvise_free_single_vma(vma, start: int, end: int) -> int:
+    """MADV_FREE on [start, end) of one vma: 0 or -EINVAL.
+
+    mm/madvise.c madvise_dontneed_free_valid_vma (locked, PFN-mapped and
+    hugetlb vmas are -EINVAL for MADV_FREE) and madvise_free_single_vma
+    (only vma_is_anonymous memory: shared anonymous and file mappings are
+    -EINVAL); the same in 6.12 and mainline. The range is announced with
+    MMU_NOTIFY_CLEAR, so mirrors drop it (a later device access faults).
+    The kernel then marks the pages clean, old and lazy-free for reclaim;
+    the model has no reclaim, so the pages simply stay mapped.
+    """
+    from hmmsim.include.mmu_notifier import MMU_NOTIFY_CLEAR
+    from hmmsim.mm.mmu_notifier import notify_range
+
+    if vma.vm_flags & (VM_LOCKED | VM_PFNMAP | VM_HUGETLB):
+        return -EINVAL
+    if vma.vm_file is not None:  # has vm_ops: not vma_is_anonymous
+        return -EINVAL
+    with notify_range(vma.vm_mm, MMU_NOTIFY_CLEAR, start, end):
+        pass  # madvise_free_pte_range: mkold/mkclean, folio_mark_lazyfree
+    return 0
 
 
 def madvise_remove(vma, start: int, end: int) -> int:
@@ -123,6 +148,10 @@ def do_madvise(mm, start: int, len_in: int, behavior: int) -> int:
                 if e <= s:
                     continue
             zap_page_range_single(vma, s, e - s)
+        elif behavior == MADV_FREE:
+            ret = madvise_free_single_vma(vma, s, e)
+            if ret:
+                return ret
         elif behavior == MADV_REMOVE:
             ret = madvise_remove(vma, s, e)
             if ret:
