@@ -335,8 +335,10 @@ def test_pagemap_after_stores_and_migration():
     )
     assert out[2] == "3 pagemap = pxd*2"
     assert out[4] == f"5 ioctl = 0 cpages=1 faults=0 data={h(1, A + 0x1000)}"
-    # a device-private entry: swapped (bit 62) with its swap type, soft-dirty kept
-    assert out[5].startswith("6 pagemap = s") and out[5].endswith("xd")
+    # a device-private entry: swapped (bit 62) with its swap type, soft-dirty
+    # kept, never "exclusively mapped" (PM_MMAP_EXCLUSIVE needs PM_PRESENT)
+    assert out[5].startswith("6 pagemap = s") and out[5].endswith("d")
+    assert "x" not in out[5] and "f" not in out[5]
     assert out[6] == f"7 load = {h(1, A)},{h(1, A + 0x1000)}"
     assert out[7] == "8 pagemap = pxd*2"
 
@@ -449,3 +451,16 @@ def test_hostile_arguments_never_break_the_interpreter():
     assert not [ln for ln in res.lines + res.events if "ERROR" in ln]
     assert res.lines[7] == "8 store = SIGSEGV MAPERR @0"
     assert res.lines[8] == "9 load = - SIGSEGV MAPERR @0"  # no page before the fault
+
+
+def test_warning_events_name_the_function_in_the_kernels_rip():
+    """dmirror_do_fault is inlined into dmirror_fault in the oracle's build (gen/0304)."""
+    from hmmsim.scenario.interp import Interpreter
+
+    it = Interpreter(scenario_config()[0])
+    it.k.warn("dmirror_do_fault: write requested but not granted")
+    it.k.warn("dmirror_migrate_to_device: other")
+    assert it._finish().events == [
+        "! WARNING dmirror_fault",
+        "! WARNING dmirror_migrate_to_device",
+    ]

@@ -233,6 +233,14 @@ def _signal_text(e: BaseException) -> str | None:
     return None
 
 
+#: Model function -> the function the kernel's RIP names for it: static
+#: functions with one caller are inlined into it in the oracle's build (its
+#: WARNING line reads `at lib/test_hmm.c:LINE CALLER+off`), so the events name
+#: the caller. lib/test_hmm.c dmirror_do_fault is inlined into dmirror_fault
+#: (gen/0304's log: the WARN_ON of a write fault not granted, at dmirror_fault).
+RIP_FUNCTION = {"dmirror_do_fault": "dmirror_fault"}
+
+
 def oops_function(e: BaseException) -> str | None:
     """The kernel function a modelled oops names, or None if e is no oops."""
     from hmmsim.testing.invariants import InvariantViolation
@@ -338,6 +346,7 @@ class Interpreter:
         for w in self.k.warnings:
             msg = " ".join(str(getattr(w, "msg", w)).split())
             head = msg.split(":", 1)[0]
+            head = RIP_FUNCTION.get(head, head)
             self.events.append(f"! WARNING {head if head.isidentifier() else msg}")
         return Result(self.lines, self.events)
 
