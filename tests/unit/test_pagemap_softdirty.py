@@ -144,3 +144,79 @@ def test_mmap_fixed_over_old_vma_is_soft_dirty(kern):
     a = p.mmap(0, 2 * PAGE, RW, ANON)
     assert p.mmap(a, 2 * PAGE, PROT_READ, ANON | MAP_FIXED) == a
     assert words(p, a, 2) == [PM_SOFT_DIRTY] * 2
+
+
+def _set_pte(p, addr, pte):
+    from hmmsim.mm.pgtable import pmd_offset, pmdp_get, pte_offset_map, set_pte_at
+
+    pmd = pmdp_get(p.k, pmd_offset(p.mm, addr))
+    set_pte_at(p.mm, addr, pte_offset_map(p.k, pmd, addr), pte)
+
+
+def test_pte_markers_read_swapped(kern):
+    """A PTE marker is a non-none, non-present entry: PM_SWAP (6.12
+    is_swap_pte branch); a guard marker adds PM_GUARD_REGION at the pin only
+    (6.12 has neither guard markers nor the bit)."""
+    from hmmsim.fs.task_mmu import PM_GUARD_REGION
+    from hmmsim.include.swapops import PTE_MARKER_GUARD, PTE_MARKER_POISONED
+
+    p = kern.spawn("t")
+    a = p.mmap(0, 3 * PAGE, RW, ANON)
+    p.store(a + 2 * PAGE, b"x")  # a page table for the range
+    swp = kern.swp
+    _set_pte(p, a, swp.make_pte_marker(PTE_MARKER_POISONED))
+    _set_pte(p, a + PAGE, swp.make_pte_marker(PTE_MARKER_GUARD))
+    fd = p.open("/proc/self/pagemap", O_RDONLY)
+    w0, w1 = struct.unpack("<2Q", p.pread(fd, 16, (a >> 12) * 8))
+    assert w0 & (FLAG_BITS | PM_GUARD_REGION) == PM_SWAP | PM_SOFT_DIRTY
+    guard = PM_GUARD_REGION if kern.config.kernel == "mainline" else 0
+    assert w1 & (FLAG_BITS | PM_GUARD_REGION) == PM_SWAP | PM_SOFT_DIRTY | guard
+    _set_pte(p, a, 0)
+    _set_pte(p, a + PAGE, 0)
+
+
+def test_huge_zero_pmd(kern):
+    """6.12 pagemap_pmd_range takes pmd_page() of a present leaf PMD as is:
+    the huge zero folio is not anon (PM_FILE) and never mapcounted (not
+    exclusive). The pin's model skips it like vm_normal_page_pmd."""
+    from hmmsim.include.mman import MADV_HUGEPAGE
+
+    p = kern.spawn("t")
+    a = p.mmap(0, 4 << 20, RW, ANON)
+    b = (a + (2 << 20) - 1) & ~((2 << 20) - 1)
+    assert p.madvise(b, 2 << 20, MADV_HUGEPAGE) == 0
+    p.load(b, 1)
+    assert kern.huge_zero_pfn is not None
+    file = PM_FILE if kern.config.kernel == "6.12" else 0
+    assert words(p, b + 5 * PAGE, 1) == [PM_PRESENT | PM_SOFT_DIRTY | file]
+
+
+def test_hugetlb_entries():
+    """pagemap_hugetlb_range: the vma's soft-dirty bit only, PM_FILE from the
+    folio, exclusive while mapped once."""
+    from hmmsim.include.mman import MAP_HUGETLB
+
+    for profile in ("mainline", "6.12"):
+        kern = Kernel(ram_bytes=64 << 20, hugetlb_pages=2, kernel=profile)
+        p = kern.spawn("t")
+        h = p.mmap(0, 2 << 20, RW, ANON | MAP_HUGETLB)
+        assert words(p, h, 1) == [PM_SOFT_DIRTY]
+        p.store(h, b"x")
+        assert words(p, h + PAGE, 1) == [PM_PRESENT | PM_MMAP_EXCLUSIVE | PM_SOFT_DIRTY]
+        child = p.child(p.fork())
+        assert words(p, h, 1) == [PM_PRESENT | PM_SOFT_DIRTY]
+        assert words(child, h, 1) == [PM_PRESENT | PM_SOFT_DIRTY]
+        s = p.mmap(0, 2 << 20, RW, MAP_SHARED | MAP_ANONYMOUS | MAP_HUGETLB)
+        p.store(s, b"y")
+        assert words(p, s, 1)[0] & PM_FILE
+        # a hugetlb migration entry: not present, and no PM_SWAP either
+        from hmmsim.include.pgtable import pmd_pfn
+        from hmmsim.mm.pgtable import pmd_offset, pmdp_get, set_pte_at
+
+        pmdp = pmd_offset(p.mm, h)
+        old = pmdp_get(kern, pmdp)
+        swp = kern.swp
+        mig = swp.swp_entry_to_pmd(swp.make_readable_migration_entry(pmd_pfn(old)))
+        set_pte_at(p.mm, h, pmdp, mig)
+        assert words(p, h, 2) == [PM_SOFT_DIRTY] * 2
+        set_pte_at(p.mm, h, pmdp, old)

@@ -16,8 +16,8 @@ from __future__ import annotations
 import struct
 
 from hmmsim.errno import EINVAL
-from hmmsim.include.mm import VM_SOFTDIRTY
-from hmmsim.include.mm_types import folio_test_anon, page_folio, page_mapcount
+from hmmsim.include.mm import VM_HUGETLB, VM_SOFTDIRTY
+from hmmsim.include.mm_types import folio_mapcount, folio_test_anon, page_folio, page_mapcount
 from hmmsim.include.pgtable import (
     _PAGE_PRESENT,
     pmd_pfn,
@@ -39,6 +39,7 @@ PM_PFRAME_MASK = (1 << PM_PFRAME_BITS) - 1
 PM_SOFT_DIRTY = 1 << 55
 PM_MMAP_EXCLUSIVE = 1 << 56
 PM_UFFD_WP = 1 << 57
+PM_GUARD_REGION = 1 << 58
 PM_FILE = 1 << 61
 PM_SWAP = 1 << 62
 PM_PRESENT = 1 << 63
@@ -79,7 +80,10 @@ class pagemap_file:
         folio (not anon), never from vma->vm_file, so a hole of a file vma and
         a CoW'd anon page of a private file mapping read without it.
         PM_MMAP_EXCLUSIVE needs PM_PRESENT (a device-private or migration
-        entry's page is never "exclusively mapped").
+        entry's page is never "exclusively mapped"). Every non-present,
+        non-none entry reads PM_SWAP, PTE markers included (6.12
+        is_swap_pte; the pin's softleaf form keeps the branch and adds
+        PM_GUARD_REGION for guard markers).
         """
         from hmmsim.mm.memory import vm_normal_page
         from hmmsim.mm.mmap import vma_lookup
@@ -92,6 +96,8 @@ class pagemap_file:
             return 0
         vma_flags = PM_SOFT_DIRTY if vma.vm_flags & VM_SOFTDIRTY else 0
         level, e = entry_at(proc, addr)
+        if vma.vm_flags & VM_HUGETLB:
+            return self._hugetlb_entry(addr, e) | vma_flags
         if not e:
             return vma_flags
         swp = k.swp
@@ -109,13 +115,11 @@ class pagemap_file:
             if pte_uffd_wp(e):  # pmd_uffd_wp tests the same bit on x86-64
                 flags |= PM_UFFD_WP
             if huge:
-                page = self._pmd_page(pfn)
+                page = self._pmd_page(pmd_pfn(e), sub)
             else:
                 page = vm_normal_page(vma, addr, e)
         else:
             entry = swp.softleaf_from_pmd(e) if huge else swp.softleaf_from_pte(e)
-            if swp.softleaf_is_marker(entry) and k.config.kernel != "6.12":
-                return vma_flags
             if pmd_swp_soft_dirty(e) if huge else pte_swp_soft_dirty(e):
                 flags |= PM_SOFT_DIRTY
             if pmd_swp_uffd_wp(e) if huge else pte_swp_uffd_wp(e):
@@ -134,6 +138,8 @@ class pagemap_file:
                 page = k.softleaf_to_page(entry)
             if swp.softleaf_is_uffd_wp_marker(entry):
                 flags |= PM_UFFD_WP
+            if k.config.kernel != "6.12" and swp.softleaf_is_guard_marker(entry):
+                flags |= PM_GUARD_REGION  # MADV_GUARD_INSTALL came in 6.13
         if page is not None:
             if not folio_test_anon(page_folio(page)):
                 flags |= PM_FILE
@@ -141,7 +147,29 @@ class pagemap_file:
                 flags |= PM_MMAP_EXCLUSIVE
         return frame | flags | vma_flags
 
-    def _pmd_page(self, pfn: int):
+    def _hugetlb_entry(self, addr: int, e: int) -> int:
+        """pagemap_hugetlb_range for one page: the huge entry's own soft-dirty
+        bit is not read (only the vma's), a present folio reads PM_FILE when
+        not anon and PM_MMAP_EXCLUSIVE when mapped once (hugetlb folios:
+        folio_likely_mapped_shared in 6.12, folio_maybe_mapped_shared at the
+        pin, both "mapcount > 1"; no PMD sharing in the model), and a
+        non-present one (a migration entry) reads only its uffd-wp bit: no
+        PM_SWAP."""
+        k = self.proc.k
+        if not e & _PAGE_PRESENT:
+            return PM_UFFD_WP if e and pmd_swp_uffd_wp(e) else 0
+        pfn = pmd_pfn(e) + ((addr >> PAGE_SHIFT) & 511)
+        folio = page_folio(k.mem.pfn_to_page(pfn))
+        flags = PM_PRESENT
+        if not folio_test_anon(folio):
+            flags |= PM_FILE
+        if folio_mapcount(folio) <= 1:
+            flags |= PM_MMAP_EXCLUSIVE
+        if pte_uffd_wp(e):
+            flags |= PM_UFFD_WP
+        return flags | (pfn if self.show_pfn else 0)
+
+    def _pmd_page(self, head_pfn: int, sub: int):
         """The page of a present leaf PMD as pagemap_pmd_range takes it.
 
         6.12 uses pmd_page() as is, so the huge zero folio (not anon, never
@@ -149,8 +177,8 @@ class pagemap_file:
         huge zero page like vm_normal_page_pmd.
         """
         k = self.proc.k
-        if not k.mem.pfn_valid(pfn):
+        if not k.mem.pfn_valid(head_pfn):
             return None
-        if pfn == k.huge_zero_pfn and k.config.kernel != "6.12":
+        if head_pfn == k.huge_zero_pfn and k.config.kernel != "6.12":
             return None
-        return k.mem.pfn_to_page(pfn)
+        return k.mem.pfn_to_page(head_pfn + sub)
