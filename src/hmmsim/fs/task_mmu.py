@@ -4,11 +4,15 @@ Models: fs/proc/task_mmu.c (pagemap_read, pagemap_pmd_range,
 pte_to_pagemap_entry, pagemap_hugetlb_range) and
 Documentation/admin-guide/mm/pagemap.rst @ torvalds/linux 0eaed89c18ae.
 
-Bits: 0-54 frame (PFN, or swap type | offset << 5), 55 soft-dirty, 56
-exclusively mapped, 57 uffd-wp, 61 file/shared-anon, 62 swapped (any
-software leaf: swap, migration, device-private, device-exclusive), 63
-present. The reader is unprivileged (no CAP_SYS_ADMIN), so frames read as 0,
-as for an ordinary process since Linux 4.2.
+Bits: 0-54 frame (PFN, or swap type | offset << 5), 55 soft-dirty (the
+entry's own bit, or the vma's VM_SOFTDIRTY for every entry, holes
+included), 56 exclusively mapped (present entries only), 57 uffd-wp, 58
+guard region (the pin only), 61 file/shared-anon (from the folio), 62
+swapped (any non-none software leaf: swap, migration, device-private,
+device-exclusive, marker; not for hugetlb), 63 present. Frames read as 0
+unless the opener had CAP_SYS_ADMIN (`show_pfn`), as since Linux 4.2.
+6.12 differences (KConfig.kernel): docs/kernel-versions.md #13, #14; the 6.12
+source is fs/proc/task_mmu.c of linux-6.12.117.
 """
 
 from __future__ import annotations
