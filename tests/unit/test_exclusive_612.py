@@ -40,8 +40,9 @@ A = 0x2000_0000_0000
 
 
 class World:
-    def __init__(self, kernel: str) -> None:
-        self.k = Kernel(ram_bytes=64 << 20, kernel=kernel)
+    def __init__(self, kernel: str, *features: str) -> None:
+        extra = {"features": frozenset(features)} if features else {}
+        self.k = Kernel(ram_bytes=64 << 20, kernel=kernel, **extra)
         hmm_dmirror_init(self.k)
         self.p = self.k.spawn()
         self.fd = self.p.open("/dev/hmm_dmirror0", O_RDWR)
@@ -198,4 +199,17 @@ def test_612_mprotect_makes_the_entry_read_and_the_restore_read_only(w):
     assert pte_present(pte) and not pte & _PAGE_RW and not pte & _PAGE_DIRTY
     w.p.store(A, b"x")  # write fault: reuse
     assert entry_at(w.p, A)[1] & _PAGE_RW
+    w.ok()
+
+
+def test_612_with_series_b_uses_the_combined_layout():
+    # found by `hmmsim fuzz --kernel 6.12` with series (b): the layout lacked
+    # the 6.12 exclusive constructors
+    w = World("6.12", "a", "b")
+    w.map(A, 2)
+    assert w.exclusive(A, 2) == 0
+    swp = w.k.swp
+    assert swp.swp_type(w.entry(A)) == swp.SWP_DEVICE_EXCLUSIVE_WRITE == 26
+    w.p.store(A, b"cpu")
+    assert not w.is_exclusive(A) and w.is_exclusive(A + PAGE)
     w.ok()

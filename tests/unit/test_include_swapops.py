@@ -23,6 +23,7 @@ from hmmsim.include.swapops import (
     SwapLayout,
     SwapLayout612,
     SwapLayoutSeriesB,
+    SwapLayoutSeriesB612,
     arch_swp_entry,
     arch_swp_offset,
     arch_swp_type,
@@ -591,3 +592,32 @@ def test_kernel_612_profile_uses_the_612_layout():
 
     k = Kernel(ram_bytes=64 << 20, kernel="6.12")
     assert type(k.swp) is SwapLayout612 and k.swp.SWP_DEVICE_WRITE == 27
+
+
+def test_612_with_series_b_has_both_sets_of_types():
+    # series (b) rebased on 6.12's swap.h: 4 device types + 3 device-migration ones
+    s = SwapLayout(KConfig(kernel="6.12", features=frozenset({"b"})))
+    assert type(s) is SwapLayoutSeriesB612 and s.series_b
+    assert s.SWP_DEVICE_NUM == 7 and s.MAX_SWAPFILES == 20 and s.SWP_HWPOISON == 20
+    assert (s.SWP_DEVICE_WRITE, s.SWP_DEVICE_READ) == (24, 25)
+    assert (s.SWP_DEVICE_EXCLUSIVE_WRITE, s.SWP_DEVICE_EXCLUSIVE_READ) == (26, 27)
+    assert (
+        s.SWP_MIGRATION_DEVICE_READ,
+        s.SWP_MIGRATION_DEVICE_READ_EXCLUSIVE,
+        s.SWP_MIGRATION_DEVICE_WRITE,
+    ) == (28, 29, 30)
+    assert s.SWP_PTE_MARKER == 31
+    T = softleaf_type_series_b
+    assert [s.softleaf_type(s.swp_entry(t, 1)) for t in range(26, 31)] == [
+        T.SOFTLEAF_DEVICE_EXCLUSIVE,
+        T.SOFTLEAF_DEVICE_EXCLUSIVE,
+        T.SOFTLEAF_MIGRATION_DEVICE_PRIVATE_READ,
+        T.SOFTLEAF_MIGRATION_DEVICE_PRIVATE_READ_EXCLUSIVE,
+        T.SOFTLEAF_MIGRATION_DEVICE_PRIVATE_WRITE,
+    ]
+    e = s.make_readable_device_exclusive_entry(9)
+    assert s.softleaf_is_device_exclusive(e) and s.softleaf_has_pfn(e)
+    assert not s.is_writable_device_exclusive_entry(e)
+    w = s.make_writable_migration_device_private_entry(9)
+    assert s.softleaf_is_migration_write(w) and s.softleaf_is_migration_device_private(w)
+    assert repr(s).startswith("<SwapLayoutSeriesB612 MAX_SWAPFILES=20")

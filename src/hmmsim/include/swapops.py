@@ -215,7 +215,7 @@ class SwapLayout:
     Build it with ``SwapLayout(cfg)``; with series (b) the object is a
     `SwapLayoutSeriesB`, which adds the device-private migration types; with
     the 6.12 profile (``cfg.kernel == "6.12"``) a `SwapLayout612`, which has
-    two device-exclusive types.
+    two device-exclusive types (`SwapLayoutSeriesB612` with both).
 
     Type numbers, all options on (MAX_SWAPFILES = 32 - DEVICE - MIGRATION -
     HWPOISON - PTE_MARKER):
@@ -264,10 +264,11 @@ class SwapLayout:
 
     def __new__(cls, cfg=None, warn: Callable[[str], None] | None = None):
         # cfg may be absent when copy/pickle rebuild an instance
-        if cls is SwapLayout and cfg is not None and cfg.has("b"):
-            cls = SwapLayoutSeriesB
-        elif cls is SwapLayout and cfg is not None and cfg.kernel == "6.12":
-            cls = SwapLayout612
+        if cls is SwapLayout and cfg is not None:
+            if cfg.kernel == "6.12":
+                cls = SwapLayoutSeriesB612 if cfg.has("b") else SwapLayout612
+            elif cfg.has("b"):
+                cls = SwapLayoutSeriesB
         return super().__new__(cls)
 
     def __init__(self, cfg, warn: Callable[[str], None] | None = None) -> None:
@@ -868,3 +869,35 @@ class SwapLayout612(SwapLayout):
     def is_writable_device_exclusive_entry(self, entry: int) -> bool:
         """Kernel (6.12): include/linux/swapops.h is_writable_device_exclusive_entry."""
         return self._dev_exclusive_write[entry >> SWP_TYPE_SHIFT]
+
+
+class SwapLayoutSeriesB612(SwapLayoutSeriesB, SwapLayout612):
+    """Series (b) on the 6.12 profile: both sets of extra device types.
+
+    Not a kernel that exists: (b) was posted against mainline. Rebased on
+    6.12's swap.h, its three SWP_MIGRATION_DEVICE_* types follow the four
+    device types, so SWP_DEVICE_NUM is 7 and MAX_SWAPFILES 20: HWPOISON 20,
+    migration 21-23, device-private write/read 24/25, device-exclusive
+    write/read 26/27, device-private migration read/read-exclusive/write
+    28-30, marker 31. Everything else behaves as in its two parents.
+    """
+
+    SWP_DEVICE_NUM = 7
+
+    def _extra_types(self) -> dict:
+        dev = self.SWP_DEVICE_WRITE
+        T = self.softleaf_type_enum
+        self.SWP_DEVICE_EXCLUSIVE_WRITE = dev + 2
+        self.SWP_DEVICE_EXCLUSIVE_READ = dev + 3
+        self.SWP_MIGRATION_DEVICE_READ = dev + 4
+        self.SWP_MIGRATION_DEVICE_READ_EXCLUSIVE = dev + 5
+        self.SWP_MIGRATION_DEVICE_WRITE = dev + 6
+        return {
+            dev + 3: T.SOFTLEAF_DEVICE_EXCLUSIVE,
+            dev + 4: T.SOFTLEAF_MIGRATION_DEVICE_PRIVATE_READ,
+            dev + 5: T.SOFTLEAF_MIGRATION_DEVICE_PRIVATE_READ_EXCLUSIVE,
+            dev + 6: T.SOFTLEAF_MIGRATION_DEVICE_PRIVATE_WRITE,
+        }
+
+    def __repr__(self) -> str:
+        return SwapLayout.__repr__(self).replace("<SwapLayout", "<SwapLayoutSeriesB612", 1)
