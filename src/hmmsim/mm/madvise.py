@@ -171,8 +171,11 @@ def do_madvise(mm, start: int, len_in: int, behavior: int) -> int:
             pieces = split_range(mm, s, e)
             if isinstance(pieces, int):
                 return pieces
+            from hmmsim.mm.vma import vma_merge_modified
+
             for piece in pieces:
                 piece.vm_flags = (piece.vm_flags | set_bits) & ~clear_bits
+                vma_merge_modified(mm, piece)  # vma_modify_flags_name
     if pos < end:
         unmapped = -ENOMEM
     return unmapped

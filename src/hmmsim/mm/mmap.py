@@ -6,9 +6,9 @@ do_vmi_munmap, vms_complete_munmap_vmas, unmap_region) and
 mm/huge_memory.c (vma_adjust_trans_huge) @ torvalds/linux 0eaed89c18ae.
 
 Differences from kernel: vmas live in a sorted list, not a maple tree; new
-vmas are never merged with neighbours (vma_merge), so the model may hold
-more, smaller vmas than the kernel after mprotect/madvise; no mlock, no
-stack guard gaps, no VM_ACCOUNT commit accounting.
+vmas are never merged with neighbours (vma_merge_new_range), so two adjacent
+compatible mmaps stay two vmas (mprotect/madvise do merge: mm/vma.py); no
+mlock, no stack guard gaps, no VM_ACCOUNT commit accounting.
 """
 
 from __future__ import annotations

@@ -187,8 +187,9 @@ def mprotect_fixup(mm, vma, start: int, end: int, newflags: int) -> int:
     Unchanged flags are a no-op, as in the kernel: no split, no page-table
     walk, no MMU_NOTIFY_PROTECTION_VMA (so mirrors keep their entries and
     writable device-private entries stay writable). Otherwise the range is
-    split off into its own vma (the model never merges) and its entries are
-    rewritten to the new vm_page_prot.
+    split off into its own vma, its entries are rewritten to the new
+    vm_page_prot, and it is merged with compatible neighbours
+    (mm/vma.py vma_merge_modified: the kernel's vma_modify_flags).
     Kernel: mm/mprotect.c mprotect_fixup.
     """
     if newflags == vma.vm_flags:
@@ -196,11 +197,14 @@ def mprotect_fixup(mm, vma, start: int, end: int, newflags: int) -> int:
     pieces = split_range(mm, start, end)
     if isinstance(pieces, int):
         return pieces
+    from hmmsim.mm.vma import vma_merge_modified
+
     for piece in pieces:  # [start, end) lies in vma: one piece
         piece.vm_flags = newflags
         piece.vm_page_prot = vm_get_page_prot(newflags)
         cp = MM_CP_TRY_CHANGE_WRITABLE if vma_wants_manual_pte_write_upgrade(piece) else 0
         change_protection(piece, piece.vm_start, piece.vm_end, cp)
+        vma_merge_modified(mm, piece)  # vma_modify_flags: merge with neighbours
     return 0
 
 
