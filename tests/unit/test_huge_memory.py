@@ -201,3 +201,29 @@ def test_prot_none_thp_is_checked_and_splits_with_inverted_pfns(k, proc, ok):
     assert proc.mprotect(h, PMD_SIZE - 4096, RW) == 0
     assert (proc.load_array(h, N - 1024) == np.arange(N - 1024)).all()
     ok(k)
+
+
+def test_612_write_to_huge_zero_pmd_splits_and_copies_one_page():
+    """6.12 mm/huge_memory.c do_huge_pmd_wp_page: a huge zero PMD goes to the
+    fallback (split, then do_wp_page copies one 4K page; the other 511 PTEs
+    keep mapping the zero page). The pin allocates a THP (the test above)."""
+    from dataclasses import replace
+
+    from hmmsim.include.pgtable import pte_pfn
+    from hmmsim.selftests.hmm_tests import make_kernel, selftest_config
+    from hmmsim.testing.invariants import check_invariants
+
+    k = make_kernel(replace(selftest_config(), kernel="6.12"))
+    proc = k.spawn()
+    h = thp_area(proc)
+    assert proc.load(h + 5000, 4) == bytes(4)
+    assert entry_at(proc, h)[0] == "pmd"
+    proc.store(h + 5000, b"data")
+    level, pte = entry_at(proc, h + 4096)
+    assert level == "pte" and pte & _PAGE_RW
+    level, other = entry_at(proc, h)
+    assert level == "pte" and not other & _PAGE_RW
+    assert pte_pfn(other) != pte_pfn(pte)
+    assert proc.load(h + 4996, 12) == bytes(4) + b"data" + bytes(4)
+    assert proc.load(h, 4) == bytes(4)
+    check_invariants(k)

@@ -264,9 +264,13 @@ def do_huge_pmd_wp_page(vmf) -> int:
     orig = vmf.orig_pmd
     haddr = vmf.address & PMD_MASK
     if is_huge_zero_pmd(k, orig):
-        ret = do_huge_zero_wp_pmd(vmf)
-        if not ret & VM_FAULT_FALLBACK:
-            return ret
+        # The pin allocates a THP for a write to the huge zero PMD
+        # (do_huge_zero_wp_pmd); 6.12's do_huge_pmd_wp_page goes straight to
+        # its fallback: split the PMD, and the PTE fault copies one page.
+        if k.config.kernel != "6.12":
+            ret = do_huge_zero_wp_pmd(vmf)
+            if not ret & VM_FAULT_FALLBACK:
+                return ret
         __split_huge_pmd(vma, vmf.pmd, vmf.address)
         return VM_FAULT_FALLBACK
     page = k.mem.pfn_to_page(pmd_pfn(orig))
