@@ -35,11 +35,6 @@ _HUNG = (
     "page and ran past the oracle's 60 s limit under TCG (golden `HUNG`); not a model "
     "difference"
 )
-_MPROTECT_NO_MERGE = (
-    "mprotect leaves adjacent shared-anonymous vmas with equal flags unmerged (6.12 "
-    "merges them in mprotect_fixup), so the later mremap sees its old range span "
-    "three vmas and fails -EFAULT where the kernel moves it"
-)
 
 #: "hand/NAME" or "gen/NNNN" -> why the model's output differs from the golden
 #: (drafted with tests/corpus/triage.py, each cause checked by hand).
@@ -49,7 +44,6 @@ KNOWN_DIVERGENCES: dict[str, str] = {
     "gen/0366": _HUNG,
     "gen/0372": _HUNG,
     "gen/0409": _HUNG,
-    "gen/0464": _MPROTECT_NO_MERGE,
 }
 
 
