@@ -3,8 +3,8 @@
 Models: mm/vma.c (vma_merge_existing_range as vma_modify_flags and
 vma_modify_flags_name reach it from mprotect_fixup and madvise_update_vma;
 is_mergeable_vma, is_mergeable_anon_vma, can_vma_merge_before/after,
-can_merge_remove_vma) of Linux 6.12; mainline (torvalds/linux, newest stored
-mm/vma.c) decides the same for what the model has.
+can_merge_remove_vma) @ torvalds/linux 0eaed89c18ae, checked against Linux
+6.12, which decides the same for what the model has.
 
 The kernel merges instead of splitting; the model splits first (so the
 modified range is one vma) and then merges that vma into compatible
