@@ -881,9 +881,16 @@ class World:
         self.emit(f"assert ret == {ret:#x}, ret")
         new = ret >> PAGE_SHIFT
         moved = fixed or op.flags & MREMAP_DONTUNMAP or ret != op.addr
-        # a shrink or same-size call in place needs only its first page mapped:
-        # it unmaps the tail without looking at the vmas (mm/mremap.c)
-        needed = old_np if moved or new_np > old_np else 1
+        # mm/mremap.c: a shrink or same-size call in place needs only its first
+        # page mapped (it unmaps the tail without looking at the vmas); a
+        # MREMAP_FIXED move cuts the tail off first, so only what moves must be
+        # one vma; every other call needs the whole old range
+        if fixed:
+            needed = min(old_np, new_np)
+        elif moved or new_np > old_np:
+            needed = old_np
+        else:
+            needed = 1
         if any(v not in pages for v in range(old, old + needed)):
             raise FuzzFailure("errno", f"mremap: returned {ret:#x} for a range with a hole")
         proto = pages[old]
