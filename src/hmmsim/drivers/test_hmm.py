@@ -133,9 +133,14 @@ from hmmsim.mm.mmu_notifier import (
     mmu_interval_read_retry,
     mmu_interval_set_seq,
 )
-from hmmsim.mm.page_alloc import GFP_ZERO_BIT, distinct_values, has_duplicates
+from hmmsim.mm.page_alloc import (
+    GFP_HIGHUSER_MOVABLE,
+    GFP_ZERO_BIT,
+    distinct_values,
+    has_duplicates,
+)
 from hmmsim.mm.rmap import make_device_exclusive
-from hmmsim.mm.vmalloc import vmalloc_size_ok
+from hmmsim.mm.vmalloc import vfree_pages, vmalloc_pages, vmalloc_size_ok
 
 DMIRROR_NDEVICES = 4
 DMIRROR_RANGE_FAULT_TIMEOUT = 1000
@@ -277,13 +282,28 @@ class _FrameCopies:
         self.to, self.frm, self.zero = [], [], []
 
 
-def dmirror_bounce_init(k, addr: int, size: int):
+def dmirror_bounce_init(k, addr: int, size: int, scratch: bool = True):
     """lib/test_hmm.c dmirror_bounce_init: a dmirror_bounce, or -ENOMEM when
-    vmalloc(size) returns NULL (mm/vmalloc.c: more than totalram_pages()).
-    Checked before any host buffer is sized by the user's npages."""
+    vmalloc(size) returns NULL (mm/vmalloc.c: more than totalram_pages(), or
+    its pages cannot be had). Checked before any host buffer is sized by
+    the user's npages. The buffer's pages are taken from modelled RAM as
+    vmalloc would (unmovable order-0 pages, mm/vmalloc.py vmalloc_pages); its
+    bytes stay in host memory. `scratch` False: a fresh zeroed host buffer."""
     if not vmalloc_size_ok(k, size):
         return -ENOMEM
-    return dmirror_bounce(addr, size, k)
+    vm = vmalloc_pages(k, size)
+    if vm is None:
+        return -ENOMEM
+    bounce = dmirror_bounce(addr, size, k if scratch else None)
+    bounce.vm = vm
+    return bounce
+
+
+def dmirror_bounce_fini(k, bounce) -> None:
+    """lib/test_hmm.c dmirror_bounce_fini: vfree the buffer (its pages back
+    to the page allocator in index order)."""
+    vfree_pages(k, bounce.vm)
+    bounce.vm = None
 
 
 class dmirror_bounce:
@@ -297,9 +317,10 @@ class dmirror_bounce:
     faulting in a new buffer per ioctl (issue 7).
     """
 
-    __slots__ = ("ptr", "size", "addr", "cpages")
+    __slots__ = ("ptr", "size", "addr", "cpages", "vm")
 
     def __init__(self, addr: int, size: int, k=None) -> None:
+        self.vm = None  # the pages in modelled RAM (dmirror_bounce_init)
         self.addr = addr
         self.size = size
         self.cpages = 0
@@ -770,11 +791,11 @@ class dmirror_device:
             order = folio_order(page_folio(spage))
             spage = BACKING_PAGE(spage)
             if sv & MIGRATE_PFN_COMPOUND:
-                dpage = k.mem.alloc_pages(order)
+                dpage = k.mem.alloc_pages(order, GFP_HIGHUSER_MOVABLE)
                 if dpage is None:
                     raise MemoryError("dmirror evict: folio_alloc failed (no __GFP_NOFAIL)")
             else:
-                dpage = k.mem.alloc_pages(0)
+                dpage = k.mem.alloc_pages(0, GFP_HIGHUSER_MOVABLE)
                 if dpage is None:
                     raise MemoryError("dmirror evict: __GFP_NOFAIL allocation failed")
                 order = 0
@@ -1336,6 +1357,7 @@ class dmirror:
         if ret == 0:
             ret = _copy_to_user(proc, cmd.ptr, bounce.ptr)
         cmd.cpages = bounce.cpages
+        dmirror_bounce_fini(self.mdevice.k, bounce)
         return ret
 
     def dmirror_write(self, cmd, proc) -> int:
@@ -1344,12 +1366,14 @@ class dmirror:
         end = (start + size) & U64_MASK
         if end < start:
             return -EINVAL
-        if not vmalloc_size_ok(self.mdevice.k, size):
-            return -ENOMEM  # dmirror_bounce_init
-        bounce = dmirror_bounce(start, size)
+        k = self.mdevice.k
+        bounce = dmirror_bounce_init(k, start, size, scratch=False)
+        if isinstance(bounce, int):
+            return bounce
         data = _copy_from_user(proc, cmd.ptr, size)
         if isinstance(data, int):
             cmd.cpages = 0
+            dmirror_bounce_fini(k, bounce)
             return data
         bounce.ptr[:] = data
         while True:
@@ -1363,6 +1387,7 @@ class dmirror:
                 break
             cmd.faults += 1
         cmd.cpages = bounce.cpages
+        dmirror_bounce_fini(k, bounce)
         return ret
 
     # --- migration ---------------------------------------------------------------------------
@@ -1659,18 +1684,25 @@ class dmirror:
             mm.mmap_lock.up_read()
         # return the migrated data for verification (only device pages read)
         size = (cmd.npages << PAGE_SHIFT) & U64_MASK
-        if not vmalloc_size_ok(self.mdevice.k, size):
+        k = self.mdevice.k
+        if not vmalloc_size_ok(k, size):
+            return -ENOMEM  # dmirror_bounce_init
+        vm = vmalloc_pages(k, size)
+        if vm is None:
             return -ENOMEM  # dmirror_bounce_init
         done = self._read_to_user_direct(cmd.addr, size, cmd.ptr)
         if done is not None:
             cmd.cpages = done
+            vfree_pages(k, vm)  # dmirror_bounce_fini
             return 0
-        bounce = dmirror_bounce(cmd.addr, size, self.mdevice.k)
+        bounce = dmirror_bounce(cmd.addr, size, k)
+        bounce.vm = vm
         with self.mutex:
             ret = self.dmirror_do_read(cmd.addr, cmd.addr + size, bounce)
         if ret == 0:
             ret = _copy_to_user(proc, cmd.ptr, bounce.ptr)
         cmd.cpages = bounce.cpages
+        dmirror_bounce_fini(k, bounce)
         return ret
 
     def dmirror_devmem_fault_alloc_and_copy(self, args) -> int:
@@ -1727,7 +1759,7 @@ class dmirror:
             return False
         if (ram.flags[back] & np.uint32(PG_head)).any() or (ram.head_off[back] != 0).any():
             return False
-        new = k.mem.alloc_pages_order0_bulk(len(take))
+        new = k.mem.alloc_pages_order0_bulk(len(take), GFP_HIGHUSER_MOVABLE)
         if new is None:
             return False
         ram.flags[new] |= np.uint32(PG_locked)  # folio_lock() of a fresh page
@@ -1772,7 +1804,7 @@ class dmirror:
                 d &= ~MIGRATE_PFN_COMPOUND
                 dpage = None
             else:
-                dpage = k.mem.alloc_pages(order)
+                dpage = k.mem.alloc_pages(order, GFP_HIGHUSER_MOVABLE)
             if dpage is None and not order:
                 dst[i] = d
                 return VM_FAULT_OOM
@@ -1792,7 +1824,7 @@ class dmirror:
                 continue
             for j in range(1 << order):
                 if dpage is None and order:
-                    small = k.mem.alloc_pages(0)
+                    small = k.mem.alloc_pages(0, GFP_HIGHUSER_MOVABLE)
                     if small is None:
                         while j > 0:
                             j -= 1
@@ -1961,6 +1993,7 @@ class dmirror:
         if ret == 0:
             ret = _copy_to_user(proc, cmd.ptr, bounce.ptr)
         cmd.cpages = bounce.cpages
+        dmirror_bounce_fini(self.mdevice.k, bounce)
         return ret
 
     # --- snapshot ----------------------------------------------------------------------------

@@ -90,7 +90,7 @@ from hmmsim.include.pgtable import (
 from hmmsim.kconfig import HPAGE_PMD_NR, HPAGE_PMD_ORDER, PAGE_SHIFT, PMD_MASK, PMD_SIZE
 from hmmsim.locking import folio_trylock, folio_unlock
 from hmmsim.mm.mmu_notifier import notify_range
-from hmmsim.mm.page_alloc import __GFP_ZERO
+from hmmsim.mm.page_alloc import __GFP_ZERO, GFP_TRANSHUGE
 from hmmsim.mm.pgtable import (
     alloc_table,
     free_table,
@@ -150,7 +150,7 @@ def is_huge_pmd_entry(k, pmd: int) -> bool:
 def mm_get_huge_zero_folio(k) -> Page | None:
     """The huge zero folio, allocated on first use and kept for good."""
     if k.huge_zero_pfn is None:
-        folio = k.mem.alloc_pages(HPAGE_PMD_ORDER, __GFP_ZERO)
+        folio = k.mem.alloc_pages(HPAGE_PMD_ORDER, GFP_TRANSHUGE | __GFP_ZERO)
         if folio is None:
             return None
         folio.set(PG_zero)
@@ -200,7 +200,7 @@ def do_huge_pmd_anonymous_page(vmf) -> int:
             pgtable_trans_huge_deposit(mm, vmf.pmd, table)
             set_pmd_at(mm, haddr, vmf.pmd, entry)
         return 0
-    folio = k.mem.alloc_pages(HPAGE_PMD_ORDER, __GFP_ZERO)
+    folio = k.mem.alloc_pages(HPAGE_PMD_ORDER, GFP_TRANSHUGE | __GFP_ZERO)
     if folio is None:
         k.stats["thp_fault_fallback"] += 1
         return VM_FAULT_FALLBACK
@@ -240,7 +240,7 @@ def do_huge_zero_wp_pmd(vmf) -> int:
     mm = vma.vm_mm
     k = mm.k
     haddr = vmf.address & PMD_MASK
-    folio = k.mem.alloc_pages(HPAGE_PMD_ORDER, __GFP_ZERO)
+    folio = k.mem.alloc_pages(HPAGE_PMD_ORDER, GFP_TRANSHUGE | __GFP_ZERO)
     if folio is None:
         return VM_FAULT_FALLBACK
     with notify_range(mm, MMU_NOTIFY_CLEAR, haddr, haddr + PMD_SIZE):

@@ -91,7 +91,9 @@ class hstate:
         self.nr_huge_pages = 0
         self.resv_huge_pages = 0
         for _ in range(nr):
-            folio = k.mem.alloc_pages(self.order)
+            from hmmsim.mm.page_alloc import GFP_HIGHUSER_MOVABLE  # htlb_alloc_mask
+
+            folio = k.mem.alloc_pages(self.order, GFP_HIGHUSER_MOVABLE)
             if folio is None:
                 break
             folio.set(PG_hugetlb)

@@ -86,7 +86,9 @@ def collapse_pmd(vma, haddr: int) -> int:
             if folio_ref_count(folio) != 1:  # a pin or a transient reference
                 return SCAN_FAIL
     anon_vma_prepare(vma)
-    new = k.mem.alloc_pages(HPAGE_PMD_ORDER)
+    from hmmsim.mm.page_alloc import GFP_TRANSHUGE
+
+    new = k.mem.alloc_pages(HPAGE_PMD_ORDER, GFP_TRANSHUGE)
     if new is None:
         return SCAN_ALLOC_HUGE_PAGE_FAIL
     frames = k.mem.ram.frames

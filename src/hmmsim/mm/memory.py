@@ -93,7 +93,7 @@ from hmmsim.locking import folio_trylock, folio_unlock, trylock_page, unlock_pag
 from hmmsim.mm import huge_memory
 from hmmsim.mm.migrate import migration_entry_wait, softleaf_entry_wait_on_locked
 from hmmsim.mm.mmu_notifier import notify_range
-from hmmsim.mm.page_alloc import __GFP_ZERO
+from hmmsim.mm.page_alloc import __GFP_ZERO, GFP_HIGHUSER_MOVABLE
 from hmmsim.mm.pgtable import (
     alloc_table,
     free_table,
@@ -269,7 +269,8 @@ def do_anonymous_page(vmf: vm_fault) -> int:
                 set_pte_at(mm, vmf.address, ptep, entry)
         return 0
     anon_vma_prepare(vma)
-    folio = k.mem.alloc_pages(0, __GFP_ZERO)
+    # vma_alloc_zeroed_movable_folio: GFP_HIGHUSER_MOVABLE | __GFP_ZERO
+    folio = k.mem.alloc_pages(0, GFP_HIGHUSER_MOVABLE | __GFP_ZERO)
     if folio is None:
         return VM_FAULT_OOM
     entry = mk_pte(folio, vma.vm_page_prot)
@@ -416,7 +417,7 @@ def do_cow_fault(vmf: vm_fault) -> int:
     vma = vmf.vma
     k = vma.vm_mm.k
     anon_vma_prepare(vma)
-    new = k.mem.alloc_pages(0)
+    new = k.mem.alloc_pages(0, GFP_HIGHUSER_MOVABLE)
     if new is None:
         return VM_FAULT_OOM
     ret = __do_fault(vmf)
@@ -590,9 +591,9 @@ def wp_page_copy(vmf: vm_fault) -> int:
     old_folio = page_folio(old_page) if old_page is not None else None
     anon_vma_prepare(vma)
     if is_zero_pfn(k, pte_pfn(vmf.orig_pte)):
-        new = k.mem.alloc_pages(0, __GFP_ZERO)
+        new = k.mem.alloc_pages(0, GFP_HIGHUSER_MOVABLE | __GFP_ZERO)
     else:
-        new = k.mem.alloc_pages(0)
+        new = k.mem.alloc_pages(0, GFP_HIGHUSER_MOVABLE)
         if new is not None:
             k.mem.copy_frame(new.pfn, pte_pfn(vmf.orig_pte))
     if new is None:
@@ -1032,7 +1033,7 @@ def copy_present_page(dst_vma, src_vma, dst_ptep: int, pte: int, addr: int, page
     """A possibly pinned exclusive anon page: the child gets a copy right away."""
     k = dst_vma.vm_mm.k
     anon_vma_prepare(dst_vma)
-    new = k.mem.alloc_pages(0)
+    new = k.mem.alloc_pages(0, GFP_HIGHUSER_MOVABLE)
     if new is None:
         return -ENOMEM
     k.mem.copy_frame(new.pfn, page.pfn)

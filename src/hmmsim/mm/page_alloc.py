@@ -14,7 +14,12 @@ by memremap (later) as further `PageArrays`, with or without frame bytes.
 
 Per-CPU page lists (issue 13): the orders the kernel keeps on pcp lists
 (0..PAGE_ALLOC_COSTLY_ORDER and the PMD order, pcp_allowed_order) are freed
-onto one CPU's lists and reused last-in-first-out; an empty list is refilled
+onto one CPU's lists, one per (migratetype, order) as order_to_pindex lays
+them out (MIGRATE_PCPTYPES per low order, two for the PMD order: movable or
+not), and reused last-in-first-out; an allocation takes from the list of
+its gfp's migratetype (gfp_migratetype: user pages GFP_HIGHUSER_MOVABLE,
+page tables GFP_PGTABLE_USER, vmalloc GFP_KERNEL, test_hmm's backing pages
+GFP_HIGHUSER, the last three unmovable); an empty list is refilled
 from the buddy `batch` blocks at a time in address order (rmqueue_bulk), and
 a list that reaches `high` is drained oldest-first back to the buddy
 (free_pcppages_bulk), with the pinned tag's batch/high auto-tuning
@@ -26,10 +31,34 @@ Differences from kernel: one zone, one node, one CPU; orders
 0..HPAGE_PMD_ORDER only (MAX_PAGE_ORDER is 10 upstream); the buddy hands out
 the lowest-addressed free block of the smallest order that fits instead of
 the head of a list_head (the same PFNs as the kernel while a refill splits
-one block, which comes out in address order either way); one migratetype
-(the kernel separates MOVABLE user pages from UNMOVABLE page tables and
-kernel allocations on both the pcp and the buddy lists, by pageblock); no
-watermarks, reclaim or OOM killer: an allocation that finds no free block
+one block, which comes out in address order either way).
+
+One buddy for all migratetypes. The kernel's buddy keeps a free list per
+(order, migratetype) too, a free block going to the list of its pageblock's
+migratetype (get_pfnblock_migratetype; every pageblock starts MOVABLE at
+boot, memmap_init_range), and an allocation that finds its own lists empty
+falls back (__rmqueue_claim / __rmqueue_steal, fallbacks[]): it claims a
+whole free pageblock (the largest free block first) or steals from another
+type's. The model's buddy has no pageblock types: a refill of any list
+takes the lowest free block of the smallest order that fits, and a freed
+block goes to the pcp list of the migratetype it was allocated with
+(`PhysMem.alloc_mt`), which is the kernel's pageblock type whenever the
+allocation came from a pageblock of its own type. What differs: (1) the
+first unmovable allocation of a fresh kernel claims a whole free pageblock
+(from the highest order down, so a MAX_PAGE_ORDER block's first pageblock)
+and later unmovable refills come from that pageblock, where the model
+refills unmovable and movable lists from the same lowest free blocks, so
+the two interleave in address order; (2) pages stolen without claiming the
+pageblock are freed by the kernel to the pageblock's (other) type's pcp
+list, by the model to their allocation's; (3) a drained unmovable page
+merges in the kernel only within unmovable free lists of its pageblock
+(buddies of one pageblock share a type), here with any free buddy, which
+differs only when a pageblock changed type with pages on another type's
+lists; (4) no MIGRATE_HIGHATOMIC / CMA / ISOLATE reserves and no
+compaction. The pcp side (which list a page goes to and comes from, LIFO
+per list, the drain's round robin over all 14 lists) is the kernel's.
+
+No watermarks, reclaim or OOM killer: an allocation that finds no free block
 drains the pcp lists once (as __alloc_pages_direct_reclaim does) and then
 fails. Not modelled on the pcp side: ZONE_BELOW_HIGH / ZONE_RECLAIM_ACTIVE
 (they need watermarks), decay_pcp_high and drain_zone_pages (vmstat timer
@@ -61,10 +90,18 @@ from hmmsim.include.mm_types import (
 from hmmsim.kconfig import HPAGE_PMD_ORDER, PAGE_SHIFT, PAGE_SIZE
 
 #: Allocation flags the model honours (include/linux/gfp_types.h names).
+__GFP_RECLAIMABLE = 0x10
+__GFP_MOVABLE = 0x08
 __GFP_ZERO = 0x100
 __GFP_COMP = 0x40000
 GFP_KERNEL = 0xCC0
+#: GFP_USER | __GFP_HIGHMEM (__GFP_HIGHMEM is 0x02): unmovable user-visible
+#: pages, such as lib/test_hmm.c's device backing pages.
+GFP_HIGHUSER = 0x100CC2
 GFP_HIGHUSER_MOVABLE = 0x140CCA
+#: GFP_PGTABLE_USER (include/asm-generic/pgalloc.h: GFP_KERNEL_ACCOUNT |
+#: __GFP_ZERO; __GFP_ACCOUNT is 0x400000): unmovable.
+GFP_PGTABLE_USER = GFP_KERNEL | 0x400000 | __GFP_ZERO
 GFP_TRANSHUGE = GFP_HIGHUSER_MOVABLE | __GFP_COMP
 #: the same bit, usable inside class bodies (where Python mangles __names)
 GFP_ZERO_BIT = __GFP_ZERO
@@ -81,12 +118,17 @@ MIN_PERCPU_PAGELIST_HIGH_FRACTION = 8
 #: per_cpu_pages.flags (include/linux/mmzone.h).
 PCPF_PREV_FREE_HIGH_ORDER = 1 << 0
 PCPF_FREE_HIGH_BATCH = 1 << 1
-#: The model's lists: one per order 0..PAGE_ALLOC_COSTLY_ORDER, then the PMD
-#: order; the kernel has one per (migratetype, order) in the same order, and
-#: the round robin of free_pcppages_bulk skips the empty ones, so with one
-#: migratetype the order of visits is the same.
-NR_PCP_LISTS = PAGE_ALLOC_COSTLY_ORDER + 2
+#: include/linux/mmzone.h migratetypes with pcp lists.
+MIGRATE_UNMOVABLE = 0
+MIGRATE_MOVABLE = 1
+MIGRATE_RECLAIMABLE = 2
 MIGRATE_PCPTYPES = 3
+#: The lists, as in the kernel: one per (migratetype, order) for orders
+#: 0..PAGE_ALLOC_COSTLY_ORDER (pindex MIGRATE_PCPTYPES * order +
+#: migratetype), then two for the PMD order (not movable, movable).
+NR_LOWORDER_PCP_LISTS = MIGRATE_PCPTYPES * (PAGE_ALLOC_COSTLY_ORDER + 1)
+NR_PCP_THP = 2
+NR_PCP_LISTS = NR_LOWORDER_PCP_LISTS + NR_PCP_THP
 #: vm.watermark_scale_factor default.
 WATERMARK_SCALE_FACTOR = 10
 PAGEBLOCK_NR_PAGES = 1 << HPAGE_PMD_ORDER  # pageblock_order == HPAGE_PMD_ORDER on x86-64
@@ -101,12 +143,27 @@ def pcp_allowed_order(order: int) -> bool:
     return order <= PAGE_ALLOC_COSTLY_ORDER or order == HPAGE_PMD_ORDER
 
 
-def order_to_pindex(order: int) -> int:
-    return order if order <= PAGE_ALLOC_COSTLY_ORDER else PAGE_ALLOC_COSTLY_ORDER + 1
+def gfp_migratetype(gfp: int) -> int:
+    """include/linux/gfp.h gfp_migratetype (page grouping by mobility on):
+    __GFP_MOVABLE -> MIGRATE_MOVABLE, __GFP_RECLAIMABLE -> MIGRATE_RECLAIMABLE,
+    else MIGRATE_UNMOVABLE."""
+    if gfp & __GFP_MOVABLE:
+        return MIGRATE_MOVABLE
+    if gfp & __GFP_RECLAIMABLE:
+        return MIGRATE_RECLAIMABLE
+    return MIGRATE_UNMOVABLE
+
+
+def order_to_pindex(order: int, migratetype: int = MIGRATE_UNMOVABLE) -> int:
+    """mm/page_alloc.c order_to_pindex (CONFIG_TRANSPARENT_HUGEPAGE=y)."""
+    if order > PAGE_ALLOC_COSTLY_ORDER:
+        return NR_LOWORDER_PCP_LISTS + (migratetype == MIGRATE_MOVABLE)
+    return MIGRATE_PCPTYPES * order + migratetype
 
 
 def pindex_to_order(pindex: int) -> int:
-    return pindex if pindex <= PAGE_ALLOC_COSTLY_ORDER else HPAGE_PMD_ORDER
+    """mm/page_alloc.c pindex_to_order."""
+    return HPAGE_PMD_ORDER if pindex >= NR_LOWORDER_PCP_LISTS else pindex // MIGRATE_PCPTYPES
 
 
 def zone_batchsize(managed: int) -> int:
@@ -393,6 +450,11 @@ class PhysMem:
         #: free_area[order]: the start PFNs of free blocks of that order (RAM only).
         self.free_area: list[FreeArea] = [FreeArea() for _ in range(MAX_ORDER_MODELLED + 1)]
         self.nr_free = 0
+        #: The migratetype each RAM page was last allocated with (every page of
+        #: a block): a free goes to that pcp list. The kernel reads the
+        #: pageblock's migratetype instead (get_pfnblock_migratetype); see
+        #: the module docstring.
+        self.alloc_mt = np.zeros(nr_ram_pages, dtype=np.uint8)
         #: Test hook: called with (order,) before each allocation; True fails it.
         self.should_fail_alloc = None
         #: Pages the buddy was given at boot (zone_managed_pages).
@@ -475,7 +537,7 @@ class PhysMem:
         self.frame(dst_pfn)[:] = self.frame(src_pfn)
 
     # --- allocation --------------------------------------------------------------------
-    def alloc_pages(self, order: int, gfp: int = 0) -> Page | None:
+    def alloc_pages(self, order: int, gfp: int = 0, inject: bool = True) -> Page | None:
         """Allocate a 1 << order block; refcount 1; compound if order > 0.
 
         rmqueue(): the pcp list of the order when pcp_allowed_order, else
@@ -483,21 +545,24 @@ class PhysMem:
         pages sit on the pcp lists, they are drained and the allocation
         retried once (the drain_all_pages of __alloc_pages_direct_reclaim).
         Returns None when no block is free (the caller turns that into
-        VM_FAULT_OOM / -ENOMEM like the kernel).
+        VM_FAULT_OOM / -ENOMEM like the kernel). `gfp` picks the pcp list
+        (gfp_migratetype); `inject` False: Kernel.fault_inject's
+        "alloc_pages" site does not apply (the test hook still does).
         """
         if order > MAX_ORDER_MODELLED or order < 0:
             raise ValueError(f"alloc_pages: order {order} not modelled (0..{MAX_ORDER_MODELLED})")
         if self.should_fail_alloc is not None and self.should_fail_alloc(order):
             return None
-        if self.k.fault_inject is not None:
+        if inject and self.k.fault_inject is not None:
             from hmmsim.fault_inject import should_fail
 
             if should_fail(self.k, "alloc_pages"):
                 return None
-        pfn = self._rmqueue(order)
+        mt = gfp_migratetype(gfp)
+        pfn = self._rmqueue(order, mt)
         if pfn is None and self.pcp.count:
             self.drain_all_pages()
-            pfn = self._rmqueue(order)
+            pfn = self._rmqueue(order, mt)
         if pfn is None:
             return None
         n = 1 << order
@@ -509,7 +574,9 @@ class PhysMem:
             p._refcount[sl] = 0
             p.mapping[sl] = 0
             p.index[sl] = 0
+            self.alloc_mt[sl] = mt
         else:  # the same stores, as scalar ones (cheaper than 1-element slices)
+            self.alloc_mt[pfn] = mt
             p.flags[pfn] = 0
             p.mapping[pfn] = 0
             p.index[pfn] = 0
@@ -520,20 +587,21 @@ class PhysMem:
             self.ram.frames[pfn : pfn + n] = 0
         return Page(self.k, p, pfn)
 
-    def _rmqueue(self, order: int) -> int | None:
-        """rmqueue(): the first PFN of a block taken off the free lists, or None."""
+    def _rmqueue(self, order: int, mt: int = MIGRATE_UNMOVABLE) -> int | None:
+        """rmqueue(): the first PFN of a block taken off the free lists, or None.
+        The one buddy serves every migratetype (see the module docstring)."""
         if pcp_allowed_order(order):
-            pfn = self._rmqueue_pcplist(order)
+            pfn = self._rmqueue_pcplist(order, mt)
             if pfn is not None:
                 return pfn
         return self._rmqueue_smallest(order)  # rmqueue_buddy
 
-    def _rmqueue_pcplist(self, order: int) -> int | None:
-        """rmqueue_pcplist / __rmqueue_pcplist: the head of the order's list,
-        refilled from the buddy first when empty."""
+    def _rmqueue_pcplist(self, order: int, mt: int = MIGRATE_UNMOVABLE) -> int | None:
+        """rmqueue_pcplist / __rmqueue_pcplist: the head of the (order,
+        migratetype) list, refilled from the buddy first when empty."""
         pcp = self.pcp
         pcp.free_count >>= 1
-        lst = pcp.lists[order_to_pindex(order)]
+        lst = pcp.lists[order_to_pindex(order, mt)]
         if not lst:
             got = self._rmqueue_bulk(order, self._nr_pcp_alloc(order))
             if not got:
@@ -647,7 +715,9 @@ class PhysMem:
             left -= 1
         return out
 
-    def alloc_pages_order0_bulk(self, m: int) -> np.ndarray | None:
+    def alloc_pages_order0_bulk(
+        self, m: int, gfp: int = 0, shift_free_count: bool = True, inject: bool = True
+    ) -> np.ndarray | None:
         """m order-0 alloc_pages() calls, in order, with one store per column.
 
         The pcp steps are the same as m calls would take: the list's head
@@ -657,12 +727,15 @@ class PhysMem:
         lists are identical. None (nothing done) when the test hooks that
         fail allocations are set or the order-0 list and the buddy hold fewer
         than m pages (then a call could need the drain-and-retry path). Not
-        a kernel function (issue 7).
+        a kernel function (issue 7). `gfp` picks the list (gfp_migratetype);
+        with shift_free_count False the calls are __alloc_pages_bulk's
+        __rmqueue_pcplist ones, which leave pcp.free_count alone.
         """
-        if self.should_fail_alloc is not None or self.k.fault_inject is not None:
+        if self.should_fail_alloc is not None or (inject and self.k.fault_inject is not None):
             return None
         pcp = self.pcp
-        lst = pcp.lists[0]
+        mt = gfp_migratetype(gfp)
+        lst = pcp.lists[order_to_pindex(0, mt)]
         if m <= 0 or len(lst) + (self.nr_free - pcp.count) < m:
             return None if m > 0 else np.zeros(0, dtype=np.int64)
         take = min(m, len(lst))
@@ -684,14 +757,49 @@ class PhysMem:
             pcp.count -= use
             self.nr_free -= use
             left -= use
-        pcp.free_count >>= m
+        if shift_free_count:
+            pcp.free_count >>= m
         pfns = np.asarray(out, dtype=np.int64)
+        self.alloc_mt[pfns] = mt
         p = self.ram.pages
         p.flags[pfns] = 0
         p.mapping[pfns] = 0
         p.index[pfns] = 0
         p._refcount[pfns] = 1
         return pfns
+
+    def alloc_pages_bulk(self, n: int, gfp: int = GFP_KERNEL, inject: bool = True) -> list[int]:
+        """alloc_pages_bulk(gfp, n, array) of an empty array: up to n order-0
+        pages, in the order handed out (mm/page_alloc.c __alloc_pages_bulk).
+
+        One page wanted, or none on the list and the buddy: a single
+        __alloc_pages (with its drain-and-retry). Else __rmqueue_pcplist per
+        page from the migratetype's list (pcp.free_count is not shifted, as
+        rmqueue_pcplist would), stopping at the first failure; that failing
+        refill still runs nr_pcp_alloc. Not modelled: the watermark check
+        that sends a low zone to the single-page path. With a fail hook set,
+        plain alloc_pages calls.
+        """
+        if n <= 0:
+            return []
+        mt = gfp_migratetype(gfp)
+        avail = len(self.pcp.lists[order_to_pindex(0, mt)]) + self.nr_free - self.pcp.count
+        if n == 1 or avail == 0:
+            page = self.alloc_pages(0, gfp, inject)
+            return [] if page is None else [page.pfn]
+        take = min(n, avail)
+        got = self.alloc_pages_order0_bulk(take, gfp, shift_free_count=False, inject=inject)
+        if got is None:  # a test hook is set
+            out = []
+            for _ in range(n):
+                page = self.alloc_pages(0, gfp, inject)
+                if page is None:
+                    break
+                out.append(page.pfn)
+            return out
+        if take < n:
+            self._nr_pcp_alloc(0)  # the refill that finds the buddy empty
+        return got.tolist()
 
     @staticmethod
     def prep_compound_page(p: PageArrays, i: int, order: int) -> None:
@@ -737,7 +845,7 @@ class PhysMem:
         _reset_to_buddy(p, sl, pfn, 0)
         self.nr_free += n
         sink: list = []
-        self._free_frozen_page_commit(pfn, order, sink)
+        self._free_frozen_page_commit(pfn, order, sink, int(self.alloc_mt[pfn]))
         if sink:
             self._to_buddy(sink)
 
@@ -752,13 +860,16 @@ class PhysMem:
         self.nr_free += n
         self._merge(pfn, order)
 
-    def _free_frozen_page_commit(self, pfn: int, order: int, sink: list) -> None:
-        """free_frozen_page_commit(): add the block at the list's head, then
-        drain when the pcp holds `high` pages; drained blocks are appended to
-        `sink` as (order, [pfns]) for `_to_buddy`."""
+    def _free_frozen_page_commit(
+        self, pfn: int, order: int, sink: list, mt: int = MIGRATE_UNMOVABLE
+    ) -> None:
+        """free_frozen_page_commit(): add the block at the head of its
+        (order, migratetype) list, then drain when the pcp holds `high`
+        pages; drained blocks are appended to `sink` as (order, [pfns]) for
+        `_to_buddy`."""
         pcp = self.pcp
         pcp.alloc_factor >>= 1
-        pindex = order_to_pindex(order)
+        pindex = order_to_pindex(order, mt)
         pcp.lists[pindex].append(pfn)
         pcp.count += 1 << order
         batch = pcp.batch
@@ -911,10 +1022,16 @@ class PhysMem:
             for pfn in pfns.tolist():
                 self.free_folio(Page(self.k, p, pfn))
             return
+        mts = self.alloc_mt[pfns]
+        mt = int(mts[0]) if len(mts) else MIGRATE_UNMOVABLE
+        if len(mts) and not (mts == mt).all():  # several lists: commit one by one
+            for pfn in pfns.tolist():
+                self.free_folio(Page(self.k, p, pfn))
+            return
         _reset_to_buddy(p, pfns, pfns, 0)
         self.nr_free += len(pfns)
         pcp = self.pcp
-        lst0 = pcp.lists[0]
+        lst0 = pcp.lists[order_to_pindex(0, mt)]
         cap = pcp.batch << PCP_BATCH_SCALE_MAX
         pl = pfns.tolist()
         n = len(pl)
@@ -934,7 +1051,7 @@ class PhysMem:
                 pcp.high = high  # nr_pcp_high's clamp
                 i += k
                 continue
-            self._free_frozen_page_commit(pl[i], 0, sink)
+            self._free_frozen_page_commit(pl[i], 0, sink, mt)
             i += 1
         if sink:
             self._to_buddy(sink)

@@ -27,7 +27,7 @@ from hmmsim.include.pgtable import (
 )
 from hmmsim.kconfig import PAGE_SHIFT, PGDIR_SHIFT, PMD_SHIFT, PUD_SHIFT
 from hmmsim.locking import Lock
-from hmmsim.mm.page_alloc import __GFP_ZERO
+from hmmsim.mm.page_alloc import GFP_PGTABLE_USER
 
 
 def entry_ptr(table_pfn: int, index: int) -> int:
@@ -67,17 +67,17 @@ def pte_table_pfn(ptep: int) -> int:
 def alloc_table(k) -> int | None:
     """pagetable_alloc(): a zeroed page marked as a page table.
 
-    An order-0 page of modelled RAM from the page allocator, through the
-    per-cpu lists like any page, and freed back there by `free_table`, so
-    tables and data pages take part in the same reuse order. Differences
-    (issue 13): the kernel allocates tables with GFP_PGTABLE_USER, an
-    UNMOVABLE migratetype with its own pcp and buddy lists (the model has one
-    migratetype, so a freed table can be the next data page and the other
-    way round); it frees the tables of free_pgtables through the mmu_gather
-    (tlb_remove_ptdesc), after the TLB flush, not one by one; and with PTI an
-    x86-64 pgd is an order-1 allocation (PGD_ALLOCATION_ORDER), here order 0.
+    An order-0 GFP_PGTABLE_USER (unmovable, zeroed) page of modelled RAM
+    from the page allocator, through the unmovable per-cpu list, and freed
+    back there by `free_table`, so a freed table is reused by the next
+    table or kernel allocation, never by the next user data page (movable).
+    Differences (issue 13): the buddy under the pcp lists is shared by all
+    migratetypes (see mm/page_alloc.py); the kernel frees the tables of
+    free_pgtables through the mmu_gather (tlb_remove_ptdesc), after the TLB
+    flush, not one by one; and with PTI an x86-64 pgd is an order-1
+    allocation (PGD_ALLOCATION_ORDER), here order 0.
     """
-    page = k.mem.alloc_pages(0, __GFP_ZERO)
+    page = k.mem.alloc_pages(0, GFP_PGTABLE_USER)
     if page is None:
         return None
     page.set(PGTY_table)

@@ -29,7 +29,7 @@ from hmmsim.include.mm_types import (
 from hmmsim.include.mmu_notifier import MMU_NOTIFY_CLEAR
 from hmmsim.kconfig import PAGE_SHIFT, PAGE_SIZE
 from hmmsim.locking import folio_lock, folio_unlock
-from hmmsim.mm.page_alloc import GFP_ZERO_BIT
+from hmmsim.mm.page_alloc import GFP_HIGHUSER_MOVABLE, GFP_ZERO_BIT
 
 MAX_LFS_FILESIZE = (1 << 63) - 1
 
@@ -69,7 +69,7 @@ class shmem_inode:
         """
         folio = self.find_folio(index)
         if folio is None:
-            folio = self.k.mem.alloc_pages(0, GFP_ZERO_BIT)
+            folio = self.k.mem.alloc_pages(0, GFP_HIGHUSER_MOVABLE | GFP_ZERO_BIT)
             if folio is None:
                 return None
             folio.a.mapping[folio.i] = self.id

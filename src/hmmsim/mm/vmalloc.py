@@ -9,17 +9,24 @@ page allocator's order > MAX_PAGE_ORDER WARN) @ torvalds/linux 0eaed89c18ae.
 
 A driver calls these before it allocates a host buffer sized by a user
 value, so an absurd size is the kernel's NULL (the caller's -ENOMEM), never
-a host MemoryError. Simplified: the buffer is host memory and is not
-charged to the modelled RAM (vmalloc's pages would come from the buddy
-allocator, and a request that fits totalram but not the free memory would
-reclaim or OOM-kill); only the size checks are modelled.
+a host MemoryError. The bytes of a buffer are host memory; `vmalloc_pages`
+/ `vfree_pages` take and give back its pages in modelled RAM, so the page
+allocator sees vmalloc's allocations and frees in the kernel's order
+(issue 13): order-0 GFP_KERNEL (unmovable) pages from the bulk allocator in
+chunks of at most 100 (vm_area_alloc_pages), after a nested vmalloc of the
+pages array when it is larger than a page (__vmalloc_area_node), freed by
+vfree in index order and then the nested array's. Not modelled: the
+kernel page tables of the vmalloc area (pte_alloc_kernel), kmalloc'd pages
+arrays and the vm_struct / vmap_area (slab), huge vmap mappings, reclaim
+and the OOM killer; fail_page_alloc never fails these (its default
+ignore-gfp-wait skips GFP_KERNEL), so Kernel.fault_inject does not apply.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from hmmsim.kconfig import PAGE_SHIFT
+from hmmsim.kconfig import PAGE_SHIFT, PAGE_SIZE
 
 #: include/linux/mmzone.h MAX_PAGE_ORDER on x86-64 (the model's buddy stops lower)
 MAX_PAGE_ORDER = 10
@@ -81,3 +88,77 @@ def kmalloc(k, size: int, nowarn: bool = False) -> np.ndarray | None:
     if not kmalloc_size_ok(k, size, nowarn):
         return None
     return np.empty(size, dtype=np.uint8)
+
+
+#: mm/vmalloc.c vm_area_alloc_pages: pages asked of the bulk allocator at once.
+VMALLOC_BULK_CHUNK = 100
+
+
+class VmPages:
+    """The pages of one vmalloc area (vm_struct->pages, nr_pages) and, when
+    that array was itself vmalloc()ed, its area."""
+
+    __slots__ = ("pfns", "array")
+
+    def __init__(self, pfns: list[int], array: VmPages | None) -> None:
+        self.pfns = pfns
+        self.array = array
+
+
+def vm_area_alloc_pages(k, nr_pages: int) -> list[int]:
+    """mm/vmalloc.c vm_area_alloc_pages for order 0 and GFP_KERNEL: bulk
+    requests of up to VMALLOC_BULK_CHUNK pages until one comes back short,
+    then single alloc_pages until one fails. The PFNs, in index order."""
+    from hmmsim.mm.page_alloc import GFP_KERNEL
+
+    mem = k.mem
+    out: list[int] = []
+    while len(out) < nr_pages:
+        req = min(VMALLOC_BULK_CHUNK, nr_pages - len(out))
+        got = mem.alloc_pages_bulk(req, GFP_KERNEL, inject=False)
+        out += got
+        if len(got) != req:
+            break
+    while len(out) < nr_pages:
+        page = mem.alloc_pages(0, GFP_KERNEL, inject=False)
+        if page is None:
+            break
+        out.append(page.pfn)
+    return out
+
+
+def vmalloc_pages(k, size: int) -> VmPages | None:
+    """The page allocations of __vmalloc_area_node for `size` bytes (the
+    caller checked the size): the nested pages array first when it needs
+    more than a page, then the area's pages. None when a page could not be
+    had; what was taken has been freed again (vfree of the partial area)."""
+    nr_pages = (size + PAGE_SIZE - 1) >> PAGE_SHIFT
+    array = None
+    if nr_pages * 8 > PAGE_SIZE:
+        array = vmalloc_pages(k, nr_pages * 8)
+        if array is None:
+            return None
+    vm = VmPages(vm_area_alloc_pages(k, nr_pages), array)
+    k.driver_refs.update(vm.pfns)  # the area's reference, for the invariant checker
+    if len(vm.pfns) != nr_pages:
+        vfree_pages(k, vm)
+        return None
+    return vm
+
+
+def vfree_pages(k, vm: VmPages | None) -> None:
+    """mm/vmalloc.c vfree: __free_page of each page in index order, then
+    kvfree of the pages array (vfree when it was vmalloc()ed)."""
+    if vm is None:
+        return
+    if vm.pfns:
+        refs = k.driver_refs
+        for pfn in vm.pfns:
+            refs[pfn] -= 1
+            if not refs[pfn]:
+                del refs[pfn]
+        pfns = np.asarray(vm.pfns, dtype=np.int64)
+        k.mem.ram.pages._refcount[pfns] = 0  # put_page_testzero: the only reference
+        k.mem.free_folios_order0(pfns)
+    vm.pfns = []
+    vfree_pages(k, vm.array)
