@@ -463,12 +463,17 @@ def test_dmirror_read_write_bigger_than_ram_is_enomem(w, req):
     cmd = hmm_dmirror_cmd(addr=A, ptr=np.zeros(NA * 1024, np.int32), npages=1 << 40)
     assert w.p.ioctl(fd, req, cmd) == -ENOMEM
     assert _state(w) == before
-    # the largest bounce vmalloc takes: all of RAM (then the range runs off the mapping)
     ram_pages = w.k.mem.ram.pages.nr
     cmd = hmm_dmirror_cmd(addr=A, ptr=np.zeros(ram_pages * PAGE, np.uint8), npages=ram_pages + 1)
     assert w.p.ioctl(fd, req, cmd) == -ENOMEM
+    # within the size limit, but the bounce's pages come from modelled RAM
+    # (vmalloc's page allocations fail): all of RAM cannot be had either
     cmd.npages = ram_pages
-    assert w.p.ioctl(fd, req, cmd) == -EFAULT  # hmm_range_fault past the mapping
+    assert w.p.ioctl(fd, req, cmd) == -ENOMEM
+    assert _state(w) == before
+    # a bounce that fits: the range then runs off the mapping in hmm_range_fault
+    cmd.npages = NA + 8
+    assert w.p.ioctl(fd, req, cmd) == -EFAULT
     w.ok()
 
 
