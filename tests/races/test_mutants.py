@@ -42,6 +42,9 @@ def test_mutant_is_found_within_its_budget(bug):
     assert bug not in r.detail
 
 
+# A fuzz/explore campaign per mutant on the fixed kernel (about 3 minutes in all):
+# opt-in with the other long runs (pytest -m slow), to keep CI inside its budget.
+@pytest.mark.slow
 @pytest.mark.parametrize("bug", sorted(MUTANTS))
 def test_fixed_model_runs_the_same_budget_clean(bug):
     r = hunt(bug, fixed=True)
