@@ -1,7 +1,7 @@
 """Known kernel bugs, kept as opt-in mutants of the model.
 
 Each mutant puts one real bug back: from the kernel's history of these files
-or from the review threads of the seed series (kernel-reference section 9).
+or from the review threads of the seed series (docs/known-bugs.md).
 A `KConfig(bugs={...})` turns mutants on; the model's code tests
 `name in k.bugs` at the one place the bug lived, and does what the buggy
 kernel did there. Nothing else in the model, and nothing in the checkers,
@@ -10,7 +10,7 @@ the interleaving explorer and a mutant counts as found only when a checker
 fires (an invariant, a lost byte, a deadlock or livelock, a kernel oops or
 warning).
 
-Not here: kernel-reference 9.5, series (c) v1/v2 shifting pvmw->pfn left by
+Not here: known-bugs 5, series (c) v1/v2 shifting pvmw->pfn left by
 one for a flag bit, which loses bit BITS_PER_LONG-1 of a PFN. No machine the
 model builds has such a PFN (x86-64 MAX_PHYSMEM_BITS is 46 or 52,
 device-private offsets start at 0, and on 32-bit the migrate-PFN encoding
@@ -30,7 +30,7 @@ class Mutant:
     """One known bug: where it lived, what it did, where it came from."""
 
     name: str
-    origin: str  # kernel-reference item, commit or review thread
+    origin: str  # known-bugs item (docs/known-bugs.md), commit or review thread
     where: str  # the kernel function (and our model of it) the bug is in
     bug: str  # what the buggy kernel does
     fix: str  # what the fixed kernel (the default model) does
@@ -46,7 +46,7 @@ def _m(*args: str) -> None:
 
 _m(
     "hmm_fault_spin",
-    "kernel-reference 9.1 (the hmm_range_fault livelock / starvation fix)",
+    "known-bugs 1 (the hmm_range_fault livelock / starvation fix)",
     "mm/memory.c do_swap_page (hmmsim.mm.memory.do_device_private_fault)",
     "a CPU or hmm_range_fault fault on a device-private entry whose page is locked "
     "returns at once; hmm_range_fault sees -EBUSY and walks again, spinning without "
@@ -55,7 +55,7 @@ _m(
 )
 _m(
     "split_fault_lock_handoff",
-    "kernel-reference 9.2 (series (d) review: mTHP fault-page spin)",
+    "known-bugs 2 (series (d) review: mTHP fault-page spin)",
     "mm/migrate_device.c migrate_vma_split_folio",
     "after splitting a large folio that contains the fault page, the lock and the "
     "reference stay on the old head instead of moving to the folio that now holds "
@@ -64,7 +64,7 @@ _m(
 )
 _m(
     "coherent_device_private_flag",
-    "kernel-reference 9.3 (series (a) v1 review)",
+    "known-bugs 3 (series (a) v1 review)",
     "include/linux/migrate.h migrate_pfn_from_page (hmmsim.include.migrate)",
     "MIGRATE_PFN_DEVICE_PRIVATE is set for every ZONE_DEVICE page, DEVICE_COHERENT "
     "included, so a coherent PFN is decoded as a device-private offset",
@@ -72,7 +72,7 @@ _m(
 )
 _m(
     "hmm_zero_pfn0",
-    "kernel-reference 9.4 (series (e) RFC zero-page encoding)",
+    "known-bugs 4 (series (e) RFC zero-page encoding)",
     "mm/hmm.c hmm_vma_handle_pte / migrate_hmm_range_setup (series (e))",
     "an empty or zero-page slot found by the unified walk is encoded as "
     "VALID | MIGRATE with PFN 0, which also names real page 0",
@@ -80,7 +80,7 @@ _m(
 )
 _m(
     "insert_huge_pmd_leak",
-    "kernel-reference 9.6 (migrate_vma_insert_huge_pmd_page before its abort labels)",
+    "known-bugs 6 (migrate_vma_insert_huge_pmd_page before its abort labels)",
     "mm/migrate_device.c migrate_vma_insert_huge_pmd_page",
     "the abort taken when the PMD was populated under us returns with the PMD "
     "lock held and the preallocated page table not freed",
@@ -88,7 +88,7 @@ _m(
 )
 _m(
     "exclusive_drops_mapcount",
-    "kernel-reference 9.16 (device-exclusive rework, 6.15)",
+    "known-bugs 16 (device-exclusive rework, 6.15)",
     "mm/rmap.c make_device_exclusive; mm/memory.c restore_exclusive_pte, zap_pte_range",
     "installing a device-exclusive entry removes the page's rmap (mapcount), "
     "restoring it adds the rmap back and zap does not remove it",
@@ -96,7 +96,7 @@ _m(
 )
 _m(
     "stale_order_on_reuse",
-    "kernel-reference 9.17 ('mm/zone_device: reinitialize large zone device private folios', 2026)",
+    "known-bugs 17 ('mm/zone_device: reinitialize large zone device private folios', 2026)",
     "mm/memremap.c zone_device_page_init / zone_device_folio_init",
     "a device page handed out again keeps the flags, order and head offset it had "
     "in its previous folio (only the refcount and the lock are set), so the pages of "

@@ -33,7 +33,7 @@ REACHED = {
 }
 
 #: Found by this sweep, and lib/test_hmm.c's own behaviour at the pin
-#: (kernel-reference 6, MIGRATE_TO_SYS): when dmirror_devmem_fault_alloc_and_copy
+#: (lib/test_hmm.c dmirror_migrate_to_system): when dmirror_devmem_fault_alloc_and_copy
 #: runs out of memory after it has filled some dst slots, the driver calls
 #: migrate_vma_finalize without migrate_vma_pages; finalize sees MIGRATE and a
 #: dst page and maps that page, which never got the source's anon mapping, so

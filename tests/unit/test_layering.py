@@ -1,4 +1,4 @@
-"""DESIGN.md section 2: include/ imports nothing from mm/, drivers/ or kernel.py."""
+"""The layering rule: include/ imports nothing from mm/, drivers/ or kernel.py."""
 
 import ast
 from pathlib import Path

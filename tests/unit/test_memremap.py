@@ -190,7 +190,7 @@ def test_fork_makes_device_private_entries_readonly_in_both(dev):
 
 
 def test_cpu_fault_on_locked_device_page_sleeps_instead_of_spinning(dev):
-    """kernel-reference 9.1: do_swap_page waits for the device page's lock."""
+    """known-bugs 1: do_swap_page waits for the device page's lock."""
     k, devs, p = dev
     a = p.mmap(0, 4096, RW, ANON)
     p.store(a, b"wait")

@@ -370,7 +370,7 @@ def test_device_to_system_thp_split_fallback(env):
 # --- seed series ------------------------------------------------------------------------------
 @pytest.mark.parametrize("dev", [0, 2], ids=["private", "coherent"])
 def test_series_a_flag_marks_device_private_only(dev):
-    """kernel-reference 9.3: MIGRATE_PFN_DEVICE_PRIVATE never marks DEVICE_COHERENT pages."""
+    """known-bugs 3: MIGRATE_PFN_DEVICE_PRIVATE never marks DEVICE_COHERENT pages."""
     k, devs = make("a")
     p = k.spawn()
     a = filled(p, 2)
@@ -457,7 +457,7 @@ def test_legacy_request_free_mem_region_runs_out():
 
 
 def test_fault_page_lock_hand_off_on_split():
-    """kernel-reference 9.2: after a split during collect, the folio holding the
+    """known-bugs 2: after a split during collect, the folio holding the
     fault page is the one left locked."""
     from hmmsim.mm.migrate_device import migrate_vma_split_folio
 

@@ -657,7 +657,7 @@ def do_device_private_fault(vmf: vm_fault, entry: int) -> int:
 
     If the device page is locked (a migration is in flight), sleep until it
     is unlocked and retry the fault; never spin (the hmm_range_fault livelock
-    fix, kernel-reference 9.1).
+    fix, known-bugs 1).
     """
     mm = vmf.vma.vm_mm
     k = mm.k
@@ -687,12 +687,12 @@ def do_device_private_fault(vmf: vm_fault, entry: int) -> int:
         pgmap = k.page_pgmap(page)
         ret = pgmap.ops.migrate_to_ram(vmf)
         # a split during the migration moved the lock and the reference to the
-        # folio that now holds vmf->page (the lock hand-off, kernel-reference 9.2)
+        # folio that now holds vmf->page (the lock hand-off, known-bugs 2)
         unlock_page(page)
         folio_put(page_folio(page))
         return ret
     if "hmm_fault_spin" in k.bugs:
-        # mutant (kernel-reference 9.1): return without sleeping on the page lock
+        # mutant (known-bugs 1): return without sleeping on the page lock
         ptl.unlock()
         return 0
     softleaf_entry_wait_on_locked(k, entry, ptl)

@@ -6,8 +6,8 @@ get_dev_pagemap), include/linux/memremap.h (folio_is_device_private,
 is_device_coherent_page, page_pgmap) and kernel/resource.c
 (request_free_mem_region, release_mem_region) @ torvalds/linux 0eaed89c18ae;
 series (c) (memremap_device_private_pagemap, device_private_offset_to_page,
-device_private_page_to_offset) from the linux-mm review thread in
-shared/seeds/003.
+device_private_page_to_offset) from the latest version of the series posted
+to linux-mm (docs/kernel-map.md lists each function).
 
 The model passes the Kernel explicitly (keyword `k`) where the kernel uses
 globals (iomem_resource, the pgmap xarray, the device-private maple tree).
@@ -321,9 +321,7 @@ def zone_device_page_init(page: Page, pgmap: dev_pagemap, order: int = 0) -> Non
     sl = slice(i, i + n)
     for j in np.flatnonzero(a._refcount[sl]).tolist():
         k.warn(f"zone_device_page_init: page {page.pfn + j:#x} has references")
-    if (
-        "stale_order_on_reuse" not in k.bugs
-    ):  # mutant (kernel-reference 9.17) keeps the old folio's state
+    if "stale_order_on_reuse" not in k.bugs:  # mutant (known-bugs 17) keeps the old folio's state
         a.flags[sl] = 0
         a.order[sl] = 0
         a.head_off[sl] = 0

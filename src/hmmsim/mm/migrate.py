@@ -116,7 +116,7 @@ def migrate_pfn_from_page(page) -> int:
     if page.a.pgmap[page.i] and page.k.config.has("a") and is_device_private_page(page):
         v |= MIGRATE_PFN_DEVICE_PRIVATE
     elif page.k.config.has("a") and "coherent_device_private_flag" in page.k.bugs:
-        # mutant (kernel-reference 9.3): series (a) v1 flagged every zone-device page
+        # mutant (known-bugs 3): series (a) v1 flagged every zone-device page
         if page.a.pgmap[page.i]:  # is_zone_device_page
             v |= MIGRATE_PFN_DEVICE_PRIVATE
     return v

@@ -243,7 +243,7 @@ def migrate_vma_split_folio(folio, fault_page) -> int:
             folio_put(folio)
         return ret
     if "split_fault_lock_handoff" in folio.k.bugs:
-        # mutant (kernel-reference 9.2): no hand-off; the lock and reference stay
+        # mutant (known-bugs 2): no hand-off; the lock and reference stay
         # on the old head even when the fault page is now in another folio
         if folio != fault_folio:
             folio_unlock(folio)
@@ -753,7 +753,7 @@ def migrate_vma_insert_huge_pmd_page(migrate, addr: int, page, src, idx: int, pm
     flush = huge_memory.is_huge_zero_pmd(k, cur)
     if not flush and not pmd_none(cur):
         if "insert_huge_pmd_leak" in k.bugs:
-            # mutant (kernel-reference 9.6): the abort before unlock_abort/free_abort
+            # mutant (known-bugs 6): the abort before unlock_abort/free_abort
             return abort()
         ptl.unlock()
         free_table(k, table)

@@ -497,7 +497,7 @@ def make_device_exclusive(mm, addr: int, owner, foliop: list):
                     swp_pte = pte_swp_mksoft_dirty(swp_pte)
                 set_pte_at(mm, addr, ptep, swp_pte)
                 if "exclusive_drops_mapcount" in k.bugs:
-                    # mutant (kernel-reference 9.16): the old code dropped the rmap
+                    # mutant (known-bugs 16): the old code dropped the rmap
                     folio_remove_rmap_pte(folio, page, vma)
         if retry:
             folio_unlock(folio)

@@ -4,7 +4,7 @@ lib/test_hmm.c keeps device pages on two fixed free lists (order-0 pages and
 PMD-sized folios), so a device page is never reused at another order there.
 Real drivers do: xe's drm_pagemap hands out device memory from a buddy
 allocator, so the pages of a freed 2 MiB folio come back as 4 KiB folios and
-the other way round (the case kernel-reference 9.17's fix is for). This
+the other way round (the case known-bugs 17's fix is for). This
 fuzzer is such a driver for MEMORY_DEVICE_COHERENT memory (CPU-addressable,
 so no migrate_to_ram is needed): a first-fit buddy-style allocator over one
 pgmap that trusts zone_device_folio_init to reinitialise every page, random

@@ -135,7 +135,7 @@ DEVICES = 4  # /dev/hmm_dmirror0..3: 0, 1 device-private; 2, 3 device-coherent
 #: sequence, both from lib/test_hmm.c:
 #: - dmirror_do_fault WARNs when hmm_range_fault returns a read-only entry for a
 #:   write request, which it does for an owned read-only device-private entry
-#:   (hmm never faults those; kernel-reference §9.13);
+#:   (hmm never faults those; known-bugs 13);
 #: - a device-coherent dmirror has one chunk at its fixed SPM address, all on
 #:   free_pages; a THP migration that finds free_folios empty asks
 #:   dmirror_allocate_chunk() for another chunk at the same address, and
@@ -1272,7 +1272,7 @@ class World:
                         check=[f"assert buf[{i}] == 0xFF, buf"],
                     )
                 # (a readable page may still read as ERROR: an unowned device-private
-                # PMD entry does, kernel-reference §9.14)
+                # PMD entry does, known-bugs 14)
                 if readable and b != HMM_DMIRROR_PROT_ERROR and b & HMM_DMIRROR_PROT_WRITE:
                     if not pg.prot & PROT_WRITE:
                         raise FuzzFailure(
