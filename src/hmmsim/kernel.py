@@ -85,6 +85,8 @@ class Kernel:
         self._fastpath = True
         self.thp_enabled = "madvise"
         self.thp_use_zero_page = True
+        #: vm.overcommit_memory (mm/util.py): OVERCOMMIT_GUESS, the default
+        self.sysctl_overcommit_memory = 0
         self.mem = PhysMem(self, cfg.nr_ram_pages)
         self.huge_zero_pfn: int | None = None
         self.hugetlb = hstate(self, cfg.hugetlb_pages)

@@ -194,6 +194,21 @@ def mprotect_fixup(mm, vma, start: int, end: int, newflags: int) -> int:
     """
     if newflags == vma.vm_flags:
         return 0
+    # commit accounting (mm/util.py): a private mapping turning writable is
+    # charged and gets VM_ACCOUNT; an anonymous one that never faulted (no
+    # anon_vma) gives the charge back when it stops being writable
+    from hmmsim.include.mm import VM_ACCOUNT, VM_NORESERVE
+    from hmmsim.include.mm_types import vma_is_anonymous
+    from hmmsim.mm.util import security_vm_enough_memory_mm
+
+    oldflags = vma.vm_flags
+    if newflags & VM_WRITE:
+        if not oldflags & (VM_ACCOUNT | VM_WRITE | VM_HUGETLB | VM_SHARED | VM_NORESERVE):
+            if security_vm_enough_memory_mm(mm, (end - start) // PAGE_SIZE):
+                return -ENOMEM
+            newflags |= VM_ACCOUNT
+    elif oldflags & VM_ACCOUNT and vma_is_anonymous(vma) and vma.anon_vma is None:
+        newflags &= ~VM_ACCOUNT
     pieces = split_range(mm, start, end)
     if isinstance(pieces, int):
         return pieces
