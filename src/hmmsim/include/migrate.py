@@ -20,12 +20,21 @@ A src[]/dst[] slot is ``pfn << MIGRATE_PFN_SHIFT | flags``:
 Simplifications: the constant MIGRATE_PFN_DEVICE_PRIVATE always exists here;
 only code running with series (a) may set it. Helpers that need struct pages
 (migrate_pfn_to_page, migrate_pfn_from_page) live in hmmsim.mm.migrate.
+
+Array forms: `migrate_pfn_array`, `migrate_pfn_to_pfn_array` and
+`migrate_pfn_flags_array` are the element-wise twins for src/dst arrays
+(np.uint64 words), built on the same MIGRATE_PFN_SHIFT.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntFlag
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from hmmsim.include.pgtable import I64Array, U64Array, words_array
 
 MIGRATE_PFN_VALID = 1 << 0
 MIGRATE_PFN_MIGRATE = 1 << 1
@@ -76,6 +85,26 @@ def migrate_pfn_to_pfn(mpfn: int) -> int:
     """The PFN (or series (c) offset) of a slot, ``mpfn >> MIGRATE_PFN_SHIFT``;
     what migrate_pfn_to_page() hands to pfn_to_page()."""
     return mpfn >> MIGRATE_PFN_SHIFT
+
+
+def migrate_pfn_flags(mpfn: int) -> int:
+    """The MIGRATE_PFN_* flag bits of a slot, ``mpfn & MIGRATE_PFN_FLAGS_MASK``."""
+    return mpfn & MIGRATE_PFN_FLAGS_MASK
+
+
+def migrate_pfn_array(pfns: ArrayLike) -> U64Array:
+    """Element-wise `migrate_pfn`: np.uint64 slots, MIGRATE_PFN_VALID set."""
+    return (words_array(pfns) << np.uint64(MIGRATE_PFN_SHIFT)) | np.uint64(MIGRATE_PFN_VALID)
+
+
+def migrate_pfn_to_pfn_array(mpfns: ArrayLike) -> I64Array:
+    """Element-wise `migrate_pfn_to_pfn` (np.int64)."""
+    return (words_array(mpfns) >> np.uint64(MIGRATE_PFN_SHIFT)).astype(np.int64)
+
+
+def migrate_pfn_flags_array(mpfns: ArrayLike) -> U64Array:
+    """The MIGRATE_PFN_* flag bits of each slot (``mpfn & MIGRATE_PFN_FLAGS_MASK``)."""
+    return words_array(mpfns) & np.uint64(MIGRATE_PFN_FLAGS_MASK)
 
 
 def migrate_pfn_check(pfn: int, bits_per_long: int = 64) -> int:

@@ -33,12 +33,21 @@ Simplifications:
   swapops.h upstream); each behaves exactly like the softleaf predicate its
   docstring names, so with series (b) they also match the device variants, as
   the series' RFC made them do.
+
+Array forms: the encoders (`swp_entry_array`, `swp_entry_to_pte_array`,
+`pte_to_swp_entry_array`, `softleaf_from_pte_array` ...) and every softleaf
+predicate of a `SwapLayout` (``swp.softleaf_is_migration_array(entries)``)
+also take NumPy arrays; they use the same shifts, masks and type tables as the
+scalar forms. Bulk passes use these instead of a layout's private tables.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from enum import IntEnum
+
+import numpy as np
+from numpy.typing import ArrayLike
 
 from hmmsim.include.pgtable import (
     _PAGE_BIT_PROTNONE,
@@ -49,6 +58,10 @@ from hmmsim.include.pgtable import (
     _PAGE_SWP_EXCLUSIVE,
     _PAGE_SWP_SOFT_DIRTY,
     _PAGE_SWP_UFFD_WP,
+    BoolArray,
+    I64Array,
+    U64Array,
+    words_array,
 )
 from hmmsim.kconfig import MAX_PHYSMEM_BITS, PAGE_SHIFT
 
@@ -137,6 +150,99 @@ arch_swp_type = __swp_type
 arch_swp_offset = __swp_offset
 
 
+# --- array forms of the encoders above -------------------------------------------------------
+# Element-wise twins of the scalar encoders (the static SwapLayout methods of
+# the same name without ``_array``): words and entries are np.uint64 arrays,
+# types np.int64. They use the shifts and masks defined once above.
+_A_TYPE_SHIFT = np.uint64(SWP_TYPE_SHIFT)
+_A_TYPE_POS = np.uint64(_TYPE_POS)
+_A_TYPE_BITS = np.uint64(SWP_TYPE_BITS)
+_A_OFFSET_SHIFT = np.uint64(SWP_OFFSET_SHIFT)
+_A_OFFSET_MASK = np.uint64(SWP_OFFSET_MASK)
+_A_PFN_MASK = np.uint64(SWP_PFN_MASK)
+_A_KEEP_PTE = np.uint64(_KEEP_PTE)
+_A_KEEP_PMD = np.uint64(_KEEP_PMD)
+_A_NOT_KNL_ERRATUM = np.uint64(U64 ^ _PAGE_KNL_ERRATUM_MASK)
+_A_PTE_PRESENT = np.uint64(_PAGE_PRESENT | _PAGE_PROTNONE)
+_A_PMD_PRESENT = np.uint64(_PAGE_PRESENT | _PAGE_PROTNONE | _PAGE_PSE)
+_A_MIG_YOUNG = np.uint64(SWP_MIG_YOUNG)
+_A_MIG_DIRTY = np.uint64(SWP_MIG_DIRTY)
+_A_MARKER_MASK = np.uint64(PTE_MARKER_MASK)
+_A_ZERO = np.uint64(0)
+
+
+def swp_entry_array(types: ArrayLike, offsets: ArrayLike) -> U64Array:
+    """Element-wise `SwapLayout.swp_entry`; `types` may be one type for all.
+
+    Raises ValueError if any type is outside 0..31, like the scalar form.
+    """
+    t = np.asarray(types, dtype=np.int64)
+    if ((t < 0) | (t >> MAX_SWAPFILES_SHIFT != 0)).any():
+        raise ValueError("swp_entry_array: a type is not a 5-bit swap type (0..31)")
+    return (t.astype(np.uint64) << _A_TYPE_SHIFT) | (words_array(offsets) & _A_OFFSET_MASK)
+
+
+def swp_type_array(entries: ArrayLike) -> I64Array:
+    """Element-wise `SwapLayout.swp_type`."""
+    return (words_array(entries) >> _A_TYPE_SHIFT).astype(np.int64)
+
+
+def swp_offset_array(entries: ArrayLike) -> U64Array:
+    """Element-wise `SwapLayout.swp_offset`."""
+    return words_array(entries) & _A_OFFSET_MASK
+
+
+def _decode_array(words: U64Array) -> U64Array:
+    # type from the top bits, offset un-inverted from the middle
+    return ((words >> _A_TYPE_POS) << _A_TYPE_SHIFT) | ((~words << _A_TYPE_BITS) >> _A_OFFSET_SHIFT)
+
+
+def pte_to_swp_entry_array(ptes: ArrayLike) -> U64Array:
+    """Element-wise `SwapLayout.pte_to_swp_entry` (swap soft bits dropped)."""
+    return _decode_array(words_array(ptes) & _A_KEEP_PTE)
+
+
+def pmd_to_swp_entry_array(pmds: ArrayLike) -> U64Array:
+    """Element-wise `SwapLayout.pmd_to_swp_entry` (soft-dirty, uffd-wp dropped)."""
+    return _decode_array(words_array(pmds) & _A_KEEP_PMD)
+
+
+def swp_entry_to_pte_array(entries: ArrayLike) -> U64Array:
+    """Element-wise `SwapLayout.swp_entry_to_pte` (no soft bits set)."""
+    e = words_array(entries)
+    return ((~(e & _A_OFFSET_MASK) << _A_OFFSET_SHIFT) >> _A_TYPE_BITS) | (
+        (e >> _A_TYPE_SHIFT) << _A_TYPE_POS
+    )
+
+
+swp_entry_to_pmd_array = swp_entry_to_pte_array
+softleaf_to_pte_array = swp_entry_to_pte_array
+softleaf_to_pmd_array = swp_entry_to_pte_array
+
+
+def is_swap_pte_array(ptes: ArrayLike) -> BoolArray:
+    """Element-wise `SwapLayout.is_swap_pte`: neither none nor present."""
+    w = words_array(ptes)
+    return ((w & _A_NOT_KNL_ERRATUM) != _A_ZERO) & ((w & _A_PTE_PRESENT) == _A_ZERO)
+
+
+def softleaf_from_pte_array(ptes: ArrayLike) -> U64Array:
+    """Element-wise `SwapLayout.softleaf_from_pte` (0 for present or empty)."""
+    w = words_array(ptes)
+    return np.where(is_swap_pte_array(w), _decode_array(w & _A_KEEP_PTE), _A_ZERO)
+
+
+def softleaf_from_pmd_array(pmds: ArrayLike) -> U64Array:
+    """Element-wise `SwapLayout.softleaf_from_pmd` (0 for present, PSE or empty)."""
+    w = words_array(pmds)
+    leaf = ((w & _A_NOT_KNL_ERRATUM) != _A_ZERO) & ((w & _A_PMD_PRESENT) == _A_ZERO)
+    return np.where(leaf, _decode_array(w & _A_KEEP_PMD), _A_ZERO)
+
+
+def softleaf_is_none_array(entries: ArrayLike) -> BoolArray:
+    return words_array(entries) == _A_ZERO
+
+
 # --- include/linux/leafops.h: enum softleaf_type ---------------------------------------------
 class softleaf_type(IntEnum):
     """enum softleaf_type at the pin, in declaration order."""
@@ -193,6 +299,9 @@ _SERIES_B_ONLY = frozenset(
         "softleaf_is_migration_device_private_read",
         "softleaf_is_migration_device_private_read_exclusive",
         "softleaf_is_migration_device_private_write",
+        "softleaf_is_migration_device_private_read_array",
+        "softleaf_is_migration_device_private_read_exclusive_array",
+        "softleaf_is_migration_device_private_write_array",
     }
 )
 
@@ -275,6 +384,9 @@ class SwapLayout:
         #: Called with a message where the kernel has a VM_WARN_ON_ONCE; None
         #: skips those checks (and keeps the hot paths to a table lookup).
         self.warn = warn
+        #: NumPy copies of the type tables below, made on first use by the
+        #: array forms (name -> array indexed by type number).
+        self._array_tables: dict[str, np.ndarray] = {}
         m = (
             (1 << MAX_SWAPFILES_SHIFT)
             - self.SWP_DEVICE_NUM
@@ -704,6 +816,143 @@ class SwapLayout:
         """= softleaf_has_pfn (hwpoison included, as since v6.x)."""
         return self._has_pfn[entry >> SWP_TYPE_SHIFT]
 
+    # --- array forms (public API for bulk passes) -----------------------------------------
+    # ``swp.<predicate>_array(entries)`` is the element-wise scalar predicate:
+    # one lookup of ``entry >> SWP_TYPE_SHIFT`` in the same type table the
+    # scalar form indexes (converted to a NumPy bool array once per layout).
+    def _array_table(self, name: str) -> BoolArray:
+        tables = self._array_tables
+        t = tables.get(name)
+        if t is None:
+            t = tables[name] = np.array(getattr(self, name), dtype=bool)
+        return t
+
+    def _lookup_in(self, name: str, entries: ArrayLike) -> BoolArray:
+        types = (words_array(entries) >> _A_TYPE_SHIFT).astype(np.intp)
+        return self._array_table(name)[types]
+
+    def softleaf_type_array(self, entries: ArrayLike) -> I64Array:
+        """Element-wise `softleaf_type`, as the enum values (np.int64).
+
+        Raises ValueError where the scalar form does (a type above 31).
+        """
+        tables = self._array_tables
+        codes = tables.get("_type_of")
+        if codes is None:
+            codes = tables["_type_of"] = np.array(
+                [-1 if t is None else int(t) for t in self._type_of], dtype=np.int64
+            )
+        e = words_array(entries)
+        out = codes[(e >> _A_TYPE_SHIFT).astype(np.intp)]
+        out[e == _A_ZERO] = int(self.SOFTLEAF_NONE)
+        if (out < 0).any():
+            raise ValueError("softleaf_type_array: a word is not a swp_entry_t (type > 31)")
+        return out
+
+    def non_swap_entry_array(self, entries: ArrayLike) -> BoolArray:
+        return swp_type_array(entries) >= self.MAX_SWAPFILES
+
+    def softleaf_is_swap_array(self, entries: ArrayLike) -> BoolArray:
+        e = words_array(entries)
+        return (e != _A_ZERO) & self._lookup_in("_swap", e)
+
+    def softleaf_is_migration_array(self, entries: ArrayLike) -> BoolArray:
+        return self._lookup_in("_migration", entries)
+
+    def softleaf_is_migration_write_array(self, entries: ArrayLike) -> BoolArray:
+        return self._lookup_in("_mig_write", entries)
+
+    def softleaf_is_migration_read_array(self, entries: ArrayLike) -> BoolArray:
+        return self._lookup_in("_mig_read", entries)
+
+    def softleaf_is_migration_read_exclusive_array(self, entries: ArrayLike) -> BoolArray:
+        return self._lookup_in("_mig_read_exclusive", entries)
+
+    def softleaf_is_migration_device_private_array(self, entries: ArrayLike) -> BoolArray:
+        """Series (b)'s device-private migration types; all False without (b),
+        where no such type exists (the scalar form exists only with (b))."""
+        return np.zeros(np.shape(entries), dtype=bool)
+
+    def softleaf_is_device_private_array(self, entries: ArrayLike) -> BoolArray:
+        return self._lookup_in("_dev_private", entries)
+
+    def softleaf_is_device_private_write_array(self, entries: ArrayLike) -> BoolArray:
+        return self._lookup_in("_dev_private_write", entries)
+
+    def softleaf_is_device_exclusive_array(self, entries: ArrayLike) -> BoolArray:
+        return self._lookup_in("_dev_exclusive", entries)
+
+    def softleaf_is_hwpoison_array(self, entries: ArrayLike) -> BoolArray:
+        return self._lookup_in("_hwpoison", entries)
+
+    def softleaf_is_marker_array(self, entries: ArrayLike) -> BoolArray:
+        return self._lookup_in("_marker", entries)
+
+    def softleaf_has_pfn_array(self, entries: ArrayLike) -> BoolArray:
+        return self._lookup_in("_has_pfn", entries)
+
+    def softleaf_is_valid_pmd_entry_array(self, entries: ArrayLike) -> BoolArray:
+        return self._lookup_in("_pmd_valid", entries)
+
+    def softleaf_to_pfn_array(self, entries: ArrayLike) -> I64Array:
+        """Element-wise `softleaf_to_pfn` (np.int64); warns once if any entry
+        has no PFN and a `warn` hook is set."""
+        e = words_array(entries)
+        if self.warn is not None and not self.softleaf_has_pfn_array(e).all():
+            self.warn("softleaf_to_pfn_array: an entry has no PFN")
+        return (e & _A_PFN_MASK).astype(np.int64)
+
+    def swp_offset_pfn_array(self, entries: ArrayLike) -> I64Array:
+        """Element-wise `swp_offset_pfn` (np.int64)."""
+        e = words_array(entries)
+        if self.warn is not None and not self.softleaf_has_pfn_array(e).all():
+            self.warn("swp_offset_pfn_array: an entry does not carry a PFN")
+        return (e & _A_PFN_MASK).astype(np.int64)
+
+    def softleaf_to_marker_array(self, entries: ArrayLike) -> U64Array:
+        e = words_array(entries)
+        if self.warn is not None and not self.softleaf_is_marker_array(e).all():
+            self.warn("softleaf_to_marker_array: an entry is not a marker")
+        return e & _A_MARKER_MASK
+
+    def softleaf_is_migration_young_array(self, entries: ArrayLike) -> BoolArray:
+        e = words_array(entries)
+        if self.warn is not None and not self.softleaf_is_migration_array(e).all():
+            self.warn("softleaf_is_migration_young_array: an entry is not a migration entry")
+        if not self._supports_ad:
+            return np.zeros(e.shape, dtype=bool)
+        return (e & _A_MIG_YOUNG) != _A_ZERO
+
+    def softleaf_is_migration_dirty_array(self, entries: ArrayLike) -> BoolArray:
+        e = words_array(entries)
+        if self.warn is not None and not self.softleaf_is_migration_array(e).all():
+            self.warn("softleaf_is_migration_dirty_array: an entry is not a migration entry")
+        if not self._supports_ad:
+            return np.zeros(e.shape, dtype=bool)
+        return (e & _A_MIG_DIRTY) != _A_ZERO
+
+    def make_migration_entry_young_array(self, entries: ArrayLike) -> U64Array:
+        e = words_array(entries)
+        return e | _A_MIG_YOUNG if self._supports_ad else e.copy()
+
+    def make_migration_entry_dirty_array(self, entries: ArrayLike) -> U64Array:
+        e = words_array(entries)
+        return e | _A_MIG_DIRTY if self._supports_ad else e.copy()
+
+    swp_entry_array = staticmethod(swp_entry_array)
+    swp_type_array = staticmethod(swp_type_array)
+    swp_offset_array = staticmethod(swp_offset_array)
+    pte_to_swp_entry_array = staticmethod(pte_to_swp_entry_array)
+    pmd_to_swp_entry_array = staticmethod(pmd_to_swp_entry_array)
+    swp_entry_to_pte_array = staticmethod(swp_entry_to_pte_array)
+    swp_entry_to_pmd_array = staticmethod(swp_entry_to_pte_array)
+    softleaf_to_pte_array = staticmethod(swp_entry_to_pte_array)
+    softleaf_to_pmd_array = staticmethod(swp_entry_to_pte_array)
+    is_swap_pte_array = staticmethod(is_swap_pte_array)
+    softleaf_from_pte_array = staticmethod(softleaf_from_pte_array)
+    softleaf_from_pmd_array = staticmethod(softleaf_from_pmd_array)
+    softleaf_is_none_array = staticmethod(softleaf_is_none_array)
+
     # --- humans ----------------------------------------------------------------------------
     def describe_softleaf(self, entry: int) -> str:
         """'SOFTLEAF_DEVICE_PRIVATE_WRITE pfn=0x1234' and the like, for traces.
@@ -814,6 +1063,20 @@ class SwapLayoutSeriesB(SwapLayout):
         t = entry >> SWP_TYPE_SHIFT
         return self._dev_private[t] or self._mig_dev[t]
 
+    def softleaf_is_migration_device_private_array(self, entries: ArrayLike) -> BoolArray:
+        return self._lookup_in("_mig_dev", entries)
+
+    def softleaf_is_migration_device_private_read_array(self, entries: ArrayLike) -> BoolArray:
+        return self._lookup_in("_mig_dev_read", entries)
+
+    def softleaf_is_migration_device_private_read_exclusive_array(
+        self, entries: ArrayLike
+    ) -> BoolArray:
+        return self._lookup_in("_mig_dev_read_exclusive", entries)
+
+    def softleaf_is_migration_device_private_write_array(self, entries: ArrayLike) -> BoolArray:
+        return self._lookup_in("_mig_dev_write", entries)
+
 
 class SwapLayout612(SwapLayout):
     """SwapLayout of Linux 6.12 (the ``--kernel 6.12`` profile): SWP_DEVICE_NUM 4.
@@ -869,6 +1132,9 @@ class SwapLayout612(SwapLayout):
     def is_writable_device_exclusive_entry(self, entry: int) -> bool:
         """Kernel (6.12): include/linux/swapops.h is_writable_device_exclusive_entry."""
         return self._dev_exclusive_write[entry >> SWP_TYPE_SHIFT]
+
+    def is_writable_device_exclusive_entry_array(self, entries: ArrayLike) -> BoolArray:
+        return self._lookup_in("_dev_exclusive_write", entries)
 
 
 class SwapLayoutSeriesB612(SwapLayoutSeriesB, SwapLayout612):
