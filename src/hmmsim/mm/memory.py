@@ -1045,7 +1045,15 @@ def copy_present_page(dst_vma, src_vma, dst_ptep: int, pte: int, addr: int, page
 
 
 def copy_nonpresent_pte(dst_vma, src_vma, dst_ptep: int, src_ptep: int, pte: int, addr: int) -> int:
-    """Fork's copy of a software leaf entry (migration, device-private, ...)."""
+    """Fork's copy of a software leaf entry (migration, device-private, ...).
+
+    In a COW mapping a writable or readable-exclusive migration entry is
+    made readable in the parent and the child (the device variant under
+    series (b)), keeping soft-dirty and uffd-wp; a writable device-private
+    entry is made readable keeping uffd-wp only (the kernel does not keep
+    soft-dirty for device-private pages). The child's copy loses uffd-wp
+    (no userfaultfd-wp in the model). Kernel: mm/memory.c copy_nonpresent_pte.
+    """
     src_mm = src_vma.vm_mm
     dst_mm = dst_vma.vm_mm
     k = src_mm.k
@@ -1056,7 +1064,11 @@ def copy_nonpresent_pte(dst_vma, src_vma, dst_ptep: int, src_ptep: int, pte: int
         folio = page_folio(softleaf_to_page(k, entry))
         dst_mm.rss_stat[mm_counter(folio)] += 1
         if not swp.softleaf_is_migration_read(entry) and cow:
-            new_entry = k.make_readable_migration_entry_for(entry)
+            if "fork_plain_migration_entry" in k.bugs:
+                # known bug: the writer forgets the series (b) device variant
+                new_entry = swp.make_readable_migration_entry(swp.swp_offset(entry))
+            else:
+                new_entry = k.make_readable_migration_entry_for(entry)
             new = swp.swp_entry_to_pte(new_entry)
             if pte_swp_soft_dirty(pte):
                 new = pte_swp_mksoft_dirty(new)
