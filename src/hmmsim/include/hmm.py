@@ -50,12 +50,16 @@ words), built on the same layout fields.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from hmmsim.include.pgtable import I64Array, U64Array, words_array
 from hmmsim.kconfig import PAGE_SHIFT
+
+if TYPE_CHECKING:
+    from hmmsim.kconfig import KConfig
 
 #: Milliseconds a driver keeps retrying hmm_range_fault() on -EBUSY.
 HMM_RANGE_DEFAULT_TIMEOUT = 1000
@@ -96,7 +100,7 @@ class HmmPfnLayout:
     order field is the 5 bits from ORDER_SHIFT; the PFN is everything below.
     """
 
-    def __init__(self, cfg) -> None:
+    def __init__(self, cfg: KConfig) -> None:
         bpl = cfg.bits_per_long
         self.bits_per_long = bpl
         self.conflict_resolution = None

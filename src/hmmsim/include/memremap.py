@@ -69,6 +69,10 @@ class range:  # noqa: A001 - the kernel's struct range
         return f"<range [{self.start:#x}-{self.end:#x}]>"
 
 
+#: `range` under a name a class body with a field called ``range`` can still see.
+struct_range = range
+
+
 def range_len(r: range) -> int:
     """Bytes covered by `r` (Kernel: include/linux/range.h range_len)."""
     return r.end - r.start + 1
@@ -107,10 +111,10 @@ class dev_pagemap_ops:
             (series (d), merged): once per new tail, then with tail None.
     """
 
-    folio_free: Callable | None = None
-    migrate_to_ram: Callable | None = None
-    memory_failure: Callable | None = None
-    folio_split: Callable | None = None
+    folio_free: Callable[..., None] | None = None
+    migrate_to_ram: Callable[..., int] | None = None
+    memory_failure: Callable[..., int] | None = None
+    folio_split: Callable[..., None] | None = None
 
 
 @dataclass(eq=False)
@@ -151,7 +155,7 @@ class dev_pagemap:
     nr_pages: int = 0
     pages: object = None
     range: range = field(default_factory=range)
-    ranges: list = field(default_factory=list)
+    ranges: list[struct_range] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # the C union: ranges[0] and range are one object

@@ -135,7 +135,7 @@ def describe_migrate_pfn(v: int) -> str:
 
 def describe_select_flags(flags: int) -> str:
     """'SYSTEM|COMPOUND' for a migrate_vma.flags value."""
-    names = [m.name[len("MIGRATE_VMA_SELECT_") :] for m in migrate_vma_direction if flags & m]
+    names = [str(m.name)[len("MIGRATE_VMA_SELECT_") :] for m in migrate_vma_direction if flags & m]
     rest = flags & ~sum(m.value for m in migrate_vma_direction)
     if rest:
         names.append(f"{rest:#x}")

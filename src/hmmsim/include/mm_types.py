@@ -77,6 +77,21 @@ class PageArrays:
 
     __slots__ = ("base", "nr") + tuple(name for name, _ in PAGE_FIELDS)
 
+    # the columns, one per PAGE_FIELDS entry (declared for readers and the type checker)
+    base: int
+    nr: int
+    _refcount: np.ndarray
+    _mapcount: np.ndarray
+    flags: np.ndarray
+    order: np.ndarray
+    head_off: np.ndarray
+    mapping: np.ndarray
+    index: np.ndarray
+    pgmap: np.ndarray
+    zone_device_data: np.ndarray
+    _entire_mapcount: np.ndarray
+    _large_mapcount: np.ndarray
+
     def __init__(self, base: int, nr: int) -> None:
         self.base = base
         self.nr = nr

@@ -91,7 +91,7 @@ def mmu_notifier_range_init(
     range: mmu_notifier_range,  # noqa: A002
     event: mmu_notifier_event,
     flags: int,
-    mm,
+    mm: object,
     start: int,
     end: int,
 ) -> None:
@@ -112,10 +112,10 @@ def mmu_notifier_range_init_owner(
     range: mmu_notifier_range,  # noqa: A002
     event: mmu_notifier_event,
     flags: int,
-    mm,
+    mm: object,
     start: int,
     end: int,
-    owner,
+    owner: object,
 ) -> None:
     """mmu_notifier_range_init() that also records the initiator's `owner`."""
     mmu_notifier_range_init(range, event, flags, mm, start, end)

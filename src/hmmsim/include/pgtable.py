@@ -530,7 +530,19 @@ def words_array(words: ArrayLike) -> U64Array:
 
 
 def _has(words: ArrayLike, mask: np.uint64) -> BoolArray:
-    return (words_array(words) & mask) != _A_ZERO
+    """Where ``word & mask`` is non-zero (the array form of ``bool(word & mask)``)."""
+    return (words_array(words) & mask).astype(np.bool_)
+
+
+def _lacks(words: ArrayLike, mask: np.uint64) -> BoolArray:
+    """Where ``word & mask`` is zero."""
+    return np.logical_not(_has(words, mask))
+
+
+def _masked_equal(words: ArrayLike, mask: np.uint64, value: np.uint64) -> BoolArray:
+    """Where ``word & mask == value``."""
+    out: BoolArray = np.equal(words_array(words) & mask, value)
+    return out
 
 
 def pte_index_array(addrs: ArrayLike) -> I64Array:
@@ -544,7 +556,7 @@ def pmd_index_array(addrs: ArrayLike) -> I64Array:
 
 
 def __pte_needs_invert_array(words: U64Array) -> BoolArray:
-    return (words != _A_ZERO) & ((words & _A_PRESENT) == _A_ZERO)
+    return np.logical_and(words.astype(np.bool_), _lacks(words, _A_PRESENT))
 
 
 def protnone_mask_array(words: ArrayLike) -> U64Array:
@@ -557,12 +569,12 @@ def flip_protnone_guard_array(oldvals: ArrayLike, vals: ArrayLike, mask: int) ->
     """Element-wise `flip_protnone_guard`."""
     old, new = words_array(oldvals), words_array(vals)
     m = _U64(mask)
-    flip = __pte_needs_invert_array(old) != __pte_needs_invert_array(new)
+    flip = np.not_equal(__pte_needs_invert_array(old), __pte_needs_invert_array(new))
     return np.where(flip, (new & ~m) | (~new & m), new)
 
 
 def pte_none_array(ptes: ArrayLike) -> BoolArray:
-    return (words_array(ptes) & _A_NOT_KNL_ERRATUM) == _A_ZERO
+    return _lacks(ptes, _A_NOT_KNL_ERRATUM)
 
 
 def pte_present_array(ptes: ArrayLike) -> BoolArray:
@@ -570,7 +582,7 @@ def pte_present_array(ptes: ArrayLike) -> BoolArray:
 
 
 def pte_protnone_array(ptes: ArrayLike) -> BoolArray:
-    return (words_array(ptes) & _A_PRESENT_OR_PROTNONE) == _A_PROTNONE
+    return _masked_equal(ptes, _A_PRESENT_OR_PROTNONE, _A_PROTNONE)
 
 
 def pte_write_array(ptes: ArrayLike) -> BoolArray:
@@ -598,7 +610,7 @@ def pte_uffd_wp_array(ptes: ArrayLike) -> BoolArray:
 
 
 def pte_exec_array(ptes: ArrayLike) -> BoolArray:
-    return ~_has(ptes, _A_NX)
+    return _lacks(ptes, _A_NX)
 
 
 def pte_pfn_array(ptes: ArrayLike) -> I64Array:
@@ -666,7 +678,7 @@ def _modify_array(words: ArrayLike, newprot: int, keep: np.uint64, pfn_mask: int
     val = (old & keep) | (_U64(newprot & U64) & ~keep)
     val = flip_protnone_guard_array(old, val, pfn_mask)
     return np.where(
-        (old & _A_RW) != _A_ZERO, mksaveddirty_shift_array(val), clear_saveddirty_shift_array(val)
+        _has(old, _A_RW), mksaveddirty_shift_array(val), clear_saveddirty_shift_array(val)
     )
 
 
@@ -688,7 +700,7 @@ def pte_swp_exclusive_array(ptes: ArrayLike) -> BoolArray:
 
 
 def pmd_none_array(pmds: ArrayLike) -> BoolArray:
-    return (words_array(pmds) & _A_NOT_KNL_ERRATUM) == _A_ZERO
+    return _lacks(pmds, _A_NOT_KNL_ERRATUM)
 
 
 def pmd_present_array(pmds: ArrayLike) -> BoolArray:
@@ -717,7 +729,7 @@ def pmd_young_array(pmds: ArrayLike) -> BoolArray:
 def pmd_pfn_array(pmds: ArrayLike) -> I64Array:
     """Element-wise `pmd_pfn` (PSE entries keep only the 2 MiB-aligned bits)."""
     w = words_array(pmds)
-    mask = np.where((w & _A_PSE) != _A_ZERO, _A_PMD_PFN_MASK, _A_PTE_PFN_MASK)
+    mask = np.where(_has(w, _A_PSE), _A_PMD_PFN_MASK, _A_PTE_PFN_MASK)
     return (((w ^ protnone_mask_array(w)) & mask) >> _A_PAGE_SHIFT).astype(np.int64)
 
 

@@ -43,8 +43,9 @@ scalar forms. Bulk passes use these instead of a layout's private tables.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from enum import IntEnum
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -61,9 +62,14 @@ from hmmsim.include.pgtable import (
     BoolArray,
     I64Array,
     U64Array,
+    _has,
+    _lacks,
     words_array,
 )
 from hmmsim.kconfig import MAX_PHYSMEM_BITS, PAGE_SHIFT
+
+if TYPE_CHECKING:
+    from hmmsim.kconfig import KConfig
 
 U64 = (1 << 64) - 1
 
@@ -223,7 +229,7 @@ softleaf_to_pmd_array = swp_entry_to_pte_array
 def is_swap_pte_array(ptes: ArrayLike) -> BoolArray:
     """Element-wise `SwapLayout.is_swap_pte`: neither none nor present."""
     w = words_array(ptes)
-    return ((w & _A_NOT_KNL_ERRATUM) != _A_ZERO) & ((w & _A_PTE_PRESENT) == _A_ZERO)
+    return np.logical_and(_has(w, _A_NOT_KNL_ERRATUM), _lacks(w, _A_PTE_PRESENT))
 
 
 def softleaf_from_pte_array(ptes: ArrayLike) -> U64Array:
@@ -235,12 +241,12 @@ def softleaf_from_pte_array(ptes: ArrayLike) -> U64Array:
 def softleaf_from_pmd_array(pmds: ArrayLike) -> U64Array:
     """Element-wise `SwapLayout.softleaf_from_pmd` (0 for present, PSE or empty)."""
     w = words_array(pmds)
-    leaf = ((w & _A_NOT_KNL_ERRATUM) != _A_ZERO) & ((w & _A_PMD_PRESENT) == _A_ZERO)
+    leaf = np.logical_and(_has(w, _A_NOT_KNL_ERRATUM), _lacks(w, _A_PMD_PRESENT))
     return np.where(leaf, _decode_array(w & _A_KEEP_PMD), _A_ZERO)
 
 
 def softleaf_is_none_array(entries: ArrayLike) -> BoolArray:
-    return words_array(entries) == _A_ZERO
+    return np.logical_not(words_array(entries).astype(np.bool_))
 
 
 # --- include/linux/leafops.h: enum softleaf_type ---------------------------------------------
@@ -312,7 +318,7 @@ _MARKER_NAMES = (
 )
 
 
-def _table(types) -> tuple[bool, ...]:
+def _table(types: Iterable[int]) -> tuple[bool, ...]:
     """A 64-slot truth table indexed by ``entry >> SWP_TYPE_SHIFT``."""
     s = frozenset(types)
     return tuple(t in s for t in range(64))
@@ -366,12 +372,26 @@ class SwapLayout:
     PTE_MARKER_GUARD = PTE_MARKER_GUARD
     PTE_MARKER_MASK = PTE_MARKER_MASK
 
+    # one attribute per member of softleaf_type_enum, set by __init__
+    SOFTLEAF_NONE: IntEnum
+    SOFTLEAF_SWAP: IntEnum
+    SOFTLEAF_MIGRATION_READ: IntEnum
+    SOFTLEAF_MIGRATION_READ_EXCLUSIVE: IntEnum
+    SOFTLEAF_MIGRATION_WRITE: IntEnum
+    SOFTLEAF_DEVICE_PRIVATE_READ: IntEnum
+    SOFTLEAF_DEVICE_PRIVATE_WRITE: IntEnum
+    SOFTLEAF_DEVICE_EXCLUSIVE: IntEnum
+    SOFTLEAF_HWPOISON: IntEnum
+    SOFTLEAF_MARKER: IntEnum
+
     SWP_DEVICE_NUM = 3
     SWP_MIGRATION_NUM = 3
     SWP_HWPOISON_NUM = 1
     SWP_PTE_MARKER_NUM = 1
 
-    def __new__(cls, cfg=None, warn: Callable[[str], None] | None = None):
+    def __new__(
+        cls, cfg: KConfig | None = None, warn: Callable[[str], None] | None = None
+    ) -> SwapLayout:
         # cfg may be absent when copy/pickle rebuild an instance
         if cls is SwapLayout and cfg is not None:
             if cfg.kernel == "6.12":
@@ -380,7 +400,7 @@ class SwapLayout:
                 cls = SwapLayoutSeriesB
         return super().__new__(cls)
 
-    def __init__(self, cfg, warn: Callable[[str], None] | None = None) -> None:
+    def __init__(self, cfg: KConfig, warn: Callable[[str], None] | None = None) -> None:
         #: Called with a message where the kernel has a VM_WARN_ON_ONCE; None
         #: skips those checks (and keeps the hot paths to a table lookup).
         self.warn = warn
@@ -409,19 +429,19 @@ class SwapLayout:
         for member in T:
             setattr(self, member.name, member)
         special = {
-            self.SWP_HWPOISON: T.SOFTLEAF_HWPOISON,
-            self.SWP_MIGRATION_READ: T.SOFTLEAF_MIGRATION_READ,
-            self.SWP_MIGRATION_READ_EXCLUSIVE: T.SOFTLEAF_MIGRATION_READ_EXCLUSIVE,
-            self.SWP_MIGRATION_WRITE: T.SOFTLEAF_MIGRATION_WRITE,
-            self.SWP_DEVICE_WRITE: T.SOFTLEAF_DEVICE_PRIVATE_WRITE,
-            self.SWP_DEVICE_READ: T.SOFTLEAF_DEVICE_PRIVATE_READ,
-            self.SWP_DEVICE_EXCLUSIVE: T.SOFTLEAF_DEVICE_EXCLUSIVE,
-            self.SWP_PTE_MARKER: T.SOFTLEAF_MARKER,
+            self.SWP_HWPOISON: T["SOFTLEAF_HWPOISON"],
+            self.SWP_MIGRATION_READ: T["SOFTLEAF_MIGRATION_READ"],
+            self.SWP_MIGRATION_READ_EXCLUSIVE: T["SOFTLEAF_MIGRATION_READ_EXCLUSIVE"],
+            self.SWP_MIGRATION_WRITE: T["SOFTLEAF_MIGRATION_WRITE"],
+            self.SWP_DEVICE_WRITE: T["SOFTLEAF_DEVICE_PRIVATE_WRITE"],
+            self.SWP_DEVICE_READ: T["SOFTLEAF_DEVICE_PRIVATE_READ"],
+            self.SWP_DEVICE_EXCLUSIVE: T["SOFTLEAF_DEVICE_EXCLUSIVE"],
+            self.SWP_PTE_MARKER: T["SOFTLEAF_MARKER"],
         }
         special.update(self._extra_types())
         #: softleaf_type member for every type number; None above 31.
         self._type_of = tuple(
-            (T.SOFTLEAF_SWAP if t < m else special[t]) if t < 32 else None for t in range(64)
+            (T["SOFTLEAF_SWAP"] if t < m else special[t]) if t < 32 else None for t in range(64)
         )
         mig_read = {self.SWP_MIGRATION_READ}
         mig_rx = {self.SWP_MIGRATION_READ_EXCLUSIVE}
@@ -455,20 +475,24 @@ class SwapLayout:
         self._uses_offsets = cfg.has("c")
 
     # hooks for the series (b) subclass
-    def _extra_types(self) -> dict:
+    def _extra_types(self) -> dict[int, IntEnum]:
         return {}
 
-    def _add_device_migration(self, mig_read: set, mig_rx: set, mig_write: set) -> None:
+    def _add_device_migration(
+        self, mig_read: set[int], mig_rx: set[int], mig_write: set[int]
+    ) -> None:
         pass
 
-    def __getattr__(self, name: str):
-        if name in _SERIES_B_ONLY:
-            raise AttributeError(
-                f"{name} exists only with seed series (b) (device-private migration entry "
-                "types SWP_MIGRATION_DEVICE_*); build the kernel with KConfig(features="
-                "{'b', ...}) or test config.has('b') before using it"
-            )
-        raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
+    if not TYPE_CHECKING:  # a type checker should flag unknown names, not accept them
+
+        def __getattr__(self, name: str):
+            if name in _SERIES_B_ONLY:
+                raise AttributeError(
+                    f"{name} exists only with seed series (b) (device-private migration entry "
+                    "types SWP_MIGRATION_DEVICE_*); build the kernel with KConfig(features="
+                    "{'b', ...}) or test config.has('b') before using it"
+                )
+            raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
 
     def __repr__(self) -> str:
         return (
@@ -854,7 +878,7 @@ class SwapLayout:
 
     def softleaf_is_swap_array(self, entries: ArrayLike) -> BoolArray:
         e = words_array(entries)
-        return (e != _A_ZERO) & self._lookup_in("_swap", e)
+        return np.logical_and(e.astype(np.bool_), self._lookup_in("_swap", e))
 
     def softleaf_is_migration_array(self, entries: ArrayLike) -> BoolArray:
         return self._lookup_in("_migration", entries)
@@ -921,7 +945,7 @@ class SwapLayout:
             self.warn("softleaf_is_migration_young_array: an entry is not a migration entry")
         if not self._supports_ad:
             return np.zeros(e.shape, dtype=bool)
-        return (e & _A_MIG_YOUNG) != _A_ZERO
+        return _has(e, _A_MIG_YOUNG)
 
     def softleaf_is_migration_dirty_array(self, entries: ArrayLike) -> BoolArray:
         e = words_array(entries)
@@ -929,7 +953,7 @@ class SwapLayout:
             self.warn("softleaf_is_migration_dirty_array: an entry is not a migration entry")
         if not self._supports_ad:
             return np.zeros(e.shape, dtype=bool)
-        return (e & _A_MIG_DIRTY) != _A_ZERO
+        return _has(e, _A_MIG_DIRTY)
 
     def make_migration_entry_young_array(self, entries: ArrayLike) -> U64Array:
         e = words_array(entries)
@@ -1004,8 +1028,11 @@ class SwapLayoutSeriesB(SwapLayout):
     series_b = True
     softleaf_type_enum = softleaf_type_series_b
     SWP_DEVICE_NUM = 6
+    SOFTLEAF_MIGRATION_DEVICE_PRIVATE_READ: IntEnum
+    SOFTLEAF_MIGRATION_DEVICE_PRIVATE_READ_EXCLUSIVE: IntEnum
+    SOFTLEAF_MIGRATION_DEVICE_PRIVATE_WRITE: IntEnum
 
-    def __init__(self, cfg, warn: Callable[[str], None] | None = None) -> None:
+    def __init__(self, cfg: KConfig, warn: Callable[[str], None] | None = None) -> None:
         super().__init__(cfg, warn)
         self._mig_dev = _table(
             {
@@ -1018,19 +1045,21 @@ class SwapLayoutSeriesB(SwapLayout):
         self._mig_dev_read_exclusive = _table({self.SWP_MIGRATION_DEVICE_READ_EXCLUSIVE})
         self._mig_dev_write = _table({self.SWP_MIGRATION_DEVICE_WRITE})
 
-    def _extra_types(self) -> dict:
+    def _extra_types(self) -> dict[int, IntEnum]:
         dev = self.SWP_DEVICE_WRITE
         self.SWP_MIGRATION_DEVICE_READ = dev + 3
         self.SWP_MIGRATION_DEVICE_READ_EXCLUSIVE = dev + 4
         self.SWP_MIGRATION_DEVICE_WRITE = dev + 5
         T = self.softleaf_type_enum
         return {
-            dev + 3: T.SOFTLEAF_MIGRATION_DEVICE_PRIVATE_READ,
-            dev + 4: T.SOFTLEAF_MIGRATION_DEVICE_PRIVATE_READ_EXCLUSIVE,
-            dev + 5: T.SOFTLEAF_MIGRATION_DEVICE_PRIVATE_WRITE,
+            dev + 3: T["SOFTLEAF_MIGRATION_DEVICE_PRIVATE_READ"],
+            dev + 4: T["SOFTLEAF_MIGRATION_DEVICE_PRIVATE_READ_EXCLUSIVE"],
+            dev + 5: T["SOFTLEAF_MIGRATION_DEVICE_PRIVATE_WRITE"],
         }
 
-    def _add_device_migration(self, mig_read: set, mig_rx: set, mig_write: set) -> None:
+    def _add_device_migration(
+        self, mig_read: set[int], mig_rx: set[int], mig_write: set[int]
+    ) -> None:
         mig_read.add(self.SWP_MIGRATION_DEVICE_READ)
         mig_rx.add(self.SWP_MIGRATION_DEVICE_READ_EXCLUSIVE)
         mig_write.add(self.SWP_MIGRATION_DEVICE_WRITE)
@@ -1103,7 +1132,7 @@ class SwapLayout612(SwapLayout):
 
     SWP_DEVICE_NUM = 4
 
-    def __init__(self, cfg, warn: Callable[[str], None] | None = None) -> None:
+    def __init__(self, cfg: KConfig, warn: Callable[[str], None] | None = None) -> None:
         super().__init__(cfg, warn)
         both = {self.SWP_DEVICE_EXCLUSIVE_WRITE, self.SWP_DEVICE_EXCLUSIVE_READ}
         self._dev_exclusive = _table(both)
@@ -1112,11 +1141,11 @@ class SwapLayout612(SwapLayout):
             {t for t in range(64) if self._has_pfn[t]} | {self.SWP_DEVICE_EXCLUSIVE_READ}
         )
 
-    def _extra_types(self) -> dict:
+    def _extra_types(self) -> dict[int, IntEnum]:
         dev = self.SWP_DEVICE_WRITE
         self.SWP_DEVICE_EXCLUSIVE_WRITE = dev + 2
         self.SWP_DEVICE_EXCLUSIVE_READ = dev + 3
-        return {dev + 3: self.softleaf_type_enum.SOFTLEAF_DEVICE_EXCLUSIVE}
+        return {dev + 3: self.softleaf_type_enum["SOFTLEAF_DEVICE_EXCLUSIVE"]}
 
     def __repr__(self) -> str:
         return super().__repr__().replace("<SwapLayout", "<SwapLayout612", 1)
@@ -1150,7 +1179,7 @@ class SwapLayoutSeriesB612(SwapLayoutSeriesB, SwapLayout612):
 
     SWP_DEVICE_NUM = 7
 
-    def _extra_types(self) -> dict:
+    def _extra_types(self) -> dict[int, IntEnum]:
         dev = self.SWP_DEVICE_WRITE
         T = self.softleaf_type_enum
         self.SWP_DEVICE_EXCLUSIVE_WRITE = dev + 2
@@ -1159,10 +1188,10 @@ class SwapLayoutSeriesB612(SwapLayoutSeriesB, SwapLayout612):
         self.SWP_MIGRATION_DEVICE_READ_EXCLUSIVE = dev + 5
         self.SWP_MIGRATION_DEVICE_WRITE = dev + 6
         return {
-            dev + 3: T.SOFTLEAF_DEVICE_EXCLUSIVE,
-            dev + 4: T.SOFTLEAF_MIGRATION_DEVICE_PRIVATE_READ,
-            dev + 5: T.SOFTLEAF_MIGRATION_DEVICE_PRIVATE_READ_EXCLUSIVE,
-            dev + 6: T.SOFTLEAF_MIGRATION_DEVICE_PRIVATE_WRITE,
+            dev + 3: T["SOFTLEAF_DEVICE_EXCLUSIVE"],
+            dev + 4: T["SOFTLEAF_MIGRATION_DEVICE_PRIVATE_READ"],
+            dev + 5: T["SOFTLEAF_MIGRATION_DEVICE_PRIVATE_READ_EXCLUSIVE"],
+            dev + 6: T["SOFTLEAF_MIGRATION_DEVICE_PRIVATE_WRITE"],
         }
 
     def __repr__(self) -> str:
