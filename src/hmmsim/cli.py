@@ -282,11 +282,13 @@ def _opt_what(opt: str) -> str:
 def _register() -> None:
     """The commands that live beside the code they drive."""
     from hmmsim.bench_cli import bench_command
+    from hmmsim.findings.cli import findings_group
     from hmmsim.oracle.cli import oracle
     from hmmsim.scenario.cli import run_command, scenario_group
     from hmmsim.testing.explore_cli import explore_command
     from hmmsim.testing.fuzz_cli import fuzz
 
+    main.add_command(findings_group)
     for cmd in (explore_command, fuzz, bench_command, oracle, run_command, scenario_group):
         main.add_command(cmd)
 
