@@ -18,7 +18,6 @@ from hmmsim.include.migrate import (
     MIGRATE_PFN_COMPOUND,
     MIGRATE_PFN_DEVICE_PRIVATE,
     MIGRATE_PFN_MIGRATE,
-    MIGRATE_PFN_SHIFT,
     MIGRATE_PFN_VALID,
     MIGRATE_PFN_WRITE,
     MIGRATE_VMA_SELECT_COMPOUND,
@@ -479,9 +478,6 @@ def test_fault_page_lock_hand_off_on_split():
 
     folio_put(fault_page)
     check_invariants(k)
-
-
-_ = (MIGRATE_PFN_SHIFT,)
 
 
 def test_shared_thp_split_fallback_hits_the_kernels_vm_bug_on():

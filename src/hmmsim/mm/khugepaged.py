@@ -93,7 +93,7 @@ def collapse_pmd(vma, haddr: int) -> int:
         return SCAN_ALLOC_HUGE_PAGE_FAIL
     frames = k.mem.ram.frames
     frames[new.pfn : new.pfn + HPAGE_PMD_NR] = 0
-    from hmmsim.mm.pgtable import alloc_table, free_table, set_pte_at
+    from hmmsim.mm.pgtable import alloc_table, set_pte_at
 
     with notify_range(mm, MMU_NOTIFY_CLEAR, haddr, haddr + PMD_SIZE):
         with pmd_lockptr(mm, pmdp):
@@ -127,7 +127,6 @@ def collapse_pmd(vma, haddr: int) -> int:
             mm.rss_stat[MM_ANONPAGES] += HPAGE_PMD_NR
             huge_memory.pgtable_trans_huge_deposit(mm, pmdp, table)
             set_pmd_at(mm, haddr, pmdp, entry)
-    del free_table
     k.stats["thp_collapse_alloc"] += 1
     return SCAN_SUCCEED
 
