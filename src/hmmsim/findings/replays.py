@@ -36,11 +36,8 @@ from hmmsim.include.mman import (
     PROT_READ,
     PROT_WRITE,
 )
+from hmmsim.testing.fuzz import ALLOWED_WARNINGS  # the WARNs the kernel prints too
 from hmmsim.testing.invariants import check_invariants
-
-#: Warnings the fuzzer allowed after every step (a READ-only device page asked
-#: for write: dmirror_do_fault's WARN, which the kernel prints too).
-ALLOWED_WARNINGS = ("dmirror_do_fault: write requested but not granted",)
 
 #: How many times the dmirror READ/WRITE loop may call dmirror_fault() for one
 #: ioctl before a replay calls it a livelock. A one-page READ needs one fault;
