@@ -1,8 +1,9 @@
 """The `hmmsim` command.
 
-Subcommands: `info` (the pinned kernel, feature switches, memory sizes) and
-`demo` (a narrated walk through faults, fork/COW, mprotect and munmap with
-the real page-table words). `selftest` runs the hmm-tests.c port
+Subcommands: `info` (the pinned kernel, feature switches, memory sizes),
+`demo` (narrated device migration and CPU tours with the real page-table
+words; hmmsim.demo) and `explain` (decode one word; hmmsim.explain).
+`selftest` runs the hmm-tests.c port
 (hmmsim.selftests) and prints TAP. Errors a user can cause print one line
 and exit non-zero; no traceback.
 """
@@ -10,6 +11,8 @@ and exit non-zero; no traceback.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 
 import click
@@ -157,17 +160,6 @@ def info(
 
 
 @main.command()
-@feature_option
-@conflict_option
-@kernel_option
-def demo(features: tuple[str, ...], conflict_resolution: str | None, kernel: str) -> None:
-    """A narrated walk: faults, fork with COW, mprotect, munmap, THP."""
-    from hmmsim.demo import run_demo
-
-    run_demo(_make_config(features, "64M", kernel, conflict_resolution), click.echo)
-
-
-@main.command()
 @click.option(
     "-r", "runs", multiple=True, metavar="FIXTURE.VARIANT.TEST", help="Run this case (repeatable)."
 )
@@ -282,6 +274,8 @@ def _opt_what(opt: str) -> str:
 def _register() -> None:
     """The commands that live beside the code they drive."""
     from hmmsim.bench_cli import bench_command
+    from hmmsim.demo import demo_command
+    from hmmsim.explain import explain_command
     from hmmsim.findings.cli import findings_group
     from hmmsim.oracle.cli import oracle
     from hmmsim.scenario.cli import run_command, scenario_group
@@ -291,6 +285,22 @@ def _register() -> None:
     main.add_command(findings_group)
     for cmd in (explore_command, fuzz, bench_command, oracle, run_command, scenario_group):
         main.add_command(cmd)
+    for cmd in (demo_command, explain_command):
+        main.add_command(cmd)
 
 
+def _interrupted_while_loading(_signum, _frame) -> None:
+    """Ctrl-C while the commands' modules load (a second or so): no traceback."""
+    sys.stderr.write("hmmsim: interrupted\n")
+    os._exit(130)
+
+
+_SIGINT = signal.getsignal(signal.SIGINT)
+try:
+    signal.signal(signal.SIGINT, _interrupted_while_loading)
+    _swapped = True
+except ValueError:  # not the main thread: leave signals alone
+    _swapped = False
 _register()
+if _swapped:  # loaded: Ctrl-C is KeyboardInterrupt again (guarded_main: 130)
+    signal.signal(signal.SIGINT, _SIGINT if _SIGINT is not None else signal.default_int_handler)
