@@ -329,3 +329,88 @@ def test_thp_back_from_the_device_keeps_soft_dirty():
     assert set(words(p, a, NR)) == {PM_PRESENT | PM_MMAP_EXCLUSIVE | PM_SOFT_DIRTY}
     p.close(fd)
     check_invariants(k)
+
+
+# --- uffd-wp ------------------------------------------------------------------------------
+# The model has no userfaultfd, so these tests set the entry's uffd-wp bit by
+# hand (what UFFDIO_WRITEPROTECT of a non-present entry does) and read it back
+# through pagemap's PM_UFFD_WP.
+def poke_uffd_wp(p, addr):
+    from hmmsim.include.pgtable import _PAGE_SWP_UFFD_WP
+    from hmmsim.mm.pgtable import (
+        pmd_offset,
+        pmdp_get,
+        pte_offset_map,
+        ptep_get,
+        set_pmd_at,
+        set_pte_at,
+    )
+
+    level, _ = kind(p, addr)
+    pmdp = pmd_offset(p.mm, addr)
+    if level == "pmd":
+        set_pmd_at(p.mm, addr, pmdp, pmdp_get(p.k, pmdp) | _PAGE_SWP_UFFD_WP)
+    else:
+        ptep = pte_offset_map(p.k, pmdp_get(p.k, pmdp), addr)
+        set_pte_at(p.mm, addr, ptep, ptep_get(p.k, ptep) | _PAGE_SWP_UFFD_WP)
+
+
+def test_mprotect_uffd_wp_of_ptes():
+    """A writable device-private PTE made readable keeps uffd-wp; a writable
+    migration PTE made readable loses it (change_softleaf_pte)."""
+    k = kernel()
+    p = k.spawn("t")
+    a = p.mmap(0, 2 * PAGE, RW, ANON)
+    p.store_array(a, np.arange(2048, dtype=np.int32))
+    fd = p.open("/dev/hmm_dmirror0", O_RDWR)
+    migrate(p, fd, HMM_DMIRROR_MIGRATE_TO_DEV, a, 2)
+    poke_uffd_wp(p, a)
+    assert p.mprotect(a, PAGE, PROT_READ) == 0
+    assert words(p, a)[0] & PM_UFFD_WP
+    ev = Eviction(k)
+    assert kind(p, a + PAGE) == ("pte", "migration")
+    poke_uffd_wp(p, a + PAGE)
+    assert words(p, a + PAGE)[0] & PM_UFFD_WP
+    assert p.mprotect(a + PAGE, PAGE, PROT_READ) == 0
+    assert not words(p, a + PAGE)[0] & PM_UFFD_WP
+    ev.fail_back()
+    p.close(fd)
+
+
+def test_mprotect_uffd_wp_of_pmds():
+    """change_non_present_huge_pmd: a writable device-private PMD keeps
+    uffd-wp; a writable PMD migration entry loses it."""
+    k = kernel()
+    p, a, fd = device_thp(k)
+    poke_uffd_wp(p, a)
+    assert p.mprotect(a, PMD_SIZE, PROT_READ) == 0
+    assert words(p, a)[0] & PM_UFFD_WP
+    assert p.mprotect(a, PMD_SIZE, RW) == 0
+    p.close(fd)  # back to system memory: a writable THP again
+
+    p2, b, fd2 = device_thp(k)
+    ev = Eviction(k)
+    assert kind(p2, b) == ("pmd", "migration")
+    poke_uffd_wp(p2, b)
+    assert p2.mprotect(b, PMD_SIZE, PROT_READ) == 0
+    assert not words(p2, b)[0] & PM_UFFD_WP
+    ev.fail_back()
+    p2.close(fd2)
+
+
+@pytest.mark.parametrize("evicting", [False, True])
+def test_fork_keeps_uffd_wp_on_the_source_pmd_only(evicting):
+    """copy_huge_non_present_pmd: the rewritten source PMD keeps uffd-wp; the
+    child's copy drops it (its vma is not userfaultfd-wp registered)."""
+    k = kernel()
+    p, a, fd = device_thp(k)
+    ev = Eviction(k) if evicting else None
+    poke_uffd_wp(p, a)
+    c = p.child(p.fork())
+    assert words(p, a)[0] & PM_UFFD_WP
+    assert not words(c, a)[0] & PM_UFFD_WP
+    if ev is not None:
+        ev.fail_back()
+    c._exit(0)
+    p.waitpid(c.pid)
+    p.close(fd)
