@@ -259,3 +259,21 @@ def test_with_a_sketched_fix_the_case_passes_and_the_xfail_is_reported_stale(ske
     problems = check_expected_failures(results)
     assert len(problems) == 2 and all("passed but is expected to fail" in p for p in problems)
     assert replay("migrate-shared-thp-fallback-remaps-child-pmd") == Outcome("clean")
+
+
+def test_without_series_d_the_bug_is_not_there_and_the_case_skips():
+    """The fallback split came with series (d) (device THP migration): with
+    it switched off the finding does not apply, the case SKIPs, no XFAIL."""
+    from hmmsim.kconfig import KConfig
+    from hmmsim.selftests.findings import FIXTURES, expected_failures
+    from hmmsim.selftests.harness import KSFT_SKIP, run_tests
+    from hmmsim.selftests.hmm_tests import SELFTEST_RAM_BYTES, make_kernel, post_checks
+
+    assert expected_failures(frozenset()) == {}
+    assert FINDINGS["migrate-shared-thp-fallback-remaps-child-pmd"].expected(frozenset()) == "clean"
+    cfg = KConfig(features=frozenset(), ram_bytes=SELFTEST_RAM_BYTES)
+    results = run_tests(
+        FIXTURES, lambda: make_kernel(cfg), post_checks=post_checks, out=None, xfail={}
+    )
+    assert [r.exit_code for r in results] == [KSFT_SKIP, KSFT_SKIP]
+    assert "series d" in results[0].message

@@ -49,8 +49,14 @@ class Outcome:
     kind: str
     detail: str = ""
 
-    def matches(self, finding: Finding, features: frozenset[str] = frozenset()) -> bool:
-        """Is this the outcome docs/findings.md documents for `finding`?"""
+    def matches(self, finding: Finding, features: frozenset[str] | None = None) -> bool:
+        """Is this the outcome docs/findings.md documents for `finding`?
+
+        `features`: the KConfig features the outcome was seen with (a fix
+        switch among them expects "clean"); by default the replay's own.
+        """
+        if features is None:
+            features = finding.requires
         want = finding.expected(features)
         if self.kind != want:
             return False

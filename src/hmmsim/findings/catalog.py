@@ -50,7 +50,9 @@ class Finding:
     replay: the function; tests: where a regression test holds it;
     selftest: the test (TEST_F name) of the findings suite that shows it, if any;
     fix_switch: the KConfig feature that models a fix, once there is one;
-    recorded: what the run that found it reported, before any fix.
+    recorded: what the run that found it reported, before any fix;
+    requires: the seed series (KConfig features) the buggy code belongs to:
+    without them the bug is not there (its selftest case SKIPs).
     """
 
     name: str
@@ -66,10 +68,13 @@ class Finding:
     selftest: str | None = None
     fix_switch: str | None = None
     recorded: str = ""
+    requires: frozenset[str] = frozenset()
 
     def expected(self, features: frozenset[str] = frozenset()) -> str:
         """The outcome kind expected with these KConfig features on."""
         if self.fix_switch is not None and self.fix_switch in features:
+            return "clean"
+        if not self.requires <= set(features):
             return "clean"
         return self.expect
 
@@ -98,6 +103,7 @@ _add(
         tests="tests/unit/test_migrate_device.py::"
         "test_shared_thp_split_fallback_hits_the_kernels_vm_bug_on",
         selftest="migrate_anon_huge_err_forked",
+        requires=frozenset({"d"}),
         recorded="invariant at step 5: PMD at 0x100000a00000 maps pfn 0x3fffffe00 that is not a "
         "folio head (+3 more)",
     )

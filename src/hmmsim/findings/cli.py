@@ -20,23 +20,7 @@ import sys
 
 import click
 
-from hmmsim.kconfig import SERIES
-
-
-def _split_features(values: tuple[str, ...]) -> tuple[str, ...]:
-    out: list[str] = []
-    for v in values:
-        for letter in v.split(","):
-            letter = letter.strip()
-            if not letter:
-                continue
-            if letter not in SERIES:
-                raise click.BadParameter(
-                    f"{letter!r} is not a seed series (one of {', '.join(sorted(SERIES))})",
-                    param_hint="--feature",
-                )
-            out.append(letter)
-    return tuple(out)
+from hmmsim.cli_options import conflict_option, feature_option
 
 
 def _record(f) -> dict:
@@ -129,30 +113,29 @@ def replay_command(name: str | None, all_: bool, as_json: bool) -> None:
 
 @findings_group.command("selftest")
 @click.option("-l", "--list", "list_only", is_flag=True, help="List the cases and exit.")
-@click.option(
-    "--feature",
-    "features",
-    multiple=True,
-    metavar="SERIES",
-    help="Enable a seed series (repeatable, or comma-separated: a,b).",
-)
+@feature_option()
+@conflict_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per case instead of TAP.")
-def selftest_command(list_only: bool, features: tuple[str, ...], as_json: bool) -> None:
+def selftest_command(
+    list_only: bool, features: tuple[str, ...], conflict_resolution: str | None, as_json: bool
+) -> None:
     """The findings suite: hmm-tests.c-style cases of the upstream findings (TAP).
 
     A case of an open upstream bug reports XFAIL (the kernel at the pin
     fails it too); it must fail exactly as docs/findings.md says.
     """
+    from hmmsim.cli_options import build_config, check_host_memory, kernel_host_bytes
     from hmmsim.selftests.findings import FIXTURES, check_expected_failures, expected_failures
     from hmmsim.selftests.harness import all_cases, run_tests
-    from hmmsim.selftests.hmm_tests import make_kernel, post_checks, selftest_config
+    from hmmsim.selftests.hmm_tests import SELFTEST_RAM_BYTES, make_kernel, post_checks
 
-    letters = _split_features(features)
     if list_only:
         for c in all_cases(FIXTURES):
             click.echo(c.name)
         return
-    cfg = selftest_config(letters)
+    # the kernel `hmmsim selftest` builds: series (d) (unless no-d) plus --feature
+    check_host_memory(kernel_host_bytes(SELFTEST_RAM_BYTES), "the selftest kernel's 1G of RAM")
+    cfg = build_config(features, "mainline", conflict_resolution, ram_bytes=SELFTEST_RAM_BYTES)
     xfail = expected_failures(cfg.features)
 
     def on_result(r) -> None:
