@@ -203,6 +203,7 @@ def run_device_demo(
         HMM_DMIRROR_SNAPSHOT,
         hmm_dmirror_cmd,
     )
+    from hmmsim.errno import ENOENT
     from hmmsim.include.mman import O_RDWR
     from hmmsim.kernel import Kernel
 
@@ -413,8 +414,14 @@ def run_device_demo(
     k.thp_enabled = "madvise"
     say(
         "\n6. Two THPs (MADV_HUGEPAGE, one write fault each), then MIGRATE_TO_DEV of "
-        "the first:\n   migrate_vma_collect_huge_pmd collects the whole folio "
-        "(MIGRATE_VMA_SELECT_COMPOUND)\n   when the driver can allocate a device THP:"
+        + (
+            "the first:\n   migrate_vma_collect_huge_pmd collects the whole folio "
+            "(MIGRATE_VMA_SELECT_COMPOUND)\n   when the driver can allocate a device THP:"
+            if cfg.has("d")
+            else "the first:\n   without series (d) there is no THP migration of device "
+            "pages: migrate_vma_collect_pmd\n   splits the folio (split_folio) and "
+            "collects 512 small pages:"
+        )
     )
     p.store(thp_a, b"THP A data")
     p.store(thp_b, b"THP B data")
@@ -447,22 +454,31 @@ def run_device_demo(
     say(f"    snapshot of THP A page 0: hmm_pfn {w0:#018x}  {L.describe(w0)}")
     record("6 THP A whole")
 
-    say(
-        "\n   Now THP B with HMM_DMIRROR_FLAG_FAIL_ALLOC: the driver's device-THP "
-        "allocation fails,\n   it falls back to order-0 device pages (dst[] without "
-        "COMPOUND) and migrate_vma_pages\n   splits the source folio and its PMD "
-        "(migrate_vma_split_unmapped_folio):"
-    )
     flags = ioctl(fd0, HMM_DMIRROR_FLAGS, thp_b, HMM_DMIRROR_FLAG_FAIL_ALLOC)
     if flags.ret:
         say(
-            f"   HMM_DMIRROR_FLAGS: {flags.ret} (this kernel's test_hmm has no FLAGS "
-            "ioctl); migrating\n   THP B as it is:"
+            f"\n   THP B: HMM_DMIRROR_FLAGS returns {flags.ret} (this kernel's test_hmm "
+            "has no FLAGS ioctl),\n   so THP B migrates like THP A:"
         )
+    elif cfg.has("d"):
+        say(
+            "\n   Now THP B with HMM_DMIRROR_FLAG_FAIL_ALLOC: the driver's device-THP "
+            "allocation fails,\n   it falls back to order-0 device pages (dst[] without "
+            "COMPOUND) and migrate_vma_pages\n   splits the source folio and its PMD "
+            "(migrate_vma_split_unmapped_folio):"
+        )
+    else:
+        say("\n   THP B with HMM_DMIRROR_FLAG_FAIL_ALLOC (no THP to fail without (d)):")
     captured.clear()
     cmd = ioctl(fd0, HMM_DMIRROR_MIGRATE_TO_DEV, thp_b, PMD_SIZE // PAGE_SIZE, hbuf)
     show_transaction("MIGRATE_TO_DEV THP B", limit=2)
     say(f"   ret={cmd.ret} cpages={cmd.cpages}:")
+    if cmd.ret == -ENOENT:
+        say(
+            "   (-ENOENT: the small page whose allocation failed stayed in RAM, and the "
+            "driver's\n   read-back of the range, dmirror_do_read, finds it missing "
+            "from the mirror)"
+        )
     line(p, thp_b, "THP B")
     line(p, thp_b + PAGE_SIZE, "THP B page 1")
     record("6 THP B split")
