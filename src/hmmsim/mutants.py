@@ -15,7 +15,10 @@ one for a flag bit, which loses bit BITS_PER_LONG-1 of a PFN. No machine the
 model builds has such a PFN (x86-64 MAX_PHYSMEM_BITS is 46 or 52,
 device-private offsets start at 0, and on 32-bit the migrate-PFN encoding
 already refuses PFNs of 2^26 and up), so no checker could ever see the bug;
-a mutant would only be "found" by looking at which mutant is on.
+a mutant would only be "found" by looking at which mutant is on. The marker
+that shift made room for is another matter: `pvmw_no_device_private_flag`
+removes it (in either form), and then an offset and a PFN that are the same
+number, which every (c) machine has, match each other.
 
 This module is data only, so the kernel can import it.
 """
@@ -122,6 +125,21 @@ _m(
     "a migrated hole, the new anon rmap sees an anon mapping already set and keeps "
     "it, so the page points at another (or a dead) anon_vma",
     "free_zone_device_folio clears folio->mapping (and zone_device_page_init clears it again)",
+)
+_m(
+    "pvmw_no_device_private_flag",
+    "known-bugs 19 (series (c): 'mm/page_vma_mapped: Add flag to page_vma_mapped_walk::"
+    "flags to track device private pages', and the device_private test the last patch "
+    "adds to check_pte/check_pmd)",
+    "include/linux/rmap.h folio_page_vma_walk_pfn, page_vma_walk_flags; "
+    "mm/page_vma_mapped.c check_pte, check_pmd (hmmsim.include.rmap)",
+    "the page walk of a device-private folio carries its device-private offset in "
+    "pvmw->pfn with no marker (neither PVMW_DEVICE_PRIVATE nor PVMW_PFN_DEVICE_PRIVATE), "
+    "so check_pte/check_pmd compare bare numbers: a RAM page whose PFN equals the "
+    "offset (a present PTE, or a migration entry in remove_migration_ptes) is taken for "
+    "the device folio, and a device-private entry for a RAM folio",
+    "mark the walk (pvmw->flags or bit 0 of pvmw->pfn) and match an entry only if it is "
+    "device-private exactly when the walk is",
 )
 
 _m(

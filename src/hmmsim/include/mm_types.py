@@ -192,7 +192,26 @@ def folio_page(folio: Page, n: int) -> Page:
 
 
 def folio_pfn(folio: Page) -> int:
+    """The folio's PFN (mm.h folio_pfn).
+
+    Series (c) adds VM_WARN_ON(folio_is_device_private(folio)): such a folio
+    has no PFN. The model warns and then takes page_to_pfn(), whose guard
+    (hmmsim.mm.memremap.page_to_pfn) stops the caller, where the kernel
+    would go on with a number computed from a struct page outside the
+    vmemmap.
+    """
+    if folio.a.base >= _dp_base():  # a series (c) device-private page
+        from hmmsim.mm.memremap import page_to_pfn
+
+        folio.k.warn(f"folio_pfn: device-private folio {folio!r} has no PFN")
+        return page_to_pfn(folio)
     return folio.pfn
+
+
+def _dp_base() -> int:
+    from hmmsim.kconfig import DEVICE_PRIVATE_BASE
+
+    return DEVICE_PRIVATE_BASE
 
 
 def folio_test_anon(folio: Page) -> bool:

@@ -534,9 +534,8 @@ def wp_can_reuse_anon_folio(folio: Page, vma) -> bool:
 
 def _folio_mapped_only_in(folio: Page, mm) -> bool:
     """The kernel tracks this with folio->_mm_ids; the model asks rmap."""
-    from hmmsim.include.mm_types import folio_nr_pages
     from hmmsim.mm.page_vma_mapped import (
-        PageVmaMappedWalk,
+        DEFINE_FOLIO_VMA_WALK,
         page_vma_mapped_walk,
         page_vma_mapped_walk_done,
     )
@@ -547,7 +546,7 @@ def _folio_mapped_only_in(folio: Page, mm) -> bool:
     def one(f, v, address, arg):
         if v.vm_mm is mm:
             return True
-        w = PageVmaMappedWalk(f.pfn, folio_nr_pages(f), v, address)
+        w = DEFINE_FOLIO_VMA_WALK(f, v, address)
         if page_vma_mapped_walk(w):
             page_vma_mapped_walk_done(w)
             other.append(v)

@@ -35,6 +35,7 @@ from hmmsim.include.mm_types import (
     folio_mapcount,
     folio_nr_pages,
     folio_page,
+    folio_pfn,
     folio_test_anon,
     folio_test_large,
     linear_page_index,
@@ -340,6 +341,32 @@ def folio_try_share_anon_rmap_pmd(folio: Page, page: Page) -> int:
     return 0
 
 
+def walk_entry_index(folio: Page, word: int) -> int:
+    """Which page of folio the PTE `word` a walk matched maps.
+
+    Kernel: the subpage computation of mm/rmap.c try_to_unmap_one() and
+    try_to_migrate_one(). A present PTE: pte_pfn() - folio_pfn(). An entry:
+    softleaf_to_pfn() minus, with series (c) and a device-private or
+    device-private migration entry, device_private_folio_to_offset(), else
+    folio_pfn(). folio_pfn() of a device-private folio warns (series (c)):
+    a walk that matched a present PTE for one (the marker removed) ends
+    there.
+    """
+    from hmmsim.include.pgtable import pte_pfn, pte_present
+    from hmmsim.mm.memremap import device_private_folio_to_offset
+
+    k = folio.k
+    if pte_present(word):
+        return pte_pfn(word) - folio_pfn(folio)
+    swp = k.swp
+    entry = swp.softleaf_from_pte(word)
+    if k.config.has("c") and (
+        swp.softleaf_is_device_private(entry) or swp.softleaf_is_migration_device_private(entry)
+    ):
+        return swp.softleaf_to_pfn(entry) - device_private_folio_to_offset(folio)
+    return swp.softleaf_to_pfn(entry) - folio_pfn(folio)
+
+
 def try_to_migrate_one(folio: Page, vma: vm_area_struct, address: int, arg) -> bool:
     """Replace each mapping of folio in vma by a migration entry (MMU_NOTIFY_CLEAR).
 
@@ -363,7 +390,7 @@ def try_to_migrate_one(folio: Page, vma: vm_area_struct, address: int, arg) -> b
     from hmmsim.mm.migrate import make_migration_entry_for
     from hmmsim.mm.mmu_notifier import notify_range
     from hmmsim.mm.page_vma_mapped import (
-        PageVmaMappedWalk,
+        DEFINE_FOLIO_VMA_WALK,
         page_vma_mapped_walk,
         page_vma_mapped_walk_done,
     )
@@ -376,7 +403,7 @@ def try_to_migrate_one(folio: Page, vma: vm_area_struct, address: int, arg) -> b
     end = min(vma.vm_end, address + nr * 4096)
     ret = True
     with notify_range(mm, MMU_NOTIFY_CLEAR, address, end):
-        pvmw = PageVmaMappedWalk(folio.pfn, nr, vma, address)
+        pvmw = DEFINE_FOLIO_VMA_WALK(folio, vma, address)
         while page_vma_mapped_walk(pvmw):
             if pvmw.pte is None:
                 from hmmsim.mm.huge_memory import set_pmd_migration_entry_locked
@@ -387,13 +414,7 @@ def try_to_migrate_one(folio: Page, vma: vm_area_struct, address: int, arg) -> b
                     break
                 continue
             old = ptep_get(k, pvmw.pte)
-            if pte_present(old):
-                from hmmsim.include.pgtable import pte_pfn
-
-                idx = pte_pfn(old) - folio.pfn
-            else:
-                idx = k.softleaf_to_page(swp.softleaf_from_pte(old)).pfn - folio.pfn
-            page = folio_page(folio, idx)
+            page = folio_page(folio, walk_entry_index(folio, old))
             anon_exclusive = folio_test_anon(folio) and PageAnonExclusive(page)
             ptep_get_and_clear(mm, pvmw.address, pvmw.pte)
             if pte_present(old):
@@ -551,7 +572,7 @@ def page_make_device_exclusive_one(
     )
     from hmmsim.mm.mmu_notifier import notify_range
     from hmmsim.mm.page_vma_mapped import (
-        PageVmaMappedWalk,
+        DEFINE_FOLIO_VMA_WALK,
         page_vma_mapped_walk,
         page_vma_mapped_walk_done,
     )
@@ -564,7 +585,7 @@ def page_make_device_exclusive_one(
     ret = True
     end = min(vma.vm_end, address + nr * 4096)
     with notify_range(mm, MMU_NOTIFY_EXCLUSIVE, address, end, owner=args.owner):
-        pvmw = PageVmaMappedWalk(folio.pfn, nr, vma, address)
+        pvmw = DEFINE_FOLIO_VMA_WALK(folio, vma, address)
         while page_vma_mapped_walk(pvmw):
             if pvmw.pte is None:
                 k.warn(f"page_make_device_exclusive_one: PMD-mapped folio {folio.pfn:#x}")
@@ -576,7 +597,7 @@ def page_make_device_exclusive_one(
                 ret = False
                 page_vma_mapped_walk_done(pvmw)
                 break
-            subpage = folio_page(folio, pte_pfn(ptent) - folio.pfn)
+            subpage = folio_page(folio, pte_pfn(ptent) - folio_pfn(folio))
             addr = pvmw.address
             pteval = ptep_get_and_clear(mm, addr, pvmw.pte)  # ptep_clear_flush
             if pte_dirty(pteval):
