@@ -153,6 +153,27 @@ _m(
     "page back to system memory",
 )
 
+_m(
+    "fork_plain_migration_entry",
+    "known-bugs 20 (series (b) RFC patch 4: every writer of a migration entry must keep "
+    "the device variant for a device-private page)",
+    "mm/memory.c copy_nonpresent_pte (hmmsim.mm.memory.copy_nonpresent_pte)",
+    "fork's COW downgrade of a writable device-private migration entry (an eviction "
+    "in flight) writes a plain readable migration entry, in the parent and the child; "
+    "with series (c) its device-private offset then names a RAM page",
+    "make_readable_migration_device_private_entry for a device-private migration entry",
+)
+_m(
+    "huge_pmd_plain_migration_entry",
+    "known-bugs 20 (series (b) RFC patch 4 leaves mm/huge_memory.c alone, its diffstat "
+    "shows, so the PMD writers keep the plain types)",
+    "mm/huge_memory.c copy_huge_non_present_pmd, change_non_present_huge_pmd "
+    "(hmmsim.mm.huge_memory, hmmsim.mm.mprotect)",
+    "fork and mprotect rewrite a device-private PMD migration entry (a device THP being "
+    "evicted) as a plain readable one; with series (c) its offset then names RAM",
+    "keep the device variant (make_readable_*migration_device_private_entry)",
+)
+
 
 def check_bugs(bugs) -> frozenset[str]:
     """Validate a set of mutant names; raise ValueError naming the unknown ones."""

@@ -1314,11 +1314,7 @@ class dmirror:
         k = self.mdevice.k
         L = k.hmm
         if self.notifier.mm.dead:
-            # mmget_not_zero failed: the mirrored mm has no users left, so
-            # the fault fails and READ/WRITE return -EFAULT. (The driver
-            # returned 0 until 2026, which made dmirror_read/dmirror_write
-            # loop on -ENOENT for ever: docs/findings.md.)
-            return -EFAULT
+            return 0
         npfns = dmirror_fault_window(k)
         pfns = [0] * npfns
         r = hmm_range(

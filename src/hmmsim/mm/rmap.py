@@ -52,16 +52,22 @@ class anon_vma:
     """The rmap anchor of anonymous pages.
 
     Fields: id (what folio->mapping holds); root (the anon_vma of the oldest
-    ancestor); vmas (every vma linked through an anon_vma_chain).
+    ancestor); vmas (every vma linked through an anon_vma_chain); rwsem (the
+    root's only: anon_vma->root->rwsem, read-held by rmap walks and
+    write-held while vmas are linked or unlinked, so a fork cannot link a
+    child between the vmas a walk visits).
     """
 
-    __slots__ = ("id", "root", "vmas", "parent")
+    __slots__ = ("id", "root", "vmas", "parent", "rwsem")
 
     def __init__(self, k, parent: anon_vma | None = None) -> None:
+        from hmmsim.locking import RWSem
+
         self.id = k.new_object_id(self)
         self.parent = parent
         self.root = parent.root if parent is not None else self
         self.vmas: set[vm_area_struct] = set()
+        self.rwsem = RWSem(k, f"anon_vma#{self.id}") if parent is None else None
 
     def __repr__(self) -> str:
         return f"<anon_vma #{self.id} vmas={len(self.vmas)}>"
@@ -78,11 +84,19 @@ def anon_vma_prepare(vma: vm_area_struct) -> anon_vma:
 
 
 def anon_vma_clone(dst: vm_area_struct, src: vm_area_struct) -> None:
-    """Link dst to every anon_vma src is linked to (vma split, fork, mremap)."""
+    """Link dst to every anon_vma src is linked to (vma split, fork, mremap),
+    under the root's rwsem held for write (mm/rmap.c anon_vma_clone)."""
     dst.anon_vma = src.anon_vma
     dst.anon_vma_chain = list(src.anon_vma_chain)
-    for av in dst.anon_vma_chain:
-        av.vmas.add(dst)
+    if not dst.anon_vma_chain:
+        return
+    root = dst.anon_vma_chain[0].root
+    root.rwsem.down_write()
+    try:
+        for av in dst.anon_vma_chain:
+            av.vmas.add(dst)
+    finally:
+        root.rwsem.up_write()
 
 
 def anon_vma_fork(vma: vm_area_struct, pvma: vm_area_struct) -> None:
@@ -93,12 +107,19 @@ def anon_vma_fork(vma: vm_area_struct, pvma: vm_area_struct) -> None:
     av = anon_vma(vma.vm_mm.k, parent=pvma.anon_vma)
     vma.anon_vma = av
     vma.anon_vma_chain.append(av)
+    av.root.rwsem.down_write()  # anon_vma_lock_write(): the root's
     av.vmas.add(vma)
+    av.root.rwsem.up_write()
 
 
 def unlink_anon_vmas(vma: vm_area_struct) -> None:
+    root = vma.anon_vma_chain[0].root if vma.anon_vma_chain else None
+    if root is not None:
+        root.rwsem.down_write()
     for av in vma.anon_vma_chain:
         av.vmas.discard(vma)
+    if root is not None:
+        root.rwsem.up_write()
     vma.anon_vma_chain = []
     vma.anon_vma = None
 
@@ -303,22 +324,36 @@ def vma_address(vma: vm_area_struct, pgoff: int, nr_pages: int) -> int | None:
 
 
 def rmap_walk(folio: Page, rwc: rmap_walk_control) -> None:
-    """Call rwc.rmap_one for every vma that may map the folio."""
+    """Call rwc.rmap_one for every vma that may map the folio.
+
+    An anon folio's walk read-holds its anon_vma root's rwsem throughout
+    (mm/rmap.c rmap_walk_anon_lock), so no vma is linked (fork) or unlinked
+    while it runs.
+    """
+    sem = None
     if folio_test_anon(folio):
-        vmas = list(folio_anon_vma(folio).vmas)
+        av = folio_anon_vma(folio)
+        sem = av.root.rwsem
+        sem.down_read()
+        vmas = list(av.vmas)
     else:
         mapping = folio_mapping(folio)
         vmas = list(mapping.i_mmap) if mapping is not None else []
-    pgoff = int(folio.a.index[folio.i])
-    nr = folio_nr_pages(folio)
-    for vma in sorted(vmas, key=lambda v: (v.vm_mm.owner.pid if v.vm_mm.owner else 0, v.vm_start)):
-        address = vma_address(vma, pgoff, nr)
-        if address is None:
-            continue
-        if not rwc.rmap_one(folio, vma, address, rwc.arg):
-            break
-        if rwc.done is not None and rwc.done(folio):
-            break
+    try:
+        pgoff = int(folio.a.index[folio.i])
+        nr = folio_nr_pages(folio)
+        key = lambda v: (v.vm_mm.owner.pid if v.vm_mm.owner else 0, v.vm_start)  # noqa: E731
+        for vma in sorted(vmas, key=key):
+            address = vma_address(vma, pgoff, nr)
+            if address is None:
+                continue
+            if not rwc.rmap_one(folio, vma, address, rwc.arg):
+                break
+            if rwc.done is not None and rwc.done(folio):
+                break
+    finally:
+        if sem is not None:
+            sem.up_read()
 
 
 # --- migration --------------------------------------------------------------------------------

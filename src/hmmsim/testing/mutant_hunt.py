@@ -64,6 +64,14 @@ HUNTS: dict[str, Hunt] = {
     "hmm_foreign_device_private": Hunt("fuzz", steps=3000, seeds=(0, 1)),
     "hmm_zero_pfn0": Hunt("walk", features=frozenset("de"), steps=20, seeds=(0,)),
     "stale_order_on_reuse": Hunt("devalloc", steps=10, seeds=(0,)),
+    # series (b)'s device migration types meet fork and mprotect only through
+    # an eviction (no mmap_lock); (c) makes a lost type name the wrong page
+    "fork_plain_migration_entry": Hunt(
+        "explore", "fork_vs_eviction", 1, 200, features=frozenset("abcd")
+    ),
+    "huge_pmd_plain_migration_entry": Hunt(
+        "explore", "mprotect_vs_eviction_thp", 1, 200, features=frozenset("abcd")
+    ),
     "pvmw_no_device_private_flag": Hunt(
         "alias", features=frozenset("abcd"), steps=40, seeds=(0, 1)
     ),
