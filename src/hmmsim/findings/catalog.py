@@ -141,14 +141,15 @@ _add(
 _add(
     Finding(
         name="test_hmm-read-after-opener-exit-livelock",
-        title="READ through an fd whose mm is gone spins forever in dmirror_read()",
-        kind="test_hmm",
-        status="question",
+        title="READ through an fd whose mm is gone spun forever in dmirror_read()",
+        kind="model",
+        status="fixed",
         found_by="hmmsim fuzz",
-        where="lib/test_hmm.c dmirror_read / dmirror_fault",
-        expect="livelock",
-        match=r"dmirror_read\(\) called dmirror_fault",
+        where="lib/test_hmm.c dmirror_fault (hmmsim.drivers.test_hmm dmirror.dmirror_fault)",
+        expect="clean",
+        match="",
         replay=replays.test_hmm_read_after_opener_exit_livelock,
+        tests="tests/unit/test_dmirror_dead_mm.py",
         recorded="HMM_DMIRROR_READ never returned",
     )
 )

@@ -24,6 +24,7 @@ from hmmsim.drivers.test_hmm_uapi import (
     HMM_DMIRROR_RELEASE,
     hmm_dmirror_cmd,
 )
+from hmmsim.errno import EFAULT
 from hmmsim.include.mman import (
     MADV_HUGEPAGE,
     MAP_ANONYMOUS,
@@ -181,10 +182,12 @@ def test_hmm_read_after_opener_exit_livelock(r: Replay) -> None:
 
     The fd is inherited by a child and the opener exits, so the mirror's mm
     has no users. dmirror_read() loops "do_read -> -ENOENT -> dmirror_fault()";
-    the model's dmirror_fault() returns 0 when the mm is gone (mmget_not_zero
-    fails), so nothing is faulted in and the loop goes round forever. The
-    replay counts the loop's calls of dmirror_fault() and stops it after
-    FAULT_ROUNDS_LIMIT rounds with a Livelock (no host clock involved).
+    the model's dmirror_fault() returned 0 when the mm is gone (mmget_not_zero
+    fails), so nothing was faulted in and the loop went round forever. The
+    driver returns -EFAULT there (6.12.117, newest linux-mm), and so does the
+    model now: the READ fails with -EFAULT. The replay counts the loop's calls
+    of dmirror_fault() and stops it after FAULT_ROUNDS_LIMIT rounds with a
+    Livelock (no host clock involved), should the old behaviour come back.
     """
     from hmmsim.locking import Livelock
 
@@ -210,7 +213,7 @@ def test_hmm_read_after_opener_exit_livelock(r: Replay) -> None:
 
     mirror_cls.dmirror_fault = counted_fault
     try:
-        child.ioctl(fd, HMM_DMIRROR_READ, _cmd(a, 1))
+        _expect(child.ioctl(fd, HMM_DMIRROR_READ, _cmd(a, 1)), -EFAULT, "READ on a dead mm")
     finally:
         mirror_cls.dmirror_fault = real_fault
 
