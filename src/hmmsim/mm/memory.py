@@ -888,6 +888,11 @@ def unmap_page_range(vma, addr: int, end: int, even_cows: bool = True) -> None:
     while addr < end:
         nxt = min((addr & PMD_MASK) + PMD_SIZE, end)
         pmdp = pmd_offset(mm, addr)
+        if pmdp is None:  # no PMD table: skip the empty PUD/PGD range whole
+            from hmmsim.mm.pgtable import pmd_walk_skip
+
+            addr = pmd_walk_skip(mm, addr, end)
+            continue
         if pmdp is not None:
             pmdval = pmdp_get(k, pmdp)
             if huge_memory.is_huge_pmd_entry(k, pmdval):
@@ -945,6 +950,10 @@ def copy_page_range(dst_vma, src_vma) -> int:
         end = src_vma.vm_end
         while addr < end:
             nxt = min((addr & PMD_MASK) + PMD_SIZE, end)
+            if pmd_offset(src_mm, addr) is None:  # skip an empty PUD/PGD range whole
+                from hmmsim.mm.pgtable import pmd_walk_skip
+
+                nxt = pmd_walk_skip(src_mm, addr, end)
             ret = copy_pmd_range(dst_vma, src_vma, addr, nxt)
             if ret:
                 return ret

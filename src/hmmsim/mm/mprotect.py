@@ -232,6 +232,11 @@ def change_protection(vma, start: int, end: int, cp_flags: int) -> int:
         while addr < end:
             nxt = min((addr & PMD_MASK) + PMD_SIZE, end)
             pmdp = pmd_offset(mm, addr)
+            if pmdp is None:  # no PMD table: skip the empty PUD/PGD range whole
+                from hmmsim.mm.pgtable import pmd_walk_skip
+
+                addr = pmd_walk_skip(mm, addr, end)
+                continue
             if pmdp is not None and not pmd_none(pmdp_get(k, pmdp)):
                 if huge_memory.is_huge_pmd_entry(k, pmdp_get(k, pmdp)):
                     if nxt - addr == PMD_SIZE:

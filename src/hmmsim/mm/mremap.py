@@ -38,6 +38,7 @@ from hmmsim.mm.mmu_notifier import notify_range
 from hmmsim.mm.pgtable import (
     free_pgd_range,
     pmd_offset,
+    pmd_walk_skip,
     pmdp_get,
     pte_alloc,
     pte_lockptr,
@@ -60,7 +61,10 @@ def move_page_tables(vma, old_addr: int, new_vma, new_addr: int, length: int) ->
             o, n = old_addr + done, new_addr + done
             old_pmdp = pmd_offset(mm, o)
             extent = min(PMD_SIZE - (o & ~PMD_MASK), PMD_SIZE - (n & ~PMD_MASK), length - done)
-            if old_pmdp is None or pmd_none(pmdp_get(k, old_pmdp)):
+            if old_pmdp is None:  # no PMD table: skip the empty PUD/PGD range whole
+                done = pmd_walk_skip(mm, o, old_addr + length) - old_addr
+                continue
+            if pmd_none(pmdp_get(k, old_pmdp)):
                 done += extent
                 continue
             new_pmdp = pmd_offset(mm, n, alloc=True)
