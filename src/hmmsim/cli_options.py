@@ -12,7 +12,8 @@
   exit status, never a traceback: 2 for a usage error (including a size the
   host cannot hold), 3 when the host runs out of memory during a run, 130
   on Ctrl-C (commands that keep partial results print and save them first,
-  then raise `Interrupted`); 1 stays "the run found a failure".
+  then raise `Interrupted`); 1 stays "the run found a failure" (and a write
+  the host refuses, like click's FileError).
 """
 
 from __future__ import annotations
@@ -276,6 +277,14 @@ def guarded_main(prefix: str, call: Callable[[], object]):
             err=True,
         )
         sys.exit(EXIT_HOST_MEMORY)
+    except OSError as e:
+        # the host refused a write (disk full, permissions, a closed pipe):
+        # like click's FileError, one line and exit 1
+        try:
+            click.echo(f"{prefix}: error: {e}", err=True)
+        except OSError:
+            pass
+        sys.exit(1)
 
 
 def stderr_is_tty() -> bool:

@@ -85,6 +85,18 @@ def test_a_memory_error_anywhere_is_one_line(monkeypatch):
     assert r.output.splitlines()[-1].startswith("hmmsim: error: the host ran out of memory")
 
 
+def test_a_refused_write_is_one_line(monkeypatch):
+    """Output to a full disk (e.g. `hmmsim demo > /dev/full`) ends in one line."""
+    from hmmsim.kernel import Kernel
+
+    def full(self, *a, **kw):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Kernel, "__init__", full)
+    line = one_line_error(run("info"), 1)
+    assert line == "hmmsim: error: [Errno 28] No space left on device"
+
+
 # --- Ctrl-C -------------------------------------------------------------------------------
 def test_ctrl_c_exits_130(monkeypatch):
     from hmmsim.kernel import Kernel

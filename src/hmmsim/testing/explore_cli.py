@@ -85,8 +85,8 @@ class _Progress:
             self.live = Progress(
                 SpinnerColumn(),
                 TextColumn("explore {task.fields[name]}"),
-                TextColumn("{task.completed} schedules (at most {task.fields[max]})"),
-                TextColumn("violations {task.fields[violations]}"),
+                TextColumn("{task.completed} schedules"),
+                TextColumn("{task.fields[violations]} violation(s)"),
                 TimeElapsedColumn(),
                 console=Console(stderr=True),
                 transient=True,
