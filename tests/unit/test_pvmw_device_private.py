@@ -35,6 +35,7 @@ from hmmsim.mm.migrate import migrate_pfn, migrate_pfn_from_page
 from hmmsim.mm.mmap import vma_lookup
 from hmmsim.mm.page_vma_mapped import (
     DEFINE_FOLIO_VMA_WALK,
+    check_pmd,
     page_vma_mapped_walk,
     page_vma_mapped_walk_done,
 )
@@ -175,6 +176,21 @@ def test_check_pte_compares_the_kind(form, mutant):
         w = DEFINE_FOLIO_VMA_WALK(folio, vma_lookup(proc.mm, a), a)
         assert page_vma_mapped_walk(w)
         page_vma_mapped_walk_done(w)
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("mutant", [False, True])
+def test_check_pmd_compares_the_kind(form, mutant):
+    """check_pmd gets the kind from its caller: a present PMD is never
+    device-private, a device-private or device-private migration PMD entry is."""
+    k, dev = world(form, [BUG] if mutant else [])
+    d = dev.alloc(want=0x400)
+    dw = DEFINE_FOLIO_VMA_WALK(d, None, 0)
+    rw = DEFINE_FOLIO_VMA_WALK(k.mem.pfn_to_page(0x400), None, 0)
+    assert check_pmd(k, dw, 0x400, True) and check_pmd(k, rw, 0x400, False)
+    assert check_pmd(k, dw, 0x400, False) == mutant  # a THP of RAM at PFN 0x400
+    assert check_pmd(k, rw, 0x400, True) == mutant  # a device THP at offset 0x400
+    assert not check_pmd(k, dw, 0x600, True)  # the next PMD: past the folio
 
 
 # --- end to end: eviction (try_to_migrate) and remove_migration_ptes ------------------------
