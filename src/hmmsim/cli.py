@@ -92,7 +92,15 @@ class OneLineErrors(click.Group):
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hmmsim")
 def main() -> None:
-    """hmmsim: an executable model of Linux HMM and device-memory migration."""
+    """hmmsim: an executable model of Linux HMM and device-memory migration.
+
+    \b
+    Exit status: 0 done; 1 a failure found (a failing selftest case, a fuzz
+    or explore violation, an escaped mutant); 2 a usage error, a --ram or
+    --size the host's memory cannot hold among them; 3 the host ran out of
+    memory during the run; 130 interrupted (Ctrl-C; fuzz and explore print
+    and save what they found first).
+    """
 
 
 @main.command()

@@ -34,6 +34,12 @@ def one_line_error(r, code: int) -> str:
     return lines[0]
 
 
+def test_help_names_the_exit_statuses():
+    out = " ".join(run("--help").output.split())
+    for status in ("0 done", "1 a failure found", "2 a usage error", "3 the host ran out", "130"):
+        assert status in out, out
+
+
 # --- sizes the host cannot hold -------------------------------------------------------------
 @pytest.fixture
 def small_host(monkeypatch):
