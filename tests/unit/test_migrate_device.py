@@ -1,5 +1,7 @@
 """migrate_vma_setup/pages/finalize and the device-range variants, phase by phase."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -121,7 +123,7 @@ def test_setup_einval_cases(env):
         "no dst": dict(dst=None),
     }
     for what, change in cases.items():
-        args = migrate_vma(**{**base.__dict__, **change})
+        args = dataclasses.replace(base, **change)
         assert run_setup(p, args) == -EINVAL, what
     h = p.mmap(0, PMD_SIZE, RW, ANON | MAP_HUGETLB)
     assert run_setup(p, setup_args(p, h, h + 4096, MIGRATE_VMA_SELECT_SYSTEM)) == -EINVAL

@@ -255,7 +255,7 @@ class HmmPfnLayout:
         )
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class hmm_range:
     """struct hmm_range: one hmm_range_fault() request.
 

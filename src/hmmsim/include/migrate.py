@@ -142,7 +142,7 @@ def describe_select_flags(flags: int) -> str:
     return "|".join(names) or "0"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class migrate_vma:
     """struct migrate_vma: one migrate_vma_setup/pages/finalize transaction.
 

@@ -53,7 +53,7 @@ MMU_NOTIFY_EXCLUSIVE = mmu_notifier_event.MMU_NOTIFY_EXCLUSIVE
 MMU_NOTIFIER_RANGE_BLOCKABLE = 1 << 0
 
 
-@dataclass
+@dataclass(slots=True)
 class mmu_notifier_range:
     """struct mmu_notifier_range: what is being invalidated, why and by whom.
 
