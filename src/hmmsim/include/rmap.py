@@ -30,6 +30,13 @@ from it; `KConfig.pvmw_form` picks the form.
 
 from __future__ import annotations
 
+from typing import Any
+
+from hmmsim.include.mm_types import KernelRef, Page, folio_pfn, page_folio
+
+#: struct page_vma_mapped_walk lives in hmmsim.mm.page_vma_mapped (above include/).
+PvmwRef = Any
+
 #: Serialize against a concurrent zap (pte_offset_map_lock instead of _nolock).
 PVMW_SYNC = 1 << 0
 #: Look for migration entries rather than present PTEs.
@@ -48,12 +55,13 @@ PVMW_FORMS = ("flag", "pfn-bit")
 _ULONG_MASK = (1 << 64) - 1
 
 
-def _form(k) -> str | None:
+def _form(k: KernelRef) -> str | None:
     """ "flag", "pfn-bit", or None without series (c) (no marker at all)."""
-    return k.config.pvmw_form if k.config.has("c") else None
+    form: str = k.config.pvmw_form
+    return form if k.config.has("c") else None
 
 
-def pvmw_marks_device_private(k) -> bool:
+def pvmw_marks_device_private(k: KernelRef) -> bool:
     """True when the walk carries the device-private marker.
 
     Series (c) has it in both forms; the mutant pvmw_no_device_private_flag
@@ -64,18 +72,18 @@ def pvmw_marks_device_private(k) -> bool:
     return _form(k) is not None and "pvmw_no_device_private_flag" not in k.bugs
 
 
-def page_vma_walk_pfn(k, pfn: int) -> int:
+def page_vma_walk_pfn(k: KernelRef, pfn: int) -> int:
     """A plain PFN as pvmw->pfn: shifted in the v1/v2 form, as is otherwise.
 
     The shift is done in unsigned long: the top bit is lost (known-bugs 5).
     """
-    bits = k.config.bits_per_long
+    bits: int = k.config.bits_per_long
     if _form(k) == "pfn-bit":
         return (pfn << PVMW_PFN_SHIFT) & ((1 << bits) - 1)
     return pfn
 
 
-def folio_page_vma_walk_pfn(folio) -> int:
+def folio_page_vma_walk_pfn(folio: Page) -> int:
     """pvmw->pfn for a walk over folio (rmap.h folio_page_vma_walk_pfn).
 
     Without (c): folio_pfn(). With (c): the device-private offset of a
@@ -83,7 +91,6 @@ def folio_page_vma_walk_pfn(folio) -> int:
     any other; in the v1/v2 form shifted left by one, with
     PVMW_PFN_DEVICE_PRIVATE set for an offset.
     """
-    from hmmsim.include.mm_types import folio_pfn
     from hmmsim.mm.memremap import device_private_folio_to_offset, folio_is_device_private
 
     k = folio.k
@@ -97,7 +104,7 @@ def folio_page_vma_walk_pfn(folio) -> int:
     return v
 
 
-def page_vma_walk_flags(folio, flags: int) -> int:
+def page_vma_walk_flags(folio: Page, flags: int) -> int:
     """pvmw->flags for a walk over folio (rmap.h page_vma_walk_flags, v3+).
 
     Adds PVMW_DEVICE_PRIVATE for a device-private folio in the v3+ form;
@@ -111,7 +118,7 @@ def page_vma_walk_flags(folio, flags: int) -> int:
     return flags
 
 
-def pvmw_is_device_private(k, pvmw) -> bool:
+def pvmw_is_device_private(k: KernelRef, pvmw: PvmwRef) -> bool:
     """Whether pvmw->pfn is a device-private offset (the check_pte() side)."""
     form = _form(k)
     if form == "flag":
@@ -121,14 +128,15 @@ def pvmw_is_device_private(k, pvmw) -> bool:
     return False
 
 
-def pvmw_number(k, pvmw) -> int:
+def pvmw_number(k: KernelRef, pvmw: PvmwRef) -> int:
     """The PFN (or offset) pvmw->pfn stands for: unshifted in the v1/v2 form."""
+    pfn: int = pvmw.pfn
     if _form(k) == "pfn-bit":
-        return pvmw.pfn >> PVMW_PFN_SHIFT
-    return pvmw.pfn
+        return pfn >> PVMW_PFN_SHIFT
+    return pfn
 
 
-def page_vma_walk_pfn_to_page(k, pvmw):
+def page_vma_walk_pfn_to_page(k: KernelRef, pvmw: PvmwRef) -> Page:
     """The page pvmw->pfn names (rmap.h page_vma_walk_pfn_to_page, v1/v2;
     page_vma_walk_pfn_to_folio takes the walk from v3 on).
 
@@ -141,11 +149,10 @@ def page_vma_walk_pfn_to_page(k, pvmw):
     n = pvmw_number(k, pvmw)
     if pvmw_is_device_private(k, pvmw):
         return device_private_offset_to_page(n, k=k)
-    return k.mem.pfn_to_page(n)
+    page: Page = k.mem.pfn_to_page(n)
+    return page
 
 
-def page_vma_walk_pfn_to_folio(k, pvmw):
+def page_vma_walk_pfn_to_folio(k: KernelRef, pvmw: PvmwRef) -> Page:
     """page_folio() of page_vma_walk_pfn_to_page() (vmscan's look-around)."""
-    from hmmsim.include.mm_types import page_folio
-
     return page_folio(page_vma_walk_pfn_to_page(k, pvmw))
