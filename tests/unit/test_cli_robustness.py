@@ -312,6 +312,28 @@ def test_selftest_and_fuzz_run_c_plus_e():
         assert all(c.startswith(f"features=abcde/{cr} ") for c in data["configs"]), data
 
 
+def test_every_buildable_combination_is_reachable():
+    """Issue 14 item 6: each (features, resolution) that fuzz samples, (d) off
+    included, runs through `selftest` and `fuzz` as asked."""
+    from hmmsim.testing.fuzz import feature_configs
+
+    configs = feature_configs()
+    assert len(configs) >= 20 and any(cr for _, cr in configs)
+    for fs, cr in configs:
+        letters = sorted(fs) + ([] if "d" in fs else ["no-d"])
+        args = ["--feature", ",".join(letters)]
+        args += ["--conflict-resolution", cr] if cr else []
+        r = run("selftest", "-r", "hmm.hmm_device_private.open_close", "--json", *args)
+        assert r.exit_code == 0, (fs, cr, r.output)
+        summary = json.loads(r.output.splitlines()[-1])
+        assert summary["config"]["features"] == "".join(sorted(fs)), (fs, summary)
+        assert summary["config"]["conflict_resolution"] == cr
+        r = run("fuzz", "--steps", "5", "--json", *args)
+        assert r.exit_code == 0, (fs, cr, r.output)
+        label = "".join(sorted(fs)) or "none"
+        assert json.loads(r.output)["features"] == label + (f" ({cr})" if cr else "")
+
+
 def test_run_takes_comma_features(tmp_path):
     scn = sorted(SCN.glob("*.scn"))[0]
     r = run("run", str(scn), "--feature", "a,b,c,e", "--conflict-resolution", "c-first")
