@@ -150,7 +150,7 @@ class GpuChunk:
 class MoveRecord:
     """One page that moved: why, which way, through which kernel path."""
 
-    seq: int
+    t: float  # the device's timestamp (GpuDevice.now(): a service count, or sim time)
     vpn: int
     direction: str  # "h2d" or "d2h"
     reason: str  # "fault", "prefetch", "eviction", "cpu-fault"
@@ -173,6 +173,7 @@ class ServiceResult:
     range_faults: int = 0  # hmm_range_fault calls
     failed: int = 0  # faults that could not be resolved (-EFAULT)
     vpns: list = field(default_factory=list)  # unique faulting vpns
+    moved: list = field(default_factory=list)  # vpns that moved to the device
 
 
 class GpuFaultBuffer:
@@ -219,6 +220,8 @@ class GpuDevice:
         self.space: GpuVaSpace | None = None
         self.seq = 0  # service sequence (LRU clock)
         self.moves: list[MoveRecord] = []
+        #: timestamps for the move log; a simulator installs its clock here
+        self.now = lambda: float(self.seq)
         self.log_moves = True
         self.d2h_cpu = 0  # pages migrate_to_ram moved back
         self.cpu_faults = 0  # migrate_to_ram calls
@@ -364,7 +367,7 @@ class GpuDevice:
 
     def _log(self, vpn: int, direction: str, reason: str, path: str) -> None:
         if self.log_moves:
-            self.moves.append(MoveRecord(self.seq, vpn, direction, reason, path))
+            self.moves.append(MoveRecord(self.now(), vpn, direction, reason, path))
 
     # --- binding a process ------------------------------------------------------------------
     def bind(self, proc) -> GpuVaSpace:
@@ -505,7 +508,11 @@ class GpuDevice:
             ch = space.chunk_of(v)
             if ch is not None:
                 ch.last_access = self.seq
-        ret = space.map_pages(sorted(want.items()), res)
+        # map the faulting pages and every page that moved here (prefetched
+        # pages are mapped too, as UVM does, so they do not fault again)
+        items = dict.fromkeys(res.moved, False)
+        items.update(want)
+        ret = space.map_pages(sorted(items.items()), res)
         if ret:
             res.failed += 1
         return res
@@ -699,6 +706,7 @@ class GpuVaSpace:
                     res.migrated_prefetch += 1
                 dpage = migrate_pfn_to_page(int(dst[i]), k=k)
                 dev.owner_of[dpage.pfn] = vpn
+                res.moved.append(vpn)
                 dev.where[vpn] = dpage.pfn
                 dev._log(vpn, "h2d", reason, PATH_TO_DEVICE)
         migrate_vma_finalize(args)
