@@ -155,6 +155,29 @@ def test_interrupted_fuzz_prints_and_saves_what_it_found(monkeypatch, tmp_path):
     assert data["replay_scripts"] == [str(tmp_path / "j.py")]
 
 
+def test_ctrl_c_while_shrinking_keeps_the_failing_sequence(monkeypatch, tmp_path):
+    """A real find (a known-bug mutant) interrupted during shrinking: the
+    sequence as it ran is reported and scripted, and the script fails."""
+    import subprocess
+    import sys
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fuzz_mod, "_make_violation", interrupted)
+    out = tmp_path / "found.py"
+    r = run(
+        "fuzz", "--bug", "exclusive_drops_mapcount", "--steps", "200",
+        "--sequence-steps", "100", "--out", str(out),
+    )  # fmt: skip
+    assert r.exit_code == 130, r.output
+    assert "violations   1" in r.output and "interrupted  after" in r.output
+    script = out.read_text()
+    assert "interrupted before shrinking" in script
+    replay = subprocess.run([sys.executable, str(out)], capture_output=True, text=True)
+    assert replay.returncode != 0 and "mapcount" in replay.stdout + replay.stderr
+
+
 def _interrupting_runner(after: int):
     """make_runner whose every third schedule fails and whose schedule
     `after` + 1 gets Ctrl-C."""
