@@ -377,6 +377,15 @@ def test_bench_output_does_not_truncate_when_piped():
     assert "series ad" in r.output
 
 
+def test_bench_json_carries_the_configuration():
+    r = run("bench", "--size", "512K", "--repeat", "1", "--json", "--feature", "a,b,c,e",
+            "--conflict-resolution", "e-first")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    cfg = json.loads(r.output)["config"]
+    assert cfg["features"] == "abcde" and cfg["conflict_resolution"] == "e-first"
+    assert cfg["ram_bytes"] == 256 << 20
+
+
 def _benchmark_fixtures():
     fx = h.FIXTURE("bench")
     h.FIXTURE_VARIANT_ADD(fx, "only")
