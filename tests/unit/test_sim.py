@@ -258,3 +258,39 @@ def test_cli_error_one_line_from_the_entry_point():
     assert p.returncode == 2
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("hmmsim: error: unknown policy"), p.stderr
+
+
+def test_thrashing_mitigation_pins_pingpong_pages():
+    spec = "pingpong:size=128K,rounds=30,cpu=1,access=4096"
+    plain = Simulation(spec, "nvidia-uvm").run()
+    sim = Simulation(spec, "nvidia-uvm-thrash", check_invariants=True)
+    m = sim.run()
+    _consistent(m)
+    assert plain.thrash_throttles == plain.thrash_pins == 0
+    assert m.thrash_throttles > 0 and m.thrash_pins > 0 and m.remote_accesses > 0
+    assert m.pages_h2d < plain.pages_h2d and m.cpu_faults < plain.cpu_faults
+
+
+def test_pin_expires_and_the_page_migrates_again():
+    from hmmsim.sim.policy import NvidiaUvmThrash
+
+    class ShortPin(NvidiaUvmThrash):
+        name = "short-pin"
+        thrash_pin_us = 50.0
+
+    spec = "pingpong:size=64K,rounds=30,cpu=1,access=4096"
+    m = Simulation(spec, ShortPin()).run()
+    long_pin = Simulation(spec, "nvidia-uvm-thrash").run()
+    assert m.thrash_pins > 0
+    assert m.pages_h2d > long_pin.pages_h2d  # unpinned pages fault and move again
+
+
+def test_a_policy_in_a_few_lines():
+    from hmmsim.sim.policy import Policy
+
+    class Grab64K(Policy):
+        name = "grab-64k"
+        granularity = 64 << 10
+
+    m = Simulation("random:size=4M,n=200", Grab64K()).run()
+    assert m.policy == "grab-64k" and m.pages_h2d % 16 == 0 and m.pages_prefetched > 0

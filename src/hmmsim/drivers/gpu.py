@@ -172,6 +172,8 @@ class ServiceResult:
     windows: int = 0  # migrate_vma calls
     range_faults: int = 0  # hmm_range_fault calls
     failed: int = 0  # faults that could not be resolved (-EFAULT)
+    throttled: int = 0  # faults on thrashing pages the policy throttled
+    pinned: int = 0  # faults on pinned pages: mapped remotely, not migrated
     vpns: list = field(default_factory=list)  # unique faulting vpns
     moved: list = field(default_factory=list)  # vpns that moved to the device
 
@@ -231,6 +233,9 @@ class GpuDevice:
         self.where: dict[int, int] = {}  # vpn -> device page index holding it
         self._busy: set[int] = set()  # chunk indices not to evict in this batch
         self._res: list = []  # iomem regions of the chunks (without series (c))
+        #: thrashing detection state per vpn: [last event time, consecutive
+        #: events within the lapse, throttles, pinned until] (policy-driven)
+        self.thrash: dict[int, list] = {}
         hooks = k.__dict__.setdefault("invariant_hooks", [])
         hooks.append(self.check)
 
@@ -454,6 +459,7 @@ class GpuDevice:
         for i in range(n):
             if int(src[i]) & MIGRATE_PFN_MIGRATE and dst[i]:
                 self.d2h_cpu += 1
+                self.note_migration((start >> PAGE_SHIFT) + i)
                 self._log((start >> PAGE_SHIFT) + i, "d2h", "cpu-fault", PATH_TO_RAM)
         migrate_vma_finalize(args)
         return 0
@@ -490,6 +496,16 @@ class GpuDevice:
         if policy is not None:
             for v in policy.prefetch(space, set(want)):
                 move.setdefault(v, "prefetch")
+        decide = getattr(policy, "thrash_decision", None)
+        if decide is not None:
+            now = self.now()
+            for vpn in want:
+                d = decide(self, vpn, now)
+                if d == "pin":  # stays where it is; the device maps it remotely
+                    res.pinned += 1
+                    move.pop(vpn, None)
+                elif d == "throttle":
+                    res.throttled += 1
         todo = sorted(v for v in move if not space.resident(v) and space.mappable(v))
         # capacity: never ask for more than the device holds
         todo = self._fit(todo, want)
@@ -539,7 +555,28 @@ class GpuDevice:
             if self.policy is None or getattr(self.policy, "lru", "access") == "access":
                 ch.last_access = self.seq
             return "local"
+        st = self.thrash.get(vpn)
+        if st is not None and 0 <= st[3] <= self.now():
+            # the pin expired: unmap, so that the next access faults and migrates
+            st[3] = -1.0
+            del space.pt[vpn]
+            return "miss"
         return "remote"
+
+    def note_migration(self, vpn: int) -> None:
+        """Record a migration of vpn for thrashing detection (policies that
+        define thrash_lapse_us): consecutive migrations closer than the
+        lapse count as thrashing events (uvm_perf_thrashing.c)."""
+        lapse = getattr(self.policy, "thrash_lapse_us", None)
+        if lapse is None:
+            return
+        t = self.now()
+        st = self.thrash.get(vpn)
+        if st is None:
+            self.thrash[vpn] = [t, 1, 0, -1.0]
+            return
+        st[1] = st[1] + 1 if t - st[0] <= lapse else 1
+        st[0] = t
 
     # --- invariants ----------------------------------------------------------------------
     def check(self, k) -> list[str]:
@@ -707,6 +744,7 @@ class GpuVaSpace:
                 dpage = migrate_pfn_to_page(int(dst[i]), k=k)
                 dev.owner_of[dpage.pfn] = vpn
                 res.moved.append(vpn)
+                dev.note_migration(vpn)
                 dev.where[vpn] = dpage.pfn
                 dev._log(vpn, "h2d", reason, PATH_TO_DEVICE)
         migrate_vma_finalize(args)

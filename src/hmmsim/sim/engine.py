@@ -77,9 +77,13 @@ class Metrics:
     evictions: int = 0  # root chunks evicted
     evicted_pages: int = 0
     remote_accesses: int = 0
+    thrash_throttles: int = 0  # batches the policy throttled for thrashing
+    thrash_pins: int = 0  # faults served by mapping a pinned page remotely
     sim_time_s: float = 0.0
     achieved_bandwidth_gbps: float = 0.0  # bytes moved both ways / simulated time
     access_throughput_gbps: float = 0.0  # bytes the agents accessed / simulated time
+    gpu_time_s: float = 0.0  # simulated time inside GPU kernels (launch to synchronise)
+    gpu_throughput_gbps: float = 0.0  # bytes the GPU accessed / gpu_time_s
     data_errors: int = 0
     invariant_checks: int = 0
 
@@ -151,6 +155,7 @@ class Simulation:
         self.latencies: list[float] = []
         self._gpu_open: float | None = None
         self._bytes_accessed = 0
+        self._gpu_bytes = 0
         self._stuck: dict[int, int] = {}
         self.m = Metrics(
             workload=workload.name,
@@ -191,6 +196,8 @@ class Simulation:
             first = addr >> PAGE_SHIFT
             last = (addr + max(1, size) - 1) >> PAGE_SHIFT
             self._bytes_accessed += size
+            if a != CPU:
+                self._gpu_bytes += size
             if a == CPU:
                 self._sync()
                 self.m.cpu_accesses += 1
@@ -213,7 +220,9 @@ class Simulation:
         while self.pending:
             self._service()
         if self._gpu_open is not None:
-            self.clock.span("gpu", "kernel", self._gpu_open, self.clock.now - self._gpu_open)
+            dur = self.clock.now - self._gpu_open
+            self.clock.span("gpu", "kernel", self._gpu_open, dur)
+            self.m.gpu_time_s += dur * 1e-6
             self._gpu_open = None
 
     # --- GPU side -----------------------------------------------------------------------
@@ -267,6 +276,11 @@ class Simulation:
             + p.eviction_chunk_us * res.evicted_chunks
             + p.map_per_page_us * res.mapped
         )
+        if res.throttled:
+            # the device naps once per throttled batch (uvm_perf_thrashing.c nap)
+            dur += getattr(self.policy, "thrash_nap_us", 0.0)
+            m.thrash_throttles += 1
+        m.thrash_pins += res.pinned
         start = self.clock.now
         m.fault_batches += 1
         m.gpu_faults_unique += res.unique
@@ -370,6 +384,8 @@ class Simulation:
         if t > 0:
             m.achieved_bandwidth_gbps = (m.bytes_h2d + m.bytes_d2h) / t / 1e9
             m.access_throughput_gbps = self._bytes_accessed / t / 1e9
+        if m.gpu_time_s > 0:
+            m.gpu_throughput_gbps = self._gpu_bytes / m.gpu_time_s / 1e9
 
     @property
     def moves(self):

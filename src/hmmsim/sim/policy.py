@@ -6,7 +6,10 @@ A policy answers four questions for hmmsim.drivers.gpu.GpuDevice:
   (the migration granularity);
 - ``prefetch(space, faulted)``: more pages to move with a batch;
 - ``victim(chunks)``: which 2 MiB root chunk to evict when memory is full;
-- ``cpu_region_pages()``: how many pages migrate_to_ram brings back.
+- ``cpu_region_pages()``: how many pages migrate_to_ram brings back;
+- optionally ``thrash_decision(device, vpn, now)``: "migrate", "throttle"
+  or "pin" for a fault on a page (with ``thrash_lapse_us`` set, the driver
+  records each page's migrations in ``device.thrash``).
 
 Write a new one by subclassing ``Policy`` and overriding a hook, then add it
 to ``POLICIES`` (or pass the instance to ``Simulation``). The presets follow
@@ -122,6 +125,41 @@ class NvidiaUvm(Policy):
         return out - faulted
 
 
+class NvidiaUvmThrash(NvidiaUvm):
+    """nvidia-uvm plus thrashing mitigation at the driver's defaults
+    (uvm_perf_thrashing.c): a page that migrated `thrash_threshold` (3)
+    times in a row, each within `thrash_lapse_us` (500 us) of the last, is
+    thrashing; a fault on it throttles the device for `thrash_nap_us`
+    (nap 1 x lapse); after `thrash_pin_threshold` (10) throttles the page is
+    pinned where it is for `thrash_pin_us` (pin 300 x lapse = 150 ms) and
+    the device maps it remotely. With HMM a CPU fault on a device page must
+    migrate it, so pages pin in system memory."""
+
+    name = "nvidia-uvm-thrash"
+    description = "nvidia-uvm + thrashing detection: throttle, then pin and map remotely"
+    thrash_threshold = 3
+    thrash_lapse_us = 500.0
+    thrash_nap_us = 500.0
+    thrash_pin_threshold = 10
+    thrash_pin_us = 300 * 500.0
+
+    def thrash_decision(self, dev, vpn: int, now: float) -> str:
+        """ "migrate", "throttle" or "pin" for a device fault on vpn."""
+        st = dev.thrash.get(vpn)
+        if st is None:
+            return "migrate"
+        if st[3] > now:
+            return "pin"
+        if st[1] >= self.thrash_threshold:
+            st[2] += 1
+            if st[2] >= self.thrash_pin_threshold:
+                st[1] = st[2] = 0
+                st[3] = now + self.thrash_pin_us
+                return "pin"
+            return "throttle"
+        return "migrate"
+
+
 class AmdSvm(Policy):
     """amdkfd SVM-like: 2 MiB migration granularity both ways
     (amdgpu_svm_default_granularity = 9, log2 pages), no prefetcher,
@@ -163,6 +201,7 @@ class XeGpusvm(Policy):
 POLICIES: dict[str, type[Policy]] = {
     "naive": Policy,
     "nvidia-uvm": NvidiaUvm,
+    "nvidia-uvm-thrash": NvidiaUvmThrash,
     "amd-svm": AmdSvm,
     "xe-gpusvm": XeGpusvm,
 }
