@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hmmsim.errno import EBUSY, EFAULT, EINVAL
+from hmmsim.errno import EBUSY, EFAULT
 from hmmsim.include.hmm import hmm_range
 from hmmsim.include.memremap import MEMORY_DEVICE_PRIVATE, dev_pagemap, dev_pagemap_ops
 from hmmsim.include.migrate import (
@@ -836,7 +836,6 @@ def _map_runs(items: list[tuple[int, bool]]):
 
 __all__ = [
     "CHUNK_PAGES",
-    "EINVAL",
     "FAULT_BATCH_COUNT",
     "GPU_ROOT_CHUNK_SIZE",
     "GpuChunk",
