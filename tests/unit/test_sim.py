@@ -294,3 +294,19 @@ def test_a_policy_in_a_few_lines():
 
     m = Simulation("random:size=4M,n=200", Grab64K()).run()
     assert m.policy == "grab-64k" and m.pages_h2d % 16 == 0 and m.pages_prefetched > 0
+
+
+def test_plots_are_written(tmp_path):
+    pytest.importorskip("matplotlib")
+    from hmmsim.sim.export import write_plots
+
+    sim = Simulation("pingpong:size=4M,rounds=1,oversub=2", "nvidia-uvm")
+    sim.run()
+    paths = write_plots(sim, str(tmp_path))
+    names = sorted(p.rsplit("/", 1)[1] for p in paths)
+    want = ["fault-latency.png", "migrations.png", "residency-heatmap.png", "residency.png"]
+    assert names == want
+    for p in paths:
+        with open(p, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert sim.heat and all(int(h.sum()) <= sim.dev.capacity_pages for _, h in sim.heat)

@@ -46,6 +46,8 @@ from hmmsim.sim.workloads import CPU, Workload, make_workload
 PROT_RW = 3
 MAP_PRIVATE_ANON = 0x22
 MAX_LATENCIES = 1_000_000
+HEAT_BINS = 256
+MAX_HEAT_SAMPLES = 4096
 
 
 class SimError(RuntimeError):
@@ -152,6 +154,9 @@ class Simulation:
         self.check = check_invariants
         self.shadow: dict[int, int] = {}
         self.residency: list[tuple[float, int]] = [(0.0, 0)]
+        #: (time, resident pages per address bin) for the residency heatmap
+        self.heat: list[tuple[float, np.ndarray]] = []
+        self.heat_bins = max(1, min(HEAT_BINS, workload.npages))
         self.latencies: list[float] = []
         self._gpu_open: float | None = None
         self._bytes_accessed = 0
@@ -371,6 +376,13 @@ class Simulation:
     def _sample(self) -> None:
         n = self.dev.resident_pages
         self.residency.append((self.clock.now, n))
+        if len(self.heat) < MAX_HEAT_SAMPLES:
+            base = self.base >> PAGE_SHIFT
+            npages = self.workload.npages
+            v = np.fromiter(self.dev.where, dtype=np.int64, count=len(self.dev.where)) - base
+            v = v[(v >= 0) & (v < npages)]
+            bins = np.bincount(v * self.heat_bins // npages, minlength=self.heat_bins)
+            self.heat.append((self.clock.now, bins[: self.heat_bins]))
         self.clock.counter("device resident", self.clock.now, MiB=n * PAGE_SIZE / (1 << 20))
 
     def _finish(self) -> None:

@@ -8,8 +8,9 @@
   events (``ph: "i"``) for each page move when the move log is kept;
   metadata events (``ph: "M"``) naming the process and threads. Times are
   microseconds, as the format wants.
-- ``write_plots(sim, dir)``: residency over time and the fault-latency
-  histogram as PNG (matplotlib, the ``plot`` extra).
+- ``write_plots(sim, dir)``: PNGs (matplotlib, the ``plot`` extra):
+  residency over time, a residency heatmap (address bins x time), the
+  timeline of page migrations by reason, and the fault-latency histogram.
 - ``write_moves(sim, path)``: one JSON object per page move (time in us,
   address, direction, reason, kernel path).
 """
@@ -117,6 +118,56 @@ def write_plots(sim, outdir: str) -> list[str]:
     fig.savefig(p, dpi=110)
     plt.close(fig)
     paths.append(p)
+
+    if sim.heat:
+        import numpy as np
+
+        fig, ax = plt.subplots(figsize=(8, 3.5))
+        t = np.array([h[0] for h in sim.heat]) / 1000
+        grid = np.stack([h[1] for h in sim.heat], axis=1).astype(float)
+        per_bin = max(1.0, sim.workload.npages / sim.heat_bins)
+        edges = np.append(t, t[-1] + max(1e-3, (t[-1] - t[0]) / max(1, len(t))))
+        mesh = ax.pcolormesh(
+            edges,
+            np.linspace(0, m.footprint_bytes / (1 << 20), sim.heat_bins + 1),
+            grid / per_bin,
+            shading="flat",
+            vmin=0,
+            vmax=1,
+            cmap="viridis",
+        )
+        fig.colorbar(mesh, ax=ax, label="fraction on the device")
+        ax.set_xlabel("simulated time (ms)")
+        ax.set_ylabel("buffer offset (MiB)")
+        ax.set_title(f"Residency heatmap: {title}")
+        fig.tight_layout()
+        p = os.path.join(outdir, "residency-heatmap.png")
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+
+    if sim.moves:
+        fig, ax = plt.subplots(figsize=(8, 3.5))
+        base = sim.base >> 12
+        colors = {"fault": "C0", "prefetch": "C2", "eviction": "C3", "cpu-fault": "C1"}
+        for reason, color in colors.items():
+            pts = [
+                (r.t / 1000, (r.vpn - base) * 4096 / (1 << 20))
+                for r in sim.moves
+                if r.reason == reason
+            ]
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                ax.scatter(xs, ys, s=2, c=color, label=reason, marker="s", linewidths=0)
+        ax.set_xlabel("simulated time (ms)")
+        ax.set_ylabel("buffer offset (MiB)")
+        ax.set_title(f"Page migrations: {title}")
+        ax.legend(loc="upper right", fontsize="small", markerscale=4)
+        fig.tight_layout()
+        p = os.path.join(outdir, "migrations.png")
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
 
     fig, ax = plt.subplots(figsize=(8, 3.5))
     lat = sim.latencies
