@@ -310,3 +310,20 @@ def test_plots_are_written(tmp_path):
         with open(p, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert sim.heat and all(int(h.sum()) <= sim.dev.capacity_pages for _, h in sim.heat)
+
+
+@pytest.mark.parametrize(
+    "policy,spec",
+    [
+        ("naive", "random:size=5M,n=3000,write=0.5,oversub=2.5"),
+        ("naive", "pingpong:size=2052K,rounds=3,cpu=0.5,oversub=1.9"),
+        ("xe-gpusvm", "random:size=5M,n=3000,write=0.5,oversub=2.5"),
+    ],
+)
+def test_a_batch_makes_room_before_it_migrates(policy, spec):
+    """A batch whose pages land in every chunk must still find room: the
+    driver evicts for the whole batch first (found by a sweep: GpuNoMemory
+    when every chunk had been allocated into by the batch)."""
+    m = Simulation(spec, policy, check_invariants=True, seed=7).run()
+    _consistent(m)
+    assert m.evictions > 0

@@ -42,6 +42,7 @@ maps a system page (remote access) only where migration failed.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -233,6 +234,8 @@ class GpuDevice:
         self.where: dict[int, int] = {}  # vpn -> device page index holding it
         self._busy: set[int] = set()  # chunk indices not to evict in this batch
         self._res: list = []  # iomem regions of the chunks (without series (c))
+        self._bases: list[int] = []  # sorted first page index of each chunk
+        self._by_base: list[GpuChunk] = []
         #: thrashing detection state per vpn: [last event time, consecutive
         #: events within the lapse, throttles, pinned until] (policy-driven)
         self.thrash: dict[int, list] = {}
@@ -281,9 +284,21 @@ class GpuDevice:
         chunk.first = pgmap.range.start >> PAGE_SHIFT
         self.chunks.append(chunk)
         a = chunk.pages
+        i = bisect.bisect_right(self._bases, a.base)
+        self._bases.insert(i, a.base)
+        self._by_base.insert(i, chunk)
         # pop() takes from the end: keep the lowest page first out
         self.free.extend(Page(k, a, i) for i in range(CHUNK_PAGES - 1, -1, -1))
         return 0
+
+    def chunk_of_pfn(self, pfn: int) -> GpuChunk | None:
+        """The chunk whose pages include index pfn."""
+        i = bisect.bisect_right(self._bases, pfn) - 1
+        if i >= 0:
+            chunk = self._by_base[i]
+            if pfn < self._bases[i] + CHUNK_PAGES:
+                return chunk
+        return None
 
     def alloc_page(self) -> Page | None:
         """A locked device page with one reference, or None if memory is full."""
@@ -321,6 +336,10 @@ class GpuDevice:
         """Evict victim chunks until npages device pages are free."""
         while self.free_pages_available() < npages:
             cands = [c for c in self.chunks if c.used and c.index not in self._busy]
+            if not cands:
+                # last resort: a chunk this batch uses (its pages go back to
+                # system memory and are mapped from there, or fault again)
+                cands = [c for c in self.chunks if c.used]
             if not cands:
                 raise GpuNoMemory(f"{self.name}: no chunk to evict for {npages} pages")
             victim = self.policy.victim(cands) if self.policy is not None else None
@@ -407,6 +426,7 @@ class GpuDevice:
         self._res = []
         self.chunks = []
         self.free = []
+        self._bases, self._by_base = [], []
 
     # --- migrate_to_ram -------------------------------------------------------------------
     def gpu_migrate_to_ram(self, vmf) -> int:
@@ -509,10 +529,13 @@ class GpuDevice:
         todo = sorted(v for v in move if not space.resident(v) and space.mappable(v))
         # capacity: never ask for more than the device holds
         todo = self._fit(todo, want)
-        self._busy = set()
+        # keep the chunks of resident faulting pages; make room for the whole
+        # batch before migrating any of it
+        self._busy = {c.index for c in map(space.chunk_of, want) if c is not None}
         try:
             mm.mmap_lock.down_read()
             try:
+                self.make_room(len(todo), res)
                 for lo, hi in _runs(todo, MIGRATE_WINDOW):
                     self.make_room(hi - lo, res)
                     space.migrate_to_device(lo, hi, move, res)
@@ -687,10 +710,9 @@ class GpuVaSpace:
         return vma is not None and bool(vma.vm_flags & VM_READ)
 
     def chunk_of(self, vpn: int):
-        e = self.pt.get(vpn)
-        if e is not None and is_device_private_page(e[0]):
-            return page_pgmap(e[0])._chunk
-        return None
+        """The root chunk holding vpn's page on the device, or None."""
+        pfn = self.device.where.get(vpn)
+        return None if pfn is None else self.device.chunk_of_pfn(pfn)
 
     # --- migration to the device ----------------------------------------------------------
     def migrate_to_device(self, lo: int, hi: int, why: dict[int, str], res: ServiceResult) -> None:
