@@ -35,3 +35,15 @@ def test_pvmw_form_needs_series_c():
 def test_pvmw_form_rejects_unknown_values():
     r = CliRunner().invoke(main, ["info", "--feature", "a,b,c", "--pvmw-form", "shifted"])
     assert r.exit_code == 2
+
+
+def test_explore_says_which_series_it_adds():
+    """A scenario that needs more series than asked runs with them and says so
+    (on stderr, so --json output stays one object per scenario)."""
+    args = ["explore", "fork_vs_eviction", "--feature", "b", "--random", "1"]
+    r = CliRunner().invoke(main, args)
+    assert "explore: fork_vs_eviction needs series a,c: running with a,b,c,d" in r.stderr
+    r = CliRunner().invoke(
+        main, ["explore", "fork_vs_eviction", "--feature", "a,b,c", "--random", "1"]
+    )
+    assert "needs series" not in r.stderr

@@ -22,7 +22,7 @@ own in the physical address space, pvmw->pfn is folio_pfn() and nothing
 tells the two kinds apart (mainline at the pin). With (c) a device-private
 offset and a RAM PFN can be the same number; the marker is what keeps
 check_pte()/check_pmd() from matching one for the other (the mutant
-``pvmw_no_device_private_flag`` removes it, docs/known-bugs.md 18).
+``pvmw_no_device_private_flag`` removes it, docs/known-bugs.md 19).
 
 The helpers take the folio (or the walk) and read the kernel they belong to
 from it; `KConfig.pvmw_form` picks the form.
