@@ -770,7 +770,15 @@ class Process:
     def store(self, addr: int, data: bytes | bytearray | memoryview | np.ndarray) -> None:
         """Write data at addr like CPU stores (data: bytes-like or a NumPy
         array of numbers; anything else is a TypeError naming `data`)."""
-        buf = np.frombuffer(_user_bytes(data, "data"), dtype=np.uint8)
+        if (
+            isinstance(data, np.ndarray)
+            and not data.dtype.hasobject
+            and data.dtype.itemsize
+            and not np.may_share_memory(data, self.k.mem.ram.frames)
+        ):  # its bytes in place (no host copy): the source cannot alias a frame
+            buf = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+        else:
+            buf = np.frombuffer(_user_bytes(data, "data"), dtype=np.uint8)
         addr = ulong(addr, "addr")
         pos = 0
         n = buf.size
