@@ -1302,14 +1302,17 @@ def copy_pte_range_bulk(
     return True
 
 
-def do_anonymous_page_bulk(vma, addr: int, nr: int) -> np.ndarray | None:
+def do_anonymous_page_bulk(vma, addr: int, nr: int) -> tuple[np.ndarray | None, int]:
     """The write faults of a CPU store into `nr` pages from addr, each of
     them in one PTE table that exists: the first n (pte_none) of them, each
     as handle_mm_fault -> do_anonymous_page would map it, and then as the
-    retried access sets it young and dirty. Returns the n new PFNs in
-    address order, or None (nothing done) when fewer than BULK_MIN pages qualify, the vma
-    has no anon_vma yet, or the allocator could not hand out n pages in one
-    go (the per-page path then takes its own way, OOM included). The new
+    retried access sets it young and dirty. Returns (the n new PFNs in
+    address order, n). Or (None, skip), nothing done, when fewer than
+    BULK_MIN pages qualify, the table or the vma's anon_vma does not exist
+    yet, or the allocator could not hand out n pages in one go (the
+    per-page path then takes its own way, OOM included): `skip` is how many
+    pages from addr the caller should leave to the per-page path before it
+    offers again (1 where the first fault creates what is missing). The new
     pages are not zeroed: the caller overwrites every byte of them."""
     mm = vma.vm_mm
     k = mm.k
@@ -1318,23 +1321,28 @@ def do_anonymous_page_bulk(vma, addr: int, nr: int) -> np.ndarray | None:
         or vma.vm_flags & (VM_SHARED | VM_HUGETLB)
         or not vma.vm_flags & VM_WRITE
         or not vma_is_anonymous(vma)
-        or vma.anon_vma is None
     ):
-        return None
+        return None, max(nr, 1)
+    if vma.anon_vma is None:
+        return None, 1
     pmdp = pmd_offset(mm, addr)
     if pmdp is None:
-        return None
-    ptep = pte_offset_map(k, pmdp_get(k, pmdp), addr)
+        return None, 1
+    pmdval = pmdp_get(k, pmdp)
+    ptep = pte_offset_map(k, pmdval, addr)
     if ptep is None:
-        return None
+        return None, 1 if pmd_none(pmdval) else nr  # a huge or softleaf PMD: per page
     ptes = _ptes_of(k, ptep, nr)
     busy = np.flatnonzero(ptes)
     n = int(busy[0]) if len(busy) else nr
     if n < BULK_MIN:
-        return None
+        if n:
+            return None, n
+        free = np.flatnonzero(ptes == 0)
+        return None, int(free[0]) if len(free) else nr  # mapped pages: per page
     pfns = k.mem.alloc_pages_order0_bulk(n, GFP_HIGHUSER_MOVABLE | __GFP_ZERO)
     if pfns is None:
-        return None
+        return None, nr
     k.stats["faults"] += n
     prot = vma.vm_page_prot
     one = pte_mkwrite_novma(pte_mkdirty(pfn_pte(0, prot)))
@@ -1353,4 +1361,4 @@ def do_anonymous_page_bulk(vma, addr: int, nr: int) -> np.ndarray | None:
     ram._mapcount[pfns] = 0
     ram.flags[pfns] |= np.uint32(PG_anon_exclusive | PG_lru)
     ptes[:n] = new
-    return pfns
+    return pfns, n
