@@ -36,6 +36,7 @@ from hmmsim.drivers.gpu import (
     GPU_ROOT_CHUNK_SIZE,
     GpuDevice,
     GpuFaultBuffer,
+    GpuNoMemory,
 )
 from hmmsim.kconfig import PAGE_SHIFT, PAGE_SIZE
 from hmmsim.sim.clock import EventClock
@@ -268,7 +269,10 @@ class Simulation:
         self.pending = []
         if not entries:
             entries = [(v, w) for v, w, _t, _x in stalled]
-        res = self.dev.service_faults(entries)
+        try:
+            res = self.dev.service_faults(entries)
+        except GpuNoMemory as e:
+            raise SimError(str(e)) from None
         p = self.params
         m = self.m
         h2d = res.migrated_fault + res.migrated_prefetch
