@@ -327,3 +327,20 @@ def test_a_batch_makes_room_before_it_migrates(policy, spec):
     m = Simulation(spec, policy, check_invariants=True, seed=7).run()
     _consistent(m)
     assert m.evictions > 0
+
+
+def test_cli_params_file_and_features(tmp_path):
+    f = tmp_path / "p.toml"
+    f.write_text('interconnect = "nvlink-c2c"\ngpu_fault_latency_us = 40\n')
+    r = _cli(
+        ["sim", "stream:size=2M", "--params", str(f), "--feature", "a,b,c", "--json"]
+        + ["--check-invariants"]
+    )
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert d["interconnect"] == "nvlink-c2c" and d["params"]["gpu_fault_latency_us"] == 40
+    assert d["invariant_checks"] == d["fault_batches"] > 0
+    bad = tmp_path / "bad.toml"
+    bad.write_text("per_fault_us = 'slow'\n")
+    r = _cli(["sim", "stream:size=2M", "--params", str(bad)])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1
