@@ -204,9 +204,10 @@ class GpuDevice:
     """The device: memory in root chunks, one mirrored address space, faults.
 
     `policy` is an object with the hooks of hmmsim.sim.policy.Policy
-    (fault_region, prefetch, victim, cpu_region); None means on-demand 4 KiB
-    with LRU eviction. `mem_bytes` is rounded down to whole root chunks (at
-    least one).
+    (fault_region, prefetch, victim, cpu_region_pages, optionally
+    thrash_decision); None means on-demand 4 KiB with LRU eviction.
+    `mem_bytes` is rounded down to whole root chunks (at least one). Chunks
+    are memremapped on first use and unmapped by unbind().
     """
 
     def __init__(self, k, mem_bytes: int, policy=None, name: str = "gpu0") -> None:
