@@ -145,6 +145,10 @@ class Simulation:
             self.k = Kernel(**kw)
         self.proc = self.k.spawn("sim")
         self.base = self._map_buffer(fp)
+        if getattr(policy, "compound", False):
+            from hmmsim.include.mman import MADV_HUGEPAGE
+
+            self.proc.madvise(self.base, fp, MADV_HUGEPAGE)
         self.dev = GpuDevice(self.k, self.device_mem, policy)
         self.dev.log_moves = log_moves
         self.space = self.dev.bind(self.proc)
