@@ -64,7 +64,8 @@ def _human(m: dict) -> str:
     "--policy",
     default="naive",
     show_default=True,
-    help="Migration policy: naive, nvidia-uvm, amd-svm, xe-gpusvm (see --list).",
+    help="Migration policy: naive, nvidia-uvm, nvidia-uvm-thrash, amd-svm, amd-svm-thp, "
+    "xe-gpusvm (--list describes them).",
 )
 @click.option(
     "--device-mem",
