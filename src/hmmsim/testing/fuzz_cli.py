@@ -183,7 +183,7 @@ def fuzz(
     if workers is not None or ray is not None:
         from hmmsim.testing.fuzz_parallel import parallel_runner
 
-        run_fuzz = parallel_runner(workers, ray)  # noqa: F811 (seeds sharded, one report)
+        run_fuzz = parallel_runner(workers, ray)  # seeds sharded, one merged report
     if kernel != "mainline":
         feature_label += f"; kernel profile {kernel}"
     progress = None
