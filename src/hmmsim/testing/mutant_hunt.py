@@ -64,6 +64,7 @@ HUNTS: dict[str, Hunt] = {
     "hmm_foreign_device_private": Hunt("fuzz", steps=3000, seeds=(0, 1)),
     "hmm_zero_pfn0": Hunt("walk", features=frozenset("de"), steps=20, seeds=(0,)),
     "stale_order_on_reuse": Hunt("devalloc", steps=10, seeds=(0,)),
+    "collect_skips_large_folio": Hunt("explore", "thp_split_vs_fault_page", 1, 50),
 }
 
 
