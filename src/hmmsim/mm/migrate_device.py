@@ -729,10 +729,55 @@ def migrate_vma_setup(args) -> int:
             args.src[i] = 0
     args.cpages = 0
     args.npages = 0
+    if vma.vm_mm.k.config.has("e"):
+        return _migrate_vma_setup_unified(args, nr_pages)
     migrate_vma_collect(args)
     if args.cpages:
         migrate_vma_unmap(args)
     return 0
+
+
+#: Series (e): migrate_vma_setup also faults ("for the migrate_vma_setup()
+#: call paths, a flag, MIGRATE_VMA_FAULT"). The RFC made it 1 << 3, which
+#: series (d) (merged) gave to MIGRATE_VMA_SELECT_COMPOUND; the model uses the
+#: next free bit. Only meaningful with series (e).
+MIGRATE_VMA_FAULT = 1 << 4
+
+
+def _migrate_vma_setup_unified(args, nr_pages: int) -> int:
+    """migrate_vma_setup of series (e): the collect is hmm_range_fault's walk.
+
+    As the series' migrate_vma_setup: an hmm_range without a notifier over
+    [start, end), default_flags HMM_PFN_REQ_MIGRATE (| HMM_PFN_REQ_FAULT with
+    MIGRATE_VMA_FAULT), dev_private_owner = pgmap_owner, migrate = args;
+    hmm_range_fault walks once, collecting entry by entry
+    (mm/hmm.c hmm_vma_handle_migrate_prepare); migrate_hmm_range_setup turns
+    the words into src[] and runs the unmap step. The words live in a
+    scratch array here (the series aliases them with src[]; the same slots
+    are read then written, so the result is the same). Returns 0, or the
+    walk's error (-ERANGE, or with MIGRATE_VMA_FAULT -EFAULT/-EPERM); src[]
+    is set up either way, so finalize unlocks whatever was collected.
+    """
+    from hmmsim.include.hmm import hmm_range
+    from hmmsim.mm.hmm import hmm_range_fault
+
+    k = args.vma.vm_mm.k
+    L = k.hmm
+    flags = L.HMM_PFN_REQ_MIGRATE
+    if args.flags & MIGRATE_VMA_FAULT:
+        flags |= L.HMM_PFN_REQ_FAULT
+    rng = hmm_range(
+        notifier=None,
+        start=args.start,
+        end=args.end,
+        hmm_pfns=[0] * nr_pages,
+        default_flags=flags,
+        dev_private_owner=args.pgmap_owner,
+        migrate=args,
+    )
+    ret = hmm_range_fault(rng)
+    migrate_hmm_range_setup(rng)
+    return ret
 
 
 # ----------------------------------------------------------------------------------------
@@ -1181,9 +1226,9 @@ def migrate_hmm_range_setup(range_) -> None:
     The caller filled range.migrate's src/dst arrays, pgmap_owner and flags.
     """
     m = range_.migrate
-    if m is None:
+    if m is None or m.vma is None:
         return
-    k = range_.notifier.mm.k
+    k = m.vma.vm_mm.k
     L = k.hmm
     m.npages = (m.end - m.start) >> PAGE_SHIFT
     m.cpages = 0
