@@ -438,3 +438,35 @@ def test_without_series_e_req_migrate_does_nothing():
     assert ret == 0 and r.hmm_pfns == [L.HMM_PFN_VALID | L.HMM_PFN_WRITE | pfn, 0]
     assert m.vma is None and pte_present(pte_at(p, h))
     p.mm.mmap_lock.up_read()
+
+
+def test_prot_none_vma_is_not_collected_by_the_unified_walk():
+    """A review finding the model shows: hmm_vma_walk_test skips a vma without
+    VM_READ (every word HMM_PFN_ERROR), so with (e) migrate_vma_setup collects
+    nothing from a PROT_NONE vma, where the pinned collect walk takes its page
+    and its three holes."""
+    from hmmsim.include.mman import PROT_NONE
+
+    for features, want in (("d", 4), ("de", 0)):
+        k = kernel(features)
+        k.thp_enabled = "never"
+        p = k.spawn()
+        a = p.mmap(0, 4 * PAGE_SIZE, RW, ANON)
+        p.store(a, b"abc")
+        pfn = pte_pfn(pte_at(p, a))
+        p.mprotect(a, 4 * PAGE_SIZE, PROT_NONE)
+        m = migrate_vma(
+            vma=vma_lookup(p.mm, a), src=[0] * 4, dst=[0] * 4, start=a, end=a + 4 * PAGE_SIZE,
+            flags=SYS,
+        )  # fmt: skip
+        p.mm.mmap_lock.down_read()
+        assert migrate_vma_setup(m) == 0
+        if want:
+            page = MIGRATE_PFN_VALID | MIGRATE_PFN_MIGRATE | (pfn << MIGRATE_PFN_SHIFT)
+            assert m.src == [page] + [MIGRATE_PFN_MIGRATE] * 3
+        else:
+            assert m.src == [0] * 4
+        assert m.cpages == want
+        migrate_vma_finalize(m)
+        p.mm.mmap_lock.up_read()
+        check_invariants(k)
