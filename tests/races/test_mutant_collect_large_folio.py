@@ -41,3 +41,13 @@ def test_fixed_kernel_splits_and_migrates_back():
     assert out.exit_code == 0, out.output
     row = json.loads(out.output.splitlines()[0])
     assert not row["violations"]
+
+
+def test_found_through_the_unified_walk_too():
+    """With series (e) the fault's migrate_vma_setup is hmm_range_fault's walk
+    (hmm_vma_handle_migrate_prepare): the same skip livelocks there."""
+    from dataclasses import replace
+
+    h = replace(HUNTS["collect_skips_large_folio"], features=frozenset("de"))
+    r = hunt("collect_skips_large_folio", hunt_=h)
+    assert r.found and "fault livelock" in r.detail

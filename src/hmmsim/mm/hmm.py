@@ -3,7 +3,12 @@
 Models: mm/hmm.c (hmm_range_fault, hmm_vma_walk_hole, hmm_vma_walk_pmd,
 hmm_vma_handle_pte, hmm_vma_handle_pmd, hmm_vma_handle_absent_pmd,
 hmm_vma_walk_hugetlb_entry, hmm_vma_walk_test, hmm_vma_fault,
-hmm_pte_need_fault, hmm_range_need_fault) @ torvalds/linux 0eaed89c18ae.
+hmm_pte_need_fault, hmm_range_need_fault) @ torvalds/linux 0eaed89c18ae,
+and with series (e) switched on its unified walk ("mm: unified hmm fault and
+migrate device pagewalk paths": hmm_want_migrate,
+hmm_vma_capture_migrate_range, hmm_vma_handle_migrate_prepare and the
+huge-PMD collect): with range.migrate and HMM_PFN_REQ_MIGRATE the same walk
+faults and collects for migration, entry by entry (docs/unified-walk.md).
 
 Output words use the HMM_PFN_* layout of the Kernel's configuration
 (`Kernel.hmm`, include/hmm.py): BITS_PER_LONG and series (c)/(e) move bits.
