@@ -1,129 +1,16 @@
 #!/usr/bin/env python3
-# ruff: noqa: F401, E501  (generated: every replay script imports the whole vocabulary)
-"""hmmsim fuzz replay: invariant: anon page # at # is not in the vma's anon_vma chain (+# more)
+"""Replay of a finding: write-fault reuse of a PTE-mapped THP moved the whole
+folio's anon rmap.
 
-A write fault reuses a PTE-mapped THP that spans two vmas of the child (each with
-its own anon_vma after fork) and moves the whole folio's anon rmap to one of them
-(memory.py wp_can_reuse_anon_folio calls folio_move_anon_rmap for large folios;
-the kernel's __wp_can_reuse_large_anon_folio does not).
-Run it with the Python that has hmmsim installed: it exits non-zero (an
-AssertionError, an exception from the model, or an InvariantViolation) while
-the failure reproduces, and prints "no failure reproduced" once it is fixed.
+The story, its status and the outcome expected today are in docs/findings.md
+(section large-folio-reuse-moves-anon-rmap); the steps live in
+src/hmmsim/findings/replays.py, and `hmmsim findings replay
+large-folio-reuse-moves-anon-rmap` runs the same replay and compares the
+outcome with the documented one. Run this script with the Python that has
+hmmsim installed: it prints the outcome, exits 1 while the failure reproduces
+and 0 ("no failure reproduced") once it runs clean.
 """
 
-import base64
-import zlib
+from hmmsim.findings import script_main
 
-import numpy as np
-
-from hmmsim.drivers.test_hmm import hmm_dmirror_init
-from hmmsim.drivers.test_hmm_uapi import (
-    HMM_DMIRROR_CHECK_EXCLUSIVE,
-    HMM_DMIRROR_EXCLUSIVE,
-    HMM_DMIRROR_FLAG_FAIL_ALLOC,
-    HMM_DMIRROR_FLAGS,
-    HMM_DMIRROR_MIGRATE_TO_DEV,
-    HMM_DMIRROR_MIGRATE_TO_SYS,
-    HMM_DMIRROR_READ,
-    HMM_DMIRROR_RELEASE,
-    HMM_DMIRROR_SNAPSHOT,
-    HMM_DMIRROR_WRITE,
-    hmm_dmirror_cmd,
-)
-from hmmsim.include.mman import (
-    MADV_DONTNEED,
-    MADV_HUGEPAGE,
-    MADV_NOHUGEPAGE,
-    MAP_ANONYMOUS,
-    MAP_FIXED,
-    MAP_FIXED_NOREPLACE,
-    MAP_POPULATE,
-    MAP_PRIVATE,
-    MAP_SHARED,
-    MREMAP_DONTUNMAP,
-    MREMAP_FIXED,
-    MREMAP_MAYMOVE,
-    O_RDWR,
-    PROT_NONE,
-    PROT_READ,
-    PROT_WRITE,
-)
-from hmmsim.kernel import Kernel
-from hmmsim.testing.invariants import check_invariants
-from hmmsim.userspace import BusError, SegmentationFault
-
-ALLOWED_WARNINGS = ("dmirror_do_fault: write requested but not granted",)
-
-
-def fill(tag, n):
-    """n bytes of little-endian words (tag << 32) | index, as the fuzzer wrote them."""
-    words = np.arange((n + 7) // 8, dtype=np.uint64) | np.uint64((tag & 0xFFFFFFFF) << 32)
-    return words.view(np.uint8)[:n].tobytes()
-
-
-def blob(*parts):
-    return zlib.decompress(base64.b85decode("".join(parts)))
-
-
-def expect_bytes(got, want, what):
-    got = bytes(got)
-    if got != want:
-        diff = [i for i in range(min(len(got), len(want))) if got[i] != want[i]]
-        first = diff[0] if diff else min(len(got), len(want))
-        raise AssertionError(
-            f"{what}: {len(diff)} of {len(want)} bytes differ, first at +{first:#x}: "
-            f"expected {want[first : first + 16].hex()} got {got[first : first + 16].hex()}"
-        )
-
-
-def expect_signal(exc, fn, *args):
-    try:
-        fn(*args)
-    except exc:
-        return
-    raise AssertionError(f"{fn.__name__}{args!r:.60} did not raise {exc.__name__}")
-
-
-def warnings_ok():
-    bad = [w.msg for w in k.warnings if w.msg not in ALLOWED_WARNINGS]
-    assert not bad, f"unexpected kernel warnings: {bad}"
-
-
-def ok():
-    check_invariants(k)
-    warnings_ok()
-
-
-k = Kernel(ram_bytes=0x10000000, hugetlb_pages=0, features=frozenset({"d"}))
-hmm_dmirror_init(k)
-k.thp_enabled = "always"
-
-# step 0: p0 = spawn()
-p0 = k.spawn()
-ok()
-# step 1: p0.mmap(0x100000200000, 512p, PROT_READ | PROT_WRITE, private fixed)
-ret = p0.mmap(
-    0x100000200000, 0x200000, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED
-)
-assert ret == 0x100000200000, ret
-ok()
-# step 2: p0.store(0x100000200000, fill(1, 8))
-p0.store(0x100000200000, fill(1, 8))
-ok()
-# step 3: p0.munmap(0x100000283000, 53p)
-ret = p0.munmap(0x100000283000, 0x35000)
-assert ret == 0, ret
-ok()
-# step 4: p1 = p0.fork()
-p1 = p0.child(p0.fork())
-ok()
-# step 5: p0.munmap(0x100000200000, 512p)
-ret = p0.munmap(0x100000200000, 0x200000)
-assert ret == 0, ret
-ok()
-# step 6: p1.store(0x100000271000, fill(2, 8))
-p1.store(0x100000271000, fill(2, 8))
-ok()
-# the failure: invariant at step 6: anon page 0x4b8 at 0x1000002b8000 is not in the vma's anon_vma chain (+327 more)
-
-print("replay finished: no failure reproduced")
+script_main("large-folio-reuse-moves-anon-rmap")

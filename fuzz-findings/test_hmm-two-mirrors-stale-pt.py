@@ -1,138 +1,16 @@
 #!/usr/bin/env python3
-# ruff: noqa: F401, E501  (generated: every replay script imports the whole vocabulary)
-"""hmmsim fuzz replay: invariant: pid #: mirror <dmirror dev=# pt=#> maps # -> # but the CPU has pte #
+"""Replay of a finding: two opens of one dmirror device: the second mirror's pt
+goes stale.
 
-Two opens of one dmirror device by one process give two mirrors of one mm. A
-MIGRATE_TO_DEV through the first sends MMU_NOTIFY_MIGRATE with owner == the
-device; the second mirror's dmirror_interval_invalidate() ignores it too (it
-checks only range->owner == dmirror->mdevice), so its pt keeps naming the
-system page that the migration then freed. Faithful to lib/test_hmm.c (a
-use-after-free in the C driver); the invariant checker's mirror rule reports
-it at step 6, and a later READ through the second fd returns stale bytes.
-Run it with the Python that has hmmsim installed: it exits non-zero (an
-AssertionError, an exception from the model, or an InvariantViolation) while
-the failure reproduces, and prints "no failure reproduced" once it is fixed.
+The story, its status and the outcome expected today are in docs/findings.md
+(section test_hmm-two-mirrors-stale-pt); the steps live in
+src/hmmsim/findings/replays.py, and `hmmsim findings replay
+test_hmm-two-mirrors-stale-pt` runs the same replay and compares the outcome
+with the documented one. Run this script with the Python that has hmmsim
+installed: it prints the outcome, exits 1 while the failure reproduces and 0
+("no failure reproduced") once it runs clean.
 """
 
-import base64
-import zlib
+from hmmsim.findings import script_main
 
-import numpy as np
-
-from hmmsim.drivers.test_hmm import hmm_dmirror_init
-from hmmsim.drivers.test_hmm_uapi import (
-    HMM_DMIRROR_CHECK_EXCLUSIVE,
-    HMM_DMIRROR_EXCLUSIVE,
-    HMM_DMIRROR_FLAG_FAIL_ALLOC,
-    HMM_DMIRROR_FLAGS,
-    HMM_DMIRROR_MIGRATE_TO_DEV,
-    HMM_DMIRROR_MIGRATE_TO_SYS,
-    HMM_DMIRROR_READ,
-    HMM_DMIRROR_RELEASE,
-    HMM_DMIRROR_SNAPSHOT,
-    HMM_DMIRROR_WRITE,
-    hmm_dmirror_cmd,
-)
-from hmmsim.include.mman import (
-    MADV_DONTNEED,
-    MADV_HUGEPAGE,
-    MADV_NOHUGEPAGE,
-    MAP_ANONYMOUS,
-    MAP_FIXED,
-    MAP_FIXED_NOREPLACE,
-    MAP_POPULATE,
-    MAP_PRIVATE,
-    MAP_SHARED,
-    MREMAP_DONTUNMAP,
-    MREMAP_FIXED,
-    MREMAP_MAYMOVE,
-    O_RDWR,
-    PROT_NONE,
-    PROT_READ,
-    PROT_WRITE,
-)
-from hmmsim.kernel import Kernel
-from hmmsim.testing.invariants import check_invariants
-from hmmsim.userspace import BusError, OutOfMemory, SegmentationFault
-
-ALLOWED_WARNINGS = ("dmirror_do_fault: write requested but not granted",)
-
-
-def fill(tag, n):
-    """n bytes of little-endian words (tag << 32) | index, as the fuzzer wrote them."""
-    words = np.arange((n + 7) // 8, dtype=np.uint64) | np.uint64((tag & 0xFFFFFFFF) << 32)
-    return words.view(np.uint8)[:n].tobytes()
-
-
-def blob(*parts):
-    return zlib.decompress(base64.b85decode("".join(parts)))
-
-
-def expect_bytes(got, want, what):
-    got = bytes(got)
-    if got != want:
-        diff = [i for i in range(min(len(got), len(want))) if got[i] != want[i]]
-        first = diff[0] if diff else min(len(got), len(want))
-        raise AssertionError(
-            f"{what}: {len(diff)} of {len(want)} bytes differ, first at +{first:#x}: "
-            f"expected {want[first : first + 16].hex()} got {got[first : first + 16].hex()}"
-        )
-
-
-def expect_signal(exc, fn, *args):
-    try:
-        fn(*args)
-    except exc:
-        return
-    raise AssertionError(f"{fn.__name__}{args!r:.60} did not raise {exc.__name__}")
-
-
-def warnings_ok():
-    bad = [w.msg for w in k.warnings if w.msg not in ALLOWED_WARNINGS]
-    assert not bad, f"unexpected kernel warnings: {bad}"
-
-
-def ok():
-    check_invariants(k)
-    warnings_ok()
-
-
-k = Kernel(ram_bytes=0x10000000, hugetlb_pages=0, features=frozenset({"d"}))
-hmm_dmirror_init(k)
-k.thp_enabled = "madvise"
-
-# step 0: p0 = spawn()
-p0 = k.spawn()
-ok()
-# step 1: fd0 = p0.open('/dev/hmm_dmirror2')
-fd0 = p0.open("/dev/hmm_dmirror2", O_RDWR)
-assert fd0 >= 0, fd0
-ok()
-# step 2: fd1 = p0.open('/dev/hmm_dmirror2')
-fd1 = p0.open("/dev/hmm_dmirror2", O_RDWR)
-assert fd1 >= 0, fd1
-ok()
-# step 3: p0.mmap(0x100000000000, 1p, PROT_READ | PROT_WRITE, private fixed)
-ret = p0.mmap(
-    0x100000000000, 0x1000, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED
-)
-assert ret == 0x100000000000, ret
-ok()
-# step 4: p0.store(0x100000000000, fill(1, 64))
-p0.store(0x100000000000, fill(1, 64))
-ok()
-# step 5: p0.ioctl(fd1, READ, 0x100000000000, 1p)
-buf = np.zeros(0x1000, np.uint8)
-ret = p0.ioctl(fd1, HMM_DMIRROR_READ, hmm_dmirror_cmd(addr=0x100000000000, ptr=buf, npages=1))
-assert ret == 0, ret
-ok()
-# step 6: p0.ioctl(fd0, MIGRATE_TO_DEV, 0x100000000000, 1p)
-buf = np.zeros(0x1000, np.uint8)
-ret = p0.ioctl(
-    fd0, HMM_DMIRROR_MIGRATE_TO_DEV, hmm_dmirror_cmd(addr=0x100000000000, ptr=buf, npages=1)
-)
-assert ret == 0, ret
-ok()
-# the failure: invariant at step 6: pid 1: mirror <dmirror dev=2 pt=1> maps 0x100000000000 -> 0x204 but the CPU has pte 0x80003fffeffff867
-
-print("replay finished: no failure reproduced")
+script_main("test_hmm-two-mirrors-stale-pt")

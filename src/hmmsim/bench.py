@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -91,18 +91,25 @@ def _timed(fn, repeat: int, setup=None) -> list[float]:
     return times
 
 
+def ram_for(size: int) -> int:
+    """Modelled RAM of a bench of buffers up to `size`: three buffers of it
+    at once, and room for the kernel's own pages."""
+    return max(256 << 20, (3 * size + (64 << 20)) // PMD_SIZE * PMD_SIZE)
+
+
 class Bench:
     """One benchmark run: a Kernel big enough for --size, the dmirror driver."""
 
-    def __init__(self, size: int, repeat: int, features=()) -> None:
+    def __init__(self, size: int, repeat: int, features=(), config: KConfig | None = None) -> None:
+        """`config` (e.g. the CLI's --feature/--conflict-resolution) gives the
+        series; RAM and hugetlb are always sized here (`ram_for`)."""
         if size < 512 << 10 or size % PMD_SIZE and size > PMD_SIZE:
             raise ValueError("size must be at least 512K and a multiple of 2M above 2M")
         self.size = size
         self.repeat = repeat
-        ram = max(256 << 20, (3 * size + (64 << 20)) // PMD_SIZE * PMD_SIZE)
-        self.k = Kernel(
-            KConfig(ram_bytes=ram, hugetlb_pages=0, features=frozenset({"d", *features}))
-        )
+        if config is None:
+            config = KConfig(features=frozenset({"d", *features}))
+        self.k = Kernel(replace(config, ram_bytes=ram_for(size), hugetlb_pages=0))
         hmm_dmirror_init(self.k)
         self.p = self.k.spawn("bench")
         self.fd = self.p.open("/dev/hmm_dmirror0", O_RDWR)

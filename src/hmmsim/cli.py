@@ -1,8 +1,9 @@
 """The `hmmsim` command.
 
-Subcommands: `info` (the pinned kernel, feature switches, memory sizes) and
-`demo` (a narrated walk through faults, fork/COW, mprotect and munmap with
-the real page-table words). `selftest` runs the hmm-tests.c port
+Subcommands: `info` (the pinned kernel, feature switches, memory sizes),
+`demo` (narrated device migration and CPU tours with the real page-table
+words; hmmsim.demo) and `explain` (decode one word; hmmsim.explain).
+`selftest` runs the hmm-tests.c port
 (hmmsim.selftests) and prints TAP. Errors a user can cause print one line
 and exit non-zero; no traceback.
 """
@@ -10,21 +11,23 @@ and exit non-zero; no traceback.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 
 import click
 
 from hmmsim import __version__
-from hmmsim.kconfig import (
-    KERNEL_COMMIT,
-    KERNEL_TAG,
-    KERNEL_TREE,
-    KERNELS,
-    SERIES,
-    SERIES_ABSENT,
-    ConfigError,
-    KConfig,
+from hmmsim.cli_options import (
+    build_config,
+    check_host_memory,
+    config_json,
+    conflict_option,
+    guarded_main,
+    kernel_host_bytes,
 )
+from hmmsim.cli_options import feature_option as _feature_option
+from hmmsim.kconfig import KERNEL_COMMIT, KERNEL_TAG, KERNEL_TREE, KERNELS, SERIES, KConfig
 
 
 def _parse_size(text: str) -> int:
@@ -41,31 +44,26 @@ def _parse_size(text: str) -> int:
     return value
 
 
-def _make_config(features: tuple[str, ...], ram: str, kernel: str = "mainline") -> KConfig:
-    """The KConfig of a command: series (d) (merged at the pin) plus `features`,
-    for the `kernel` profile; a series that profile lacks is a usage error."""
-    absent = sorted(set(features) & set(SERIES_ABSENT.get(kernel, ())))
-    if absent:
-        raise click.UsageError(
-            f"series {', '.join(absent)} did not exist in Linux {kernel}: "
-            f"drop --feature {' --feature '.join(absent)} or --kernel {kernel}"
-        )
-    merged = {"d"} - set(SERIES_ABSENT.get(kernel, ()))
-    try:
-        return KConfig(
-            features=frozenset({*merged, *features}), ram_bytes=_parse_size(ram), kernel=kernel
-        )
-    except ConfigError as e:
-        raise click.UsageError(str(e)) from None
+def _make_config(
+    features: tuple[str, ...],
+    ram: str,
+    kernel: str = "mainline",
+    conflict_resolution: str | None = None,
+    **fields,
+) -> KConfig:
+    """The KConfig of a command: series (d) (merged at the pin; `--feature
+    no-d` removes it) plus `features`, for the `kernel` profile. A series the
+    profile lacks, (c)+(e) without a conflict resolution, or a --ram the host
+    cannot hold is a usage error (one line)."""
+    ram_bytes = _parse_size(ram)
+    check_host_memory(kernel_host_bytes(ram_bytes), f"--ram {ram}")
+    return build_config(features, kernel, conflict_resolution, ram_bytes=ram_bytes, **fields)
 
 
-feature_option = click.option(
-    "--feature",
-    "features",
-    multiple=True,
-    type=click.Choice(sorted(SERIES)),
-    help="Enable a seed series (repeatable): " + "; ".join(f"{k}: {v}" for k, v in SERIES.items()),
-)
+#: --feature (repeatable or comma-separated, see hmmsim.cli_options); its
+#: value is a tuple of letters with `.off` for `no-d`. Pass it on to
+#: _make_config together with --conflict-resolution (`conflict_option`).
+feature_option = _feature_option()
 ram_option = click.option("--ram", default="256M", show_default=True, help="Modelled RAM size.")
 kernel_option = click.option(
     "--kernel",
@@ -78,37 +76,52 @@ kernel_option = click.option(
 
 
 class OneLineErrors(click.Group):
-    """A group whose usage errors print one line, with no usage dump or traceback."""
+    """A group whose errors print one line, with no usage dump or traceback:
+    usage errors (exit 2; a --ram or --size the host cannot hold too), the
+    host running out of memory during a run (3), Ctrl-C (130). See
+    hmmsim.cli_options.guarded_main."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        try:
-            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except click.ClickException as e:
-            click.echo(f"hmmsim: error: {e.format_message()}", err=True)
-            sys.exit(e.exit_code)
-        except click.exceptions.Abort:
-            click.echo("hmmsim: aborted", err=True)
-            sys.exit(1)
+        parent = super()
+        return guarded_main(
+            "hmmsim",
+            lambda: parent.main(args, prog_name, complete_var, standalone_mode=False, **extra),
+        )
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hmmsim")
 def main() -> None:
-    """hmmsim: an executable model of Linux HMM and device-memory migration."""
+    """hmmsim: an executable model of Linux HMM and device-memory migration.
+
+    \b
+    Exit status: 0 done; 1 a failure found (a failing selftest case, a fuzz
+    or explore violation, an escaped mutant); 2 a usage error, a --ram or
+    --size the host's memory cannot hold among them; 3 the host ran out of
+    memory during the run; 130 interrupted (Ctrl-C; fuzz and explore print
+    and save what they found first).
+    """
 
 
 @main.command()
 @feature_option
+@conflict_option
 @ram_option
 @kernel_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def info(features: tuple[str, ...], ram: str, kernel: str, as_json: bool) -> None:
+def info(
+    features: tuple[str, ...],
+    conflict_resolution: str | None,
+    ram: str,
+    kernel: str,
+    as_json: bool,
+) -> None:
     """Show the pinned kernel, the seed-series switches and memory sizes."""
     import time
 
     from hmmsim.kernel import Kernel
 
-    cfg = _make_config(features, ram, kernel)
+    cfg = _make_config(features, ram, kernel, conflict_resolution)
     t0 = time.perf_counter()
     k = Kernel(cfg)
     boot = time.perf_counter() - t0
@@ -123,6 +136,7 @@ def info(features: tuple[str, ...], ram: str, kernel: str, as_json: bool) -> Non
             "profile_description": KERNELS[cfg.kernel],
         },
         "features": {s: (s in cfg.features) for s in sorted(SERIES)},
+        "conflict_resolution": cfg.conflict_resolution,
         "bits_per_long": cfg.bits_per_long,
         "memory": mem,
         "metadata_bytes_per_page": mem["struct_page_bytes"],
@@ -138,6 +152,8 @@ def info(features: tuple[str, ...], ram: str, kernel: str, as_json: bool) -> Non
     for s, desc in SERIES.items():
         mark = "on " if s in cfg.features else "off"
         click.echo(f"series {s}   [{mark}] {desc}")
+    if cfg.conflict_resolution:
+        click.echo(f"(c)+(e)    conflict resolution {cfg.conflict_resolution}")
     click.echo(
         f"RAM        {mem['ram_bytes'] >> 20} MiB = {mem['ram_pages']} pages "
         f"({mem['free_pages']} free)"
@@ -149,16 +165,6 @@ def info(features: tuple[str, ...], ram: str, kernel: str, as_json: bool) -> Non
     click.echo(f"hugetlb    {mem['hugetlb_pages']} x 2 MiB pages ({mem['hugetlb_free']} free)")
     click.echo(f"THP        enabled=[{k.thp_enabled}]")
     click.echo(f"boot       Kernel() took {boot * 1000:.1f} ms")
-
-
-@main.command()
-@feature_option
-@kernel_option
-def demo(features: tuple[str, ...], kernel: str) -> None:
-    """A narrated walk: faults, fork with COW, mprotect, munmap, THP."""
-    from hmmsim.demo import run_demo
-
-    run_demo(_make_config(features, "64M", kernel), click.echo)
 
 
 @main.command()
@@ -174,9 +180,16 @@ def demo(features: tuple[str, ...], kernel: str) -> None:
 )
 @click.option("-l", "--list", "list_only", is_flag=True, help="List the cases and exit.")
 @feature_option
+@conflict_option
 @click.option("--ram", default="1G", show_default=True, help="Modelled RAM size.")
 @kernel_option
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per case instead of TAP.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="One JSON object per case instead of TAP (with the benchmark table of a benchmark "
+    "case), then one with the run's configuration and totals.",
+)
 def selftest(
     runs: tuple[str, ...],
     tests: tuple[str, ...],
@@ -184,6 +197,7 @@ def selftest(
     fixtures: tuple[str, ...],
     list_only: bool,
     features: tuple[str, ...],
+    conflict_resolution: str | None,
     ram: str,
     kernel: str,
     as_json: bool,
@@ -193,12 +207,15 @@ def selftest(
     Every case runs on a fresh kernel with test_hmm loaded; the filters work
     like the kernel harness's (a case runs if it matches any of them). Cases
     that fail on the kernel too (hmm_tests.KNOWN_FAILURES) report XFAIL. Exits
-    non-zero if a case fails.
+    1 if a case fails, 130 on Ctrl-C (after the totals so far).
     """
+    import time
+
+    from hmmsim.cli_options import Interrupted
     from hmmsim.selftests.harness import Filters, all_cases, run_tests, select_cases
     from hmmsim.selftests.hmm_tests import FIXTURES, KNOWN_FAILURES, make_kernel, post_checks
 
-    cfg = _make_config(features, ram, kernel)
+    cfg = _make_config(features, ram, kernel, conflict_resolution)
     cases = all_cases(FIXTURES)
     known = {
         "-f": {c.fixture.name for c in cases},
@@ -217,21 +234,44 @@ def selftest(
         for c in select_cases(FIXTURES, filters):
             click.echo(c.name)
         return
+    done = []
 
     def on_result(r) -> None:
+        done.append(r)
         if as_json:
             click.echo(json.dumps(r.as_json()))
 
-    results = run_tests(
-        FIXTURES,
-        lambda: make_kernel(cfg),
-        filters=filters,
-        post_checks=post_checks,
-        out=None if as_json else click.echo,
-        on_result=on_result,
-        xfail=KNOWN_FAILURES,
-    )
-    if any(not r.passed for r in results):
+    t0 = time.perf_counter()
+    interrupted = False
+    try:
+        run_tests(
+            FIXTURES,
+            lambda: make_kernel(cfg),
+            filters=filters,
+            post_checks=post_checks,
+            out=None if as_json else click.echo,
+            on_result=on_result,
+            xfail=KNOWN_FAILURES,
+        )
+    except KeyboardInterrupt:
+        interrupted = True
+    if as_json:
+        counts: dict[str, int] = {}
+        for r in done:
+            counts[r.result] = counts.get(r.result, 0) + 1
+        summary = {
+            "config": config_json(cfg),
+            "cases": len(select_cases(FIXTURES, filters)),
+            "run": len(done),
+            "passed": sum(r.passed for r in done),
+            "results": counts,
+            "seconds": round(time.perf_counter() - t0, 3),
+            "interrupted": interrupted,
+        }
+        click.echo(json.dumps(summary))
+    if interrupted:
+        raise Interrupted()
+    if any(not r.passed for r in done):
         sys.exit(1)
 
 
@@ -242,13 +282,33 @@ def _opt_what(opt: str) -> str:
 def _register() -> None:
     """The commands that live beside the code they drive."""
     from hmmsim.bench_cli import bench_command
+    from hmmsim.demo import demo_command
+    from hmmsim.explain import explain_command
+    from hmmsim.findings.cli import findings_group
     from hmmsim.oracle.cli import oracle
     from hmmsim.scenario.cli import run_command, scenario_group
     from hmmsim.testing.explore_cli import explore_command
     from hmmsim.testing.fuzz_cli import fuzz
 
+    main.add_command(findings_group)
     for cmd in (explore_command, fuzz, bench_command, oracle, run_command, scenario_group):
+        main.add_command(cmd)
+    for cmd in (demo_command, explain_command):
         main.add_command(cmd)
 
 
+def _interrupted_while_loading(_signum, _frame) -> None:
+    """Ctrl-C while the commands' modules load (a second or so): no traceback."""
+    sys.stderr.write("hmmsim: interrupted\n")
+    os._exit(130)
+
+
+_SIGINT = signal.getsignal(signal.SIGINT)
+try:
+    signal.signal(signal.SIGINT, _interrupted_while_loading)
+    _swapped = True
+except ValueError:  # not the main thread: leave signals alone
+    _swapped = False
 _register()
+if _swapped:  # loaded: Ctrl-C is KeyboardInterrupt again (guarded_main: 130)
+    signal.signal(signal.SIGINT, _SIGINT if _SIGINT is not None else signal.default_int_handler)

@@ -98,6 +98,11 @@ class KConfig:
             MAX_PHYSMEM_BITS.
         conflict_resolution: how to resolve the (c)/(e) HMM_PFN bit clash
             when both are enabled; see `hmmsim.include.hmm`.
+        pvmw_form: series (c)'s marker of a device-private page walk:
+            "flag" (v3+, PVMW_DEVICE_PRIVATE in pvmw->flags, the default) or
+            "pfn-bit" (v1/v2, pvmw->pfn shifted left by one with
+            PVMW_PFN_DEVICE_PRIVATE in bit 0); see `hmmsim.include.rmap`.
+            Only series (c) reads it.
         bugs: known kernel bugs to put back (names from `hmmsim.mutants`);
             empty for the fixed kernel.
 
@@ -112,6 +117,7 @@ class KConfig:
     conflict_resolution: str | None = None
     bugs: frozenset[str] = frozenset()
     kernel: str = "mainline"
+    pvmw_form: str = "flag"
 
     def __post_init__(self) -> None:
         from hmmsim.mutants import check_bugs
@@ -145,6 +151,11 @@ class KConfig:
                         "MIGRATE_PFN_DEVICE_PRIVATE flag (a) and the device migration "
                         "entry types (b); enable them too"
                     )
+        if self.pvmw_form not in ("flag", "pfn-bit"):
+            raise ConfigError(
+                f"pvmw_form must be 'flag' (series (c) v3+) or 'pfn-bit' (v1/v2), "
+                f"not {self.pvmw_form!r}"
+            )
         if self.bits_per_long not in (32, 64):
             raise ConfigError("bits_per_long must be 32 or 64")
         if self.ram_bytes < 16 * PMD_SIZE or self.ram_bytes % PMD_SIZE:
@@ -189,6 +200,11 @@ class KConfig:
         return (
             f"<KConfig {tree} series={f} BITS_PER_LONG={self.bits_per_long} "
             f"ram={self.ram_bytes >> 20}MiB"
+            + (
+                f" pvmw={self.pvmw_form}"
+                if "c" in self.features and self.pvmw_form != "flag"
+                else ""
+            )
             + (f" bugs={','.join(sorted(self.bugs))}" if self.bugs else "")
             + ">"
         )

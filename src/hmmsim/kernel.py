@@ -85,6 +85,10 @@ class Kernel:
         self._fastpath = True
         self.thp_enabled = "madvise"
         self.thp_use_zero_page = True
+        #: vm.overcommit_memory (mm/util.py): OVERCOMMIT_GUESS, the default
+        self.sysctl_overcommit_memory = 0
+        #: (pid, badness) of each process the OOM killer chose (mm/oom_kill.py)
+        self.oom_kills: list[tuple[int, int]] = []
         self.mem = PhysMem(self, cfg.nr_ram_pages)
         self.huge_zero_pfn: int | None = None
         self.hugetlb = hstate(self, cfg.hugetlb_pages)

@@ -15,7 +15,10 @@ one for a flag bit, which loses bit BITS_PER_LONG-1 of a PFN. No machine the
 model builds has such a PFN (x86-64 MAX_PHYSMEM_BITS is 46 or 52,
 device-private offsets start at 0, and on 32-bit the migrate-PFN encoding
 already refuses PFNs of 2^26 and up), so no checker could ever see the bug;
-a mutant would only be "found" by looking at which mutant is on.
+a mutant would only be "found" by looking at which mutant is on. The marker
+that shift made room for is another matter: `pvmw_no_device_private_flag`
+removes it (in either form), and then an offset and a PFN that are the same
+number, which every (c) machine has, match each other.
 
 This module is data only, so the kernel can import it.
 """
@@ -123,6 +126,21 @@ _m(
     "it, so the page points at another (or a dead) anon_vma",
     "free_zone_device_folio clears folio->mapping (and zone_device_page_init clears it again)",
 )
+_m(
+    "pvmw_no_device_private_flag",
+    "known-bugs 19 (series (c): 'mm/page_vma_mapped: Add flag to page_vma_mapped_walk::"
+    "flags to track device private pages', and the device_private test the last patch "
+    "adds to check_pte/check_pmd)",
+    "include/linux/rmap.h folio_page_vma_walk_pfn, page_vma_walk_flags; "
+    "mm/page_vma_mapped.c check_pte, check_pmd (hmmsim.include.rmap)",
+    "the page walk of a device-private folio carries its device-private offset in "
+    "pvmw->pfn with no marker (neither PVMW_DEVICE_PRIVATE nor PVMW_PFN_DEVICE_PRIVATE), "
+    "so check_pte/check_pmd compare bare numbers: a RAM page whose PFN equals the "
+    "offset (a present PTE, or a migration entry in remove_migration_ptes) is taken for "
+    "the device folio, and a device-private entry for a RAM folio",
+    "mark the walk (pvmw->flags or bit 0 of pvmw->pfn) and match an entry only if it is "
+    "device-private exactly when the walk is",
+)
 
 _m(
     "hmm_foreign_device_private",
@@ -135,6 +153,26 @@ _m(
     "page back to system memory",
 )
 
+_m(
+    "fork_plain_migration_entry",
+    "known-bugs 20 (series (b) RFC patch 4: every writer of a migration entry must keep "
+    "the device variant for a device-private page)",
+    "mm/memory.c copy_nonpresent_pte (hmmsim.mm.memory.copy_nonpresent_pte)",
+    "fork's COW downgrade of a writable device-private migration entry (an eviction "
+    "in flight) writes a plain readable migration entry, in the parent and the child; "
+    "with series (c) its device-private offset then names a RAM page",
+    "make_readable_migration_device_private_entry for a device-private migration entry",
+)
+_m(
+    "huge_pmd_plain_migration_entry",
+    "known-bugs 20 (series (b) RFC patch 4 leaves mm/huge_memory.c alone, its diffstat "
+    "shows, so the PMD writers keep the plain types)",
+    "mm/huge_memory.c copy_huge_non_present_pmd, change_non_present_huge_pmd "
+    "(hmmsim.mm.huge_memory, hmmsim.mm.mprotect)",
+    "fork and mprotect rewrite a device-private PMD migration entry (a device THP being "
+    "evicted) as a plain readable one; with series (c) its offset then names RAM",
+    "keep the device variant (make_readable_*migration_device_private_entry)",
+)
 _m(
     "collect_skips_large_folio",
     "known-bugs 2 (series (d) review: a partly unmapped device THP; the fault "

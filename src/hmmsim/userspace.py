@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from hmmsim.bug import KernelBug
-from hmmsim.errno import EBADF, ECHILD, EINVAL, ENOENT, ENOTTY, ESRCH
+from hmmsim.errno import EBADF, ECHILD, EINVAL, EMFILE, ENOENT, ENOTTY, EPERM, ESRCH
 from hmmsim.include.mm import (
     FAULT_FLAG_USER,
     FAULT_FLAG_WRITE,
@@ -72,6 +72,38 @@ from hmmsim.mm.shmem import shmem_inode
 SIGSEGV = 11
 SIGBUS = 7
 SIGKILL = 9
+SIGCHLD = 17
+
+#: include/uapi/linux/wait.h
+WNOHANG = 0x00000001
+WUNTRACED = 0x00000002
+WCONTINUED = 0x00000008
+__WNOTHREAD = 0x20000000
+__WALL = 0x40000000
+__WCLONE = 0x80000000
+_WAIT_OPTIONS = WNOHANG | WUNTRACED | WCONTINUED | __WNOTHREAD | __WCLONE | __WALL
+#: the same two bits under names a class body does not mangle
+_W_CLONE, _W_ALL = __WCLONE, __WALL
+_INT_MIN = -(1 << 31)
+
+#: include/uapi/asm-generic/resource.h
+RLIMIT_NOFILE = 7
+RLIM_NLIMITS = 16
+RLIM_INFINITY = (1 << 64) - 1
+#: include/asm-generic/resource.h INIT_RLIMITS: the limits init starts with
+#: (resource -> (soft, hard)); the rest are RLIM_INFINITY. Only
+#: RLIMIT_NOFILE is enforced by the model.
+INIT_RLIMITS = {
+    4: (0, RLIM_INFINITY),  # RLIMIT_CORE
+    3: (8 << 20, RLIM_INFINITY),  # RLIMIT_STACK (_STK_LIM)
+    RLIMIT_NOFILE: (1024, 4096),  # INR_OPEN_CUR, INR_OPEN_MAX
+    8: (8 << 20, 8 << 20),  # RLIMIT_MEMLOCK (MLOCK_LIMIT)
+    12: (819200, 819200),  # RLIMIT_MSGQUEUE (MQ_BYTES_MAX)
+    13: (0, 0),  # RLIMIT_NICE
+    14: (0, 0),  # RLIMIT_RTPRIO
+}
+#: fs/file.c sysctl_nr_open (fs.nr_open default): the hard NOFILE ceiling
+NR_OPEN = 1024 * 1024
 SEGV_MAPERR = 1
 SEGV_ACCERR = 2
 
@@ -102,7 +134,38 @@ class BusError(Exception):
 
 
 class OutOfMemory(Exception):
-    """The fault returned VM_FAULT_OOM: the modelled RAM is exhausted."""
+    """A page fault returned VM_FAULT_OOM that no OOM kill explains: an
+    injected allocation failure (fault injection, the dmirror FAIL_ALLOC
+    switch). The kernel retries such a fault (pagefault_out_of_memory);
+    the model reports it instead of looping (docs/differences.md)."""
+
+
+class OomKilled(OutOfMemory):
+    """The process died of SIGKILL from the OOM killer (mm/oom_kill.py).
+
+    Raised by the access whose page fault ran the OOM killer when that
+    chose the faulting process itself; the process is then a zombie with
+    exit status SIGKILL (WIFSIGNALED, WTERMSIG 9) for its parent to reap.
+    A subclass of OutOfMemory, so code that expects the old report still
+    catches it.
+    """
+
+    def __init__(self, pid: int, addr: int) -> None:
+        super().__init__(f"SIGKILL: process {pid} killed by the OOM killer (fault at {addr:#x})")
+        self.pid = pid
+        self.addr = addr
+        self.signo = SIGKILL
+
+
+class WouldBlock(RuntimeError):
+    """A blocking call that could never return in the model.
+
+    The model runs one thread of control: a forked child runs only when the
+    test calls its methods. waitpid() without WNOHANG on a child that is
+    still alive would wait forever; the fix is to drive the child to its
+    end first (`child._exit(status)` or `child.kill(sig)`), or to pass
+    WNOHANG and get (0, 0) while it runs.
+    """
 
 
 def WIFEXITED(status: int) -> bool:
@@ -154,6 +217,17 @@ class Process:
         self.fds: dict[int, OpenFile] = {}
         self.alive = True
         self.exit_status: int | None = None
+        #: the process group (a spawned process leads its own; fork inherits)
+        self.pgid = parent.pgid if parent is not None else self.pid
+        #: resource -> [soft, hard] (setrlimit); fork copies them
+        inherit = parent.rlimits if parent is not None else INIT_RLIMITS
+        self.rlimits: dict[int, list[int]] = {
+            r: list(inherit.get(r, (RLIM_INFINITY, RLIM_INFINITY))) for r in range(RLIM_NLIMITS)
+        }
+        #: /proc/PID/oom_score_adj (-1000..1000; fork copies it); -1000 exempts
+        self.oom_score_adj = parent.oom_score_adj if parent is not None else 0
+        #: chosen by the OOM killer (mark_oom_victim)
+        self.oom_victim = False
         k.processes[self.pid] = self
 
     def __repr__(self) -> str:
@@ -278,17 +352,78 @@ class Process:
             self.exit_status = sig & 0x7F
 
     def waitpid(self, pid: int, options: int = 0) -> tuple[int, int]:
-        """waitpid(2): (pid, status) once the child has exited; (-ECHILD, 0) if none."""
-        child = self.children.get(pid)
-        if child is None:
+        """waitpid(2) (pid_t pid, int options): (pid, status) of a reaped child,
+        (0, 0) with WNOHANG while the children it names still run, or
+        (-errno, 0).
+
+        kernel/exit.c kernel_wait4 and do_wait: unknown option bits are
+        -EINVAL, pid INT_MIN is -ESRCH; pid > 0 names one child, -1 any
+        child, 0 the children in the caller's process group, < -1 those in
+        group -pid; no such child is -ECHILD. Every child of the model is a
+        fork child (exit signal SIGCHLD), so __WCLONE without __WALL finds
+        none. With several exited children the oldest is reaped first (the
+        kernel's children list). WUNTRACED/WCONTINUED change nothing: no
+        child of the model stops. A call that would block (no WNOHANG, no
+        exited child, one still alive) raises WouldBlock: the model cannot
+        run the child meanwhile (see WouldBlock for the fix).
+        """
+        self._check_alive()
+        pid, options = c_int(pid, "pid"), c_int(options, "options")
+        if options & ~_WAIT_OPTIONS & 0xFFFFFFFF:
+            return -EINVAL, 0
+        if pid == _INT_MIN:
+            return -ESRCH, 0
+        if options & _W_CLONE and not options & _W_ALL:
+            return -ECHILD, 0  # eligible_child: only non-SIGCHLD children
+        if pid > 0:
+            eligible = [c for p, c in self.children.items() if p == pid]
+        elif pid == -1:
+            eligible = list(self.children.values())
+        else:
+            group = self.pgid if pid == 0 else -pid
+            eligible = [c for c in self.children.values() if c.pgid == group]
+        if not eligible:
             return -ECHILD, 0
-        if child.alive:
-            raise KernelBug(
-                f"waitpid({pid}) would block forever: drive the child and call _exit first"
-            )
-        del self.children[pid]
-        self.k.processes.pop(pid, None)
-        return pid, child.exit_status
+        for child in sorted(eligible, key=lambda c: c.pid):
+            if not child.alive:
+                del self.children[child.pid]
+                self.k.processes.pop(child.pid, None)
+                return child.pid, child.exit_status
+        if options & WNOHANG:
+            return 0, 0
+        running = ", ".join(str(c.pid) for c in eligible)
+        raise WouldBlock(
+            f"waitpid({pid}) would block forever: child {running} is still running and the "
+            "model runs one thread of control; drive the child and call its _exit() (or "
+            "kill()) first, or pass WNOHANG"
+        )
+
+    def getrlimit(self, resource: int) -> tuple[int, int]:
+        """getrlimit(2): (soft, hard), or (-EINVAL, 0) for an unknown resource
+        (kernel/sys.c do_prlimit). RLIM_INFINITY is 2**64 - 1."""
+        self._check_alive()
+        resource = u32(resource, "resource")
+        if resource >= RLIM_NLIMITS:
+            return -EINVAL, 0
+        soft, hard = self.rlimits[resource]
+        return soft, hard
+
+    def setrlimit(self, resource: int, soft: int, hard: int) -> int:
+        """setrlimit(2) (unsigned int resource, struct rlimit of two unsigned
+        longs): 0 or -errno, kernel/sys.c do_prlimit: an unknown resource or
+        soft > hard is -EINVAL; a RLIMIT_NOFILE hard limit above fs.nr_open
+        is -EPERM. The model's processes run as root (CAP_SYS_RESOURCE), so
+        raising a hard limit is allowed. Only RLIMIT_NOFILE is enforced
+        (open: -EMFILE)."""
+        self._check_alive()
+        resource = u32(resource, "resource")
+        soft, hard = ulong(soft, "soft"), ulong(hard, "hard")
+        if resource >= RLIM_NLIMITS or soft > hard:
+            return -EINVAL
+        if resource == RLIMIT_NOFILE and hard > NR_OPEN:
+            return -EPERM
+        self.rlimits[resource] = [soft, hard]
+        return 0
 
     # --- files --------------------------------------------------------------------------------
     def open(self, path: str, flags: int = O_RDONLY, mode: int = 0o600) -> int:
@@ -298,6 +433,14 @@ class Process:
         fmode = {O_RDONLY: FMODE_READ, O_WRONLY: FMODE_WRITE, O_RDWR: FMODE_READ | FMODE_WRITE}
         if acc not in fmode:
             return -EINVAL
+        # get_unused_fd_flags -> alloc_fd before the path is looked up: the
+        # lowest free fd (0-2 are stdin/stdout/stderr), -EMFILE at or above
+        # RLIMIT_NOFILE's soft limit (fs/file.c)
+        fd = 3
+        while fd in self.fds:
+            fd += 1
+        if fd >= min(self.rlimits[RLIMIT_NOFILE][0], NR_OPEN):
+            return -EMFILE
         k = self.k
         if path in ("/proc/self/pagemap", f"/proc/{self.pid}/pagemap"):
             from hmmsim.fs.task_mmu import pagemap_file
@@ -307,6 +450,14 @@ class Process:
 
                 return -EACCES
             f = OpenFile(pagemap_file(self), fmode[acc])
+        elif path in ("/proc/self/clear_refs", f"/proc/{self.pid}/clear_refs"):
+            from hmmsim.fs.task_mmu import clear_refs_file
+
+            if acc == O_RDONLY:  # mode 0200: writable only
+                from hmmsim.errno import EACCES
+
+                return -EACCES
+            f = OpenFile(clear_refs_file(self), fmode[acc])
         elif path in k.devices:
             dev = k.devices[path]
             f = OpenFile(dev, fmode[acc])
@@ -330,9 +481,6 @@ class Process:
             f = OpenFile(inode, fmode[acc])
         else:
             return -ENOENT
-        fd = 3
-        while fd in self.fds:
-            fd += 1
         self.fds[fd] = f
         return fd
 
@@ -456,6 +604,7 @@ class Process:
     def _fault(self, addr: int, write: bool) -> None:
         """do_user_addr_fault(): find the vma, check access, handle_mm_fault."""
         mm = self.mm
+        nr_oom = self.k.mem.nr_oom_failures
         mm.mmap_lock.down_read()
         try:
             vma = _mmap.vma_lookup(mm, addr)
@@ -468,6 +617,13 @@ class Process:
         finally:
             mm.mmap_lock.up_read()
         if ret & VM_FAULT_OOM:
+            if self.k.mem.nr_oom_failures != nr_oom:
+                # the allocator ran out where the kernel runs the OOM killer
+                from hmmsim.mm.oom_kill import out_of_memory
+
+                if out_of_memory(self.k) is self:
+                    raise OomKilled(self.pid, addr)
+                return  # a victim's memory is free: the access retries
             raise OutOfMemory(f"page fault at {addr:#x}: out of modelled memory")
         if ret & VM_FAULT_SIGSEGV:
             raise SegmentationFault(addr, SEGV_ACCERR)

@@ -13,6 +13,8 @@ never goes stale.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from hmmsim.selftests.harness import KSFT_PASS, all_cases, run_case
@@ -34,11 +36,6 @@ SLOW = {
 CASES = all_cases(FIXTURES)
 
 
-def _param(case):
-    marks = [pytest.mark.slow] if case.name in SLOW else []
-    return pytest.param(case, id=case.name, marks=marks)
-
-
 def test_every_case_is_collected():
     """38 TEST_F on two fixtures with two variants each: 76 cases."""
     assert len(CASES) == 76
@@ -48,14 +45,38 @@ def test_every_case_is_collected():
 
 #: The suite must pass unchanged with the seed series on (they do not change
 #: what userspace sees): the pinned configuration (series d only), a+b+c+d,
-#: and d+e, as `hmmsim selftest --feature ...` runs them.
-SERIES_SETS = {"d": (), "abcd": ("a", "b", "c"), "de": ("e",)}
+#: d+e, and all five, as `hmmsim selftest --feature a,b,c,e
+#: --conflict-resolution ...` runs them: name -> series added to d.
+SERIES_SETS = {"d": (), "abcd": ("a", "b", "c"), "de": ("e",), "abcde": ("a", "b", "c", "e")}
+
+#: With (c) and (e) both on, the conflict resolution alternates from case to
+#: case, so that one pass (about a minute on 2 cores) covers both in CI; the
+#: complementary pass, every case under the other resolution, is opt-in
+#: (`pytest -m slow`).
+RESOLUTIONS = ("c-first", "e-first")
 
 
-@pytest.mark.parametrize("series", list(SERIES_SETS))
-@pytest.mark.parametrize("case", [_param(c) for c in CASES])
-def test_hmm_selftest(case, series):
-    config = selftest_config(SERIES_SETS[series])
+def _params():
+    for i, case in enumerate(CASES):
+        slow = [pytest.mark.slow] if case.name in SLOW else []
+        for series, features in SERIES_SETS.items():
+            if {"c", "e"} <= set(features):
+                for j, cr in enumerate(RESOLUTIONS[i % 2 :] + RESOLUTIONS[: i % 2]):
+                    marks = slow if j == 0 else [pytest.mark.slow]
+                    yield pytest.param(
+                        case, features, cr, id=f"{case.name}-{series}-{cr}", marks=marks
+                    )
+            else:
+                yield pytest.param(case, features, None, id=f"{case.name}-{series}", marks=slow)
+
+
+@pytest.mark.parametrize(("case", "features", "resolution"), list(_params()))
+def test_hmm_selftest(case, features, resolution):
+    config = replace(
+        selftest_config(),
+        features=frozenset({"d", *features}),
+        conflict_resolution=resolution,
+    )
     r = run_case(case, lambda: make_kernel(config), post_checks)
     log = "\n".join(r.log)
     known = KNOWN_FAILURES.get(case.name)

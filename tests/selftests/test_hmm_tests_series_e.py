@@ -1,10 +1,8 @@
-"""hmm-tests under series (e): the case the series adds, and the pinned suite
-under c+e with each conflict resolution.
+"""hmm-tests under series (e): the case the series adds.
 
 `migrate_on_fault` (the series' hmm-tests case, HMM_DMIRROR_MIGRATE_ON_FAULT_TO_DEV)
-runs on both variants under d+e and c+e. The 76 pinned cases under c+e are
-opt-in (pytest -m slow; about two minutes per resolution): the default
-suite runs them under d, a+b+c+d and d+e (test_hmm_tests.py).
+runs on both variants under d+e and under c+e with each conflict resolution.
+The 76 pinned cases run under d+e and c+e in test_hmm_tests.py.
 """
 
 from __future__ import annotations
@@ -81,17 +79,4 @@ def _check(case, cfg):
 @pytest.mark.parametrize("series", list(SETS))
 @pytest.mark.parametrize("case", E_CASES, ids=lambda c: c.name)
 def test_migrate_on_fault(case, series):
-    _check(case, _cfg(series))
-
-
-PINNED = [
-    pytest.param(c, id=c.name, marks=[pytest.mark.slow])
-    for c in all_cases(FIXTURES)
-    if "benchmark" not in c.name
-]
-
-
-@pytest.mark.parametrize("series", ["ce-c-first", "ce-e-first"])
-@pytest.mark.parametrize("case", PINNED)
-def test_pinned_suite_under_c_and_e(case, series):
     _check(case, _cfg(series))

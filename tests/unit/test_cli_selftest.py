@@ -67,17 +67,28 @@ def test_tap_output_has_the_kselftest_shape():
     ]
 
 
-def test_json_is_one_object_per_case():
+def test_json_is_one_object_per_case_then_the_configuration():
     r = run("-t", "open_close", "--json", "--feature", "a")
     assert r.exit_code == 0, r.output
     objs = [json.loads(ln) for ln in r.output.splitlines()]
-    assert [o["name"] for o in objs] == [
+    *cases, summary = objs
+    assert [o["name"] for o in cases] == [
         "hmm.hmm_device_private.open_close",
         "hmm.hmm_device_coherent.open_close",
     ]
-    for o in objs:
+    for o in cases:
         assert set(o) == {"name", "result", "seconds", "message"}
         assert o["result"] == "pass" and o["message"] == "" and o["seconds"] >= 0
+    assert summary["config"] == {
+        "kernel": "mainline",
+        "features": "ad",
+        "conflict_resolution": None,
+        "ram_bytes": 1 << 30,
+        "hugetlb_pages": 4,
+        "bugs": [],
+    }
+    assert summary["cases"] == summary["run"] == summary["passed"] == 2
+    assert summary["results"] == {"pass": 2} and summary["interrupted"] is False
 
 
 # --- a failing case, registered only here ------------------------------------------------------
@@ -145,7 +156,9 @@ def test_a_passing_selection_exits_zero_even_with_failures_elsewhere(injected):
 def test_json_reports_the_failure(injected):
     r = run("--json", "-t", "fails", "-t", "skips")
     assert r.exit_code == 1
-    objs = {o["name"]: o for o in map(json.loads, r.output.splitlines())}
+    *cases, summary = map(json.loads, r.output.splitlines())
+    objs = {o["name"]: o for o in cases}
+    assert summary["results"] == {"fail": 1, "skip": 1} and summary["passed"] == 1
     assert objs["inject.only.fails"]["result"] == "fail"
     assert objs["inject.only.fails"]["message"].endswith(":fails:Expected ret (3) == 5 (5)")
     assert objs["inject.only.skips"] == {

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-from hmmsim.bug import KernelBug
 from hmmsim.errno import ECHILD
 from hmmsim.include.mm_types import PageAnonExclusive, folio_mapcount, folio_ref_count
 from hmmsim.include.mman import (
@@ -16,7 +15,7 @@ from hmmsim.include.mman import (
 )
 from hmmsim.include.pgtable import _PAGE_ACCESSED, _PAGE_RW, pte_pfn
 from hmmsim.mm.gup import FOLL_LONGTERM, FOLL_WRITE, pin_user_pages_remote, unpin_user_page
-from hmmsim.userspace import WEXITSTATUS, WIFEXITED, SegmentationFault, entry_at
+from hmmsim.userspace import WEXITSTATUS, WIFEXITED, SegmentationFault, WouldBlock, entry_at
 
 RW = PROT_READ | PROT_WRITE
 
@@ -124,7 +123,7 @@ def test_dontfork_vma_is_absent_in_child(k, proc, ok):
 def test_waitpid_rules(k, proc):
     assert proc.waitpid(12345) == (-ECHILD, 0)
     child = proc.child(proc.fork())
-    with pytest.raises(KernelBug, match="drive the child"):
+    with pytest.raises(WouldBlock, match="drive the child"):
         proc.waitpid(child.pid)
     child._exit(7)
     assert WEXITSTATUS(proc.waitpid(child.pid)[1]) == 7

@@ -132,7 +132,9 @@ def test_word_decoding(dev):
     k, p, a, _ = dev
     page = ram_page(k, p, a + 3 * 4096)
     good = [migrate_pfn(page.pfn) | MIGRATE_PFN_MIGRATE, MIGRATE_PFN_MIGRATE, 0]
+    page.set(PG_locked)  # a collected source is locked by the migration
     assert pfn_word_problems(k, "migrate", good) == []
+    page.clear(PG_locked)
     bad = {
         "undefined flag bit 2": migrate_pfn(page.pfn) | 4,
         "a PFN without VALID": (page.pfn << 6) | MIGRATE_PFN_MIGRATE,

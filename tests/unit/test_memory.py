@@ -162,10 +162,16 @@ def test_hardware_sets_accessed_and_dirty(k, proc, ok):
 
 
 def test_out_of_memory_is_reported(proc, k):
-    from hmmsim.userspace import OutOfMemory
+    from hmmsim.userspace import SIGKILL, WTERMSIG, OomKilled, OutOfMemory
 
-    a = proc.mmap(0, 80 << 20, RW, ANON)
-    assert a > 0
-    with pytest.raises(OutOfMemory):
-        for off in range(0, 80 << 20, 4096):
-            proc.store(a + off, b"x")
+    # two 40 MiB mappings: each alone fits the 64 MiB of RAM, as the default
+    # overcommit policy requires; touching both does not
+    a = proc.mmap(0, 40 << 20, RW, ANON)
+    b = proc.mmap(0, 40 << 20, RW, ANON)
+    assert a > 0 and b > 0
+    with pytest.raises(OutOfMemory) as e:  # the OOM killer's SIGKILL
+        for base in (a, b):
+            for off in range(0, 40 << 20, 4096):
+                proc.store(base + off, b"x")
+    assert isinstance(e.value, OomKilled) and not proc.alive
+    assert WTERMSIG(proc.exit_status) == SIGKILL

@@ -5,7 +5,7 @@ import pytest
 
 from hmmsim.drivers.test_hmm import hmm_dmirror_init
 from hmmsim.drivers.test_hmm_uapi import HMM_DMIRROR_MIGRATE_TO_DEV, hmm_dmirror_cmd
-from hmmsim.errno import EBUSY, EINVAL, ENOMEM, ENXIO
+from hmmsim.errno import EINVAL, ENOMEM, ENXIO
 from hmmsim.include.memremap import (
     MEMORY_DEVICE_COHERENT,
     MEMORY_DEVICE_PRIVATE,
@@ -242,6 +242,3 @@ def test_longterm_pin_migrates_a_coherent_page_out(dev):
     unpin_user_page(pages[0])
     p.close(fd)
     check_invariants(k)
-
-
-_ = (EBUSY,)

@@ -1,5 +1,7 @@
 """migrate_vma_setup/pages/finalize and the device-range variants, phase by phase."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -18,7 +20,6 @@ from hmmsim.include.migrate import (
     MIGRATE_PFN_COMPOUND,
     MIGRATE_PFN_DEVICE_PRIVATE,
     MIGRATE_PFN_MIGRATE,
-    MIGRATE_PFN_SHIFT,
     MIGRATE_PFN_VALID,
     MIGRATE_PFN_WRITE,
     MIGRATE_VMA_SELECT_COMPOUND,
@@ -122,7 +123,7 @@ def test_setup_einval_cases(env):
         "no dst": dict(dst=None),
     }
     for what, change in cases.items():
-        args = migrate_vma(**{**base.__dict__, **change})
+        args = dataclasses.replace(base, **change)
         assert run_setup(p, args) == -EINVAL, what
     h = p.mmap(0, PMD_SIZE, RW, ANON | MAP_HUGETLB)
     assert run_setup(p, setup_args(p, h, h + 4096, MIGRATE_VMA_SELECT_SYSTEM)) == -EINVAL
@@ -479,9 +480,6 @@ def test_fault_page_lock_hand_off_on_split():
 
     folio_put(fault_page)
     check_invariants(k)
-
-
-_ = (MIGRATE_PFN_SHIFT,)
 
 
 def test_shared_thp_split_fallback_hits_the_kernels_vm_bug_on():

@@ -1320,7 +1320,11 @@ class dmirror:
         k = self.mdevice.k
         L = k.hmm
         if self.notifier.mm.dead:
-            return 0
+            # mmget_not_zero failed: the mirrored mm has no users left, so
+            # the fault fails and READ/WRITE return -EFAULT. (The driver
+            # returned 0 until 2026, which made dmirror_read/dmirror_write
+            # loop on -ENOENT for ever: docs/findings.md.)
+            return -EFAULT
         npfns = dmirror_fault_window(k)
         pfns = [0] * npfns
         r = hmm_range(

@@ -186,3 +186,152 @@ class pagemap_file:
         if head_pfn == k.huge_zero_pfn and k.config.kernel != "6.12":
             return None
         return k.mem.pfn_to_page(head_pfn + sub)
+
+
+# --- /proc/PID/clear_refs ------------------------------------------------------------
+CLEAR_REFS_ALL = 1
+CLEAR_REFS_ANON = 2
+CLEAR_REFS_MAPPED = 3
+CLEAR_REFS_SOFT_DIRTY = 4
+CLEAR_REFS_MM_HIWATER_RSS = 5
+CLEAR_REFS_LAST = 6
+PROC_NUMBUF = 13
+
+
+class clear_refs_file:
+    """The open /proc/self/clear_refs of one process (write-only).
+
+    fs/proc/task_mmu.c clear_refs_write: the text (at most PROC_NUMBUF - 1
+    bytes, whitespace stripped) is a decimal type 1..5; anything else is
+    -EINVAL. Type 4 (CLEAR_REFS_SOFT_DIRTY) is modelled: see
+    clear_refs_soft_dirty. Types 1-3 (young/referenced bits) and 5 (peak
+    RSS) change nothing the model reports, so they only succeed.
+    """
+
+    nlink = 1
+
+    def __init__(self, proc) -> None:
+        self.proc = proc
+        self.i_count = 0
+
+    def __repr__(self) -> str:
+        return f"<clear_refs pid={self.proc.pid}>"
+
+    def release(self, f) -> None:
+        return None
+
+    def read(self, offset: int, count: int) -> int:
+        return -EINVAL  # no .read in proc_clear_refs_operations: vfs_read's -EINVAL
+
+    def write(self, offset: int, data: bytes) -> int:
+        count = len(data)
+        text = bytes(data[: PROC_NUMBUF - 1]).split(b"\0", 1)[0].strip()
+        body = text[1:] if text[:1] in (b"+", b"-") else text
+        if not body or not body.isdigit():
+            return -EINVAL  # kstrtoint
+        itype = int(text)
+        if not CLEAR_REFS_ALL <= itype < CLEAR_REFS_LAST:
+            return -EINVAL
+        if itype == CLEAR_REFS_SOFT_DIRTY:
+            clear_refs_soft_dirty(self.proc.mm)
+        return min(count, PROC_NUMBUF - 1)
+
+
+def clear_refs_soft_dirty(mm) -> None:
+    """Writing 4 to /proc/PID/clear_refs (fs/proc/task_mmu.c clear_refs_write,
+    clear_refs_pte_range, clear_soft_dirty, clear_soft_dirty_pmd).
+
+    Under mmap_lock for write: every vma loses VM_SOFTDIRTY; inside one
+    MMU_NOTIFY_SOFT_DIRTY invalidation of the whole address space, every
+    present PTE is write-protected and loses soft-dirty (unless it is a
+    writable COW PTE of a possibly pinned folio), every other non-empty PTE
+    loses its swap soft-dirty bit, a present huge PMD is write-protected and
+    loses soft-dirty, and a PMD migration entry loses its swap soft-dirty
+    bit (a device-private PMD keeps it). VM_PFNMAP vmas are skipped and
+    hugetlb vmas keep their entries (no hugetlb_entry in the walk).
+    Not modelled: vma_set_page_prot()'s write-notify for shared writable
+    vmas (a page faulted in by a read after clear_refs maps writable).
+    """
+    from hmmsim.include.mm import VM_PFNMAP
+    from hmmsim.include.mm_types import is_cow_mapping
+    from hmmsim.include.mmu_notifier import MMU_NOTIFY_SOFT_DIRTY
+    from hmmsim.include.pgtable import (
+        pmd_none,
+        pmd_present,
+        pmd_swp_clear_soft_dirty,
+        pmd_wrprotect,
+        pte_clear_soft_dirty,
+        pte_none,
+        pte_present,
+        pte_swp_clear_soft_dirty,
+        pte_write,
+        pte_wrprotect,
+    )
+    from hmmsim.kconfig import PAGE_SIZE, PMD_MASK, PMD_SIZE
+    from hmmsim.mm.huge_memory import is_huge_pmd_entry
+    from hmmsim.mm.memory import vm_normal_page
+    from hmmsim.mm.mmu_notifier import notify_range
+    from hmmsim.mm.pgtable import (
+        pmd_lockptr,
+        pmd_offset,
+        pmdp_get,
+        pte_lockptr,
+        pte_offset_map,
+        ptep_get,
+        set_pmd_at,
+        set_pte_at,
+    )
+    from hmmsim.mm.rmap import folio_maybe_dma_pinned
+
+    k = mm.k
+    swp = k.swp
+    mm.mmap_lock.down_write()
+    try:
+        for vma in mm.vmas:
+            vma.vm_flags &= ~VM_SOFTDIRTY
+        with notify_range(mm, MMU_NOTIFY_SOFT_DIRTY, 0, (1 << 64) - PAGE_SIZE):
+            for vma in list(mm.vmas):
+                if vma.vm_flags & (VM_PFNMAP | VM_HUGETLB):
+                    continue
+                addr = vma.vm_start
+                while addr < vma.vm_end:
+                    nxt = min((addr & PMD_MASK) + PMD_SIZE, vma.vm_end)
+                    pmdp = pmd_offset(mm, addr)
+                    if pmdp is None or pmd_none(pmdp_get(k, pmdp)):
+                        addr = nxt
+                        continue
+                    pmd = pmdp_get(k, pmdp)
+                    if is_huge_pmd_entry(k, pmd):
+                        with pmd_lockptr(mm, pmdp):
+                            if pmd_present(pmd):
+                                # pmd_clear_soft_dirty: the PTE's bit on x86-64
+                                new = pte_clear_soft_dirty(pmd_wrprotect(pmd))
+                                set_pmd_at(mm, addr & PMD_MASK, pmdp, new)
+                            elif swp.softleaf_is_migration(swp.softleaf_from_pmd(pmd)):
+                                new = pmd_swp_clear_soft_dirty(pmd)
+                                set_pmd_at(mm, addr & PMD_MASK, pmdp, new)
+                        addr = nxt
+                        continue
+                    ptep = pte_offset_map(k, pmd, addr)
+                    with pte_lockptr(mm, ptep):
+                        while addr < nxt:
+                            pte = ptep_get(k, ptep)
+                            if pte_none(pte):
+                                pass
+                            elif pte_present(pte):
+                                page = vm_normal_page(vma, addr, pte)
+                                pinned = (
+                                    pte_write(pte)
+                                    and is_cow_mapping(vma.vm_flags)
+                                    and page is not None
+                                    and folio_maybe_dma_pinned(page_folio(page))
+                                )
+                                if not pinned:
+                                    new = pte_clear_soft_dirty(pte_wrprotect(pte))
+                                    set_pte_at(mm, addr, ptep, new)
+                            else:
+                                set_pte_at(mm, addr, ptep, pte_swp_clear_soft_dirty(pte))
+                            addr += PAGE_SIZE
+                            ptep += 8
+    finally:
+        mm.mmap_lock.up_write()

@@ -41,13 +41,25 @@ fewer than either series alone.
 
 Simplifications: a flag the configuration lacks is 0 in the layout (so
 ``x & L.HMM_PFN_MIGRATE`` is simply false), rather than a compile error.
+
+Array forms: ``L.hmm_pfn_to_pfn_array``, ``L.hmm_pfn_to_map_order_array`` and
+``L.encode_array`` are the element-wise twins for hmm_pfns arrays (np.uint64
+words), built on the same layout fields.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import numpy as np
+from numpy.typing import ArrayLike
+
+from hmmsim.include.pgtable import I64Array, U64Array, words_array
 from hmmsim.kconfig import PAGE_SHIFT
+
+if TYPE_CHECKING:
+    from hmmsim.kconfig import KConfig
 
 #: Milliseconds a driver keeps retrying hmm_range_fault() on -EBUSY.
 HMM_RANGE_DEFAULT_TIMEOUT = 1000
@@ -88,7 +100,7 @@ class HmmPfnLayout:
     order field is the 5 bits from ORDER_SHIFT; the PFN is everything below.
     """
 
-    def __init__(self, cfg) -> None:
+    def __init__(self, cfg: KConfig) -> None:
         bpl = cfg.bits_per_long
         self.bits_per_long = bpl
         self.conflict_resolution = None
@@ -170,6 +182,39 @@ class HmmPfnLayout:
         """mm/hmm.c hmm_pfn_flags_order: `order` placed in the map-order field."""
         return order << self.HMM_PFN_ORDER_SHIFT
 
+    # --- array forms --------------------------------------------------------------------
+    def hmm_pfn_to_pfn_array(self, hmm_pfns: ArrayLike) -> I64Array:
+        """Element-wise `hmm_pfn_to_pfn` (np.int64)."""
+        return (words_array(hmm_pfns) & np.uint64(self._pfn_mask)).astype(np.int64)
+
+    def hmm_pfn_to_map_order_array(self, hmm_pfns: ArrayLike) -> I64Array:
+        """Element-wise `hmm_pfn_to_map_order` (np.int64)."""
+        w = words_array(hmm_pfns) >> np.uint64(self.HMM_PFN_ORDER_SHIFT)
+        return (w & np.uint64(0x1F)).astype(np.int64)
+
+    def encode_array(self, pfns: ArrayLike, flags: ArrayLike = 0, order: int = 0) -> U64Array:
+        """Element-wise `encode`: checked output words, np.uint64.
+
+        `flags` is one value for every word or one per word; raises ValueError
+        where the scalar form would for any element.
+        """
+        p = np.asarray(pfns, dtype=np.int64)
+        f = words_array(flags)
+        if ((p < 0) | ((p & ~self._pfn_mask) != 0)).any():
+            raise ValueError(
+                f"a PFN does not fit in the {self.HMM_PFN_ORDER_SHIFT} PFN bits of a "
+                f"{self.bits_per_long}-bit HMM PFN"
+            )
+        if not 0 <= order <= 0x1F:
+            raise ValueError(f"map order {order} does not fit the 5-bit order field")
+        bad = np.uint64((~self.HMM_PFN_FLAGS | self._order_mask) & ((1 << 64) - 1))
+        if ((f & bad) != 0).any():
+            raise ValueError(
+                "flags are not HMM_PFN_* flag bits of this layout "
+                f"(allowed: {self.HMM_PFN_FLAGS & ~self._order_mask:#x})"
+            )
+        return p.astype(np.uint64) | f | np.uint64(order << self.HMM_PFN_ORDER_SHIFT)
+
     # --- ours ----------------------------------------------------------------------------
     def encode(self, pfn: int, flags: int = 0, order: int = 0) -> int:
         """An output word ``pfn | flags | order << ORDER_SHIFT``, checked.
@@ -210,7 +255,7 @@ class HmmPfnLayout:
         )
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class hmm_range:
     """struct hmm_range: one hmm_range_fault() request.
 

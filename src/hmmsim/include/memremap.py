@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Any
 
 
 class memory_type(IntEnum):
@@ -51,7 +52,7 @@ PGMAP_ALTMAP_VALID = 1 << 0
 PGMAP_VMEMMAP_OPTIMIZATION = 1 << 1
 
 
-@dataclass
+@dataclass(slots=True)
 class range:  # noqa: A001 - the kernel's struct range
     """struct range: [start, end] with an inclusive end (physical addresses,
     or with series (c) device-private offsets in bytes).
@@ -69,12 +70,16 @@ class range:  # noqa: A001 - the kernel's struct range
         return f"<range [{self.start:#x}-{self.end:#x}]>"
 
 
+#: `range` under a name a class body with a field called ``range`` can still see.
+struct_range = range
+
+
 def range_len(r: range) -> int:
     """Bytes covered by `r` (Kernel: include/linux/range.h range_len)."""
     return r.end - r.start + 1
 
 
-@dataclass
+@dataclass(slots=True)
 class vmem_altmap:
     """struct vmem_altmap: device memory set aside to hold the pgmap's own
     struct pages (used only with PGMAP_ALTMAP_VALID).
@@ -92,7 +97,7 @@ class vmem_altmap:
     alloc: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class dev_pagemap_ops:
     """struct dev_pagemap_ops: the driver's callbacks, None where not provided.
 
@@ -107,13 +112,13 @@ class dev_pagemap_ops:
             (series (d), merged): once per new tail, then with tail None.
     """
 
-    folio_free: Callable | None = None
-    migrate_to_ram: Callable | None = None
-    memory_failure: Callable | None = None
-    folio_split: Callable | None = None
+    folio_free: Callable[..., None] | None = None
+    migrate_to_ram: Callable[..., int] | None = None
+    memory_failure: Callable[..., int] | None = None
+    folio_split: Callable[..., None] | None = None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class dev_pagemap:
     """struct dev_pagemap: one ZONE_DEVICE registration.
 
@@ -135,6 +140,15 @@ class dev_pagemap:
         range: the range when nr_range == 1; under (c) the output offset range.
         ranges: all nr_range ranges; ranges[0] is `range` itself.
 
+    Model-only fields, set by memremap_pages() and the driver (not arguments):
+        _id: the key in Kernel.pgmaps while registered, else None.
+        _refs: device pages handed out and not yet freed (what the kernel
+            counts in `ref`, the percpu_ref; memunmap_pages waits for 0).
+        _killed: memunmap_pages has started (no new references).
+        _ranges: the MemRange of each range (struct page columns).
+        _chunk: the driver's container of this pagemap (container_of in C).
+        _folio_free_bulk: the driver's bulk form of ops.folio_free, or None.
+
     Invariant: ranges[0] is range; len(ranges) >= nr_range.
     """
 
@@ -151,7 +165,13 @@ class dev_pagemap:
     nr_pages: int = 0
     pages: object = None
     range: range = field(default_factory=range)
-    ranges: list = field(default_factory=list)
+    ranges: list[struct_range] = field(default_factory=list)
+    _id: int | None = field(default=None, init=False, repr=False)
+    _refs: int = field(default=0, init=False, repr=False)
+    _killed: bool = field(default=False, init=False, repr=False)
+    _ranges: list[Any] = field(default_factory=list, init=False, repr=False)
+    _chunk: object = field(default=None, init=False, repr=False)
+    _folio_free_bulk: Callable[..., bool] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         # the C union: ranges[0] and range are one object

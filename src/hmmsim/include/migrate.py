@@ -20,12 +20,21 @@ A src[]/dst[] slot is ``pfn << MIGRATE_PFN_SHIFT | flags``:
 Simplifications: the constant MIGRATE_PFN_DEVICE_PRIVATE always exists here;
 only code running with series (a) may set it. Helpers that need struct pages
 (migrate_pfn_to_page, migrate_pfn_from_page) live in hmmsim.mm.migrate.
+
+Array forms: `migrate_pfn_array`, `migrate_pfn_to_pfn_array` and
+`migrate_pfn_flags_array` are the element-wise twins for src/dst arrays
+(np.uint64 words), built on the same MIGRATE_PFN_SHIFT.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntFlag
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from hmmsim.include.pgtable import I64Array, U64Array, words_array
 
 MIGRATE_PFN_VALID = 1 << 0
 MIGRATE_PFN_MIGRATE = 1 << 1
@@ -78,6 +87,26 @@ def migrate_pfn_to_pfn(mpfn: int) -> int:
     return mpfn >> MIGRATE_PFN_SHIFT
 
 
+def migrate_pfn_flags(mpfn: int) -> int:
+    """The MIGRATE_PFN_* flag bits of a slot, ``mpfn & MIGRATE_PFN_FLAGS_MASK``."""
+    return mpfn & MIGRATE_PFN_FLAGS_MASK
+
+
+def migrate_pfn_array(pfns: ArrayLike) -> U64Array:
+    """Element-wise `migrate_pfn`: np.uint64 slots, MIGRATE_PFN_VALID set."""
+    return (words_array(pfns) << np.uint64(MIGRATE_PFN_SHIFT)) | np.uint64(MIGRATE_PFN_VALID)
+
+
+def migrate_pfn_to_pfn_array(mpfns: ArrayLike) -> I64Array:
+    """Element-wise `migrate_pfn_to_pfn` (np.int64)."""
+    return (words_array(mpfns) >> np.uint64(MIGRATE_PFN_SHIFT)).astype(np.int64)
+
+
+def migrate_pfn_flags_array(mpfns: ArrayLike) -> U64Array:
+    """The MIGRATE_PFN_* flag bits of each slot (``mpfn & MIGRATE_PFN_FLAGS_MASK``)."""
+    return words_array(mpfns) & np.uint64(MIGRATE_PFN_FLAGS_MASK)
+
+
 def migrate_pfn_check(pfn: int, bits_per_long: int = 64) -> int:
     """Return `pfn` if ``migrate_pfn(pfn)`` fits a BITS_PER_LONG word, else raise.
 
@@ -106,14 +135,14 @@ def describe_migrate_pfn(v: int) -> str:
 
 def describe_select_flags(flags: int) -> str:
     """'SYSTEM|COMPOUND' for a migrate_vma.flags value."""
-    names = [m.name[len("MIGRATE_VMA_SELECT_") :] for m in migrate_vma_direction if flags & m]
+    names = [str(m.name)[len("MIGRATE_VMA_SELECT_") :] for m in migrate_vma_direction if flags & m]
     rest = flags & ~sum(m.value for m in migrate_vma_direction)
     if rest:
         names.append(f"{rest:#x}")
     return "|".join(names) or "0"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class migrate_vma:
     """struct migrate_vma: one migrate_vma_setup/pages/finalize transaction.
 

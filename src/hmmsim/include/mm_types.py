@@ -15,7 +15,20 @@ page_type union beyond the few types the model needs.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+
+from hmmsim.bug import KernelBug
+from hmmsim.kconfig import DEVICE_PRIVATE_BASE
+
+#: Types of objects defined above include/, which include/ must not import:
+#: the Kernel (hmmsim.kernel), an anon_vma (hmmsim.mm.rmap), an open file or
+#: inode, the owning Process (hmmsim.userspace), a notifier subscription.
+KernelRef = Any
+AnonVmaRef = Any
+FileRef = Any
+OwnerRef = Any
 
 # enum pageflags (names as in page-flags.h; bit numbers are the model's own)
 PG_locked = 1 << 0
@@ -77,6 +90,21 @@ class PageArrays:
 
     __slots__ = ("base", "nr") + tuple(name for name, _ in PAGE_FIELDS)
 
+    # the columns, one per PAGE_FIELDS entry (declared for readers and the type checker)
+    base: int
+    nr: int
+    _refcount: np.ndarray
+    _mapcount: np.ndarray
+    flags: np.ndarray
+    order: np.ndarray
+    head_off: np.ndarray
+    mapping: np.ndarray
+    index: np.ndarray
+    pgmap: np.ndarray
+    zone_device_data: np.ndarray
+    _entire_mapcount: np.ndarray
+    _large_mapcount: np.ndarray
+
     def __init__(self, base: int, nr: int) -> None:
         self.base = base
         self.nr = nr
@@ -104,7 +132,7 @@ class Page:
 
     __slots__ = ("k", "a", "i")
 
-    def __init__(self, k, a: PageArrays, i: int) -> None:
+    def __init__(self, k: KernelRef, a: PageArrays, i: int) -> None:
         self.k = k
         self.a = a
         self.i = i
@@ -177,6 +205,21 @@ def folio_page(folio: Page, n: int) -> Page:
 
 
 def folio_pfn(folio: Page) -> int:
+    """The folio's PFN (mm.h folio_pfn).
+
+    Series (c) adds VM_WARN_ON(folio_is_device_private(folio)): such a folio
+    has no PFN. The model warns and then, as the C goes on to page_to_pfn(),
+    stops with the guard of page_to_pfn() (hmmsim.mm.memremap.page_to_pfn,
+    same message), where the kernel would go on with a number computed from
+    a struct page outside the vmemmap.
+    """
+    if folio.a.base >= DEVICE_PRIVATE_BASE:  # a series (c) device-private page
+        folio.k.warn(f"folio_pfn: device-private folio {folio!r} has no PFN")
+        raise KernelBug(
+            f"page_to_pfn() on device-private page (offset "
+            f"{folio.pfn - DEVICE_PRIVATE_BASE:#x}): with series (c) it has no PFN; "
+            "use device_private_page_to_offset()"
+        )
     return folio.pfn
 
 
@@ -232,8 +275,6 @@ def folio_get(folio: Page) -> None:
     """Take a reference; a reference on a free page is a kernel bug."""
     a, i = folio.a, folio.i
     if a._refcount[i] <= 0:
-        from hmmsim.bug import KernelBug
-
         raise KernelBug(f"folio_get: {folio!r} has no references")
     a._refcount[i] += 1
 
@@ -258,8 +299,6 @@ def folio_put_refs(folio: Page, refs: int) -> None:
     if left == 0:
         folio.k.mem.free_folio(folio)
     elif left < 0:
-        from hmmsim.bug import KernelBug
-
         raise KernelBug(f"folio_put: refcount underflow on {folio!r}")
 
 
@@ -319,7 +358,9 @@ class vm_area_struct:
         "anon_vma_chain",
     )
 
-    def __init__(self, mm, start: int, end: int, flags: int, pgoff: int, file=None) -> None:
+    def __init__(
+        self, mm: mm_struct, start: int, end: int, flags: int, pgoff: int, file: FileRef = None
+    ) -> None:
         from hmmsim.include.pgtable import vm_get_page_prot
 
         self.vm_start = start
@@ -329,8 +370,8 @@ class vm_area_struct:
         self.vm_page_prot = vm_get_page_prot(flags)
         self.vm_pgoff = pgoff
         self.vm_file = file
-        self.anon_vma = None
-        self.anon_vma_chain: list = []
+        self.anon_vma: AnonVmaRef = None
+        self.anon_vma_chain: list[AnonVmaRef] = []
 
     def __repr__(self) -> str:
         from hmmsim.include.mm import vm_flags_str
@@ -375,7 +416,7 @@ class mm_struct:
     Invariant: vmas sorted and disjoint; every PTE/PMD maps only inside a vma.
     """
 
-    def __init__(self, k, pgd_pfn: int, owner=None) -> None:
+    def __init__(self, k: KernelRef, pgd_pfn: int, owner: OwnerRef = None) -> None:
         from hmmsim.locking import Lock, RWSem
 
         self.k = k
@@ -384,7 +425,7 @@ class mm_struct:
         self.mmap_lock = RWSem(k, "mmap_lock")
         self.page_table_lock = Lock(k, "page_table_lock")
         self.rss_stat = [0, 0, 0, 0]
-        self.notifier_subscriptions: list = []
+        self.notifier_subscriptions: list[Any] = []
         self.owner = owner
         self.mmap_base = 0x7F00_0000_0000
         self.hugetlb_usage = 0
@@ -414,7 +455,7 @@ class vm_fault:
         "prealloc_pte",
     )
 
-    def __init__(self, vma, address: int, flags: int) -> None:
+    def __init__(self, vma: vm_area_struct, address: int, flags: int) -> None:
         from hmmsim.kconfig import PAGE_MASK
 
         self.vma = vma

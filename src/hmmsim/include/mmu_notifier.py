@@ -53,7 +53,7 @@ MMU_NOTIFY_EXCLUSIVE = mmu_notifier_event.MMU_NOTIFY_EXCLUSIVE
 MMU_NOTIFIER_RANGE_BLOCKABLE = 1 << 0
 
 
-@dataclass
+@dataclass(slots=True)
 class mmu_notifier_range:
     """struct mmu_notifier_range: what is being invalidated, why and by whom.
 
@@ -91,7 +91,7 @@ def mmu_notifier_range_init(
     range: mmu_notifier_range,  # noqa: A002
     event: mmu_notifier_event,
     flags: int,
-    mm,
+    mm: object,
     start: int,
     end: int,
 ) -> None:
@@ -112,10 +112,10 @@ def mmu_notifier_range_init_owner(
     range: mmu_notifier_range,  # noqa: A002
     event: mmu_notifier_event,
     flags: int,
-    mm,
+    mm: object,
     start: int,
     end: int,
-    owner,
+    owner: object,
 ) -> None:
     """mmu_notifier_range_init() that also records the initiator's `owner`."""
     mmu_notifier_range_init(range, event, flags, mm, start, end)

@@ -10,11 +10,25 @@ carries hardware Dirty: wrprotect/mkdirty/modify move it to SavedDirty
 (bit 58) and mkwrite moves it back, so pte_dirty() sees either bit.
 The L1TF mitigation is modelled: a non-present, non-empty entry (PROT_NONE)
 stores its PFN bits inverted, exactly like protnone_mask() in the kernel.
+
+Array forms: every encoder and predicate a bulk pass needs also exists as
+``<name>_array``, taking and returning NumPy arrays (words np.uint64,
+predicates np.bool_, PFNs np.int64); they use the same mask constants as the
+scalar forms (section "array forms" at the end).
 """
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
 from hmmsim.kconfig import PAGE_SHIFT, PGDIR_SHIFT, PMD_SHIFT, PUD_SHIFT
+
+U64Array: TypeAlias = NDArray[np.uint64]
+I64Array: TypeAlias = NDArray[np.int64]
+BoolArray: TypeAlias = NDArray[np.bool_]
 
 # --- bit numbers (pgtable_types.h) -------------------------------------------
 _PAGE_BIT_PRESENT = 0
@@ -470,3 +484,260 @@ def pte_flag_names(pte: int) -> list[str]:
     if pte_protnone(pte):
         names = ["PROTNONE" if n == "G" else n for n in names]
     return names
+
+
+# --- array forms ---------------------------------------------------------------
+# One function per scalar encoder or predicate above, named ``<scalar>_array``:
+# it takes a NumPy array (or anything np.asarray accepts) of 64-bit words and
+# returns the element-wise result the scalar form gives for each word. Words
+# and masks are np.uint64, predicates np.bool_, PFNs and table indices np.int64.
+# The masks are the constants above, converted once: no bit position is
+# written a second time. tests/unit/test_include_arrays.py holds every array
+# form equal to its scalar form.
+
+_U64 = np.uint64
+_A_PRESENT = _U64(_PAGE_PRESENT)
+_A_RW = _U64(_PAGE_RW)
+_A_ACCESSED = _U64(_PAGE_ACCESSED)
+_A_DIRTY = _U64(_PAGE_DIRTY)
+_A_DIRTY_BITS = _U64(_PAGE_DIRTY_BITS)
+_A_PSE = _U64(_PAGE_PSE)
+_A_SPECIAL = _U64(_PAGE_SPECIAL)
+_A_SOFT_DIRTY = _U64(_PAGE_SOFT_DIRTY)
+_A_UFFD_WP = _U64(_PAGE_UFFD_WP)
+_A_NX = _U64(_PAGE_NX)
+_A_PRESENT_OR_PROTNONE = _U64(_PAGE_PRESENT | _PAGE_PROTNONE)
+_A_PRESENT_PROTNONE_PSE = _U64(_PAGE_PRESENT | _PAGE_PROTNONE | _PAGE_PSE)
+_A_PROTNONE = _U64(_PAGE_PROTNONE)
+_A_NOT_KNL_ERRATUM = _U64(U64 ^ _PAGE_KNL_ERRATUM_MASK)
+_A_PTE_PFN_MASK = _U64(PTE_PFN_MASK)
+_A_PMD_PFN_MASK = _U64(PHYSICAL_PMD_PAGE_MASK)
+_A_PTE_FLAGS_MASK = _U64(PTE_FLAGS_MASK)
+_A_CHG_MASK = _U64(_PAGE_CHG_MASK)
+_A_HPAGE_CHG_MASK = _U64(_HPAGE_CHG_MASK)
+_A_SWP_SOFT_DIRTY = _U64(_PAGE_SWP_SOFT_DIRTY)
+_A_SWP_UFFD_WP = _U64(_PAGE_SWP_UFFD_WP)
+_A_SWP_EXCLUSIVE = _U64(_PAGE_SWP_EXCLUSIVE)
+_A_PAGE_SHIFT = _U64(PAGE_SHIFT)
+_A_ONE = _U64(1)
+_A_ZERO = _U64(0)
+_A_ALL = _U64(U64)
+
+
+def words_array(words: ArrayLike) -> U64Array:
+    """`words` as a np.uint64 array (no copy when it already is one)."""
+    return np.asarray(words, dtype=np.uint64)
+
+
+def _has(words: ArrayLike, mask: np.uint64) -> BoolArray:
+    """Where ``word & mask`` is non-zero (the array form of ``bool(word & mask)``)."""
+    return (words_array(words) & mask).astype(np.bool_)
+
+
+def _lacks(words: ArrayLike, mask: np.uint64) -> BoolArray:
+    """Where ``word & mask`` is zero."""
+    return np.logical_not(_has(words, mask))
+
+
+def _masked_equal(words: ArrayLike, mask: np.uint64, value: np.uint64) -> BoolArray:
+    """Where ``word & mask == value``."""
+    out: BoolArray = np.equal(words_array(words) & mask, value)
+    return out
+
+
+def pte_index_array(addrs: ArrayLike) -> I64Array:
+    """Element-wise `pte_index` of virtual addresses."""
+    return (np.asarray(addrs, dtype=np.int64) >> PAGE_SHIFT) & 511
+
+
+def pmd_index_array(addrs: ArrayLike) -> I64Array:
+    """Element-wise `pmd_index` of virtual addresses."""
+    return (np.asarray(addrs, dtype=np.int64) >> PMD_SHIFT) & 511
+
+
+def __pte_needs_invert_array(words: U64Array) -> BoolArray:
+    return np.logical_and(words.astype(np.bool_), _lacks(words, _A_PRESENT))
+
+
+def protnone_mask_array(words: ArrayLike) -> U64Array:
+    """Element-wise `protnone_mask`: all ones where the PFN is stored inverted."""
+    w = words_array(words)
+    return np.where(__pte_needs_invert_array(w), _A_ALL, _A_ZERO)
+
+
+def flip_protnone_guard_array(oldvals: ArrayLike, vals: ArrayLike, mask: int) -> U64Array:
+    """Element-wise `flip_protnone_guard`."""
+    old, new = words_array(oldvals), words_array(vals)
+    m = _U64(mask)
+    flip = np.not_equal(__pte_needs_invert_array(old), __pte_needs_invert_array(new))
+    return np.where(flip, (new & ~m) | (~new & m), new)
+
+
+def pte_none_array(ptes: ArrayLike) -> BoolArray:
+    return _lacks(ptes, _A_NOT_KNL_ERRATUM)
+
+
+def pte_present_array(ptes: ArrayLike) -> BoolArray:
+    return _has(ptes, _A_PRESENT_OR_PROTNONE)
+
+
+def pte_protnone_array(ptes: ArrayLike) -> BoolArray:
+    return _masked_equal(ptes, _A_PRESENT_OR_PROTNONE, _A_PROTNONE)
+
+
+def pte_write_array(ptes: ArrayLike) -> BoolArray:
+    return _has(ptes, _A_RW)
+
+
+def pte_dirty_array(ptes: ArrayLike) -> BoolArray:
+    return _has(ptes, _A_DIRTY_BITS)
+
+
+def pte_young_array(ptes: ArrayLike) -> BoolArray:
+    return _has(ptes, _A_ACCESSED)
+
+
+def pte_special_array(ptes: ArrayLike) -> BoolArray:
+    return _has(ptes, _A_SPECIAL)
+
+
+def pte_soft_dirty_array(ptes: ArrayLike) -> BoolArray:
+    return _has(ptes, _A_SOFT_DIRTY)
+
+
+def pte_uffd_wp_array(ptes: ArrayLike) -> BoolArray:
+    return _has(ptes, _A_UFFD_WP)
+
+
+def pte_exec_array(ptes: ArrayLike) -> BoolArray:
+    return _lacks(ptes, _A_NX)
+
+
+def pte_pfn_array(ptes: ArrayLike) -> I64Array:
+    """Element-wise `pte_pfn` (inverted PFNs of PROT_NONE entries un-inverted)."""
+    w = words_array(ptes)
+    return (((w ^ protnone_mask_array(w)) & _A_PTE_PFN_MASK) >> _A_PAGE_SHIFT).astype(np.int64)
+
+
+def pfn_pte_array(pfns: ArrayLike, prot: int) -> U64Array:
+    """Element-wise `pfn_pte`: one PTE per PFN, all with protection `prot`."""
+    v = (np.asarray(pfns, dtype=np.uint64) << _A_PAGE_SHIFT) ^ _U64(protnone_mask(prot))
+    return (v & _A_PTE_PFN_MASK) | _U64(prot & PTE_FLAGS_MASK)
+
+
+def mksaveddirty_shift_array(words: ArrayLike) -> U64Array:
+    """Element-wise `mksaveddirty_shift`."""
+    v = words_array(words)
+    cond = (~v >> _U64(_PAGE_BIT_RW)) & _A_ONE
+    v = v | (((v >> _U64(_PAGE_BIT_DIRTY)) & cond) << _U64(_PAGE_BIT_SAVED_DIRTY))
+    return v & ~(cond << _U64(_PAGE_BIT_DIRTY))
+
+
+def clear_saveddirty_shift_array(words: ArrayLike) -> U64Array:
+    """Element-wise `clear_saveddirty_shift`."""
+    v = words_array(words)
+    cond = (v >> _U64(_PAGE_BIT_RW)) & _A_ONE
+    v = v | (((v >> _U64(_PAGE_BIT_SAVED_DIRTY)) & cond) << _U64(_PAGE_BIT_DIRTY))
+    return v & ~(cond << _U64(_PAGE_BIT_SAVED_DIRTY))
+
+
+def pte_mkwrite_novma_array(ptes: ArrayLike) -> U64Array:
+    return clear_saveddirty_shift_array(words_array(ptes) | _A_RW)
+
+
+def pte_wrprotect_array(ptes: ArrayLike) -> U64Array:
+    return mksaveddirty_shift_array(words_array(ptes) & ~_A_RW)
+
+
+def pte_mkdirty_array(ptes: ArrayLike) -> U64Array:
+    return mksaveddirty_shift_array(words_array(ptes) | _A_DIRTY | _A_SOFT_DIRTY)
+
+
+def pte_mkclean_array(ptes: ArrayLike) -> U64Array:
+    return words_array(ptes) & ~_A_DIRTY_BITS
+
+
+def pte_mkyoung_array(ptes: ArrayLike) -> U64Array:
+    return words_array(ptes) | _A_ACCESSED
+
+
+def pte_mkold_array(ptes: ArrayLike) -> U64Array:
+    return words_array(ptes) & ~_A_ACCESSED
+
+
+def pte_mkspecial_array(ptes: ArrayLike) -> U64Array:
+    return words_array(ptes) | _A_SPECIAL
+
+
+def pte_mkuffd_wp_array(ptes: ArrayLike) -> U64Array:
+    return pte_wrprotect_array(words_array(ptes) | _A_UFFD_WP)
+
+
+def _modify_array(words: ArrayLike, newprot: int, keep: np.uint64, pfn_mask: int) -> U64Array:
+    old = words_array(words)
+    val = (old & keep) | (_U64(newprot & U64) & ~keep)
+    val = flip_protnone_guard_array(old, val, pfn_mask)
+    return np.where(
+        _has(old, _A_RW), mksaveddirty_shift_array(val), clear_saveddirty_shift_array(val)
+    )
+
+
+def pte_modify_array(ptes: ArrayLike, newprot: int) -> U64Array:
+    """Element-wise `pte_modify`, one new protection for every entry."""
+    return _modify_array(ptes, newprot, _A_CHG_MASK, PTE_PFN_MASK)
+
+
+def pte_swp_soft_dirty_array(ptes: ArrayLike) -> BoolArray:
+    return _has(ptes, _A_SWP_SOFT_DIRTY)
+
+
+def pte_swp_uffd_wp_array(ptes: ArrayLike) -> BoolArray:
+    return _has(ptes, _A_SWP_UFFD_WP)
+
+
+def pte_swp_exclusive_array(ptes: ArrayLike) -> BoolArray:
+    return _has(ptes, _A_SWP_EXCLUSIVE)
+
+
+def pmd_none_array(pmds: ArrayLike) -> BoolArray:
+    return _lacks(pmds, _A_NOT_KNL_ERRATUM)
+
+
+def pmd_present_array(pmds: ArrayLike) -> BoolArray:
+    return _has(pmds, _A_PRESENT_PROTNONE_PSE)
+
+
+def pmd_trans_huge_array(pmds: ArrayLike) -> BoolArray:
+    return _has(pmds, _A_PSE)
+
+
+pmd_leaf_array = pmd_trans_huge_array
+
+
+def pmd_write_array(pmds: ArrayLike) -> BoolArray:
+    return _has(pmds, _A_RW)
+
+
+def pmd_dirty_array(pmds: ArrayLike) -> BoolArray:
+    return _has(pmds, _A_DIRTY_BITS)
+
+
+def pmd_young_array(pmds: ArrayLike) -> BoolArray:
+    return _has(pmds, _A_ACCESSED)
+
+
+def pmd_pfn_array(pmds: ArrayLike) -> I64Array:
+    """Element-wise `pmd_pfn` (PSE entries keep only the 2 MiB-aligned bits)."""
+    w = words_array(pmds)
+    mask = np.where(_has(w, _A_PSE), _A_PMD_PFN_MASK, _A_PTE_PFN_MASK)
+    return (((w ^ protnone_mask_array(w)) & mask) >> _A_PAGE_SHIFT).astype(np.int64)
+
+
+def pmd_modify_array(pmds: ArrayLike, newprot: int) -> U64Array:
+    """Element-wise `pmd_modify`."""
+    return _modify_array(pmds, newprot, _A_HPAGE_CHG_MASK, PHYSICAL_PMD_PAGE_MASK)
+
+
+def table_entry_pfn_array(entries: ArrayLike) -> I64Array:
+    """Element-wise `table_entry_pfn` of upper-level entries."""
+    return ((words_array(entries) & _A_PTE_PFN_MASK) >> _A_PAGE_SHIFT).astype(np.int64)

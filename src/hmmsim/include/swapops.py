@@ -33,12 +33,22 @@ Simplifications:
   swapops.h upstream); each behaves exactly like the softleaf predicate its
   docstring names, so with series (b) they also match the device variants, as
   the series' RFC made them do.
+
+Array forms: the encoders (`swp_entry_array`, `swp_entry_to_pte_array`,
+`pte_to_swp_entry_array`, `softleaf_from_pte_array` ...) and every softleaf
+predicate of a `SwapLayout` (``swp.softleaf_is_migration_array(entries)``)
+also take NumPy arrays; they use the same shifts, masks and type tables as the
+scalar forms. Bulk passes use these instead of a layout's private tables.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from enum import IntEnum
+from typing import TYPE_CHECKING
+
+import numpy as np
+from numpy.typing import ArrayLike
 
 from hmmsim.include.pgtable import (
     _PAGE_BIT_PROTNONE,
@@ -49,8 +59,17 @@ from hmmsim.include.pgtable import (
     _PAGE_SWP_EXCLUSIVE,
     _PAGE_SWP_SOFT_DIRTY,
     _PAGE_SWP_UFFD_WP,
+    BoolArray,
+    I64Array,
+    U64Array,
+    _has,
+    _lacks,
+    words_array,
 )
 from hmmsim.kconfig import MAX_PHYSMEM_BITS, PAGE_SHIFT
+
+if TYPE_CHECKING:
+    from hmmsim.kconfig import KConfig
 
 U64 = (1 << 64) - 1
 
@@ -137,6 +156,99 @@ arch_swp_type = __swp_type
 arch_swp_offset = __swp_offset
 
 
+# --- array forms of the encoders above -------------------------------------------------------
+# Element-wise twins of the scalar encoders (the static SwapLayout methods of
+# the same name without ``_array``): words and entries are np.uint64 arrays,
+# types np.int64. They use the shifts and masks defined once above.
+_A_TYPE_SHIFT = np.uint64(SWP_TYPE_SHIFT)
+_A_TYPE_POS = np.uint64(_TYPE_POS)
+_A_TYPE_BITS = np.uint64(SWP_TYPE_BITS)
+_A_OFFSET_SHIFT = np.uint64(SWP_OFFSET_SHIFT)
+_A_OFFSET_MASK = np.uint64(SWP_OFFSET_MASK)
+_A_PFN_MASK = np.uint64(SWP_PFN_MASK)
+_A_KEEP_PTE = np.uint64(_KEEP_PTE)
+_A_KEEP_PMD = np.uint64(_KEEP_PMD)
+_A_NOT_KNL_ERRATUM = np.uint64(U64 ^ _PAGE_KNL_ERRATUM_MASK)
+_A_PTE_PRESENT = np.uint64(_PAGE_PRESENT | _PAGE_PROTNONE)
+_A_PMD_PRESENT = np.uint64(_PAGE_PRESENT | _PAGE_PROTNONE | _PAGE_PSE)
+_A_MIG_YOUNG = np.uint64(SWP_MIG_YOUNG)
+_A_MIG_DIRTY = np.uint64(SWP_MIG_DIRTY)
+_A_MARKER_MASK = np.uint64(PTE_MARKER_MASK)
+_A_ZERO = np.uint64(0)
+
+
+def swp_entry_array(types: ArrayLike, offsets: ArrayLike) -> U64Array:
+    """Element-wise `SwapLayout.swp_entry`; `types` may be one type for all.
+
+    Raises ValueError if any type is outside 0..31, like the scalar form.
+    """
+    t = np.asarray(types, dtype=np.int64)
+    if ((t < 0) | (t >> MAX_SWAPFILES_SHIFT != 0)).any():
+        raise ValueError("swp_entry_array: a type is not a 5-bit swap type (0..31)")
+    return (t.astype(np.uint64) << _A_TYPE_SHIFT) | (words_array(offsets) & _A_OFFSET_MASK)
+
+
+def swp_type_array(entries: ArrayLike) -> I64Array:
+    """Element-wise `SwapLayout.swp_type`."""
+    return (words_array(entries) >> _A_TYPE_SHIFT).astype(np.int64)
+
+
+def swp_offset_array(entries: ArrayLike) -> U64Array:
+    """Element-wise `SwapLayout.swp_offset`."""
+    return words_array(entries) & _A_OFFSET_MASK
+
+
+def _decode_array(words: U64Array) -> U64Array:
+    # type from the top bits, offset un-inverted from the middle
+    return ((words >> _A_TYPE_POS) << _A_TYPE_SHIFT) | ((~words << _A_TYPE_BITS) >> _A_OFFSET_SHIFT)
+
+
+def pte_to_swp_entry_array(ptes: ArrayLike) -> U64Array:
+    """Element-wise `SwapLayout.pte_to_swp_entry` (swap soft bits dropped)."""
+    return _decode_array(words_array(ptes) & _A_KEEP_PTE)
+
+
+def pmd_to_swp_entry_array(pmds: ArrayLike) -> U64Array:
+    """Element-wise `SwapLayout.pmd_to_swp_entry` (soft-dirty, uffd-wp dropped)."""
+    return _decode_array(words_array(pmds) & _A_KEEP_PMD)
+
+
+def swp_entry_to_pte_array(entries: ArrayLike) -> U64Array:
+    """Element-wise `SwapLayout.swp_entry_to_pte` (no soft bits set)."""
+    e = words_array(entries)
+    return ((~(e & _A_OFFSET_MASK) << _A_OFFSET_SHIFT) >> _A_TYPE_BITS) | (
+        (e >> _A_TYPE_SHIFT) << _A_TYPE_POS
+    )
+
+
+swp_entry_to_pmd_array = swp_entry_to_pte_array
+softleaf_to_pte_array = swp_entry_to_pte_array
+softleaf_to_pmd_array = swp_entry_to_pte_array
+
+
+def is_swap_pte_array(ptes: ArrayLike) -> BoolArray:
+    """Element-wise `SwapLayout.is_swap_pte`: neither none nor present."""
+    w = words_array(ptes)
+    return np.logical_and(_has(w, _A_NOT_KNL_ERRATUM), _lacks(w, _A_PTE_PRESENT))
+
+
+def softleaf_from_pte_array(ptes: ArrayLike) -> U64Array:
+    """Element-wise `SwapLayout.softleaf_from_pte` (0 for present or empty)."""
+    w = words_array(ptes)
+    return np.where(is_swap_pte_array(w), _decode_array(w & _A_KEEP_PTE), _A_ZERO)
+
+
+def softleaf_from_pmd_array(pmds: ArrayLike) -> U64Array:
+    """Element-wise `SwapLayout.softleaf_from_pmd` (0 for present, PSE or empty)."""
+    w = words_array(pmds)
+    leaf = np.logical_and(_has(w, _A_NOT_KNL_ERRATUM), _lacks(w, _A_PMD_PRESENT))
+    return np.where(leaf, _decode_array(w & _A_KEEP_PMD), _A_ZERO)
+
+
+def softleaf_is_none_array(entries: ArrayLike) -> BoolArray:
+    return np.logical_not(words_array(entries).astype(np.bool_))
+
+
 # --- include/linux/leafops.h: enum softleaf_type ---------------------------------------------
 class softleaf_type(IntEnum):
     """enum softleaf_type at the pin, in declaration order."""
@@ -193,6 +305,9 @@ _SERIES_B_ONLY = frozenset(
         "softleaf_is_migration_device_private_read",
         "softleaf_is_migration_device_private_read_exclusive",
         "softleaf_is_migration_device_private_write",
+        "softleaf_is_migration_device_private_read_array",
+        "softleaf_is_migration_device_private_read_exclusive_array",
+        "softleaf_is_migration_device_private_write_array",
     }
 )
 
@@ -203,7 +318,7 @@ _MARKER_NAMES = (
 )
 
 
-def _table(types) -> tuple[bool, ...]:
+def _table(types: Iterable[int]) -> tuple[bool, ...]:
     """A 64-slot truth table indexed by ``entry >> SWP_TYPE_SHIFT``."""
     s = frozenset(types)
     return tuple(t in s for t in range(64))
@@ -257,12 +372,26 @@ class SwapLayout:
     PTE_MARKER_GUARD = PTE_MARKER_GUARD
     PTE_MARKER_MASK = PTE_MARKER_MASK
 
+    # one attribute per member of softleaf_type_enum, set by __init__
+    SOFTLEAF_NONE: IntEnum
+    SOFTLEAF_SWAP: IntEnum
+    SOFTLEAF_MIGRATION_READ: IntEnum
+    SOFTLEAF_MIGRATION_READ_EXCLUSIVE: IntEnum
+    SOFTLEAF_MIGRATION_WRITE: IntEnum
+    SOFTLEAF_DEVICE_PRIVATE_READ: IntEnum
+    SOFTLEAF_DEVICE_PRIVATE_WRITE: IntEnum
+    SOFTLEAF_DEVICE_EXCLUSIVE: IntEnum
+    SOFTLEAF_HWPOISON: IntEnum
+    SOFTLEAF_MARKER: IntEnum
+
     SWP_DEVICE_NUM = 3
     SWP_MIGRATION_NUM = 3
     SWP_HWPOISON_NUM = 1
     SWP_PTE_MARKER_NUM = 1
 
-    def __new__(cls, cfg=None, warn: Callable[[str], None] | None = None):
+    def __new__(
+        cls, cfg: KConfig | None = None, warn: Callable[[str], None] | None = None
+    ) -> SwapLayout:
         # cfg may be absent when copy/pickle rebuild an instance
         if cls is SwapLayout and cfg is not None:
             if cfg.kernel == "6.12":
@@ -271,10 +400,13 @@ class SwapLayout:
                 cls = SwapLayoutSeriesB
         return super().__new__(cls)
 
-    def __init__(self, cfg, warn: Callable[[str], None] | None = None) -> None:
+    def __init__(self, cfg: KConfig, warn: Callable[[str], None] | None = None) -> None:
         #: Called with a message where the kernel has a VM_WARN_ON_ONCE; None
         #: skips those checks (and keeps the hot paths to a table lookup).
         self.warn = warn
+        #: NumPy copies of the type tables below, made on first use by the
+        #: array forms (name -> array indexed by type number).
+        self._array_tables: dict[str, np.ndarray] = {}
         m = (
             (1 << MAX_SWAPFILES_SHIFT)
             - self.SWP_DEVICE_NUM
@@ -297,19 +429,19 @@ class SwapLayout:
         for member in T:
             setattr(self, member.name, member)
         special = {
-            self.SWP_HWPOISON: T.SOFTLEAF_HWPOISON,
-            self.SWP_MIGRATION_READ: T.SOFTLEAF_MIGRATION_READ,
-            self.SWP_MIGRATION_READ_EXCLUSIVE: T.SOFTLEAF_MIGRATION_READ_EXCLUSIVE,
-            self.SWP_MIGRATION_WRITE: T.SOFTLEAF_MIGRATION_WRITE,
-            self.SWP_DEVICE_WRITE: T.SOFTLEAF_DEVICE_PRIVATE_WRITE,
-            self.SWP_DEVICE_READ: T.SOFTLEAF_DEVICE_PRIVATE_READ,
-            self.SWP_DEVICE_EXCLUSIVE: T.SOFTLEAF_DEVICE_EXCLUSIVE,
-            self.SWP_PTE_MARKER: T.SOFTLEAF_MARKER,
+            self.SWP_HWPOISON: T["SOFTLEAF_HWPOISON"],
+            self.SWP_MIGRATION_READ: T["SOFTLEAF_MIGRATION_READ"],
+            self.SWP_MIGRATION_READ_EXCLUSIVE: T["SOFTLEAF_MIGRATION_READ_EXCLUSIVE"],
+            self.SWP_MIGRATION_WRITE: T["SOFTLEAF_MIGRATION_WRITE"],
+            self.SWP_DEVICE_WRITE: T["SOFTLEAF_DEVICE_PRIVATE_WRITE"],
+            self.SWP_DEVICE_READ: T["SOFTLEAF_DEVICE_PRIVATE_READ"],
+            self.SWP_DEVICE_EXCLUSIVE: T["SOFTLEAF_DEVICE_EXCLUSIVE"],
+            self.SWP_PTE_MARKER: T["SOFTLEAF_MARKER"],
         }
         special.update(self._extra_types())
         #: softleaf_type member for every type number; None above 31.
         self._type_of = tuple(
-            (T.SOFTLEAF_SWAP if t < m else special[t]) if t < 32 else None for t in range(64)
+            (T["SOFTLEAF_SWAP"] if t < m else special[t]) if t < 32 else None for t in range(64)
         )
         mig_read = {self.SWP_MIGRATION_READ}
         mig_rx = {self.SWP_MIGRATION_READ_EXCLUSIVE}
@@ -343,20 +475,24 @@ class SwapLayout:
         self._uses_offsets = cfg.has("c")
 
     # hooks for the series (b) subclass
-    def _extra_types(self) -> dict:
+    def _extra_types(self) -> dict[int, IntEnum]:
         return {}
 
-    def _add_device_migration(self, mig_read: set, mig_rx: set, mig_write: set) -> None:
+    def _add_device_migration(
+        self, mig_read: set[int], mig_rx: set[int], mig_write: set[int]
+    ) -> None:
         pass
 
-    def __getattr__(self, name: str):
-        if name in _SERIES_B_ONLY:
-            raise AttributeError(
-                f"{name} exists only with seed series (b) (device-private migration entry "
-                "types SWP_MIGRATION_DEVICE_*); build the kernel with KConfig(features="
-                "{'b', ...}) or test config.has('b') before using it"
-            )
-        raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
+    if not TYPE_CHECKING:  # a type checker should flag unknown names, not accept them
+
+        def __getattr__(self, name: str):
+            if name in _SERIES_B_ONLY:
+                raise AttributeError(
+                    f"{name} exists only with seed series (b) (device-private migration entry "
+                    "types SWP_MIGRATION_DEVICE_*); build the kernel with KConfig(features="
+                    "{'b', ...}) or test config.has('b') before using it"
+                )
+            raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
 
     def __repr__(self) -> str:
         return (
@@ -704,6 +840,143 @@ class SwapLayout:
         """= softleaf_has_pfn (hwpoison included, as since v6.x)."""
         return self._has_pfn[entry >> SWP_TYPE_SHIFT]
 
+    # --- array forms (public API for bulk passes) -----------------------------------------
+    # ``swp.<predicate>_array(entries)`` is the element-wise scalar predicate:
+    # one lookup of ``entry >> SWP_TYPE_SHIFT`` in the same type table the
+    # scalar form indexes (converted to a NumPy bool array once per layout).
+    def _array_table(self, name: str) -> BoolArray:
+        tables = self._array_tables
+        t = tables.get(name)
+        if t is None:
+            t = tables[name] = np.array(getattr(self, name), dtype=bool)
+        return t
+
+    def _lookup_in(self, name: str, entries: ArrayLike) -> BoolArray:
+        types = (words_array(entries) >> _A_TYPE_SHIFT).astype(np.intp)
+        return self._array_table(name)[types]
+
+    def softleaf_type_array(self, entries: ArrayLike) -> I64Array:
+        """Element-wise `softleaf_type`, as the enum values (np.int64).
+
+        Raises ValueError where the scalar form does (a type above 31).
+        """
+        tables = self._array_tables
+        codes = tables.get("_type_of")
+        if codes is None:
+            codes = tables["_type_of"] = np.array(
+                [-1 if t is None else int(t) for t in self._type_of], dtype=np.int64
+            )
+        e = words_array(entries)
+        out = codes[(e >> _A_TYPE_SHIFT).astype(np.intp)]
+        out[e == _A_ZERO] = int(self.SOFTLEAF_NONE)
+        if (out < 0).any():
+            raise ValueError("softleaf_type_array: a word is not a swp_entry_t (type > 31)")
+        return out
+
+    def non_swap_entry_array(self, entries: ArrayLike) -> BoolArray:
+        return swp_type_array(entries) >= self.MAX_SWAPFILES
+
+    def softleaf_is_swap_array(self, entries: ArrayLike) -> BoolArray:
+        e = words_array(entries)
+        return np.logical_and(e.astype(np.bool_), self._lookup_in("_swap", e))
+
+    def softleaf_is_migration_array(self, entries: ArrayLike) -> BoolArray:
+        return self._lookup_in("_migration", entries)
+
+    def softleaf_is_migration_write_array(self, entries: ArrayLike) -> BoolArray:
+        return self._lookup_in("_mig_write", entries)
+
+    def softleaf_is_migration_read_array(self, entries: ArrayLike) -> BoolArray:
+        return self._lookup_in("_mig_read", entries)
+
+    def softleaf_is_migration_read_exclusive_array(self, entries: ArrayLike) -> BoolArray:
+        return self._lookup_in("_mig_read_exclusive", entries)
+
+    def softleaf_is_migration_device_private_array(self, entries: ArrayLike) -> BoolArray:
+        """Series (b)'s device-private migration types; all False without (b),
+        where no such type exists (the scalar form exists only with (b))."""
+        return np.zeros(np.shape(entries), dtype=bool)
+
+    def softleaf_is_device_private_array(self, entries: ArrayLike) -> BoolArray:
+        return self._lookup_in("_dev_private", entries)
+
+    def softleaf_is_device_private_write_array(self, entries: ArrayLike) -> BoolArray:
+        return self._lookup_in("_dev_private_write", entries)
+
+    def softleaf_is_device_exclusive_array(self, entries: ArrayLike) -> BoolArray:
+        return self._lookup_in("_dev_exclusive", entries)
+
+    def softleaf_is_hwpoison_array(self, entries: ArrayLike) -> BoolArray:
+        return self._lookup_in("_hwpoison", entries)
+
+    def softleaf_is_marker_array(self, entries: ArrayLike) -> BoolArray:
+        return self._lookup_in("_marker", entries)
+
+    def softleaf_has_pfn_array(self, entries: ArrayLike) -> BoolArray:
+        return self._lookup_in("_has_pfn", entries)
+
+    def softleaf_is_valid_pmd_entry_array(self, entries: ArrayLike) -> BoolArray:
+        return self._lookup_in("_pmd_valid", entries)
+
+    def softleaf_to_pfn_array(self, entries: ArrayLike) -> I64Array:
+        """Element-wise `softleaf_to_pfn` (np.int64); warns once if any entry
+        has no PFN and a `warn` hook is set."""
+        e = words_array(entries)
+        if self.warn is not None and not self.softleaf_has_pfn_array(e).all():
+            self.warn("softleaf_to_pfn_array: an entry has no PFN")
+        return (e & _A_PFN_MASK).astype(np.int64)
+
+    def swp_offset_pfn_array(self, entries: ArrayLike) -> I64Array:
+        """Element-wise `swp_offset_pfn` (np.int64)."""
+        e = words_array(entries)
+        if self.warn is not None and not self.softleaf_has_pfn_array(e).all():
+            self.warn("swp_offset_pfn_array: an entry does not carry a PFN")
+        return (e & _A_PFN_MASK).astype(np.int64)
+
+    def softleaf_to_marker_array(self, entries: ArrayLike) -> U64Array:
+        e = words_array(entries)
+        if self.warn is not None and not self.softleaf_is_marker_array(e).all():
+            self.warn("softleaf_to_marker_array: an entry is not a marker")
+        return e & _A_MARKER_MASK
+
+    def softleaf_is_migration_young_array(self, entries: ArrayLike) -> BoolArray:
+        e = words_array(entries)
+        if self.warn is not None and not self.softleaf_is_migration_array(e).all():
+            self.warn("softleaf_is_migration_young_array: an entry is not a migration entry")
+        if not self._supports_ad:
+            return np.zeros(e.shape, dtype=bool)
+        return _has(e, _A_MIG_YOUNG)
+
+    def softleaf_is_migration_dirty_array(self, entries: ArrayLike) -> BoolArray:
+        e = words_array(entries)
+        if self.warn is not None and not self.softleaf_is_migration_array(e).all():
+            self.warn("softleaf_is_migration_dirty_array: an entry is not a migration entry")
+        if not self._supports_ad:
+            return np.zeros(e.shape, dtype=bool)
+        return _has(e, _A_MIG_DIRTY)
+
+    def make_migration_entry_young_array(self, entries: ArrayLike) -> U64Array:
+        e = words_array(entries)
+        return e | _A_MIG_YOUNG if self._supports_ad else e.copy()
+
+    def make_migration_entry_dirty_array(self, entries: ArrayLike) -> U64Array:
+        e = words_array(entries)
+        return e | _A_MIG_DIRTY if self._supports_ad else e.copy()
+
+    swp_entry_array = staticmethod(swp_entry_array)
+    swp_type_array = staticmethod(swp_type_array)
+    swp_offset_array = staticmethod(swp_offset_array)
+    pte_to_swp_entry_array = staticmethod(pte_to_swp_entry_array)
+    pmd_to_swp_entry_array = staticmethod(pmd_to_swp_entry_array)
+    swp_entry_to_pte_array = staticmethod(swp_entry_to_pte_array)
+    swp_entry_to_pmd_array = staticmethod(swp_entry_to_pte_array)
+    softleaf_to_pte_array = staticmethod(swp_entry_to_pte_array)
+    softleaf_to_pmd_array = staticmethod(swp_entry_to_pte_array)
+    is_swap_pte_array = staticmethod(is_swap_pte_array)
+    softleaf_from_pte_array = staticmethod(softleaf_from_pte_array)
+    softleaf_from_pmd_array = staticmethod(softleaf_from_pmd_array)
+    softleaf_is_none_array = staticmethod(softleaf_is_none_array)
+
     # --- humans ----------------------------------------------------------------------------
     def describe_softleaf(self, entry: int) -> str:
         """'SOFTLEAF_DEVICE_PRIVATE_WRITE pfn=0x1234' and the like, for traces.
@@ -755,8 +1028,11 @@ class SwapLayoutSeriesB(SwapLayout):
     series_b = True
     softleaf_type_enum = softleaf_type_series_b
     SWP_DEVICE_NUM = 6
+    SOFTLEAF_MIGRATION_DEVICE_PRIVATE_READ: IntEnum
+    SOFTLEAF_MIGRATION_DEVICE_PRIVATE_READ_EXCLUSIVE: IntEnum
+    SOFTLEAF_MIGRATION_DEVICE_PRIVATE_WRITE: IntEnum
 
-    def __init__(self, cfg, warn: Callable[[str], None] | None = None) -> None:
+    def __init__(self, cfg: KConfig, warn: Callable[[str], None] | None = None) -> None:
         super().__init__(cfg, warn)
         self._mig_dev = _table(
             {
@@ -769,19 +1045,21 @@ class SwapLayoutSeriesB(SwapLayout):
         self._mig_dev_read_exclusive = _table({self.SWP_MIGRATION_DEVICE_READ_EXCLUSIVE})
         self._mig_dev_write = _table({self.SWP_MIGRATION_DEVICE_WRITE})
 
-    def _extra_types(self) -> dict:
+    def _extra_types(self) -> dict[int, IntEnum]:
         dev = self.SWP_DEVICE_WRITE
         self.SWP_MIGRATION_DEVICE_READ = dev + 3
         self.SWP_MIGRATION_DEVICE_READ_EXCLUSIVE = dev + 4
         self.SWP_MIGRATION_DEVICE_WRITE = dev + 5
         T = self.softleaf_type_enum
         return {
-            dev + 3: T.SOFTLEAF_MIGRATION_DEVICE_PRIVATE_READ,
-            dev + 4: T.SOFTLEAF_MIGRATION_DEVICE_PRIVATE_READ_EXCLUSIVE,
-            dev + 5: T.SOFTLEAF_MIGRATION_DEVICE_PRIVATE_WRITE,
+            dev + 3: T["SOFTLEAF_MIGRATION_DEVICE_PRIVATE_READ"],
+            dev + 4: T["SOFTLEAF_MIGRATION_DEVICE_PRIVATE_READ_EXCLUSIVE"],
+            dev + 5: T["SOFTLEAF_MIGRATION_DEVICE_PRIVATE_WRITE"],
         }
 
-    def _add_device_migration(self, mig_read: set, mig_rx: set, mig_write: set) -> None:
+    def _add_device_migration(
+        self, mig_read: set[int], mig_rx: set[int], mig_write: set[int]
+    ) -> None:
         mig_read.add(self.SWP_MIGRATION_DEVICE_READ)
         mig_rx.add(self.SWP_MIGRATION_DEVICE_READ_EXCLUSIVE)
         mig_write.add(self.SWP_MIGRATION_DEVICE_WRITE)
@@ -814,6 +1092,20 @@ class SwapLayoutSeriesB(SwapLayout):
         t = entry >> SWP_TYPE_SHIFT
         return self._dev_private[t] or self._mig_dev[t]
 
+    def softleaf_is_migration_device_private_array(self, entries: ArrayLike) -> BoolArray:
+        return self._lookup_in("_mig_dev", entries)
+
+    def softleaf_is_migration_device_private_read_array(self, entries: ArrayLike) -> BoolArray:
+        return self._lookup_in("_mig_dev_read", entries)
+
+    def softleaf_is_migration_device_private_read_exclusive_array(
+        self, entries: ArrayLike
+    ) -> BoolArray:
+        return self._lookup_in("_mig_dev_read_exclusive", entries)
+
+    def softleaf_is_migration_device_private_write_array(self, entries: ArrayLike) -> BoolArray:
+        return self._lookup_in("_mig_dev_write", entries)
+
 
 class SwapLayout612(SwapLayout):
     """SwapLayout of Linux 6.12 (the ``--kernel 6.12`` profile): SWP_DEVICE_NUM 4.
@@ -840,7 +1132,7 @@ class SwapLayout612(SwapLayout):
 
     SWP_DEVICE_NUM = 4
 
-    def __init__(self, cfg, warn: Callable[[str], None] | None = None) -> None:
+    def __init__(self, cfg: KConfig, warn: Callable[[str], None] | None = None) -> None:
         super().__init__(cfg, warn)
         both = {self.SWP_DEVICE_EXCLUSIVE_WRITE, self.SWP_DEVICE_EXCLUSIVE_READ}
         self._dev_exclusive = _table(both)
@@ -849,11 +1141,11 @@ class SwapLayout612(SwapLayout):
             {t for t in range(64) if self._has_pfn[t]} | {self.SWP_DEVICE_EXCLUSIVE_READ}
         )
 
-    def _extra_types(self) -> dict:
+    def _extra_types(self) -> dict[int, IntEnum]:
         dev = self.SWP_DEVICE_WRITE
         self.SWP_DEVICE_EXCLUSIVE_WRITE = dev + 2
         self.SWP_DEVICE_EXCLUSIVE_READ = dev + 3
-        return {dev + 3: self.softleaf_type_enum.SOFTLEAF_DEVICE_EXCLUSIVE}
+        return {dev + 3: self.softleaf_type_enum["SOFTLEAF_DEVICE_EXCLUSIVE"]}
 
     def __repr__(self) -> str:
         return super().__repr__().replace("<SwapLayout", "<SwapLayout612", 1)
@@ -870,6 +1162,9 @@ class SwapLayout612(SwapLayout):
         """Kernel (6.12): include/linux/swapops.h is_writable_device_exclusive_entry."""
         return self._dev_exclusive_write[entry >> SWP_TYPE_SHIFT]
 
+    def is_writable_device_exclusive_entry_array(self, entries: ArrayLike) -> BoolArray:
+        return self._lookup_in("_dev_exclusive_write", entries)
+
 
 class SwapLayoutSeriesB612(SwapLayoutSeriesB, SwapLayout612):
     """Series (b) on the 6.12 profile: both sets of extra device types.
@@ -884,7 +1179,7 @@ class SwapLayoutSeriesB612(SwapLayoutSeriesB, SwapLayout612):
 
     SWP_DEVICE_NUM = 7
 
-    def _extra_types(self) -> dict:
+    def _extra_types(self) -> dict[int, IntEnum]:
         dev = self.SWP_DEVICE_WRITE
         T = self.softleaf_type_enum
         self.SWP_DEVICE_EXCLUSIVE_WRITE = dev + 2
@@ -893,10 +1188,10 @@ class SwapLayoutSeriesB612(SwapLayoutSeriesB, SwapLayout612):
         self.SWP_MIGRATION_DEVICE_READ_EXCLUSIVE = dev + 5
         self.SWP_MIGRATION_DEVICE_WRITE = dev + 6
         return {
-            dev + 3: T.SOFTLEAF_DEVICE_EXCLUSIVE,
-            dev + 4: T.SOFTLEAF_MIGRATION_DEVICE_PRIVATE_READ,
-            dev + 5: T.SOFTLEAF_MIGRATION_DEVICE_PRIVATE_READ_EXCLUSIVE,
-            dev + 6: T.SOFTLEAF_MIGRATION_DEVICE_PRIVATE_WRITE,
+            dev + 3: T["SOFTLEAF_DEVICE_EXCLUSIVE"],
+            dev + 4: T["SOFTLEAF_MIGRATION_DEVICE_PRIVATE_READ"],
+            dev + 5: T["SOFTLEAF_MIGRATION_DEVICE_PRIVATE_READ_EXCLUSIVE"],
+            dev + 6: T["SOFTLEAF_MIGRATION_DEVICE_PRIVATE_WRITE"],
         }
 
     def __repr__(self) -> str:

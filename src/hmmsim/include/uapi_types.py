@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import numbers
 import operator
+from collections.abc import Callable
+from typing import Any
 
 U64_MASK = (1 << 64) - 1
 U32_MASK = (1 << 32) - 1
@@ -28,7 +30,7 @@ LONG_MAX = (1 << 63) - 1
 INT_MAX = (1 << 31) - 1
 
 
-def _integral(value, name: str) -> int:
+def _integral(value: Any, name: str) -> int:
     """The Python int of an integral value, or TypeError naming the parameter."""
     if isinstance(value, int):  # int and bool
         return int(value)
@@ -42,20 +44,24 @@ def _integral(value, name: str) -> int:
     raise TypeError(f"{name} must be an integer (a C integral type), not {type(value).__name__}")
 
 
-def _unsigned(bits: int):
+#: A C-type conversion: (value, parameter name for the TypeError) -> int.
+CConv = Callable[..., int]
+
+
+def _unsigned(bits: int) -> CConv:
     mask = (1 << bits) - 1
 
-    def conv(value, name: str = "value") -> int:
+    def conv(value: Any, name: str = "value") -> int:
         return _integral(value, name) & mask
 
     return conv
 
 
-def _signed(bits: int):
+def _signed(bits: int) -> CConv:
     mask = (1 << bits) - 1
     sign = 1 << (bits - 1)
 
-    def conv(value, name: str = "value") -> int:
+    def conv(value: Any, name: str = "value") -> int:
         v = _integral(value, name) & mask
         return v - (1 << bits) if v & sign else v
 
@@ -83,7 +89,7 @@ def int_to_ulong(value: int) -> int:
     return value & U64_MASK
 
 
-def check_integral(**args) -> None:
+def check_integral(**args: Any) -> None:
     """TypeError naming the first argument that is not an integer."""
     for name, v in args.items():
         _integral(v, name)

@@ -71,6 +71,8 @@ from hmmsim.include.pgtable import (
     pmd_pfn,
     pmd_present,
     pmd_soft_dirty,
+    pmd_swp_clear_uffd_wp,
+    pmd_swp_mksoft_dirty,
     pmd_swp_soft_dirty,
     pmd_swp_uffd_wp,
     pmd_trans_huge,
@@ -82,9 +84,11 @@ from hmmsim.include.pgtable import (
     pte_mkold,
     pte_mksoft_dirty,
     pte_mkspecial,
+    pte_mkuffd_wp,
     pte_mkwrite_novma,
     pte_swp_mksoft_dirty,
     pte_swp_mkuffd_wp,
+    pte_uffd_wp,
     pte_wrprotect,
 )
 from hmmsim.kconfig import HPAGE_PMD_NR, HPAGE_PMD_ORDER, PAGE_SHIFT, PMD_MASK, PMD_SIZE
@@ -452,34 +456,69 @@ def zap_huge_pmd(vma, pmdp: int, addr: int) -> None:
         folio_put(folio)
 
 
+def copy_huge_non_present_pmd(
+    dst_vma, src_vma, dst_pmdp: int, src_pmdp: int, addr: int, pmd: int, table: int
+) -> None:
+    """Fork's copy of a PMD migration entry or device-private PMD.
+
+    mm/huge_memory.c copy_huge_non_present_pmd (6.12: the migration branch
+    of copy_huge_pmd). A writable or readable-exclusive migration entry is
+    made readable (the device variant under series (b)) and a writable
+    device-private PMD readable, in the parent too; the rewritten source
+    PMD keeps soft-dirty and uffd-wp (unlike a PTE, whose device-private
+    copy drops soft-dirty). A device-private folio gains the child's rmap
+    and a reference. The child's copy loses uffd-wp (no userfaultfd-wp in
+    the model). Only anonymous vmas get here, so there is no COW test.
+    """
+    src_mm, dst_mm = src_vma.vm_mm, dst_vma.vm_mm
+    k = src_mm.k
+    swp = k.swp
+    orig = pmd
+    entry = swp.softleaf_from_pmd(pmd)
+    if swp.softleaf_is_migration_write(entry) or swp.softleaf_is_migration_read_exclusive(entry):
+        if "huge_pmd_plain_migration_entry" in k.bugs:
+            # known bug: the writer forgets the series (b) device variant
+            off = swp.swp_offset(entry)
+            pmd = swp.swp_entry_to_pmd(swp.make_readable_migration_entry(off))
+        else:
+            pmd = swp.swp_entry_to_pmd(k.make_readable_migration_entry_for(entry))
+        pmd = _keep_swp_soft_bits(orig, pmd)
+        set_pmd_at(src_mm, addr, src_pmdp, pmd)
+    elif swp.softleaf_is_device_private(entry):
+        if swp.softleaf_is_device_private_write(entry):
+            new = swp.make_readable_device_private_entry(swp.swp_offset(entry))
+            pmd = _keep_swp_soft_bits(orig, swp.swp_entry_to_pmd(new))
+            set_pmd_at(src_mm, addr, src_pmdp, pmd)
+        page = k.softleaf_to_page(entry)
+        folio = page_folio(page)
+        folio_get(folio)
+        folio_try_dup_anon_rmap_pmd(folio, page, dst_vma, src_vma)
+    dst_mm.rss_stat[MM_ANONPAGES] += HPAGE_PMD_NR
+    pgtable_trans_huge_deposit(dst_mm, dst_pmdp, table)
+    set_pmd_at(dst_mm, addr, dst_pmdp, pmd_swp_clear_uffd_wp(pmd))
+
+
+def _keep_swp_soft_bits(old: int, new: int) -> int:
+    """new with old's swap soft-dirty and uffd-wp bits (pmd_swp_mksoft_dirty,
+    pmd_swp_mkuffd_wp: on x86-64 the PTE's bits)."""
+    if pmd_swp_soft_dirty(old):
+        new = pmd_swp_mksoft_dirty(new)
+    if pmd_swp_uffd_wp(old):
+        new = pte_swp_mkuffd_wp(new)
+    return new
+
+
 def copy_huge_pmd(dst_vma, src_vma, dst_pmdp: int, src_pmdp: int, addr: int) -> int:
     """Fork's copy of a huge PMD: 0, -ENOMEM, or -EAGAIN after splitting it."""
     src_mm, dst_mm = src_vma.vm_mm, dst_vma.vm_mm
     k = src_mm.k
-    swp = k.swp
     table = alloc_table(k)
     if table is None:
         return -ENOMEM
     pmd = pmdp_get(k, src_pmdp)
     cow = is_cow_mapping(src_vma.vm_flags)
     if not pmd_present(pmd):
-        entry = swp.softleaf_from_pmd(pmd)
-        page = k.softleaf_to_page(entry)
-        folio = page_folio(page)
-        if swp.softleaf_is_device_private(entry):
-            folio_get(folio)
-            folio_try_dup_anon_rmap_pmd(folio, page, dst_vma, src_vma)
-            if swp.softleaf_is_device_private_write(entry) and cow:
-                new = swp.make_readable_device_private_entry(swp.swp_offset(entry))
-                pmd = swp.swp_entry_to_pmd(new)
-                set_pmd_at(src_mm, addr, src_pmdp, pmd)
-        elif swp.softleaf_is_migration(entry):
-            if not swp.softleaf_is_migration_read(entry) and cow:
-                pmd = swp.swp_entry_to_pmd(k.make_readable_migration_entry_for(entry))
-                set_pmd_at(src_mm, addr, src_pmdp, pmd)
-        dst_mm.rss_stat[MM_ANONPAGES] += HPAGE_PMD_NR
-        pgtable_trans_huge_deposit(dst_mm, dst_pmdp, table)
-        set_pmd_at(dst_mm, addr, dst_pmdp, pmd)
+        copy_huge_non_present_pmd(dst_vma, src_vma, dst_pmdp, src_pmdp, addr, pmd, table)
         return 0
     if is_huge_zero_pmd(k, pmd):
         pgtable_trans_huge_deposit(dst_mm, dst_pmdp, table)
@@ -601,7 +640,8 @@ def set_pmd_migration_entry(vma, pmdp: int, address: int, folio) -> int:
     anon_exclusive = folio_test_anon(folio) and PageAnonExclusive(page)
     if pmd_present(pmd):
         write, young, dirty = pmd_write(pmd), pmd_young(pmd), pmd_dirty(pmd)
-        soft, uffd = pmd_soft_dirty(pmd), False
+        # pmd_uffd_wp tests the PTE's bit on x86-64
+        soft, uffd = pmd_soft_dirty(pmd), pte_uffd_wp(pmd)
     else:
         entry = swp.softleaf_from_pmd(pmd)
         write, young, dirty = swp.softleaf_is_device_private_write(entry), False, False
@@ -621,9 +661,7 @@ def set_pmd_migration_entry(vma, pmdp: int, address: int, folio) -> int:
 
         new = pmd_swp_mksoft_dirty(new)
     if uffd:
-        from hmmsim.include.pgtable import _PAGE_SWP_UFFD_WP
-
-        new |= _PAGE_SWP_UFFD_WP
+        new = pte_swp_mkuffd_wp(new)  # pmd_swp_mkuffd_wp
     set_pmd_at(mm, address, pmdp, new)
     folio_remove_rmap_pmd(folio, page, vma)
     folio_put(folio)
@@ -646,18 +684,22 @@ def remove_migration_pmd(vma, pmdp: int, haddr: int, entry: int, src, dst) -> No
     write = swp.softleaf_is_migration_write(entry)
     excl = not swp.softleaf_is_migration_read(entry)
     if folio_is_device_private(dst):
-        new = swp.swp_entry_to_pmd(make_device_private_entry_for(dst, write))
-        if pmd_swp_soft_dirty(old):
-            from hmmsim.include.pgtable import pmd_swp_mksoft_dirty
-
-            new = pmd_swp_mksoft_dirty(new)
+        new = _keep_swp_soft_bits(
+            old, swp.swp_entry_to_pmd(make_device_private_entry_for(dst, write))
+        )
     else:
+        # the entry's soft-dirty and uffd-wp become the PMD's (mm/huge_memory.c
+        # remove_migration_pmd); pmd_mkuffd_wp sets the PTE's bit on x86-64
         new = pmd_mkold(mk_huge_pmd(dst, vma.vm_page_prot))
+        if pmd_swp_soft_dirty(old):
+            new = pte_mksoft_dirty(new)  # pmd_mksoft_dirty
+        new = pmd_mkwrite_novma(new) if write else pmd_wrprotect(new)
+        if pmd_swp_uffd_wp(old):
+            new = pte_mkuffd_wp(new)  # pmd_mkuffd_wp: also write-protects
         if swp.softleaf_is_migration_young(entry):
             new = pmd_mkyoung(new)
         if swp.softleaf_is_migration_dirty(entry):
             new = pmd_mkdirty(new)
-        new = pmd_mkwrite_novma(new) if write else pmd_wrprotect(new)
     with pmd_lockptr(mm, pmdp):
         folio_get(dst)
         from hmmsim.mm.rmap import RMAP_EXCLUSIVE, RMAP_NONE

@@ -93,7 +93,7 @@ def collapse_pmd(vma, haddr: int) -> int:
         return SCAN_ALLOC_HUGE_PAGE_FAIL
     frames = k.mem.ram.frames
     frames[new.pfn : new.pfn + HPAGE_PMD_NR] = 0
-    from hmmsim.mm.pgtable import alloc_table, free_table, set_pte_at
+    from hmmsim.mm.pgtable import alloc_table, set_pte_at
 
     with notify_range(mm, MMU_NOTIFY_CLEAR, haddr, haddr + PMD_SIZE):
         with pmd_lockptr(mm, pmdp):
@@ -127,19 +127,47 @@ def collapse_pmd(vma, haddr: int) -> int:
             mm.rss_stat[MM_ANONPAGES] += HPAGE_PMD_NR
             huge_memory.pgtable_trans_huge_deposit(mm, pmdp, table)
             set_pmd_at(mm, haddr, pmdp, entry)
-    del free_table
     k.stats["thp_collapse_alloc"] += 1
     return SCAN_SUCCEED
+
+
+def thp_vma_suitable_order(vma, addr: int, order: int) -> bool:
+    """include/linux/huge_mm.h thp_vma_suitable_order for an anonymous vma:
+    the naturally aligned block of that order around addr lies inside it."""
+    size = PAGE_SIZE << order
+    haddr = addr & ~(size - 1) & ((1 << 64) - 1)
+    return vma.vm_start <= haddr and haddr + size <= vma.vm_end
+
+
+def thp_vma_allowable_pmd_collapse(vma) -> bool:
+    """mm/huge_memory.c __thp_vma_allowable_orders(vma, PMD_ORDER) as
+    MADV_COLLAPSE asks it (6.12 tva_flags 0, mainline TVA_FORCED_COLLAPSE),
+    for the vmas the model collapses: THP disabled (VM_NOHUGEPAGE), a
+    special or hugetlb vma (VM_NO_KHUGEPAGED), a vma too small to hold one
+    aligned PMD (the size check at vm_end - HPAGE_PMD_SIZE), a file vma
+    (file/shmem collapse is not modelled), and an anonymous vma that never
+    faulted (no anon_vma) all refuse."""
+    if vma.vm_flags & VM_NOHUGEPAGE:  # vma_thp_disabled
+        return False
+    if vma.vm_flags & (VM_HUGETLB | VM_SPECIAL):  # VM_NO_KHUGEPAGED
+        return False
+    if not thp_vma_suitable_order(vma, (vma.vm_end - PMD_SIZE) & ((1 << 64) - 1), HPAGE_PMD_ORDER):
+        return False
+    if not vma_is_anonymous(vma):
+        return False
+    return vma.anon_vma is not None
 
 
 def madvise_collapse(vma, start: int, end: int) -> int:
     """0 if every PMD-aligned range inside [start, end) is (now) a THP.
 
-    Returns -EINVAL (file, hugetlb, special or VM_NOHUGEPAGE vma), -ENOMEM
-    (no huge page could be allocated), -EAGAIN (a range could not be
-    collapsed: pinned, shared or non-present pages).
+    Returns -EINVAL (thp_vma_allowable_pmd_collapse refuses the vma: file,
+    hugetlb, special, VM_NOHUGEPAGE, smaller than an aligned PMD, or never
+    faulted), -ENOMEM (no huge page could be allocated), -EAGAIN (a range
+    could not be collapsed: pinned, shared or non-present pages). A range
+    that holds no aligned PMD of a suitable vma succeeds with nothing done.
     """
-    if not vma_is_anonymous(vma) or vma.vm_flags & (VM_HUGETLB | VM_SPECIAL | VM_NOHUGEPAGE):
+    if not thp_vma_allowable_pmd_collapse(vma):
         return -EINVAL
     hstart = (start + PMD_SIZE - 1) & PMD_MASK
     hend = end & PMD_MASK

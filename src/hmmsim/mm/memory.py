@@ -534,9 +534,8 @@ def wp_can_reuse_anon_folio(folio: Page, vma) -> bool:
 
 def _folio_mapped_only_in(folio: Page, mm) -> bool:
     """The kernel tracks this with folio->_mm_ids; the model asks rmap."""
-    from hmmsim.include.mm_types import folio_nr_pages
     from hmmsim.mm.page_vma_mapped import (
-        PageVmaMappedWalk,
+        DEFINE_FOLIO_VMA_WALK,
         page_vma_mapped_walk,
         page_vma_mapped_walk_done,
     )
@@ -547,7 +546,7 @@ def _folio_mapped_only_in(folio: Page, mm) -> bool:
     def one(f, v, address, arg):
         if v.vm_mm is mm:
             return True
-        w = PageVmaMappedWalk(f.pfn, folio_nr_pages(f), v, address)
+        w = DEFINE_FOLIO_VMA_WALK(f, v, address)
         if page_vma_mapped_walk(w):
             page_vma_mapped_walk_done(w)
             other.append(v)
@@ -889,6 +888,11 @@ def unmap_page_range(vma, addr: int, end: int, even_cows: bool = True) -> None:
     while addr < end:
         nxt = min((addr & PMD_MASK) + PMD_SIZE, end)
         pmdp = pmd_offset(mm, addr)
+        if pmdp is None:  # no PMD table: skip the empty PUD/PGD range whole
+            from hmmsim.mm.pgtable import pmd_walk_skip
+
+            addr = pmd_walk_skip(mm, addr, end)
+            continue
         if pmdp is not None:
             pmdval = pmdp_get(k, pmdp)
             if huge_memory.is_huge_pmd_entry(k, pmdval):
@@ -946,6 +950,10 @@ def copy_page_range(dst_vma, src_vma) -> int:
         end = src_vma.vm_end
         while addr < end:
             nxt = min((addr & PMD_MASK) + PMD_SIZE, end)
+            if pmd_offset(src_mm, addr) is None:  # skip an empty PUD/PGD range whole
+                from hmmsim.mm.pgtable import pmd_walk_skip
+
+                nxt = pmd_walk_skip(src_mm, addr, end)
             ret = copy_pmd_range(dst_vma, src_vma, addr, nxt)
             if ret:
                 return ret
@@ -1045,7 +1053,15 @@ def copy_present_page(dst_vma, src_vma, dst_ptep: int, pte: int, addr: int, page
 
 
 def copy_nonpresent_pte(dst_vma, src_vma, dst_ptep: int, src_ptep: int, pte: int, addr: int) -> int:
-    """Fork's copy of a software leaf entry (migration, device-private, ...)."""
+    """Fork's copy of a software leaf entry (migration, device-private, ...).
+
+    In a COW mapping a writable or readable-exclusive migration entry is
+    made readable in the parent and the child (the device variant under
+    series (b)), keeping soft-dirty and uffd-wp; a writable device-private
+    entry is made readable keeping uffd-wp only (the kernel does not keep
+    soft-dirty for device-private pages). The child's copy loses uffd-wp
+    (no userfaultfd-wp in the model). Kernel: mm/memory.c copy_nonpresent_pte.
+    """
     src_mm = src_vma.vm_mm
     dst_mm = dst_vma.vm_mm
     k = src_mm.k
@@ -1056,7 +1072,11 @@ def copy_nonpresent_pte(dst_vma, src_vma, dst_ptep: int, src_ptep: int, pte: int
         folio = page_folio(softleaf_to_page(k, entry))
         dst_mm.rss_stat[mm_counter(folio)] += 1
         if not swp.softleaf_is_migration_read(entry) and cow:
-            new_entry = k.make_readable_migration_entry_for(entry)
+            if "fork_plain_migration_entry" in k.bugs:
+                # known bug: the writer forgets the series (b) device variant
+                new_entry = swp.make_readable_migration_entry(swp.swp_offset(entry))
+            else:
+                new_entry = k.make_readable_migration_entry_for(entry)
             new = swp.swp_entry_to_pte(new_entry)
             if pte_swp_soft_dirty(pte):
                 new = pte_swp_mksoft_dirty(new)

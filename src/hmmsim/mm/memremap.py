@@ -34,7 +34,6 @@ from hmmsim.include.memremap import (
 )
 from hmmsim.include.mm_types import (
     Page,
-    PG_head,
     PG_locked,
     folio_nr_pages,
     folio_test_anon,
@@ -417,6 +416,3 @@ def get_dev_pagemap(pfn: int, *, k) -> dev_pagemap | None:
     if pgmap is None or pgmap._killed:
         return None
     return pgmap
-
-
-_ = (PG_head,)

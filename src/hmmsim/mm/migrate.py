@@ -27,8 +27,6 @@ from hmmsim.include.mm_types import (
 from hmmsim.include.pgtable import (
     _PAGE_UFFD_WP,
     pfn_pte,
-    pmd_none,
-    pmd_present,
     pte_mkdirty,
     pte_mkold,
     pte_mksoft_dirty,
@@ -40,7 +38,7 @@ from hmmsim.include.pgtable import (
     pte_swp_uffd_wp,
     pte_wrprotect,
 )
-from hmmsim.kconfig import HPAGE_PMD_NR, PAGE_SIZE, PMD_MASK, PMD_SIZE
+from hmmsim.kconfig import HPAGE_PMD_NR, PMD_MASK
 from hmmsim.locking import folio_wait_locked
 from hmmsim.mm.memremap import (
     DEVICE_PRIVATE_BASE,
@@ -49,9 +47,7 @@ from hmmsim.mm.memremap import (
     is_device_private_page,
 )
 from hmmsim.mm.pgtable import (
-    pmd_offset,
     pmdp_get,
-    pte_lockptr,
     pte_offset_map,
     ptep_get,
     set_pte_at,
@@ -243,17 +239,22 @@ def folio_migrate_flags(newfolio, folio) -> None:
 def remove_migration_ptes(src, dst, flags: int) -> None:
     """Replace every migration entry naming src by a mapping of dst.
 
-    A device-private dst gets device-private entries; anything else a present
-    PTE/PMD. Write permission comes from the entry type, exclusivity from
-    READ_EXCLUSIVE/WRITE, A/D from the entry's bits.
+    Kernel: mm/migrate.c remove_migration_ptes(): an rmap walk over dst (which
+    has src's mapping and index by now, or is src) calling
+    remove_migration_pte() on every vma, which finds src's migration entries
+    with page_vma_mapped_walk(PVMW_SYNC | PVMW_MIGRATION) over src: the entry
+    is recognised by the number it carries and, with series (c), by whether
+    it is a device-private migration entry, never by asking which page it
+    names. A device-private dst gets device-private entries; anything else a
+    present PTE/PMD. Write permission comes from the entry type, exclusivity
+    from READ_EXCLUSIVE/WRITE, A/D from the entry's bits.
     """
     from hmmsim.mm.rmap import rmap_walk, rmap_walk_control
 
     def one(folio, vma, address, arg) -> bool:
-        _remove_migration_pte(src, dst, vma, address)
-        return True
+        return remove_migration_pte(folio, vma, address, src)
 
-    rmap_walk(src, rmap_walk_control(rmap_one=one))
+    rmap_walk(dst, rmap_walk_control(rmap_one=one))
 
 
 def migration_pte_restored(swp, pte: int, entry: int, prot: int, dst_dp: bool, idx: int) -> int:
@@ -288,65 +289,63 @@ def migration_pte_restored(swp, pte: int, entry: int, prot: int, dst_dp: bool, i
     return new
 
 
-def _remove_migration_pte(src, dst, vma, address: int) -> None:
+def remove_migration_pte(folio, vma, address: int, src) -> bool:
+    """Map folio (dst) where the walk over src finds src's migration entries.
+
+    Kernel: mm/migrate.c remove_migration_pte() (rmap_walk_arg->folio is
+    src). The subpage of a large folio comes from the address
+    (linear_page_index - pvmw.pgoff), as in the kernel. A PMD migration entry
+    that a small src overlaps is VM_BUG_ON_FOLIO(!folio_test_pmd_mappable).
+    Always True (the rmap walk goes on).
+    """
+    from hmmsim.include.mm_types import folio_test_large, linear_page_index
+    from hmmsim.include.rmap import PVMW_MIGRATION, PVMW_SYNC
+    from hmmsim.mm.page_vma_mapped import (
+        DEFINE_FOLIO_VMA_WALK,
+        page_vma_mapped_walk,
+        page_vma_mapped_walk_done,
+    )
     from hmmsim.mm.rmap import RMAP_EXCLUSIVE, RMAP_NONE, folio_add_anon_rmap_pte
 
     mm = vma.vm_mm
     k = mm.k
     swp = k.swp
-    n = folio_nr_pages(src)
-    lo = src.pfn
-    end = min(vma.vm_end, address + n * PAGE_SIZE)
-    addr = address
-    while addr < end:
-        pmdp = pmd_offset(mm, addr)
-        if pmdp is None:
-            addr = (addr & PMD_MASK) + PMD_SIZE
-            continue
-        pmd = pmdp_get(k, pmdp)
-        if not pmd_none(pmd) and not pmd_present(pmd):
-            entry = swp.softleaf_from_pmd(pmd)
-            head = k.softleaf_to_page(entry).pfn if swp.softleaf_is_migration(entry) else -1
-            if head >= 0 and n < HPAGE_PMD_NR and head <= lo < head + HPAGE_PMD_NR:
-                # page_vma_mapped_walk()'s check_pmd() matches a PMD migration
-                # entry that covers a small src; remove_migration_pte() then
-                # hits VM_BUG_ON_FOLIO(!folio_test_pmd_mappable(folio)).
+    dst_dp = folio_is_device_private(folio)
+    pvmw = DEFINE_FOLIO_VMA_WALK(src, vma, address, PVMW_SYNC | PVMW_MIGRATION)
+    while page_vma_mapped_walk(pvmw):
+        idx = 0
+        if folio_test_large(folio):
+            idx = linear_page_index(vma, pvmw.address) - pvmw.pgoff
+        new = folio_page(folio, idx)
+        if pvmw.pte is None:  # a PMD migration entry
+            if folio_nr_pages(folio) < HPAGE_PMD_NR:
                 raise KernelBug(
-                    f"remove_migration_pte: PMD migration entry at {addr & PMD_MASK:#x} "
-                    f"covers the order-0 folio {lo:#x} (VM_BUG_ON_FOLIO)"
+                    f"remove_migration_pte: PMD migration entry at "
+                    f"{pvmw.address & PMD_MASK:#x} covers the order-0 folio {folio!r} "
+                    "(VM_BUG_ON_FOLIO(!folio_test_pmd_mappable))"
                 )
-            if head == lo and (addr & PMD_MASK) >= vma.vm_start:
-                from hmmsim.mm.huge_memory import remove_migration_pmd
+            from hmmsim.mm.huge_memory import remove_migration_pmd
 
-                remove_migration_pmd(vma, pmdp, addr & PMD_MASK, entry, src, dst)
-            addr = (addr & PMD_MASK) + PMD_SIZE
+            pmdp = pvmw.pmd
+            entry = swp.softleaf_from_pmd(pmdp_get(k, pmdp))
+            # remove_migration_pmd() takes the PMD lock itself in the model
+            page_vma_mapped_walk_done(pvmw)
+            remove_migration_pmd(vma, pmdp, pvmw.address & PMD_MASK, entry, src, folio)
             continue
-        ptep = pte_offset_map(k, pmd, addr)
-        if ptep is None:
-            addr = (addr & PMD_MASK) + PMD_SIZE
-            continue
-        pte = ptep_get(k, ptep)
-        if pte and not pte & 1 and not pte & (1 << 8):
-            entry = swp.softleaf_from_pte(pte)
-            if swp.softleaf_is_migration(entry):
-                epage = k.softleaf_to_page(entry)
-                idx = epage.pfn - lo
-                if 0 <= idx < n and epage.a is src.a:
-                    page = folio_page(dst, idx)
-                    excl = not swp.softleaf_is_migration_read(entry)
-                    dst_dp = folio_is_device_private(dst)
-                    new = migration_pte_restored(
-                        swp,
-                        pte,
-                        entry,
-                        vma.vm_page_prot,
-                        dst_dp,
-                        page_swp_index(page) if dst_dp else page.pfn,
-                    )
-                    with pte_lockptr(mm, ptep):
-                        folio_get(dst)
-                        folio_add_anon_rmap_pte(
-                            dst, page, vma, addr, RMAP_EXCLUSIVE if excl else RMAP_NONE
-                        )
-                        set_pte_at(mm, addr, ptep, new)
-        addr += PAGE_SIZE
+        pte = ptep_get(k, pvmw.pte)
+        entry = swp.softleaf_from_pte(pte)
+        excl = not swp.softleaf_is_migration_read(entry)
+        word = migration_pte_restored(
+            swp,
+            pte,
+            entry,
+            vma.vm_page_prot,
+            dst_dp,
+            page_swp_index(new) if dst_dp else new.pfn,
+        )
+        folio_get(folio)
+        folio_add_anon_rmap_pte(
+            folio, new, vma, pvmw.address, RMAP_EXCLUSIVE if excl else RMAP_NONE
+        )
+        set_pte_at(mm, pvmw.address, pvmw.pte, word)
+    return True

@@ -8,7 +8,8 @@ mm/huge_memory.c (vma_adjust_trans_huge) @ torvalds/linux 0eaed89c18ae.
 Differences from kernel: vmas live in a sorted list, not a maple tree; new
 vmas are never merged with neighbours (vma_merge_new_range), so two adjacent
 compatible mmaps stay two vmas (mprotect/madvise do merge: mm/vma.py); no
-mlock, no stack guard gaps, no VM_ACCOUNT commit accounting.
+mlock, no stack guard gaps. Commit accounting (VM_ACCOUNT) follows the
+overcommit policy of mm/util.py.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from hmmsim.errno import (
 )
 from hmmsim.include.mm import (
     FAULT_FLAG_WRITE,
+    VM_ACCOUNT,
     VM_EXEC,
     VM_FAULT_ERROR,
     VM_HUGETLB,
@@ -75,6 +77,7 @@ from hmmsim.mm.mmu_notifier import notify_range
 from hmmsim.mm.pgtable import free_pgd_range
 from hmmsim.mm.rmap import anon_vma_clone, unlink_anon_vmas
 from hmmsim.mm.shmem import shmem_inode, shmem_zero_setup
+from hmmsim.mm.util import accountable_mapping, security_vm_enough_memory_mm
 
 FMODE_READ = 0x1
 FMODE_WRITE = 0x2
@@ -288,6 +291,16 @@ def file_mmap_ok(file, pgoff: int, length: int) -> bool:
     return pgoff <= (maxsize - length) >> PAGE_SHIFT
 
 
+def nr_accounted(mm: mm_struct, start: int, end: int) -> int:
+    """Pages of VM_ACCOUNT vmas inside [start, end) (vms_gather_munmap_vmas's
+    nr_accounted, as mm/vma.c counts them for a MAP_FIXED replacement)."""
+    n = 0
+    for vma in vmas_in(mm, start, end):
+        if vma.vm_flags & VM_ACCOUNT:
+            n += (min(end, vma.vm_end) - max(start, vma.vm_start)) >> PAGE_SHIFT
+    return n
+
+
 def do_mmap(
     mm: mm_struct, addr: int, length: int, prot: int, flags: int, file, fmode: int, pgoff: int
 ) -> int:
@@ -365,6 +378,14 @@ def do_mmap(
     end = start + length
     if hugetlb and k.hugetlb.free_huge_pages - k.hugetlb.resv_huge_pages < length // PMD_SIZE:
         return -ENOMEM
+    if accountable_mapping(hugetlb, vm_flags):
+        # __mmap_setup: charge the pages; those of accounted vmas this
+        # MAP_FIXED replaces are already charged (vms->nr_accounted). A
+        # refusal comes before the old mappings are touched.
+        charged = (length >> PAGE_SHIFT) - nr_accounted(mm, start, end)
+        if charged and security_vm_enough_memory_mm(mm, charged):
+            return -ENOMEM
+        vm_flags |= VM_ACCOUNT
     if flags & MAP_FIXED and vmas_in(mm, start, end):
         ret = do_vmi_munmap(mm, start, length)
         if ret:
@@ -379,6 +400,12 @@ def do_mmap(
     if file is not None:
         k.fget(file)
     elif vm_flags & VM_SHARED and not hugetlb:
+        # shmem_zero_setup -> __shmem_file_setup: shmem_acct_size charges the
+        # whole object unless VM_NORESERVE. It runs after the MAP_FIXED
+        # range was cleared, so a refusal leaves a gap there, as the kernel's
+        # vms_abort_munmap_vmas does once the PTEs are gone.
+        if not vm_flags & VM_NORESERVE and security_vm_enough_memory_mm(mm, length >> PAGE_SHIFT):
+            return -ENOMEM
         shmem_zero_setup(vma)
     if hugetlb:
         ret = k.hugetlb.hugetlb_reserve_pages(vma, length // PMD_SIZE)

@@ -28,6 +28,9 @@ from hmmsim.include.pgtable import (
     pmd_none,
     pmd_pfn,
     pmd_present,
+    pmd_swp_mksoft_dirty,
+    pmd_swp_soft_dirty,
+    pmd_swp_uffd_wp,
     pte_dirty,
     pte_mkwrite_novma,
     pte_modify,
@@ -80,7 +83,6 @@ def change_pte_range(vma, pmdp: int, addr: int, end: int, newprot: int, cp_flags
     """Apply newprot to the PTEs of [addr, end); returns pages changed."""
     mm = vma.vm_mm
     k = mm.k
-    swp = k.swp
     ptep = pte_offset_map(k, pmdp_get(k, pmdp), addr)
     if ptep is None:
         return 0
@@ -99,23 +101,8 @@ def change_pte_range(vma, pmdp: int, addr: int, end: int, newprot: int, cp_flags
                 set_pte_at(mm, addr, ptep, new)
                 pages += 1
             elif not pte_none(old):
-                entry = swp.softleaf_from_pte(old)
-                new_entry = None
-                if swp.softleaf_is_migration_write(entry):
-                    new_entry = k.make_readable_migration_entry_for(
-                        entry, exclusive=_entry_page_is_anon(k, entry)
-                    )
-                elif swp.softleaf_is_device_private_write(entry):
-                    new_entry = swp.make_readable_device_private_entry(swp.swp_offset(entry))
-                elif k.config.kernel == "6.12" and swp.is_writable_device_exclusive_entry(entry):
-                    # 6.12 only (two exclusive types): mm/mprotect.c change_pte_range
-                    new_entry = swp.make_readable_device_exclusive_entry(swp.swp_offset(entry))
-                if new_entry is not None:
-                    new = swp.swp_entry_to_pte(new_entry)
-                    if pte_swp_soft_dirty(old):
-                        new = pte_swp_mksoft_dirty(new)
-                    if pte_swp_uffd_wp(old):
-                        new = pte_swp_mkuffd_wp(new)
+                new = change_softleaf_pte(k, old)
+                if new != old:
                     set_pte_at(mm, addr, ptep, new)
                     pages += 1
             addr += PAGE_SIZE
@@ -123,9 +110,90 @@ def change_pte_range(vma, pmdp: int, addr: int, end: int, newprot: int, cp_flags
     return pages
 
 
+def change_softleaf_pte(k, old: int) -> int:
+    """The software leaf PTE that mprotect leaves where `old` was.
+
+    Writable entries lose write permission; the soft bits follow the kernel
+    entry by entry (mm/mprotect.c change_softleaf_pte at the pin,
+    change_pte_range in 6.12; the two agree):
+    - a writable migration entry becomes readable (readable-exclusive for
+      an anon folio; the device variant under series (b)) and keeps
+      soft-dirty, but not uffd-wp;
+    - a writable device-private entry becomes readable and keeps uffd-wp,
+      but not soft-dirty (the kernel does not preserve soft-dirtiness there,
+      as in fork's copy_nonpresent_pte);
+    - 6.12 only (two device-exclusive types): a writable device-exclusive
+      entry becomes readable and keeps both.
+    Anything else (readable entries, swap, markers) is left as it is. The
+    uffd-wp cp_flags (UFFDIO_WRITEPROTECT) are not modelled.
+    """
+    swp = k.swp
+    entry = swp.softleaf_from_pte(old)
+    if swp.softleaf_is_migration_write(entry):
+        anon = _entry_page_is_anon(k, entry)
+        new = swp.swp_entry_to_pte(k.make_readable_migration_entry_for(entry, exclusive=anon))
+        if pte_swp_soft_dirty(old):
+            new = pte_swp_mksoft_dirty(new)
+        return new
+    if swp.softleaf_is_device_private_write(entry):
+        new = swp.swp_entry_to_pte(swp.make_readable_device_private_entry(swp.swp_offset(entry)))
+        if pte_swp_uffd_wp(old):
+            new = pte_swp_mkuffd_wp(new)
+        return new
+    if k.config.kernel == "6.12" and swp.is_writable_device_exclusive_entry(entry):
+        new = swp.swp_entry_to_pte(swp.make_readable_device_exclusive_entry(swp.swp_offset(entry)))
+        if pte_swp_soft_dirty(old):
+            new = pte_swp_mksoft_dirty(new)
+        if pte_swp_uffd_wp(old):
+            new = pte_swp_mkuffd_wp(new)
+        return new
+    return old
+
+
 def _entry_page_is_anon(k, entry: int) -> bool:
     page = k.softleaf_to_page(entry)
     return folio_test_anon(page_folio(page))
+
+
+def change_non_present_huge_pmd(k, pmd: int) -> int:
+    """The PMD mprotect leaves where the non-present PMD `pmd` was.
+
+    mm/huge_memory.c change_non_present_huge_pmd (change_huge_pmd in 6.12):
+    a writable PMD migration entry becomes readable (readable-exclusive for
+    an anon folio; the device variant under series (b)) and keeps
+    soft-dirty, not uffd-wp; a writable device-private PMD becomes readable
+    and keeps uffd-wp, not soft-dirty. Anything else is left as it is.
+    (x86-64 keeps the PMD's swap soft bits where a PTE's are, so the PTE
+    helpers serve: pmd_swp_mkuffd_wp is pte_swp_mkuffd_wp.)
+    """
+    swp = k.swp
+    entry = swp.softleaf_from_pmd(pmd)
+    if swp.softleaf_is_migration_write(entry):
+        anon = _entry_page_is_anon(k, entry)
+        if "huge_pmd_plain_migration_entry" in k.bugs:
+            # known bug: the writer forgets the series (b) device variant
+            new_entry = _plain_readable_migration_entry(swp, entry, anon)
+        else:
+            new_entry = k.make_readable_migration_entry_for(entry, exclusive=anon)
+        new = swp.swp_entry_to_pmd(new_entry)
+        if pmd_swp_soft_dirty(pmd):
+            new = pmd_swp_mksoft_dirty(new)
+        return new
+    if swp.softleaf_is_device_private_write(entry):
+        new = swp.swp_entry_to_pmd(swp.make_readable_device_private_entry(swp.swp_offset(entry)))
+        if pmd_swp_uffd_wp(pmd):
+            new = pte_swp_mkuffd_wp(new)
+        return new
+    return pmd
+
+
+def _plain_readable_migration_entry(swp, entry: int, exclusive: bool) -> int:
+    """The known bug of mutant huge_pmd_plain_migration_entry: a readable
+    migration entry of the plain (non-device) type, whatever `entry` was."""
+    off = swp.swp_offset(entry)
+    if exclusive:
+        return swp.make_readable_exclusive_migration_entry(off)
+    return swp.make_readable_migration_entry(off)
 
 
 def change_huge_pmd(vma, pmdp: int, addr: int, newprot: int, cp_flags: int) -> int:
@@ -134,14 +202,9 @@ def change_huge_pmd(vma, pmdp: int, addr: int, newprot: int, cp_flags: int) -> i
     with pmd_lockptr(mm, pmdp):
         pmd = pmdp_get(k, pmdp)
         if not pmd_present(pmd):
-            swp = k.swp
-            entry = swp.softleaf_from_pmd(pmd)
-            if swp.softleaf_is_migration_write(entry):
-                new = k.make_readable_migration_entry_for(entry, exclusive=True)
-                set_pmd_at(mm, addr, pmdp, swp.swp_entry_to_pmd(new))
-            elif swp.softleaf_is_device_private_write(entry):
-                new = swp.make_readable_device_private_entry(swp.swp_offset(entry))
-                set_pmd_at(mm, addr, pmdp, swp.swp_entry_to_pmd(new))
+            new = change_non_present_huge_pmd(k, pmd)
+            if new != pmd:
+                set_pmd_at(mm, addr, pmdp, new)
             return 1
         if huge_memory.is_huge_zero_pmd(k, pmd):
             set_pmd_at(mm, addr, pmdp, pmd_modify(pmd, newprot) & ~0x2)
@@ -169,6 +232,11 @@ def change_protection(vma, start: int, end: int, cp_flags: int) -> int:
         while addr < end:
             nxt = min((addr & PMD_MASK) + PMD_SIZE, end)
             pmdp = pmd_offset(mm, addr)
+            if pmdp is None:  # no PMD table: skip the empty PUD/PGD range whole
+                from hmmsim.mm.pgtable import pmd_walk_skip
+
+                addr = pmd_walk_skip(mm, addr, end)
+                continue
             if pmdp is not None and not pmd_none(pmdp_get(k, pmdp)):
                 if huge_memory.is_huge_pmd_entry(k, pmdp_get(k, pmdp)):
                     if nxt - addr == PMD_SIZE:
@@ -194,6 +262,21 @@ def mprotect_fixup(mm, vma, start: int, end: int, newflags: int) -> int:
     """
     if newflags == vma.vm_flags:
         return 0
+    # commit accounting (mm/util.py): a private mapping turning writable is
+    # charged and gets VM_ACCOUNT; an anonymous one that never faulted (no
+    # anon_vma) gives the charge back when it stops being writable
+    from hmmsim.include.mm import VM_ACCOUNT, VM_NORESERVE
+    from hmmsim.include.mm_types import vma_is_anonymous
+    from hmmsim.mm.util import security_vm_enough_memory_mm
+
+    oldflags = vma.vm_flags
+    if newflags & VM_WRITE:
+        if not oldflags & (VM_ACCOUNT | VM_WRITE | VM_HUGETLB | VM_SHARED | VM_NORESERVE):
+            if security_vm_enough_memory_mm(mm, (end - start) // PAGE_SIZE):
+                return -ENOMEM
+            newflags |= VM_ACCOUNT
+    elif oldflags & VM_ACCOUNT and vma_is_anonymous(vma) and vma.anon_vma is None:
+        newflags &= ~VM_ACCOUNT
     pieces = split_range(mm, start, end)
     if isinstance(pieces, int):
         return pieces

@@ -13,7 +13,7 @@ not modelled and returns -EINVAL.
 from __future__ import annotations
 
 from hmmsim.errno import EFAULT, EINVAL, ENOMEM, EPERM
-from hmmsim.include.mm import VM_HUGETLB, VM_SHARED
+from hmmsim.include.mm import VM_ACCOUNT, VM_HUGETLB, VM_SHARED
 from hmmsim.include.mm_types import vm_area_struct
 from hmmsim.include.mman import MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE
 from hmmsim.include.mmu_notifier import MMU_NOTIFY_UNMAP
@@ -38,6 +38,7 @@ from hmmsim.mm.mmu_notifier import notify_range
 from hmmsim.mm.pgtable import (
     free_pgd_range,
     pmd_offset,
+    pmd_walk_skip,
     pmdp_get,
     pte_alloc,
     pte_lockptr,
@@ -47,6 +48,7 @@ from hmmsim.mm.pgtable import (
     set_pte_at,
 )
 from hmmsim.mm.rmap import anon_vma_clone
+from hmmsim.mm.util import security_vm_enough_memory_mm
 
 
 def move_page_tables(vma, old_addr: int, new_vma, new_addr: int, length: int) -> int:
@@ -59,7 +61,10 @@ def move_page_tables(vma, old_addr: int, new_vma, new_addr: int, length: int) ->
             o, n = old_addr + done, new_addr + done
             old_pmdp = pmd_offset(mm, o)
             extent = min(PMD_SIZE - (o & ~PMD_MASK), PMD_SIZE - (n & ~PMD_MASK), length - done)
-            if old_pmdp is None or pmd_none(pmdp_get(k, old_pmdp)):
+            if old_pmdp is None:  # no PMD table: skip the empty PUD/PGD range whole
+                done = pmd_walk_skip(mm, o, old_addr + length) - old_addr
+                continue
+            if pmd_none(pmdp_get(k, old_pmdp)):
                 done += extent
                 continue
             new_pmdp = pmd_offset(mm, n, alloc=True)
@@ -92,9 +97,22 @@ def move_ptes(mm, old_pmdp: int, old_addr: int, new_pmdp: int, new_addr: int, ex
             dst += 8
 
 
+def vrm_calc_charge(vma, old_len: int, new_len: int, flags: int) -> int:
+    """mm/mremap.c vrm_calc_charge (6.12: move_vma's to_account, and the
+    in-place expansion's charge): an accounted vma charges what the call
+    adds, all of new_len when MREMAP_DONTUNMAP keeps the old range; 0 or
+    -ENOMEM (mm/util.py)."""
+    if not vma.vm_flags & VM_ACCOUNT:
+        return 0
+    charged = new_len if flags & MREMAP_DONTUNMAP else new_len - old_len
+    return security_vm_enough_memory_mm(vma.vm_mm, charged >> PAGE_SHIFT)
+
+
 def move_vma(vma, old_addr: int, old_len: int, new_len: int, new_addr: int, flags: int) -> int:
     mm = vma.vm_mm
     k = mm.k
+    if vrm_calc_charge(vma, old_len, new_len, flags):
+        return -ENOMEM
     pieces = split_range(mm, old_addr, old_addr + old_len)
     if isinstance(pieces, int):
         return pieces
@@ -213,6 +231,8 @@ def do_mremap(mm, addr: int, old_len: int, new_len: int, flags: int, new_addr: i
     # grow: in place if the vma ends at the old end and the space above is free
     if addr + old_len == vma.vm_end and not vmas_in(mm, vma.vm_end, addr + new_len):
         if addr + new_len <= TASK_SIZE:
+            if vrm_calc_charge(vma, old_len, new_len, flags):  # expand_vma_in_place
+                return -ENOMEM
             if vma.vm_file is not None and vma.vm_file.i_size < (
                 (vma.vm_pgoff << PAGE_SHIFT) + (addr + new_len - vma.vm_start)
             ):

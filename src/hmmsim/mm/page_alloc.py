@@ -457,6 +457,10 @@ class PhysMem:
         self.alloc_mt = np.zeros(nr_ram_pages, dtype=np.uint8)
         #: Test hook: called with (order,) before each allocation; True fails it.
         self.should_fail_alloc = None
+        #: Allocations that found no free block where the kernel would have
+        #: run the OOM killer (mm/oom_kill.py gfp_may_oom); injected failures
+        #: are not counted.
+        self.nr_oom_failures = 0
         #: Pages the buddy was given at boot (zone_managed_pages).
         self.managed_pages = nr_ram_pages - RESERVED_PFNS
         batch, high_min, high_max = pcp_defaults(
@@ -564,6 +568,10 @@ class PhysMem:
             self.drain_all_pages()
             pfn = self._rmqueue(order, mt)
         if pfn is None:
+            from hmmsim.mm.oom_kill import gfp_may_oom
+
+            if gfp_may_oom(gfp, order):  # __alloc_pages_may_oom: mm/oom_kill.py
+                self.nr_oom_failures += 1
             return None
         n = 1 << order
         self.nr_free -= n

@@ -1,7 +1,9 @@
 """page_vma_mapped_walk: find where a folio is mapped inside one vma.
 
-Models: mm/page_vma_mapped.c and include/linux/rmap.h (struct
-page_vma_mapped_walk, PVMW_SYNC, PVMW_MIGRATION) @ torvalds/linux 0eaed89c18ae.
+Models: mm/page_vma_mapped.c (check_pte, check_pmd, page_vma_mapped_walk)
+and include/linux/rmap.h (struct page_vma_mapped_walk,
+DEFINE_FOLIO_VMA_WALK) @ torvalds/linux 0eaed89c18ae, with series (c)'s
+device-private marker in both of its forms (hmmsim.include.rmap).
 
 Call `page_vma_mapped_walk(pvmw)` in a loop, as in the kernel: each True
 return leaves pvmw.pte (or pvmw.pmd for a PMD mapping, pvmw.pte None) set and
@@ -9,8 +11,19 @@ the page-table lock held in pvmw.ptl; the next call or
 `page_vma_mapped_walk_done` drops it.
 
 Matching (default mode): present PTEs/PMDs, device-private and
-device-exclusive entries naming a PFN in [pfn, pfn + nr_pages).
-PVMW_MIGRATION mode: only migration entries (PTE or PMD) match.
+device-exclusive entries naming a number in [pfn, pfn + nr_pages).
+PVMW_MIGRATION mode: only migration entries (PTE or PMD) match. The number
+compared is what the entry carries (pte_pfn, softleaf_to_pfn): a PFN, or
+with series (c) a device-private offset for device-private and
+device-private migration entries. Series (c) therefore also compares the
+kind: an entry matches only if it is device-private exactly when the walk
+is (the "device_private XOR flag" test of check_pte/check_pmd, != from v4
+on); without that test an offset and a PFN that are the same number match
+each other (mutant pvmw_no_device_private_flag).
+
+Differences from kernel: the walk steps one entry at a time (no
+map_pte/next_pte batching), and a PMD it does not match moves on to the next
+PMD instead of ending the walk; no hugetlb.
 """
 
 from __future__ import annotations
@@ -24,7 +37,19 @@ from hmmsim.include.pgtable import (
     pte_pfn,
     pte_present,
 )
-from hmmsim.kconfig import PAGE_SIZE, PMD_MASK, PMD_SIZE
+from hmmsim.include.rmap import (
+    PVMW_DEVICE_PRIVATE,
+    PVMW_MIGRATION,
+    PVMW_PFN_DEVICE_PRIVATE,
+    PVMW_PFN_SHIFT,
+    PVMW_SYNC,
+    folio_page_vma_walk_pfn,
+    page_vma_walk_flags,
+    pvmw_is_device_private,
+    pvmw_marks_device_private,
+    pvmw_number,
+)
+from hmmsim.kconfig import HPAGE_PMD_NR, PAGE_SIZE, PMD_MASK, PMD_SIZE
 from hmmsim.mm.pgtable import (
     pmd_lockptr,
     pmd_offset,
@@ -34,14 +59,26 @@ from hmmsim.mm.pgtable import (
     ptep_get,
 )
 
-PVMW_SYNC = 1 << 0
-PVMW_MIGRATION = 1 << 1
+__all__ = [
+    "PVMW_DEVICE_PRIVATE",
+    "PVMW_MIGRATION",
+    "PVMW_PFN_DEVICE_PRIVATE",
+    "PVMW_PFN_SHIFT",
+    "PVMW_SYNC",
+    "DEFINE_FOLIO_VMA_WALK",
+    "PageVmaMappedWalk",
+    "check_pmd",
+    "check_pte",
+    "page_vma_mapped_walk",
+    "page_vma_mapped_walk_done",
+]
 
 
 class PageVmaMappedWalk:
     """struct page_vma_mapped_walk (renamed: Python has one namespace for the
-    struct and the function). Fields: pfn, nr_pages, pgoff, vma, address, pmd,
-    pte, ptl, flags. Build it with DEFINE_FOLIO_VMA_WALK like the kernel."""
+    struct and the function). Fields: pfn (as the walk encodes it: see
+    hmmsim.include.rmap), nr_pages, pgoff, vma, address, pmd, pte, ptl,
+    flags. Build it with DEFINE_FOLIO_VMA_WALK like the kernel."""
 
     __slots__ = (
         "pfn",
@@ -57,10 +94,12 @@ class PageVmaMappedWalk:
         "_started",
     )
 
-    def __init__(self, pfn: int, nr_pages: int, vma, address: int, flags: int = 0) -> None:
+    def __init__(
+        self, pfn: int, nr_pages: int, vma, address: int, flags: int = 0, pgoff: int = 0
+    ) -> None:
         self.pfn = pfn
         self.nr_pages = nr_pages
-        self.pgoff = 0
+        self.pgoff = pgoff
         self.vma = vma
         self.address = address
         self.pmd = None
@@ -71,14 +110,27 @@ class PageVmaMappedWalk:
         self._started = False
 
     def __repr__(self) -> str:
-        return f"<pvmw pfn={self.pfn:#x}+{self.nr_pages} at {self.address:#x}>"
+        return (
+            f"<pvmw pfn={self.pfn:#x}+{self.nr_pages} flags={self.flags:#x} at {self.address:#x}>"
+        )
 
 
 def DEFINE_FOLIO_VMA_WALK(folio, vma, address: int, flags: int = 0) -> PageVmaMappedWalk:
-    """The walk state for every page of folio inside vma, starting at address."""
+    """The walk state for every page of folio inside vma, starting at address.
+
+    pfn = folio_page_vma_walk_pfn(folio), flags = page_vma_walk_flags(folio,
+    flags), pgoff = the folio's index (folio_pgoff).
+    """
     from hmmsim.include.mm_types import folio_nr_pages
 
-    return PageVmaMappedWalk(folio.pfn, folio_nr_pages(folio), vma, address, flags)
+    return PageVmaMappedWalk(
+        folio_page_vma_walk_pfn(folio),
+        folio_nr_pages(folio),
+        vma,
+        address,
+        page_vma_walk_flags(folio, flags),
+        int(folio.a.index[folio.i]),
+    )
 
 
 def page_vma_mapped_walk_done(pvmw: PageVmaMappedWalk) -> None:
@@ -87,28 +139,68 @@ def page_vma_mapped_walk_done(pvmw: PageVmaMappedWalk) -> None:
         pvmw.ptl = None
 
 
-def _entry_pfn_matches(k, pvmw, word: int, pmd_level: bool) -> bool:
-    lo, hi = pvmw.pfn, pvmw.pfn + pvmw.nr_pages
+def _in_range(k, pvmw, pfn: int, span: int, device_private: bool) -> bool:
+    """The series (c) kind test, then the overlap of [pfn, pfn + span) with the walk."""
+    if pvmw_marks_device_private(k) and device_private != pvmw_is_device_private(k, pvmw):
+        return False
+    lo = pvmw_number(k, pvmw)
+    if pfn + span - 1 < lo:
+        return False
+    return not pfn > lo + pvmw.nr_pages - 1
+
+
+def check_pte(k, pvmw, word: int, pte_nr: int = 1) -> bool:
+    """Whether the PTE `word` maps (or, PVMW_MIGRATION, is a migration entry
+    for) a page of the walk's range. Kernel: mm/page_vma_mapped.c check_pte().
+
+    Series (c): device_private is true for a device-private migration entry
+    (migration mode) or a device-private entry (default mode) and must equal
+    the walk's marker.
+    """
     swp = k.swp
-    if pmd_level:
-        if pmd_present(word):
-            if pvmw.flags & PVMW_MIGRATION:
-                return False
-            p = pmd_pfn(word)
-            return p < hi and lo < p + (PMD_SIZE // PAGE_SIZE)
-        entry = swp.softleaf_from_pmd(word)
-    else:
+    series_c = k.config.has("c")  # mainline has no marker to compare with
+    device_private = False
+    if pvmw.flags & PVMW_MIGRATION:
         if pte_present(word):
-            return not pvmw.flags & PVMW_MIGRATION and lo <= pte_pfn(word) < hi
+            return False
         entry = swp.softleaf_from_pte(word)
+        if not swp.softleaf_is_migration(entry):
+            return False
+        device_private = series_c and swp.softleaf_is_migration_device_private(entry)
+        pfn = swp.softleaf_to_pfn(entry)
+    elif pte_present(word):
+        pfn = pte_pfn(word)
+    else:
+        entry = swp.softleaf_from_pte(word)
+        if not (swp.softleaf_is_device_private(entry) or swp.softleaf_is_device_exclusive(entry)):
+            return False
+        pfn = swp.softleaf_to_pfn(entry)
+        device_private = series_c and swp.softleaf_is_device_private(entry)
+    return _in_range(k, pvmw, pfn, pte_nr, device_private)
+
+
+def check_pmd(k, pvmw, pfn: int, device_private: bool) -> bool:
+    """Whether a PMD-sized mapping at `pfn` overlaps the walk's range.
+    Kernel: mm/page_vma_mapped.c check_pmd() (series (c) adds device_private)."""
+    return _in_range(k, pvmw, pfn, HPAGE_PMD_NR, device_private and k.config.has("c"))
+
+
+def _pmd_matches(k, pvmw, word: int) -> bool:
+    swp = k.swp
+    if pmd_present(word):
+        if pvmw.flags & PVMW_MIGRATION:
+            return False
+        return check_pmd(k, pvmw, pmd_pfn(word), False)
+    entry = swp.softleaf_from_pmd(word)
     if pvmw.flags & PVMW_MIGRATION:
         if not swp.softleaf_is_migration(entry):
             return False
-    elif not (swp.softleaf_is_device_private(entry) or swp.softleaf_is_device_exclusive(entry)):
+    elif not swp.softleaf_is_device_private(entry):
         return False
-    p = k.softleaf_to_page(entry).pfn  # a (c) device-private page's index
-    span = PMD_SIZE // PAGE_SIZE if pmd_level else 1
-    return p < hi and lo < p + span
+    dp = k.config.has("c") and (
+        swp.softleaf_is_device_private(entry) or swp.softleaf_is_migration_device_private(entry)
+    )
+    return check_pmd(k, pvmw, swp.softleaf_to_pfn(entry), dp)
 
 
 def page_vma_mapped_walk(pvmw: PageVmaMappedWalk) -> bool:
@@ -132,7 +224,7 @@ def page_vma_mapped_walk(pvmw: PageVmaMappedWalk) -> bool:
             continue
         pmd = pmdp_get(k, pmdp)
         if pmd_leaf(pmd) or not pmd & 1:
-            if _entry_pfn_matches(k, pvmw, pmd, True):
+            if _pmd_matches(k, pvmw, pmd):
                 pvmw.ptl = pmd_lockptr(mm, pmdp)
                 pvmw.ptl.lock()
                 pvmw.pmd, pvmw.pte = pmdp, None
@@ -141,7 +233,7 @@ def page_vma_mapped_walk(pvmw: PageVmaMappedWalk) -> bool:
             continue
         ptep = pte_offset_map(k, pmd, addr)
         word = ptep_get(k, ptep)
-        if not pte_none(word) and _entry_pfn_matches(k, pvmw, word, False):
+        if not pte_none(word) and check_pte(k, pvmw, word):
             pvmw.ptl = pte_lockptr(mm, ptep)
             pvmw.ptl.lock()
             pvmw.pmd, pvmw.pte = pmdp, ptep

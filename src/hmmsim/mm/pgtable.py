@@ -140,6 +140,26 @@ def pmd_offset(mm, addr: int, alloc: bool = False) -> int | None:
     return entry_ptr(pmd_table, pmd_index(addr))
 
 
+def pmd_walk_skip(mm, addr: int, end: int) -> int:
+    """Where a PMD-by-PMD walk goes next when pmd_offset(mm, addr) is None.
+
+    The kernel's range walks (unmap_page_range, change_protection,
+    copy_page_range, move_page_tables) step level by level and skip a none
+    PGD or PUD entry whole (pgd_addr_end / pud_addr_end), so their cost is
+    that of the tables present, not of the range. The end of the empty
+    PGD (512 GiB) or PUD (1 GiB) region around addr, or `end`.
+    """
+    k = mm.k
+    pgde = ptep_get(k, entry_ptr(mm.pgd, pgd_index(addr)))
+    if not pgde:
+        step = 1 << PGDIR_SHIFT
+    elif not ptep_get(k, entry_ptr(table_entry_pfn(pgde), pud_index(addr))):
+        step = 1 << PUD_SHIFT
+    else:
+        step = 1 << PMD_SHIFT
+    return min((addr | (step - 1)) + 1, end)
+
+
 def pte_offset_map(k, pmdval: int, addr: int) -> int | None:
     """Pointer to the PTE for addr under a PMD that points to a table."""
     if pmd_none(pmdval) or pmd_leaf(pmdval) or not pmdval & 1:

@@ -35,6 +35,7 @@ from hmmsim.include.mm_types import (
     folio_mapcount,
     folio_nr_pages,
     folio_page,
+    folio_pfn,
     folio_test_anon,
     folio_test_large,
     linear_page_index,
@@ -51,16 +52,22 @@ class anon_vma:
     """The rmap anchor of anonymous pages.
 
     Fields: id (what folio->mapping holds); root (the anon_vma of the oldest
-    ancestor); vmas (every vma linked through an anon_vma_chain).
+    ancestor); vmas (every vma linked through an anon_vma_chain); rwsem (the
+    root's only: anon_vma->root->rwsem, read-held by rmap walks and
+    write-held while vmas are linked or unlinked, so a fork cannot link a
+    child between the vmas a walk visits).
     """
 
-    __slots__ = ("id", "root", "vmas", "parent")
+    __slots__ = ("id", "root", "vmas", "parent", "rwsem")
 
     def __init__(self, k, parent: anon_vma | None = None) -> None:
+        from hmmsim.locking import RWSem
+
         self.id = k.new_object_id(self)
         self.parent = parent
         self.root = parent.root if parent is not None else self
         self.vmas: set[vm_area_struct] = set()
+        self.rwsem = RWSem(k, f"anon_vma#{self.id}") if parent is None else None
 
     def __repr__(self) -> str:
         return f"<anon_vma #{self.id} vmas={len(self.vmas)}>"
@@ -77,11 +84,19 @@ def anon_vma_prepare(vma: vm_area_struct) -> anon_vma:
 
 
 def anon_vma_clone(dst: vm_area_struct, src: vm_area_struct) -> None:
-    """Link dst to every anon_vma src is linked to (vma split, fork, mremap)."""
+    """Link dst to every anon_vma src is linked to (vma split, fork, mremap),
+    under the root's rwsem held for write (mm/rmap.c anon_vma_clone)."""
     dst.anon_vma = src.anon_vma
     dst.anon_vma_chain = list(src.anon_vma_chain)
-    for av in dst.anon_vma_chain:
-        av.vmas.add(dst)
+    if not dst.anon_vma_chain:
+        return
+    root = dst.anon_vma_chain[0].root
+    root.rwsem.down_write()
+    try:
+        for av in dst.anon_vma_chain:
+            av.vmas.add(dst)
+    finally:
+        root.rwsem.up_write()
 
 
 def anon_vma_fork(vma: vm_area_struct, pvma: vm_area_struct) -> None:
@@ -92,12 +107,19 @@ def anon_vma_fork(vma: vm_area_struct, pvma: vm_area_struct) -> None:
     av = anon_vma(vma.vm_mm.k, parent=pvma.anon_vma)
     vma.anon_vma = av
     vma.anon_vma_chain.append(av)
+    av.root.rwsem.down_write()  # anon_vma_lock_write(): the root's
     av.vmas.add(vma)
+    av.root.rwsem.up_write()
 
 
 def unlink_anon_vmas(vma: vm_area_struct) -> None:
+    root = vma.anon_vma_chain[0].root if vma.anon_vma_chain else None
+    if root is not None:
+        root.rwsem.down_write()
     for av in vma.anon_vma_chain:
         av.vmas.discard(vma)
+    if root is not None:
+        root.rwsem.up_write()
     vma.anon_vma_chain = []
     vma.anon_vma = None
 
@@ -302,22 +324,36 @@ def vma_address(vma: vm_area_struct, pgoff: int, nr_pages: int) -> int | None:
 
 
 def rmap_walk(folio: Page, rwc: rmap_walk_control) -> None:
-    """Call rwc.rmap_one for every vma that may map the folio."""
+    """Call rwc.rmap_one for every vma that may map the folio.
+
+    An anon folio's walk read-holds its anon_vma root's rwsem throughout
+    (mm/rmap.c rmap_walk_anon_lock), so no vma is linked (fork) or unlinked
+    while it runs.
+    """
+    sem = None
     if folio_test_anon(folio):
-        vmas = list(folio_anon_vma(folio).vmas)
+        av = folio_anon_vma(folio)
+        sem = av.root.rwsem
+        sem.down_read()
+        vmas = list(av.vmas)
     else:
         mapping = folio_mapping(folio)
         vmas = list(mapping.i_mmap) if mapping is not None else []
-    pgoff = int(folio.a.index[folio.i])
-    nr = folio_nr_pages(folio)
-    for vma in sorted(vmas, key=lambda v: (v.vm_mm.owner.pid if v.vm_mm.owner else 0, v.vm_start)):
-        address = vma_address(vma, pgoff, nr)
-        if address is None:
-            continue
-        if not rwc.rmap_one(folio, vma, address, rwc.arg):
-            break
-        if rwc.done is not None and rwc.done(folio):
-            break
+    try:
+        pgoff = int(folio.a.index[folio.i])
+        nr = folio_nr_pages(folio)
+        key = lambda v: (v.vm_mm.owner.pid if v.vm_mm.owner else 0, v.vm_start)  # noqa: E731
+        for vma in sorted(vmas, key=key):
+            address = vma_address(vma, pgoff, nr)
+            if address is None:
+                continue
+            if not rwc.rmap_one(folio, vma, address, rwc.arg):
+                break
+            if rwc.done is not None and rwc.done(folio):
+                break
+    finally:
+        if sem is not None:
+            sem.up_read()
 
 
 # --- migration --------------------------------------------------------------------------------
@@ -338,6 +374,32 @@ def folio_try_share_anon_rmap_pmd(folio: Page, page: Page) -> int:
         return -EBUSY
     folio.a.flags[folio.i : folio.i + folio_nr_pages(folio)] &= ~np.uint32(PG_anon_exclusive)
     return 0
+
+
+def walk_entry_index(folio: Page, word: int) -> int:
+    """Which page of folio the PTE `word` a walk matched maps.
+
+    Kernel: the subpage computation of mm/rmap.c try_to_unmap_one() and
+    try_to_migrate_one(). A present PTE: pte_pfn() - folio_pfn(). An entry:
+    softleaf_to_pfn() minus, with series (c) and a device-private or
+    device-private migration entry, device_private_folio_to_offset(), else
+    folio_pfn(). folio_pfn() of a device-private folio warns (series (c)):
+    a walk that matched a present PTE for one (the marker removed) ends
+    there.
+    """
+    from hmmsim.include.pgtable import pte_pfn, pte_present
+    from hmmsim.mm.memremap import device_private_folio_to_offset
+
+    k = folio.k
+    if pte_present(word):
+        return pte_pfn(word) - folio_pfn(folio)
+    swp = k.swp
+    entry = swp.softleaf_from_pte(word)
+    if k.config.has("c") and (
+        swp.softleaf_is_device_private(entry) or swp.softleaf_is_migration_device_private(entry)
+    ):
+        return swp.softleaf_to_pfn(entry) - device_private_folio_to_offset(folio)
+    return swp.softleaf_to_pfn(entry) - folio_pfn(folio)
 
 
 def try_to_migrate_one(folio: Page, vma: vm_area_struct, address: int, arg) -> bool:
@@ -363,7 +425,7 @@ def try_to_migrate_one(folio: Page, vma: vm_area_struct, address: int, arg) -> b
     from hmmsim.mm.migrate import make_migration_entry_for
     from hmmsim.mm.mmu_notifier import notify_range
     from hmmsim.mm.page_vma_mapped import (
-        PageVmaMappedWalk,
+        DEFINE_FOLIO_VMA_WALK,
         page_vma_mapped_walk,
         page_vma_mapped_walk_done,
     )
@@ -376,7 +438,7 @@ def try_to_migrate_one(folio: Page, vma: vm_area_struct, address: int, arg) -> b
     end = min(vma.vm_end, address + nr * 4096)
     ret = True
     with notify_range(mm, MMU_NOTIFY_CLEAR, address, end):
-        pvmw = PageVmaMappedWalk(folio.pfn, nr, vma, address)
+        pvmw = DEFINE_FOLIO_VMA_WALK(folio, vma, address)
         while page_vma_mapped_walk(pvmw):
             if pvmw.pte is None:
                 from hmmsim.mm.huge_memory import set_pmd_migration_entry_locked
@@ -387,13 +449,7 @@ def try_to_migrate_one(folio: Page, vma: vm_area_struct, address: int, arg) -> b
                     break
                 continue
             old = ptep_get(k, pvmw.pte)
-            if pte_present(old):
-                from hmmsim.include.pgtable import pte_pfn
-
-                idx = pte_pfn(old) - folio.pfn
-            else:
-                idx = k.softleaf_to_page(swp.softleaf_from_pte(old)).pfn - folio.pfn
-            page = folio_page(folio, idx)
+            page = folio_page(folio, walk_entry_index(folio, old))
             anon_exclusive = folio_test_anon(folio) and PageAnonExclusive(page)
             ptep_get_and_clear(mm, pvmw.address, pvmw.pte)
             if pte_present(old):
@@ -551,7 +607,7 @@ def page_make_device_exclusive_one(
     )
     from hmmsim.mm.mmu_notifier import notify_range
     from hmmsim.mm.page_vma_mapped import (
-        PageVmaMappedWalk,
+        DEFINE_FOLIO_VMA_WALK,
         page_vma_mapped_walk,
         page_vma_mapped_walk_done,
     )
@@ -564,7 +620,7 @@ def page_make_device_exclusive_one(
     ret = True
     end = min(vma.vm_end, address + nr * 4096)
     with notify_range(mm, MMU_NOTIFY_EXCLUSIVE, address, end, owner=args.owner):
-        pvmw = PageVmaMappedWalk(folio.pfn, nr, vma, address)
+        pvmw = DEFINE_FOLIO_VMA_WALK(folio, vma, address)
         while page_vma_mapped_walk(pvmw):
             if pvmw.pte is None:
                 k.warn(f"page_make_device_exclusive_one: PMD-mapped folio {folio.pfn:#x}")
@@ -576,7 +632,7 @@ def page_make_device_exclusive_one(
                 ret = False
                 page_vma_mapped_walk_done(pvmw)
                 break
-            subpage = folio_page(folio, pte_pfn(ptent) - folio.pfn)
+            subpage = folio_page(folio, pte_pfn(ptent) - folio_pfn(folio))
             addr = pvmw.address
             pteval = ptep_get_and_clear(mm, addr, pvmw.pte)  # ptep_clear_flush
             if pte_dirty(pteval):

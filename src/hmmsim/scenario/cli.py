@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from hmmsim.kconfig import SERIES, ConfigError
+from hmmsim.cli_options import conflict_option, feature_option, resolution_for, series_set
+from hmmsim.kconfig import ConfigError
 
 KERNELS = ("mainline", "6.12")
 
@@ -24,13 +25,8 @@ def _normalized(text: str) -> list[str]:
 
 @click.command("run")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option(
-    "--feature",
-    "features",
-    multiple=True,
-    type=click.Choice(sorted(SERIES)),
-    help="Enable a seed series (repeatable).",
-)
+@feature_option()
+@conflict_option
 @click.option(
     "--kernel",
     type=click.Choice(KERNELS),
@@ -46,15 +42,22 @@ def _normalized(text: str) -> list[str]:
 def run_command(
     file: Path,
     features: tuple[str, ...],
+    conflict_resolution: str | None,
     kernel: str | None,
     check_invariants: bool,
     golden: Path | None,
 ) -> None:
     """Run the scenario FILE on the model and print its output lines."""
+    import dataclasses
+
     from hmmsim.scenario import ScenarioError, run_text, scenario_config
 
     try:
-        cfg, used = scenario_config(features, kernel)
+        cfg, used = scenario_config((), kernel)
+        fs = series_set(features, used)
+        cfg = dataclasses.replace(
+            cfg, features=fs, conflict_resolution=resolution_for(fs, conflict_resolution)
+        )
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
     if kernel is not None and used != kernel:

@@ -49,6 +49,7 @@ import linecache
 import operator
 import os
 import random
+import re
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -802,15 +803,54 @@ class CaseResult:
         return self.exit_code != KSFT_FAIL and self.exit_code <= KSFT_SKIP
 
     def as_json(self) -> dict:
-        return {
+        """What `hmmsim selftest --json` prints for the case; "benchmark" only
+        for a case that printed benchmark tables (`benchmark_tables`)."""
+        out = {
             "name": self.name,
             "result": self.result,
             "seconds": round(self.seconds, 4),
             "message": self.message,
         }
+        tables = benchmark_tables(self.log)
+        if tables:
+            out["benchmark"] = tables
+        return out
 
     def __repr__(self) -> str:
         return f"<CaseResult {self.name} {self.result} {self.seconds:.2f}s>"
+
+
+_BENCH_TITLE = re.compile(r"^=== (?P<test>.+) \((?P<mb>[0-9.]+) MB\) ===$")
+_BENCH_ROW = re.compile(
+    r"^(?P<what>[^|]+?)\s*\|\s*(?P<thp>[-0-9.naif]+) (?P<unit>ms|GB/s)\s*\|"
+    r"\s*(?P<regular>[-0-9.naif]+) (?P=unit)\s*\|\s*(?P<pct>[-0-9.naif]+)%$"
+)
+
+
+def benchmark_tables(log: Iterable[str]) -> list[dict]:
+    """The tables hmm-tests' print_benchmark_results() wrote to a case log, as
+    data: per buffer size, each row's value with and without THP and the
+    improvement in percent."""
+    tables: list[dict] = []
+    for line in log:
+        m = _BENCH_TITLE.match(line.strip())
+        if m:
+            tables.append(
+                {"test": m["test"], "size_bytes": round(float(m["mb"]) * 2**20), "rows": []}
+            )
+            continue
+        m = _BENCH_ROW.match(line.strip())
+        if m and tables:
+            tables[-1]["rows"].append(
+                {
+                    "what": m["what"],
+                    "unit": m["unit"],
+                    "thp": float(m["thp"]),
+                    "without_thp": float(m["regular"]),
+                    "improvement_pct": float(m["pct"]),
+                }
+            )
+    return tables
 
 
 def _innermost(exc: BaseException) -> str:
@@ -996,6 +1036,23 @@ def run_tests(
     tap.print_msg(f"Starting {len(cases)} tests from {nfix_var} test cases.")
     results: list[CaseResult] = []
     pass_count = 0
+    try:
+        pass_count = _run_selected(cases, make_kernel, post_checks, tap, xfails, results, on_result)
+    except KeyboardInterrupt:
+        tap.print_msg(f"Interrupted after {len(results)} of {len(cases)} tests.")
+        tap.print_cnts()
+        raise
+    failed = any(not r.passed for r in results)
+    tap.print_msg(
+        f"{'FAILED' if failed else 'PASSED'}: {pass_count} / {len(results)} tests passed."
+    )
+    tap.print_cnts()
+    return results
+
+
+def _run_selected(cases, make_kernel, post_checks, tap, xfails, results, on_result) -> int:
+    """run_tests' loop: results go to `results` as they come; the passes."""
+    pass_count = 0
     for case in cases:
         tap.print_msg(f" RUN           {case.name} ...")
         r = run_case(case, make_kernel, post_checks)
@@ -1014,9 +1071,4 @@ def run_tests(
         results.append(r)
         if on_result is not None:
             on_result(r)
-    failed = any(not r.passed for r in results)
-    tap.print_msg(
-        f"{'FAILED' if failed else 'PASSED'}: {pass_count} / {len(results)} tests passed."
-    )
-    tap.print_cnts()
-    return results
+    return pass_count

@@ -16,61 +16,56 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import click
 
-from hmmsim.kconfig import KERNELS, SERIES, ConfigError, KConfig
+from hmmsim.cli_options import (
+    RESOLUTIONS,
+    Interrupted,
+    conflict_option,
+    feature_option,
+    guarded_main,
+    resolution_for,
+    series_set,
+)
+from hmmsim.kconfig import KERNELS, ConfigError, KConfig
 from hmmsim.mutants import MUTANTS
 
-RESOLUTIONS = ("c-first", "e-first")
+__all__ = ["RESOLUTIONS", "fuzz"]
 
 
 class _OneLineCommand(click.Command):
-    """Usage errors print one line, also when the command runs on its own."""
+    """Errors print one line, also when the command runs on its own
+    (hmmsim.cli_options.guarded_main: 2 usage, 3 host memory, 130 Ctrl-C)."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        try:
-            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except click.ClickException as e:
-            click.echo(f"hmmsim fuzz: error: {e.format_message()}", err=True)
-            sys.exit(e.exit_code)
-        except click.exceptions.Abort:
-            click.echo("hmmsim fuzz: aborted", err=True)
-            sys.exit(1)
+        parent = super()
+        return guarded_main(
+            "hmmsim fuzz",
+            lambda: parent.main(args, prog_name, complete_var, standalone_mode=False, **extra),
+        )
 
 
 def _configs(features: tuple[str, ...], resolution: str | None, kernel: str = "mainline"):
     """The (features, conflict_resolution) pairs to run: one, or every buildable one."""
-    from hmmsim.kconfig import SERIES_ABSENT
     from hmmsim.testing.fuzz import feature_configs
 
-    absent = set(features) & set(SERIES_ABSENT.get(kernel, ()))
-    if absent:
-        raise click.UsageError(
-            f"series {', '.join(sorted(absent))} did not exist in Linux {kernel}; "
-            f"drop --feature {' --feature '.join(sorted(absent))} or --kernel {kernel}"
-        )
-    if not features:
+    fs = series_set(features, kernel)  # refuses a series the profile lacks
+    if not features and not getattr(features, "off", ()):
         out = feature_configs(kernel)
         if resolution:
             out = [(fs, cr) for fs, cr in out if cr in (None, resolution)]
         return out, "sampled per sequence from every buildable combination"
-    merged = {"d"} - set(SERIES_ABSENT.get(kernel, ()))
-    fs = frozenset({*merged, *features})
-    if {"c", "e"} <= fs and resolution is None:
-        raise click.UsageError(
-            "series (c) and (e) both claim HMM_PFN bit BITS_PER_LONG-7; "
-            "pass --conflict-resolution c-first or e-first to fuzz them together"
-        )
-    cr = resolution if {"c", "e"} <= fs else None
+    cr = resolution_for(fs, resolution)
     try:
         KConfig(features=fs, conflict_resolution=cr, kernel=kernel)
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
-    label = "".join(sorted(fs)) + (f" ({cr})" if cr else "")
+    label = ("".join(sorted(fs)) or "none") + (f" ({cr})" if cr else "")
     return [(fs, cr)], label
 
 
@@ -90,20 +85,12 @@ def _script_paths(out: str | None, seed: int, n: int) -> list[Path]:
     help="Operations to run in all.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the whole run.")
-@click.option(
-    "--feature",
-    "features",
-    multiple=True,
-    type=click.Choice(sorted(SERIES)),
-    help="Enable a seed series (repeatable; d is always on, as at the pin). "
-    "Without --feature every buildable combination is sampled per sequence.",
+@feature_option(
+    "Enable seed series (repeatable, or comma-separated: --feature a,b,c; d is on, as at "
+    "the pin, unless no-d). Without --feature every buildable combination is sampled "
+    "per sequence."
 )
-@click.option(
-    "--conflict-resolution",
-    type=click.Choice(RESOLUTIONS),
-    default=None,
-    help="How (c) and (e) share their HMM_PFN bit; required when both are enabled.",
-)
+@conflict_option
 @click.option(
     "--sequence-steps",
     type=click.IntRange(min=1),
@@ -174,7 +161,7 @@ def fuzz(
     out: str | None,
 ) -> None:
     """Fuzz the model against a shadow of every process's bytes; shrink what fails."""
-    from hmmsim.testing.fuzz import run_fuzz
+    from hmmsim.testing.fuzz import FuzzReport, run_fuzz
 
     configs, feature_label = _configs(features, conflict_resolution, kernel)
     if kernel != "mainline":
@@ -205,10 +192,16 @@ def fuzz(
         )
         task = progress.add_task("fuzz", total=steps, seed=seed, violations=0)
 
+    latest = []  # the live report, for a Ctrl-C
+
     def on_progress(done: int, rep) -> None:
+        if not latest:
+            latest.append(rep)
         if progress is not None:
             progress.update(task, completed=done, violations=rep.failing_sequences)
 
+    t0 = time.perf_counter()
+    interrupted = False
     try:
         if progress is not None:
             progress.start()
@@ -226,7 +219,11 @@ def fuzz(
             kernel=kernel,
         )
     except KeyboardInterrupt:
-        raise click.Abort() from None
+        # What the run found so far: the violations already shrunk and
+        # scripted (one being shrunk when Ctrl-C came is lost).
+        interrupted = True
+        rep = latest[0] if latest else FuzzReport(seed=seed)
+        rep.seconds = time.perf_counter() - t0
     finally:
         if progress is not None:
             progress.stop()
@@ -241,12 +238,21 @@ def fuzz(
     if as_json:
         data = rep.to_json()
         data["features"] = feature_label
+        data["conflict_resolution"] = conflict_resolution
         data["bugs"] = sorted(bugs)
         data["kernel"] = kernel
         data["replay_scripts"] = [str(p) for p in paths[: len(rep.violations)]]
+        data["interrupted"] = interrupted
         click.echo(json.dumps(data, indent=2))
     else:
         _print_report(rep, feature_label, paths)
+        if interrupted:
+            click.echo(
+                f"interrupted  after {rep.steps} of {steps} steps; "
+                f"{len(rep.violations)} replay script(s) written"
+            )
+    if interrupted:
+        raise Interrupted()
     if rep.violations:
         sys.exit(1)
 

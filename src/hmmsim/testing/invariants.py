@@ -527,12 +527,19 @@ def pfn_word_problems(k, kind: str, words, n: int | None = None) -> list[str]:
 
     A word must use only defined flag bits; a VALID word must name a page
     (decoding it must not fail); under series (a)/(c) the device-private flag
-    must be set exactly for device-private pages; an HMM word is never both
-    VALID and ERROR. Returns the problems found (none for a good array).
+    must be set exactly for device-private pages; a VALID | MIGRATE word (a
+    source the collect step took) must name a folio that is locked and
+    referenced, since the migration holds both until finalize: a
+    device-private offset whose flag was lost decodes to whatever RAM page
+    has that PFN, which the migration does not hold (the flag check alone
+    cannot see that: the RAM page is not device-private either); an HMM
+    word is never both VALID and ERROR. Returns the problems found (none
+    for a good array).
     """
     from hmmsim.include.migrate import (
         MIGRATE_PFN_DEVICE_PRIVATE,
         MIGRATE_PFN_FLAGS_MASK,
+        MIGRATE_PFN_MIGRATE,
         MIGRATE_PFN_SHIFT,
         MIGRATE_PFN_VALID,
     )
@@ -562,6 +569,8 @@ def pfn_word_problems(k, kind: str, words, n: int | None = None) -> list[str]:
                         f"{kind}[{i}] = {v:#x}: MIGRATE_PFN_DEVICE_PRIVATE is "
                         f"{'set' if flagged else 'clear'} for {page!r}"
                     )
+                if v & MIGRATE_PFN_MIGRATE:
+                    problems += _migrate_source_problems(kind, i, v, page)
             else:
                 from hmmsim.mm.hmm import hmm_pfn_to_page
 
@@ -576,6 +585,24 @@ def pfn_word_problems(k, kind: str, words, n: int | None = None) -> list[str]:
         except Exception as e:  # noqa: BLE001 - a word that does not decode
             problems.append(f"{kind}[{i}] = {v:#x} does not decode: {e}")
     return problems
+
+
+def _migrate_source_problems(kind: str, i: int, v: int, page) -> list[str]:
+    """A collected source: its folio is locked and has a reference (the
+    migration's, from migrate_vma_collect or migrate_device_range, kept until
+    migrate_vma_finalize)."""
+    from hmmsim.include.mm_types import PG_locked, folio_ref_count, page_folio
+
+    folio = page_folio(page)
+    out = []
+    if not folio.test(PG_locked):
+        out.append(
+            f"{kind}[{i}] = {v:#x}: MIGRATE source {folio!r} is not locked: "
+            "the word names a page the migration does not hold"
+        )
+    if folio_ref_count(folio) < 1:
+        out.append(f"{kind}[{i}] = {v:#x}: MIGRATE source {folio!r} is free")
+    return out
 
 
 def strict_word_check(k, kind: str, words, n: int | None = None) -> None:

@@ -28,7 +28,7 @@ from hmmsim.mutants import MUTANTS
 class Hunt:
     """How a mutant is searched for, and with what budget."""
 
-    kind: str  # "explore", "fuzz" (dmirror), "walk" or "devalloc" (API-level fuzzers)
+    kind: str  # "explore", "fuzz" (dmirror), "walk", "devalloc" or "alias" (API-level fuzzers)
     scenario: str = ""  # explore: built-in scenario
     preemptions: int = 1  # explore: preemption bound
     max_schedules: int = 500  # explore: schedule budget
@@ -64,6 +64,17 @@ HUNTS: dict[str, Hunt] = {
     "hmm_foreign_device_private": Hunt("fuzz", steps=3000, seeds=(0, 1)),
     "hmm_zero_pfn0": Hunt("walk", features=frozenset("de"), steps=20, seeds=(0,)),
     "stale_order_on_reuse": Hunt("devalloc", steps=10, seeds=(0,)),
+    # series (b)'s device migration types meet fork and mprotect only through
+    # an eviction (no mmap_lock); (c) makes a lost type name the wrong page
+    "fork_plain_migration_entry": Hunt(
+        "explore", "fork_vs_eviction", 1, 200, features=frozenset("abcd")
+    ),
+    "huge_pmd_plain_migration_entry": Hunt(
+        "explore", "mprotect_vs_eviction_thp", 1, 200, features=frozenset("abcd")
+    ),
+    "pvmw_no_device_private_flag": Hunt(
+        "alias", features=frozenset("abcd"), steps=40, seeds=(0, 1)
+    ),
     "collect_skips_large_folio": Hunt("explore", "thp_split_vs_fault_page", 1, 50),
 }
 
@@ -80,9 +91,16 @@ def _devalloc(runs: int, seed: int, features, bugs):
     return run_devalloc_fuzz(runs, seed, bugs=bugs)
 
 
+def _alias(runs: int, seed: int, features, bugs):
+    from hmmsim.testing.alias_fuzz import run_alias_fuzz
+
+    return run_alias_fuzz(runs, seed, bugs=bugs)
+
+
 #: driver-shaped API fuzzers: series (e)'s unified walk (lib/test_hmm.c does not
-#: use it) and device-page reuse at changing orders (dmirror never does that)
-API_FUZZERS = {"walk": _walk, "devalloc": _devalloc}
+#: use it), device-page reuse at changing orders (dmirror never does that), and
+#: series (c) device-private offsets equal to RAM PFNs (dmirror's offsets never are)
+API_FUZZERS = {"walk": _walk, "devalloc": _devalloc, "alias": _alias}
 
 
 @dataclass

@@ -10,6 +10,7 @@ The explorer adds deadlock and livelock detection.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 
@@ -43,9 +44,13 @@ NPAGES = 4
 SCENARIOS: dict[str, Callable] = {}
 
 
-def scenario(name: str, doc: str):
+def scenario(name: str, doc: str, needs: frozenset[str] = frozenset()):
+    """Register a scenario; `needs` names the seed series it must run with
+    (added to whatever configuration it is run under)."""
+
     def reg(fn):
         fn.doc = doc
+        fn.needs = frozenset(needs)
         SCENARIOS[name] = fn
         return fn
 
@@ -311,6 +316,102 @@ def _s10(ex: Explorer, w: World):
     return check
 
 
+#: Series (b) gives device-private pages their own migration-entry types, and
+#: (c), built on (a) and (b), makes the type matter: a device-private offset
+#: read as a PFN names some other page.
+DEVICE_MIGRATION_TYPES = frozenset("abc")
+
+
+def _evict_vs(ex: Explorer, w: World, thp: bool, cpu) -> int:
+    """Migrate a buffer to device memory, then race its eviction (dmirror
+    RELEASE: migrate_device_range, which takes no mmap_lock, so fork and
+    mprotect can meet its migration entries) with `cpu(a)`. Returns a."""
+    a = w.buffer(npages=2, thp=thp)  # two pages keep the search short
+    npages = w.expect[a].size // 1024
+    fd = w.p.open("/dev/hmm_dmirror0", O_RDWR)
+    ret, _ = w.ioctl(fd, HMM_DMIRROR_MIGRATE_TO_DEV, a, npages)
+    assert ret == 0
+    ex.spawn("evict", lambda: w.ioctl(fd, HMM_DMIRROR_RELEASE, a, 1))
+    ex.spawn("cpu", lambda: cpu(a))
+    return a
+
+
+def _fork_check(w: World, box: dict, a: int):
+    def check():
+        # the page tables first: a migration entry that eviction could not
+        # find again would make the loads below wait for it forever
+        check_invariants(w.k)
+        child = w.p.child(box["pid"])
+        got = child.load_array(a, w.expect[a].size)
+        if not (got == w.expect[a]).all():
+            raise AssertionError("the child lost bytes")
+        child._exit(0)
+        w.p.waitpid(child.pid)
+
+    return check
+
+
+def _mprotect_check(w: World, a: int):
+    def check():
+        check_invariants(w.k)
+        # writable again: a store must work and land
+        w.p.store_array(a, np.array([-9], dtype=np.int32))
+        w.expect[a] = w.expect[a].copy()
+        w.expect[a][0] = -9
+
+    return check
+
+
+@scenario(
+    "fork_vs_eviction",
+    "fork meets device-private migration entries of an eviction (PTE; series b, c)",
+    DEVICE_MIGRATION_TYPES,
+)
+def _s11(ex: Explorer, w: World):
+    box = {}
+    a = _evict_vs(ex, w, False, lambda a: box.update(pid=w.p.fork()))
+    return _fork_check(w, box, a)
+
+
+@scenario(
+    "fork_vs_eviction_thp",
+    "fork meets a device-private PMD migration entry of an eviction (PMD; series b, c)",
+    DEVICE_MIGRATION_TYPES,
+)
+def _s12(ex: Explorer, w: World):
+    box = {}
+    a = _evict_vs(ex, w, True, lambda a: box.update(pid=w.p.fork()))
+    return _fork_check(w, box, a)
+
+
+def _protect_cycle(w: World, npages: int):
+    def cpu(a: int) -> None:
+        w.p.mprotect(a, npages * 4096, PROT_READ)
+        w.p.mprotect(a, npages * 4096, RW)
+
+    return cpu
+
+
+@scenario(
+    "mprotect_vs_eviction",
+    "mprotect meets device-private migration entries of an eviction (PTE; series b, c)",
+    DEVICE_MIGRATION_TYPES,
+)
+def _s13(ex: Explorer, w: World):
+    a = _evict_vs(ex, w, False, _protect_cycle(w, 2))
+    return _mprotect_check(w, a)
+
+
+@scenario(
+    "mprotect_vs_eviction_thp",
+    "mprotect meets a device-private PMD migration entry of an eviction (PMD; series b, c)",
+    DEVICE_MIGRATION_TYPES,
+)
+def _s14(ex: Explorer, w: World):
+    a = _evict_vs(ex, w, True, _protect_cycle(w, PMD_SIZE // 4096))
+    return _mprotect_check(w, a)
+
+
 def make_runner(name: str, cfg: KConfig | None = None, max_steps: int = 20000):
     """A make_run(policy) for `explore`: a fresh world per schedule."""
     fn = SCENARIOS[name]
@@ -319,6 +420,8 @@ def make_runner(name: str, cfg: KConfig | None = None, max_steps: int = 20000):
         hugetlb_pages=0,
         features=frozenset({"d", "b"}) if "migration_entries" in name else frozenset({"d"}),
     )
+    if not fn.needs <= cfg.features:
+        cfg = replace(cfg, features=cfg.features | fn.needs)
 
     def make_run(policy) -> RunResult:
         w = World(cfg)

@@ -1,0 +1,803 @@
+"""A GPU-like device driver on the kernel's HMM driver API (issue 17).
+
+Not a model of one kernel file: a driver of our own, shaped after the HMM
+drivers in and out of the tree (nouveau's nouveau_svm.c/nouveau_dmem.c,
+amdkfd's kfd_svm.c/kfd_migrate.c, xe's xe_svm.c on drm_gpusvm.c, NVIDIA's
+uvm_hmm.c), built on the kernel at torvalds/linux 0eaed89c18ae. It uses
+only what a real driver may call:
+
+- device memory: ``memremap_pages`` (``memremap_device_private_pagemap``
+  under series (c)) with a MEMORY_DEVICE_PRIVATE ``dev_pagemap`` per 2 MiB
+  root chunk, ``dev_pagemap_ops.folio_free`` and ``.migrate_to_ram``,
+  ``zone_device_folio_init`` to hand out a page;
+- the device page table: an ``mmu_interval_notifier`` over the whole mm
+  (insert / read_begin / read_retry, an ``invalidate`` callback that drops
+  the device mappings of the range and sets the sequence), filled through
+  ``hmm_range_fault`` with ``dev_private_owner`` = the device;
+- migration to the device: ``migrate_vma_setup`` / ``migrate_vma_pages`` /
+  ``migrate_vma_finalize`` (MIGRATE_VMA_SELECT_SYSTEM);
+- CPU faults on device pages: ``migrate_to_ram`` with
+  MIGRATE_VMA_SELECT_DEVICE_PRIVATE and ``fault_page``;
+- eviction when device memory is full: ``migrate_device_range`` /
+  ``migrate_device_pages`` / ``migrate_device_finalize`` on a victim root
+  chunk the policy picks.
+
+Device memory has bytes of its own (``vram``: one NumPy row of 4096 bytes per
+device page, allocated per root chunk), so the data moves with every
+migration and can be checked end to end.
+
+A replayable fault buffer (``GpuFaultBuffer``) collects device accesses that
+miss the device page table; ``GpuDevice.service_faults`` services a batch:
+deduplicate per page, ask the policy for the migration region and prefetch,
+make room (evict), migrate, map, and report what it did (``ServiceResult``)
+so that a simulator can charge time for it. Nothing here knows about time.
+
+Simplifications: one device, order-0 device pages only (migration
+granularities of 64 KiB and 2 MiB are runs of 4 KiB pages migrated in one
+``migrate_vma`` window; the series (d) compound path, device THPs mapped by
+a device-private PMD, is not used); the device page table is a dict keyed by
+VA page number; the device never maps system memory it did not ask for, and
+maps a system page (remote access) only where migration failed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hmmsim.errno import EBUSY, EFAULT, EINVAL
+from hmmsim.include.hmm import hmm_range
+from hmmsim.include.memremap import MEMORY_DEVICE_PRIVATE, dev_pagemap, dev_pagemap_ops
+from hmmsim.include.migrate import (
+    MIGRATE_PFN_MIGRATE,
+    MIGRATE_PFN_WRITE,
+    MIGRATE_VMA_SELECT_DEVICE_PRIVATE,
+    MIGRATE_VMA_SELECT_SYSTEM,
+    migrate_vma,
+)
+from hmmsim.include.mm import VM_FAULT_OOM, VM_FAULT_SIGBUS, VM_READ
+from hmmsim.include.mm_types import Page
+from hmmsim.include.mmu_notifier import mmu_notifier_range_blockable
+from hmmsim.kconfig import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
+from hmmsim.locking import Lock, folio_lock
+from hmmsim.mm.hmm import hmm_pfn_to_page, hmm_range_fault
+from hmmsim.mm.memremap import (
+    is_device_private_page,
+    memremap_device_private_pagemap,
+    memremap_pages,
+    memunmap_device_private_pagemap,
+    memunmap_pages,
+    page_pgmap,
+    zone_device_folio_init,
+)
+from hmmsim.mm.migrate import migrate_pfn, migrate_pfn_from_page, migrate_pfn_to_page
+from hmmsim.mm.migrate_device import (
+    migrate_device_finalize,
+    migrate_device_pages,
+    migrate_device_range,
+    migrate_vma_finalize,
+    migrate_vma_pages,
+    migrate_vma_setup,
+)
+from hmmsim.mm.mmap import vma_lookup
+from hmmsim.mm.mmu_notifier import (
+    mmu_interval_notifier,
+    mmu_interval_notifier_insert,
+    mmu_interval_notifier_remove,
+    mmu_interval_read_begin,
+    mmu_interval_read_retry,
+    mmu_interval_set_seq,
+)
+from hmmsim.mm.page_alloc import GFP_HIGHUSER_MOVABLE
+
+#: NVIDIA UVM's root chunk: device memory is managed in 2 MiB chunks
+#: (uvm_pmm_gpu.h UVM_CHUNK_SIZE_MAX); eviction works on whole root chunks.
+GPU_ROOT_CHUNK_SIZE = 2 << 20
+CHUNK_PAGES = GPU_ROOT_CHUNK_SIZE >> PAGE_SHIFT
+#: uvm_gpu_replayable_faults.c UVM_PERF_FAULT_BATCH_COUNT_DEFAULT
+FAULT_BATCH_COUNT = 256
+#: the largest migrate_vma window the driver builds (one PMD's worth)
+MIGRATE_WINDOW = 512
+GPU_RANGE_FAULT_RETRIES = 1000
+ULONG_MAX = (1 << 64) - 1
+TAG_READ = 0
+TAG_WRITE = 3  # the invariant checker's writable tag (as dmirror's DPT_XA_TAG_WRITE)
+
+#: kernel paths named in the "why it moved" log
+PATH_TO_DEVICE = "migrate_vma_setup/migrate_vma_pages/migrate_vma_finalize (SELECT_SYSTEM)"
+PATH_TO_RAM = (
+    "do_swap_page -> dev_pagemap_ops.migrate_to_ram -> "
+    "migrate_vma_setup/pages/finalize (SELECT_DEVICE_PRIVATE, fault_page)"
+)
+PATH_EVICT = "migrate_device_range/migrate_device_pages/migrate_device_finalize"
+
+
+class GpuNoMemory(Exception):
+    """Device memory cannot be made free (every chunk is busy with the batch)."""
+
+
+# --- device memory ----------------------------------------------------------------------------
+class GpuChunk:
+    """One 2 MiB root chunk: its dev_pagemap, bytes and LRU stamps.
+
+    Fields: pagemap; index (allocation order); vram (CHUNK_PAGES x 4096
+    bytes); used (device pages handed out and not yet freed); last_alloc and
+    last_access (the device's own clocks, in service sequence numbers: the
+    policy's LRU reads them).
+    """
+
+    __slots__ = ("pagemap", "index", "vram", "used", "last_alloc", "last_access", "first")
+
+    def __init__(self, index: int) -> None:
+        self.pagemap = dev_pagemap()
+        self.index = index
+        self.vram = np.zeros((CHUNK_PAGES, PAGE_SIZE), dtype=np.uint8)
+        self.used = 0
+        self.last_alloc = 0
+        self.last_access = 0
+        self.first = 0  # index of the first page (PFN, or series (c) offset)
+
+    def __repr__(self) -> str:
+        return f"<GpuChunk {self.index} used={self.used}>"
+
+    @property
+    def pages(self):
+        return self.pagemap._ranges[0].pages
+
+
+@dataclass
+class MoveRecord:
+    """One page that moved: why, which way, through which kernel path."""
+
+    seq: int
+    vpn: int
+    direction: str  # "h2d" or "d2h"
+    reason: str  # "fault", "prefetch", "eviction", "cpu-fault"
+    path: str
+
+
+@dataclass
+class ServiceResult:
+    """What one fault batch did (the simulator charges time for it)."""
+
+    faults: int = 0  # entries taken from the buffer
+    unique: int = 0  # after per-page dedup
+    migrated_fault: int = 0  # pages migrated to the device because they faulted
+    migrated_prefetch: int = 0  # pages migrated to the device by prefetch / granularity
+    mapped: int = 0  # device page-table entries written
+    remote: int = 0  # faulting pages mapped in system memory (migration failed)
+    evicted_pages: int = 0
+    evicted_chunks: int = 0
+    windows: int = 0  # migrate_vma calls
+    range_faults: int = 0  # hmm_range_fault calls
+    failed: int = 0  # faults that could not be resolved (-EFAULT)
+    vpns: list = field(default_factory=list)  # unique faulting vpns
+
+
+class GpuFaultBuffer:
+    """The replayable fault buffer: entries (vpn, write) in arrival order."""
+
+    def __init__(self, batch: int = FAULT_BATCH_COUNT) -> None:
+        self.batch = batch
+        self.entries: list[tuple[int, bool]] = []
+
+    def push(self, vpn: int, write: bool) -> bool:
+        """Record a fault; True when a batch is ready to service."""
+        self.entries.append((vpn, write))
+        return len(self.entries) >= self.batch
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def fetch(self) -> list[tuple[int, bool]]:
+        """Take up to one batch of entries (the oldest)."""
+        out, self.entries = self.entries[: self.batch], self.entries[self.batch :]
+        return out
+
+
+class GpuDevice:
+    """The device: memory in root chunks, one mirrored address space, faults.
+
+    `policy` is an object with the hooks of hmmsim.sim.policy.Policy
+    (fault_region, prefetch, victim, cpu_region); None means on-demand 4 KiB
+    with LRU eviction. `mem_bytes` is rounded down to whole root chunks (at
+    least one).
+    """
+
+    def __init__(self, k, mem_bytes: int, policy=None, name: str = "gpu0") -> None:
+        self.k = k
+        self.name = name
+        self.max_chunks = max(1, mem_bytes // GPU_ROOT_CHUNK_SIZE)
+        self.chunks: list[GpuChunk] = []
+        self.free: list[Page] = []
+        self.policy = policy
+        self.lock = Lock(k, f"{name}.lock")
+        self.ops = dev_pagemap_ops(
+            folio_free=self.gpu_folio_free, migrate_to_ram=self.gpu_migrate_to_ram
+        )
+        self.space: GpuVaSpace | None = None
+        self.seq = 0  # service sequence (LRU clock)
+        self.moves: list[MoveRecord] = []
+        self.log_moves = True
+        self.d2h_cpu = 0  # pages migrate_to_ram moved back
+        self.cpu_faults = 0  # migrate_to_ram calls
+        self.evicted_pages = 0
+        self.evicted_chunks = 0
+        self.owner_of: dict[int, int] = {}  # device page index -> vpn it holds
+        self.where: dict[int, int] = {}  # vpn -> device page index holding it
+        self._busy: set[int] = set()  # chunk indices not to evict in this batch
+        self._res: list = []  # iomem regions of the chunks (without series (c))
+        hooks = k.__dict__.setdefault("invariant_hooks", [])
+        hooks.append(self.check)
+
+    def __repr__(self) -> str:
+        n = f"{len(self.chunks)}/{self.max_chunks}"
+        return f"<GpuDevice {self.name} chunks={n} free={len(self.free)}>"
+
+    # --- memory --------------------------------------------------------------------------
+    @property
+    def capacity_pages(self) -> int:
+        return self.max_chunks * CHUNK_PAGES
+
+    @property
+    def resident_pages(self) -> int:
+        return sum(c.used for c in self.chunks)
+
+    def _add_chunk(self) -> int:
+        """memremap one more root chunk; 0 or -errno."""
+        k = self.k
+        chunk = GpuChunk(len(self.chunks))
+        pgmap = chunk.pagemap
+        pgmap.type = MEMORY_DEVICE_PRIVATE
+        pgmap.nr_range = 1
+        pgmap.ops = self.ops
+        pgmap.owner = self
+        if k.config.has("c"):
+            pgmap.nr_pages = CHUNK_PAGES
+            ret = memremap_device_private_pagemap(pgmap, 0, k=k)
+        else:
+            res = k.iomem.request_free_mem_region(GPU_ROOT_CHUNK_SIZE, self.name)
+            if isinstance(res, int):
+                return res
+            pgmap.range.start, pgmap.range.end = res.start, res.end
+            ret = memremap_pages(pgmap, 0, k=k)
+            if ret < 0:
+                k.iomem.release_mem_region(res)
+                return ret
+            self._res.append(res)
+            ret = 0
+        if ret < 0:
+            return ret
+        pgmap._chunk = chunk
+        chunk.first = pgmap.range.start >> PAGE_SHIFT
+        self.chunks.append(chunk)
+        a = chunk.pages
+        # pop() takes from the end: keep the lowest page first out
+        self.free.extend(Page(k, a, i) for i in range(CHUNK_PAGES - 1, -1, -1))
+        return 0
+
+    def alloc_page(self) -> Page | None:
+        """A locked device page with one reference, or None if memory is full."""
+        if not self.free and len(self.chunks) < self.max_chunks:
+            if self._add_chunk():
+                return None
+        if not self.free:
+            return None
+        page = self.free.pop()
+        zone_device_folio_init(page, page_pgmap(page), 0)
+        chunk = page_pgmap(page)._chunk
+        chunk.used += 1
+        chunk.last_alloc = self.seq
+        chunk.last_access = self.seq
+        return page
+
+    def free_pages_available(self) -> int:
+        return len(self.free) + (self.max_chunks - len(self.chunks)) * CHUNK_PAGES
+
+    def gpu_folio_free(self, folio) -> None:
+        """dev_pagemap_ops.folio_free: the device page is free again."""
+        chunk = page_pgmap(folio)._chunk
+        with self.lock:
+            chunk.used -= 1
+            vpn = self.owner_of.pop(folio.pfn, None)
+            if vpn is not None and self.where.get(vpn) == folio.pfn:
+                del self.where[vpn]
+            self.free.append(folio)
+
+    def vram_row(self, page: Page) -> np.ndarray:
+        return page_pgmap(page)._chunk.vram[page.i]
+
+    # --- eviction -----------------------------------------------------------------------
+    def make_room(self, npages: int, res: ServiceResult | None = None) -> None:
+        """Evict victim chunks until npages device pages are free."""
+        while self.free_pages_available() < npages:
+            cands = [c for c in self.chunks if c.used and c.index not in self._busy]
+            if not cands:
+                raise GpuNoMemory(f"{self.name}: no chunk to evict for {npages} pages")
+            victim = self.policy.victim(cands) if self.policy is not None else None
+            if victim is None:
+                victim = min(cands, key=lambda c: (c.last_access, c.index))
+            n = self.evict_chunk(victim)
+            if res is not None:
+                res.evicted_pages += n
+                res.evicted_chunks += 1
+
+    def evict_chunk(self, chunk: GpuChunk) -> int:
+        """Move every page of a root chunk back to system RAM; pages moved.
+
+        Kernel API: migrate_device_range, migrate_device_pages,
+        migrate_device_finalize (what dmirror_device_evict_chunk and
+        nouveau_dmem_evict_chunk do).
+        """
+        k = self.k
+        src = np.zeros(CHUNK_PAGES, dtype=np.uint64)
+        dst = np.zeros(CHUNK_PAGES, dtype=np.uint64)
+        migrate_device_range(src, chunk.first, CHUNK_PAGES, k=k, device_private=True)
+        moved = []
+        for i in np.flatnonzero(src).tolist():
+            sv = int(src[i])
+            spage = migrate_pfn_to_page(sv, k=k)
+            if spage is None or not sv & MIGRATE_PFN_MIGRATE:
+                continue
+            dpage = k.mem.alloc_pages(0, GFP_HIGHUSER_MOVABLE)
+            if dpage is None:
+                raise MemoryError(f"{self.name} evict: no system page (__GFP_NOFAIL)")
+            folio_lock(dpage)
+            d = migrate_pfn(dpage.pfn)
+            if sv & MIGRATE_PFN_WRITE:
+                d |= MIGRATE_PFN_WRITE
+            dst[i] = d
+            k.mem.ram.frames[dpage.pfn] = chunk.vram[spage.i]
+            moved.append((i, spage.pfn))
+        migrate_device_pages(src, dst, CHUNK_PAGES, k=k)
+        n = 0
+        for i, pfn in moved:
+            if int(src[i]) & MIGRATE_PFN_MIGRATE:
+                n += 1
+                vpn = self.owner_of.get(pfn, -1)
+                self._log(vpn, "d2h", "eviction", PATH_EVICT)
+        migrate_device_finalize(src, dst, CHUNK_PAGES, k=k)
+        self.evicted_pages += n
+        self.evicted_chunks += 1
+        return n
+
+    def _log(self, vpn: int, direction: str, reason: str, path: str) -> None:
+        if self.log_moves:
+            self.moves.append(MoveRecord(self.seq, vpn, direction, reason, path))
+
+    # --- binding a process ------------------------------------------------------------------
+    def bind(self, proc) -> GpuVaSpace:
+        """Mirror proc's address space (what opening a device file does)."""
+        if self.space is not None:
+            raise ValueError(f"{self.name} mirrors one address space")
+        space = GpuVaSpace(self, proc.mm)
+        ret = mmu_interval_notifier_insert(space.notifier, proc.mm, 0, ULONG_MAX & PAGE_MASK, space)
+        if ret:
+            raise OSError(-ret, "mmu_interval_notifier_insert")
+        self.space = space
+        return space
+
+    def unbind(self) -> None:
+        """Evict everything, drop the notifier and the chunks."""
+        space = self.space
+        for chunk in list(self.chunks):
+            if chunk.used:
+                self.evict_chunk(chunk)
+        if space is not None:
+            mmu_interval_notifier_remove(space.notifier)
+            space.pt.clear()
+            self.space = None
+        k = self.k
+        for chunk in self.chunks:
+            if k.config.has("c"):
+                memunmap_device_private_pagemap(chunk.pagemap, k=k)
+            else:
+                memunmap_pages(chunk.pagemap, k=k)
+        for res in self._res:
+            k.iomem.release_mem_region(res)
+        self._res = []
+        self.chunks = []
+        self.free = []
+
+    # --- migrate_to_ram -------------------------------------------------------------------
+    def gpu_migrate_to_ram(self, vmf) -> int:
+        """dev_pagemap_ops.migrate_to_ram: a CPU fault on one of our pages.
+
+        Migrates the policy's CPU region around the fault (4 KiB by default)
+        back to system RAM with MIGRATE_VMA_SELECT_DEVICE_PRIVATE; the
+        faulting page is passed as fault_page, locked by do_swap_page.
+        """
+        k = self.k
+        vma = vmf.vma
+        npages = 1
+        if self.policy is not None:
+            npages = max(1, self.policy.cpu_region_pages())
+        size = npages << PAGE_SHIFT
+        start = max(vmf.address & ~(size - 1), vma.vm_start)
+        end = min((vmf.address & ~(size - 1)) + size, vma.vm_end)
+        n = (end - start) >> PAGE_SHIFT
+        src = [0] * n
+        dst = [0] * n
+        args = migrate_vma(
+            vma=vma,
+            src=src,
+            dst=dst,
+            start=start,
+            end=end,
+            pgmap_owner=self,
+            flags=MIGRATE_VMA_SELECT_DEVICE_PRIVATE,
+            fault_page=vmf.page,
+        )
+        if migrate_vma_setup(args):
+            return VM_FAULT_SIGBUS
+        self.cpu_faults += 1
+        for i in range(n):
+            s = int(src[i])
+            spage = migrate_pfn_to_page(s, k=k)
+            if spage is None or not s & MIGRATE_PFN_MIGRATE or not is_device_private_page(spage):
+                continue
+            dpage = k.mem.alloc_pages(0, GFP_HIGHUSER_MOVABLE)
+            if dpage is None:
+                migrate_vma_finalize(args)
+                return VM_FAULT_OOM
+            folio_lock(dpage)
+            d = migrate_pfn(dpage.pfn)
+            if s & MIGRATE_PFN_WRITE:
+                d |= MIGRATE_PFN_WRITE
+            dst[i] = d
+            k.mem.ram.frames[dpage.pfn] = self.vram_row(spage)
+        migrate_vma_pages(args)
+        for i in range(n):
+            if int(src[i]) & MIGRATE_PFN_MIGRATE and dst[i]:
+                self.d2h_cpu += 1
+                self._log((start >> PAGE_SHIFT) + i, "d2h", "cpu-fault", PATH_TO_RAM)
+        migrate_vma_finalize(args)
+        return 0
+
+    # --- fault service ------------------------------------------------------------------
+    def service_faults(self, entries: list[tuple[int, bool]]) -> ServiceResult:
+        """Service one batch of (vpn, write) faults and map the pages.
+
+        Dedup per page (a write wins), then per unique fault: the policy's
+        migration region around it plus its prefetch pages; pages not yet on
+        the device move there in migrate_vma windows, after evicting enough
+        root chunks; finally each faulting page is mapped in the device page
+        table through hmm_range_fault (a system page if it could not move).
+        """
+        space = self.space
+        if space is None:
+            raise ValueError(f"{self.name}: no address space bound")
+        self.seq += 1
+        res = ServiceResult(faults=len(entries))
+        want: dict[int, bool] = {}
+        for vpn, write in entries:
+            want[vpn] = want.get(vpn, False) or bool(write)
+        res.unique = len(want)
+        res.vpns = list(want)
+        policy = self.policy
+        mm = space.mm
+        # pages to move: the region around each fault, then prefetch
+        move: dict[int, str] = {}
+        for vpn in want:
+            region = policy.fault_region(space, vpn) if policy is not None else (vpn, vpn + 1)
+            for v in range(*region):
+                move.setdefault(v, "prefetch")
+            move[vpn] = "fault"
+        if policy is not None:
+            for v in policy.prefetch(space, set(want)):
+                move.setdefault(v, "prefetch")
+        todo = sorted(v for v in move if not space.resident(v) and space.mappable(v))
+        # capacity: never ask for more than the device holds
+        todo = self._fit(todo, want)
+        self._busy = set()
+        try:
+            mm.mmap_lock.down_read()
+            try:
+                for lo, hi in _runs(todo, MIGRATE_WINDOW):
+                    self.make_room(hi - lo, res)
+                    space.migrate_to_device(lo, hi, move, res)
+            finally:
+                mm.mmap_lock.up_read()
+        finally:
+            self._busy = set()
+        for v in want:
+            ch = space.chunk_of(v)
+            if ch is not None:
+                ch.last_access = self.seq
+        ret = space.map_pages(sorted(want.items()), res)
+        if ret:
+            res.failed += 1
+        return res
+
+    def _fit(self, todo: list[int], want: dict[int, bool]) -> list[int]:
+        """Keep the faulting pages first if the batch wants more than the device holds."""
+        cap = self.capacity_pages
+        if len(todo) <= cap:
+            return todo
+        faults = [v for v in todo if v in want]
+        rest = [v for v in todo if v not in want]
+        return sorted((faults + rest)[:cap])
+
+    # --- device accesses --------------------------------------------------------------
+    def access(self, vpn: int, write: bool) -> str:
+        """A device access: "local" (device page), "remote" (system page) or "miss"."""
+        space = self.space
+        e = space.pt.get(vpn)
+        if e is None or (write and e[1] != TAG_WRITE):
+            return "miss"
+        page = e[0]
+        if is_device_private_page(page):
+            ch = page_pgmap(page)._chunk
+            if self.policy is None or getattr(self.policy, "lru", "access") == "access":
+                ch.last_access = self.seq
+            return "local"
+        return "remote"
+
+    # --- invariants ----------------------------------------------------------------------
+    def check(self, k) -> list[str]:
+        """Invariant hook: each device page is free (refcount 0, on the free
+        list) or in use (refcount > 0, counted in its chunk), and the device
+        page table names only pages in use."""
+        problems = []
+        free = {p.pfn for p in self.free}
+        if len(free) != len(self.free):
+            problems.append(f"{self.name}: a device page is on the free list twice")
+        for chunk in self.chunks:
+            a = chunk.pages
+            refs = a._refcount
+            used = int(np.count_nonzero(refs))
+            if used != chunk.used:
+                problems.append(
+                    f"{self.name}: chunk {chunk.index} counts {chunk.used} used pages, "
+                    f"{used} have references"
+                )
+            for i in np.flatnonzero(refs).tolist():
+                if a.base + i in free:
+                    problems.append(f"{self.name}: page {a.base + i:#x} is free and referenced")
+            nfree = sum(1 for p in self.free if p.a is a)
+            if nfree + used != CHUNK_PAGES:
+                problems.append(
+                    f"{self.name}: chunk {chunk.index} has {nfree} free + {used} used pages"
+                )
+        if self.space is not None:
+            for vpn, (page, _tag) in self.space.pt.items():
+                if is_device_private_page(page) and not int(page.a._refcount[page.i]):
+                    problems.append(
+                        f"{self.name}: pt maps {vpn:#x} to free device page {page.pfn:#x}"
+                    )
+        return problems
+
+
+def _runs(vpns: list[int], limit: int):
+    """Contiguous runs [lo, hi) of sorted vpns, at most `limit` long, not
+    crossing a 2 MiB boundary (one migrate_vma window per PMD)."""
+    i = 0
+    n = len(vpns)
+    while i < n:
+        lo = vpns[i]
+        j = i + 1
+        while j < n and vpns[j] == vpns[j - 1] + 1 and j - i < limit and vpns[j] % CHUNK_PAGES:
+            j += 1
+        yield lo, vpns[j - 1] + 1
+        i = j
+
+
+class GpuVaSpace:
+    """The device's mirror of one mm: its page table and interval notifier.
+
+    Fields: device; mm; pt (vpn -> (Page, tag), tag TAG_WRITE where the
+    device may write); notifier (covers the whole mm); mutex (the driver
+    lock the invalidate callback and the mapping step take).
+    """
+
+    def __init__(self, device: GpuDevice, mm) -> None:
+        self.device = device
+        self.mm = mm
+        self.pt: dict[int, tuple[Page, int]] = {}
+        self.notifier = mmu_interval_notifier()
+        self.mutex = Lock(device.k, f"{device.name}.mutex")
+        self.invalidations = 0
+
+    def __repr__(self) -> str:
+        return f"<GpuVaSpace {self.device.name} pt={len(self.pt)}>"
+
+    # the invariant checker reads device-private pages through this
+    @staticmethod
+    def backing_page(page):
+        return None
+
+    # --- the interval notifier ------------------------------------------------------------
+    def invalidate(self, mni, r, cur_seq: int) -> bool:
+        """mmu_interval_notifier_ops.invalidate: drop the device mappings of
+        [start, end) (every event, our own migrations included)."""
+        if mmu_notifier_range_blockable(r):
+            self.mutex.lock()
+        elif not self.mutex.trylock():
+            return False
+        mmu_interval_set_seq(mni, cur_seq)
+        lo, hi = r.start >> PAGE_SHIFT, (r.end + PAGE_SIZE - 1) >> PAGE_SHIFT
+        pt = self.pt
+        if hi - lo > len(pt):
+            for vpn in [v for v in pt if lo <= v < hi]:
+                del pt[vpn]
+        else:
+            for vpn in range(lo, hi):
+                pt.pop(vpn, None)
+        self.invalidations += 1
+        self.mutex.unlock()
+        return True
+
+    # --- queries ---------------------------------------------------------------------------
+    def resident(self, vpn: int) -> bool:
+        """Whether the driver put vpn's page on the device and still holds it.
+
+        Driver bookkeeping (vpn -> device page, dropped in folio_free), as
+        real drivers keep per-range residency; the CPU page table stays the
+        authority: a stale answer only makes migrate_vma skip the page.
+        """
+        return vpn in self.device.where
+
+    def mappable(self, vpn: int) -> bool:
+        vma = vma_lookup(self.mm, vpn << PAGE_SHIFT)
+        return vma is not None and bool(vma.vm_flags & VM_READ)
+
+    def chunk_of(self, vpn: int):
+        e = self.pt.get(vpn)
+        if e is not None and is_device_private_page(e[0]):
+            return page_pgmap(e[0])._chunk
+        return None
+
+    # --- migration to the device ----------------------------------------------------------
+    def migrate_to_device(self, lo: int, hi: int, why: dict[int, str], res: ServiceResult) -> None:
+        """migrate_vma_* over [lo, hi) pages (one vma, caller holds mmap_lock)."""
+        dev = self.device
+        k = dev.k
+        start, end = lo << PAGE_SHIFT, hi << PAGE_SHIFT
+        vma = vma_lookup(self.mm, start)
+        if vma is None:
+            return
+        end = min(end, vma.vm_end)
+        n = (end - start) >> PAGE_SHIFT
+        src = [0] * n
+        dst = [0] * n
+        args = migrate_vma(
+            vma=vma,
+            src=src,
+            dst=dst,
+            start=start,
+            end=end,
+            pgmap_owner=dev,
+            flags=MIGRATE_VMA_SELECT_SYSTEM,
+        )
+        if migrate_vma_setup(args):
+            return
+        res.windows += 1
+        for i in range(n):
+            s = int(src[i])
+            if not s & MIGRATE_PFN_MIGRATE:
+                continue
+            dpage = dev.alloc_page()
+            if dpage is None:
+                continue  # make_room reserved enough; a hole here stays on the CPU
+            dev._busy.add(page_pgmap(dpage)._chunk.index)
+            row = dev.vram_row(dpage)
+            spage = migrate_pfn_to_page(s, k=k)
+            if spage is not None:
+                row[:] = k.mem.frame(spage.pfn)
+            else:
+                row[:] = 0  # a hole: a zeroed page
+            dst[i] = migrate_pfn_from_page(dpage) | (s & MIGRATE_PFN_WRITE)
+        migrate_vma_pages(args)
+        for i in range(n):
+            if int(src[i]) & MIGRATE_PFN_MIGRATE and dst[i]:
+                vpn = lo + i
+                reason = why.get(vpn, "prefetch")
+                if reason == "fault":
+                    res.migrated_fault += 1
+                else:
+                    res.migrated_prefetch += 1
+                dpage = migrate_pfn_to_page(int(dst[i]), k=k)
+                dev.owner_of[dpage.pfn] = vpn
+                dev.where[vpn] = dpage.pfn
+                dev._log(vpn, "h2d", reason, PATH_TO_DEVICE)
+        migrate_vma_finalize(args)
+
+    # --- mapping ------------------------------------------------------------------------------
+    def map_pages(self, items: list[tuple[int, bool]], res: ServiceResult) -> int:
+        """Map each (vpn, write) in the device page table via hmm_range_fault."""
+        for lo, hi, write in _map_runs(items):
+            ret = self._range_fault(lo, hi, write, res)
+            if ret:
+                return ret
+        return 0
+
+    def _range_fault(self, lo: int, hi: int, write: bool, res: ServiceResult) -> int:
+        dev = self.device
+        k = dev.k
+        L = k.hmm
+        if self.mm.dead:
+            return -EFAULT
+        n = hi - lo
+        pfns = [0] * n
+        r = hmm_range(
+            notifier=self.notifier,
+            start=lo << PAGE_SHIFT,
+            end=hi << PAGE_SHIFT,
+            hmm_pfns=pfns,
+            default_flags=L.HMM_PFN_REQ_FAULT | (L.HMM_PFN_REQ_WRITE if write else 0),
+            pfn_flags_mask=0,
+            dev_private_owner=dev,
+        )
+        for _ in range(GPU_RANGE_FAULT_RETRIES):
+            r.notifier_seq = mmu_interval_read_begin(self.notifier)
+            self.mm.mmap_lock.down_read()
+            try:
+                ret = hmm_range_fault(r)
+            finally:
+                self.mm.mmap_lock.up_read()
+            res.range_faults += 1
+            if ret == -EBUSY:
+                continue
+            if ret:
+                return ret
+            self.mutex.lock()
+            if mmu_interval_read_retry(self.notifier, r.notifier_seq):
+                self.mutex.unlock()
+                continue
+            for i in range(n):
+                v = int(pfns[i])
+                if not v & L.HMM_PFN_VALID or v & L.HMM_PFN_ERROR:
+                    continue
+                page = hmm_pfn_to_page(k, v)
+                tag = TAG_WRITE if v & L.HMM_PFN_WRITE else TAG_READ
+                self.pt[lo + i] = (page, tag)
+                res.mapped += 1
+                if not is_device_private_page(page):
+                    res.remote += 1
+            self.mutex.unlock()
+            return 0
+        return -EBUSY
+
+    def read_bytes(self, vpn: int) -> bytes:
+        """The device's view of a mapped page (for tests): its 4096 bytes."""
+        e = self.pt.get(vpn)
+        if e is None:
+            raise KeyError(f"vpn {vpn:#x} is not mapped on {self.device.name}")
+        page = e[0]
+        if is_device_private_page(page):
+            return self.device.vram_row(page).tobytes()
+        return self.device.k.mem.frame(page.pfn).tobytes()
+
+
+def _map_runs(items: list[tuple[int, bool]]):
+    """Contiguous runs of sorted (vpn, write) with one write flag each."""
+    i = 0
+    n = len(items)
+    while i < n:
+        lo, w = items[i]
+        j = i + 1
+        while (
+            j < n
+            and items[j][0] == items[j - 1][0] + 1
+            and items[j][1] == w
+            and j - i < MIGRATE_WINDOW
+        ):
+            j += 1
+        yield lo, items[j - 1][0] + 1, w
+        i = j
+
+
+__all__ = [
+    "CHUNK_PAGES",
+    "EINVAL",
+    "FAULT_BATCH_COUNT",
+    "GPU_ROOT_CHUNK_SIZE",
+    "GpuChunk",
+    "GpuDevice",
+    "GpuFaultBuffer",
+    "GpuNoMemory",
+    "GpuVaSpace",
+    "MoveRecord",
+    "ServiceResult",
+]
