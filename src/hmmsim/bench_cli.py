@@ -9,6 +9,7 @@ import click
 from hmmsim.cli_options import (
     build_config,
     check_host_memory,
+    config_json,
     conflict_option,
     feature_option,
     kernel_host_bytes,
@@ -70,7 +71,9 @@ def bench_command(
             fn()
             progress.advance(bar)
     if as_json:
-        click.echo(json.dumps(b.as_dict(), indent=2))
+        data = b.as_dict()
+        data["config"] = config_json(b.k.config)
+        click.echo(json.dumps(data, indent=2))
         return
     series = "".join(sorted(cfg.features)) or "none"
     cr = f", {cfg.conflict_resolution}" if cfg.conflict_resolution else ""

@@ -295,6 +295,9 @@ def _register() -> None:
         main.add_command(cmd)
     for cmd in (demo_command, explain_command):
         main.add_command(cmd)
+    from hmmsim.sim.cli import sim_command
+
+    main.add_command(sim_command)
 
 
 def _interrupted_while_loading(_signum, _frame) -> None:

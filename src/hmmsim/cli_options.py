@@ -26,6 +26,9 @@ import click
 
 from hmmsim.kconfig import SERIES, SERIES_ABSENT, ConfigError, KConfig
 
+#: The values of KConfig.pvmw_form (series (c)).
+PVMW_FORMS = ("flag", "pfn-bit")
+
 #: How (c) and (e) share their HMM_PFN bit (see hmmsim.include.hmm).
 RESOLUTIONS = ("c-first", "e-first")
 
@@ -116,7 +119,7 @@ def feature_option(help_text: str | None = None):
     )
 
 
-conflict_option = click.option(
+_conflict_resolution_option = click.option(
     "--conflict-resolution",
     "conflict_resolution",
     type=click.Choice(RESOLUTIONS),
@@ -124,6 +127,31 @@ conflict_option = click.option(
     help="How series (c) and (e) share HMM_PFN bit BITS_PER_LONG-7: required when both are "
     "on, ignored otherwise.",
 )
+
+
+def _remember_pvmw_form(ctx, _param, value):
+    if value is not None:
+        ctx.meta["hmmsim.pvmw_form"] = value
+    return value
+
+
+_pvmw_form_option = click.option(
+    "--pvmw-form",
+    type=click.Choice(PVMW_FORMS),
+    default=None,
+    expose_value=False,
+    callback=_remember_pvmw_form,
+    help="Series (c): how page_vma_mapped_walk marks a device-private offset: flag "
+    "(PVMW_DEVICE_PRIVATE in pvmw->flags, v3 and later; the default) or pfn-bit "
+    "(pvmw->pfn shifted left by one with PVMW_PFN_DEVICE_PRIVATE in bit 0, v1/v2).",
+)
+
+
+def conflict_option(f):
+    """--conflict-resolution and --pvmw-form: the sub-switches of the seed
+    series, on every command that builds a kernel. build_config reads
+    --pvmw-form from the click context, so commands need not pass it on."""
+    return _conflict_resolution_option(_pvmw_form_option(f))
 
 
 def series_set(features: Iterable[str], kernel: str = "mainline") -> frozenset:
@@ -163,6 +191,12 @@ def build_config(
     """The KConfig of a command (see `series_set`); any ConfigError is a usage error."""
     fs = series_set(features, kernel)
     cr = resolution_for(fs, conflict_resolution)
+    ctx = click.get_current_context(silent=True)
+    form = ctx.find_root().meta.get("hmmsim.pvmw_form") if ctx is not None else None
+    if form is not None and "pvmw_form" not in fields:
+        if "c" not in fs:
+            raise click.UsageError("--pvmw-form needs series (c): add --feature c")
+        fields["pvmw_form"] = form
     try:
         return KConfig(features=fs, conflict_resolution=cr, kernel=kernel, **fields)
     except ConfigError as e:
@@ -175,6 +209,7 @@ def config_json(cfg: KConfig) -> dict:
         "kernel": cfg.kernel,
         "features": "".join(sorted(cfg.features)),
         "conflict_resolution": cfg.conflict_resolution,
+        "pvmw_form": cfg.pvmw_form if "c" in cfg.features else None,
         "ram_bytes": cfg.ram_bytes,
         "hugetlb_pages": cfg.hugetlb_pages,
         "bugs": sorted(cfg.bugs),

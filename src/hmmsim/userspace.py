@@ -85,6 +85,15 @@ _WAIT_OPTIONS = WNOHANG | WUNTRACED | WCONTINUED | __WNOTHREAD | __WCLONE | __WA
 #: the same two bits under names a class body does not mangle
 _W_CLONE, _W_ALL = __WCLONE, __WALL
 _INT_MIN = -(1 << 31)
+#: _NSIG, and the signals whose default action does not terminate
+#: (kernel/signal.c SIG_KERNEL_IGNORE_MASK, SIG_KERNEL_STOP_MASK)
+_NSIG = 64
+_SIG_NOT_FATAL = frozenset({17, 18, 19, 20, 21, 22, 23, 28})
+#: include/uapi/linux/limits.h PATH_MAX (with the terminating NUL)
+PATH_MAX = 4096
+#: The most bytes one load() may return: the model builds them as a host
+#: bytes object (docs/differences.md)
+MAX_LOAD_BYTES = 1 << 30
 
 #: include/uapi/asm-generic/resource.h
 RLIMIT_NOFILE = 7
@@ -324,7 +333,13 @@ class Process:
         return child.pid
 
     def child(self, pid: int) -> Process:
-        return self.children[pid]
+        """The Process object of one of this process's children (a model
+        handle, not a syscall): ValueError if `pid` is not a child."""
+        pid = c_int(pid, "pid")
+        try:
+            return self.children[pid]
+        except KeyError:
+            raise ValueError(f"process {self.pid} has no child with pid {pid}") from None
 
     def _exit(self, status: int) -> None:
         """_exit(2): tear the mm down, close every fd, become a zombie.
@@ -337,6 +352,7 @@ class Process:
         pages are freed by the zap before the driver's release could evict
         (migrate back) them.
         """
+        status = c_int(status, "status")
         if not self.alive:
             return
         _mmap.exit_mmap(self.mm)
@@ -345,11 +361,25 @@ class Process:
         self.alive = False
         self.exit_status = (status & 0xFF) << 8
 
-    def kill(self, sig: int) -> None:
-        """The process dies of signal `sig` (e.g. SIGKILL from its parent)."""
+    def kill(self, sig: int) -> int:
+        """The process gets signal `sig` (e.g. SIGKILL from its parent): 0 or -EINVAL.
+
+        The model's processes install no handlers, so a signal whose default
+        action terminates kills the process (exit status: the signal
+        number, no core dump as RLIMIT_CORE is 0); one whose default action
+        is to ignore or to stop (SIGCHLD, SIGCONT, SIGURG, SIGWINCH, SIGSTOP,
+        SIGTSTP, SIGTTIN, SIGTTOU: stopping is not modelled) and signal 0
+        change nothing. kernel/signal.c: a number outside 0..64 is -EINVAL.
+        """
+        sig = c_int(sig, "sig")
+        if not 0 <= sig <= _NSIG:
+            return -EINVAL
+        if sig == 0 or sig in _SIG_NOT_FATAL:
+            return 0
         if self.alive:
             self._exit(0)
             self.exit_status = sig & 0x7F
+        return 0
 
     def waitpid(self, pid: int, options: int = 0) -> tuple[int, int]:
         """waitpid(2) (pid_t pid, int options): (pid, status) of a reaped child,
@@ -427,8 +457,20 @@ class Process:
 
     # --- files --------------------------------------------------------------------------------
     def open(self, path: str, flags: int = O_RDONLY, mode: int = 0o600) -> int:
-        """open(2) of a tmpfs path (O_TMPFILE or O_CREAT under /tmp) or a device."""
+        """open(2) of a tmpfs path (O_TMPFILE or O_CREAT under /tmp) or a device.
+
+        `path` is the C string: a str or bytes (cut at the first NUL), None
+        (a NULL pointer: -EFAULT) or a user address (an int) where the
+        NUL-terminated string lies (fs/namei.c getname: -EFAULT if it is
+        unreadable, -ENAMETOOLONG if PATH_MAX bytes hold no NUL, -ENOENT
+        for an empty name). Anything else is a TypeError naming `path`.
+        flags is an int, mode an unsigned int.
+        """
         self._check_alive()
+        flags, mode = c_int(flags, "flags"), u32(mode, "mode")
+        path = self._getname(path)
+        if isinstance(path, int):
+            return path
         acc = flags & O_ACCMODE
         fmode = {O_RDONLY: FMODE_READ, O_WRONLY: FMODE_WRITE, O_RDWR: FMODE_READ | FMODE_WRITE}
         if acc not in fmode:
@@ -484,7 +526,50 @@ class Process:
         self.fds[fd] = f
         return fd
 
+    def _getname(self, path) -> str | int:
+        """fs/namei.c getname: the path as a str, or -EFAULT/-ENAMETOOLONG/-ENOENT."""
+        from hmmsim.errno import EFAULT
+
+        ENAMETOOLONG = 36  # include/uapi/asm-generic/errno-base.h
+
+        if path is None:
+            return -EFAULT
+        if isinstance(path, (int, np.integer)) and not isinstance(path, bool):
+            addr, raw = ulong(path, "path"), bytearray()
+            while len(raw) < PATH_MAX:  # strncpy_from_user, page by page
+                a = (addr + len(raw)) & ((1 << 64) - 1)
+                chunk = PAGE_SIZE - (a & (PAGE_SIZE - 1))
+                try:
+                    data = self.load(a, min(chunk, PATH_MAX - len(raw)))
+                except (SegmentationFault, BusError, OutOfMemory):
+                    return -EFAULT
+                nul = data.find(b"\0")
+                if nul >= 0:
+                    raw += data[:nul]
+                    break
+                raw += data
+            else:
+                return -ENAMETOOLONG
+            path = bytes(raw)
+        if isinstance(path, (bytes, bytearray, memoryview)):
+            path = bytes(path).split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+        elif isinstance(path, str):
+            path = path.split("\0", 1)[0]
+        else:
+            raise TypeError(
+                "path must be a str, bytes, None or a user address (int), "
+                f"not {type(path).__name__}"
+            )
+        if len(path.encode("utf-8", "surrogateescape")) >= PATH_MAX:
+            return -ENAMETOOLONG
+        if not path:
+            return -ENOENT
+        return path
+
     def close(self, fd: int) -> int:
+        """close(2) (unsigned int fd): 0 or -EBADF."""
+        self._check_alive()
+        fd = u32(fd, "fd")
         f = self.fds.pop(fd, None)
         if f is None:
             return -EBADF
@@ -508,6 +593,13 @@ class Process:
         fd, request = c_int(fd, "fd"), u32(request, "request")
         if isinstance(arg, (int, np.integer)):
             arg = ulong(arg, "arg")
+        elif isinstance(
+            arg, (float, complex, str, bytes, bytearray, memoryview, np.ndarray, np.generic)
+        ) or isinstance(arg, (list, tuple, dict, set)):
+            raise TypeError(
+                "arg must be a user address (int), None (NULL) or the driver's command "
+                f"object, not {type(arg).__name__}"
+            )
         f = self.fds.get(fd)
         if f is None:
             return -EBADF
@@ -549,12 +641,12 @@ class Process:
         (ksys_pwrite64 and rw_verify_area, as pread)."""
         self._check_alive()
         fd, offset = c_int(fd, "fd"), loff_t(offset, "offset")
+        data = _user_bytes(data, "data")
         if offset < 0:
             return -EINVAL
         f, inode = self._inode(fd)
         if inode is None or not f.fmode & FMODE_WRITE:
             return -EBADF
-        data = bytes(data)
         if offset + len(data) > _LONG_MAX:
             return -EINVAL
         return inode.write(offset, data[:MAX_RW_COUNT])
@@ -640,6 +732,10 @@ class Process:
         would alias a user address).
         """
         self._check_alive()
+        addr = ulong(addr, "addr")
+        if not isinstance(write, (bool, np.bool_)):
+            write = bool(c_int(write, "write"))
+        write = bool(write)
         if not 0 <= addr < TASK_SIZE:
             raise SegmentationFault(addr, SEGV_MAPERR)
         for attempt in range(FAULT_RETRY_LIMIT):
@@ -656,6 +752,11 @@ class Process:
         """Read n bytes at addr like CPU loads (void *addr, size_t n: the
         bytes come page by page, so a huge n faults where the mapping ends)."""
         addr, n = ulong(addr, "addr"), size_t(n, "n")
+        if n > MAX_LOAD_BYTES:
+            raise ValueError(
+                f"n={n:#x}: load() returns the bytes as one host object, at most "
+                f"MAX_LOAD_BYTES ({MAX_LOAD_BYTES:#x}); load in pieces"
+            )
         out = bytearray()
         end = addr + n
         while addr < end:
@@ -667,12 +768,9 @@ class Process:
         return bytes(out)
 
     def store(self, addr: int, data: bytes | bytearray | memoryview | np.ndarray) -> None:
-        """Write data at addr like CPU stores."""
-        buf = (
-            np.frombuffer(bytes(data), dtype=np.uint8)
-            if not isinstance(data, np.ndarray)
-            else np.ascontiguousarray(data).view(np.uint8).reshape(-1)
-        )
+        """Write data at addr like CPU stores (data: bytes-like or a NumPy
+        array of numbers; anything else is a TypeError naming `data`)."""
+        buf = np.frombuffer(_user_bytes(data, "data"), dtype=np.uint8)
         addr = ulong(addr, "addr")
         pos = 0
         n = buf.size
@@ -686,17 +784,49 @@ class Process:
 
     def load_array(self, addr: int, count: int, dtype=np.int32) -> np.ndarray:
         """Read `count` elements of dtype at addr (e.g. an int buffer)."""
-        dt = np.dtype(dtype)
+        try:
+            dt = np.dtype(dtype)
+        except TypeError as e:
+            raise TypeError(f"dtype must be a NumPy dtype: {e}") from None
+        if dt.hasobject or not dt.itemsize:
+            raise TypeError(f"dtype must be a fixed-size numeric dtype, not {dt}")
+        count = size_t(count, "count")
+        if count > MAX_LOAD_BYTES // dt.itemsize:
+            raise ValueError(f"count={count:#x} elements of {dt}: more than MAX_LOAD_BYTES")
         return np.frombuffer(self.load(addr, count * dt.itemsize), dtype=dt).copy()
 
     def store_array(self, addr: int, values) -> None:
+        """Store an array's elements (anything np.asarray makes a numeric array of)."""
+        if not isinstance(values, np.ndarray):
+            try:
+                values = np.asarray(values)
+            except (TypeError, ValueError, OverflowError) as e:
+                raise TypeError(f"values must be array-like numbers: {e}") from None
+        if values.dtype.hasobject:
+            raise TypeError(f"values must be array-like numbers, not {type(values).__name__}")
         self.store(addr, np.ascontiguousarray(values))
 
     def load_u32(self, addr: int) -> int:
         return int(np.frombuffer(self.load(addr, 4), dtype=np.int32)[0])
 
     def store_u32(self, addr: int, value: int) -> None:
-        self.store(addr, np.array([value], dtype=np.int32))
+        """Store a 32-bit value (any integer, reduced like C's (u32) cast)."""
+        self.store(addr, u32(value, "value").to_bytes(4, "little"))
+
+
+def _user_bytes(data, name: str) -> bytes:
+    """The bytes of a user buffer: bytes-like objects and NumPy arrays of
+    numbers (their raw C-order bytes); TypeError naming the parameter
+    otherwise (an int is not a buffer: C would not compile the call)."""
+    if isinstance(data, np.ndarray):
+        if data.dtype.hasobject:
+            raise TypeError(f"{name} must be a buffer of numbers, not an object array")
+        return np.ascontiguousarray(data).tobytes()
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    raise TypeError(
+        f"{name} must be bytes, bytearray, memoryview or a NumPy array, not {type(data).__name__}"
+    )
 
 
 class _mmap_write:

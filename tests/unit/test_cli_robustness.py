@@ -155,6 +155,29 @@ def test_interrupted_fuzz_prints_and_saves_what_it_found(monkeypatch, tmp_path):
     assert data["replay_scripts"] == [str(tmp_path / "j.py")]
 
 
+def test_ctrl_c_while_shrinking_keeps_the_failing_sequence(monkeypatch, tmp_path):
+    """A real find (a known-bug mutant) interrupted during shrinking: the
+    sequence as it ran is reported and scripted, and the script fails."""
+    import subprocess
+    import sys
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fuzz_mod, "_make_violation", interrupted)
+    out = tmp_path / "found.py"
+    r = run(
+        "fuzz", "--bug", "exclusive_drops_mapcount", "--steps", "200",
+        "--sequence-steps", "100", "--out", str(out),
+    )  # fmt: skip
+    assert r.exit_code == 130, r.output
+    assert "violations   1" in r.output and "interrupted  after" in r.output
+    script = out.read_text()
+    assert "interrupted before shrinking" in script
+    replay = subprocess.run([sys.executable, str(out)], capture_output=True, text=True)
+    assert replay.returncode != 0 and "mapcount" in replay.stdout + replay.stderr
+
+
 def _interrupting_runner(after: int):
     """make_runner whose every third schedule fails and whose schedule
     `after` + 1 gets Ctrl-C."""
@@ -312,6 +335,28 @@ def test_selftest_and_fuzz_run_c_plus_e():
         assert all(c.startswith(f"features=abcde/{cr} ") for c in data["configs"]), data
 
 
+def test_every_buildable_combination_is_reachable():
+    """Issue 14 item 6: each (features, resolution) that fuzz samples, (d) off
+    included, runs through `selftest` and `fuzz` as asked."""
+    from hmmsim.testing.fuzz import feature_configs
+
+    configs = feature_configs()
+    assert len(configs) >= 20 and any(cr for _, cr in configs)
+    for fs, cr in configs:
+        letters = sorted(fs) + ([] if "d" in fs else ["no-d"])
+        args = ["--feature", ",".join(letters)]
+        args += ["--conflict-resolution", cr] if cr else []
+        r = run("selftest", "-r", "hmm.hmm_device_private.open_close", "--json", *args)
+        assert r.exit_code == 0, (fs, cr, r.output)
+        summary = json.loads(r.output.splitlines()[-1])
+        assert summary["config"]["features"] == "".join(sorted(fs)), (fs, summary)
+        assert summary["config"]["conflict_resolution"] == cr
+        r = run("fuzz", "--steps", "5", "--json", *args)
+        assert r.exit_code == 0, (fs, cr, r.output)
+        label = "".join(sorted(fs)) or "none"
+        assert json.loads(r.output)["features"] == label + (f" ({cr})" if cr else "")
+
+
 def test_run_takes_comma_features(tmp_path):
     scn = sorted(SCN.glob("*.scn"))[0]
     r = run("run", str(scn), "--feature", "a,b,c,e", "--conflict-resolution", "c-first")
@@ -330,6 +375,15 @@ def test_bench_output_does_not_truncate_when_piped():
         assert len(cells) == 8 and cells[1] == "512 KiB", row
         assert all(c.replace(",", "").replace(".", "").isdigit() for c in cells[2:]), row
     assert "series ad" in r.output
+
+
+def test_bench_json_carries_the_configuration():
+    r = run("bench", "--size", "512K", "--repeat", "1", "--json", "--feature", "a,b,c,e",
+            "--conflict-resolution", "e-first")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    cfg = json.loads(r.output)["config"]
+    assert cfg["features"] == "abcde" and cfg["conflict_resolution"] == "e-first"
+    assert cfg["ram_bytes"] == 256 << 20
 
 
 def _benchmark_fixtures():

@@ -138,7 +138,7 @@ PTE_TRANSFORMS = [
 ]
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(ws=words)
 def test_pte_predicates(ws):
     for name in PTE_PREDICATES:
@@ -146,7 +146,7 @@ def test_pte_predicates(ws):
         assert got.dtype == np.bool_
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(ws=words)
 def test_pte_transforms(ws):
     for name in PTE_TRANSFORMS:
@@ -154,14 +154,14 @@ def test_pte_transforms(ws):
         assert got.dtype in (np.uint64, np.int64)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(ws=words, prot=st.sampled_from(PROTS))
 def test_pte_pmd_modify(ws, prot):
     same(pt.pte_modify_array, pt.pte_modify, ws, prot)
     same(pt.pmd_modify_array, pt.pmd_modify, ws, prot)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(old=words, new=words)
 def test_flip_protnone_guard(old, new):
     n = min(len(old), len(new))
@@ -172,7 +172,7 @@ def test_flip_protnone_guard(old, new):
         assert got.tolist() == want
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(ps=st.lists(pfns, max_size=40), prot=st.sampled_from(PROTS))
 def test_pfn_pte(ps, prot):
     got = pt.pfn_pte_array(np.array(ps, dtype=np.uint64), prot)
@@ -189,7 +189,7 @@ def test_table_indices(addrs):
 
 
 # --- swapops.py: layout-free encoders -------------------------------------------------------
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(ws=words)
 def test_swap_pte_codecs(ws):
     L = so.SwapLayout
@@ -208,7 +208,7 @@ def test_swap_pte_codecs(ws):
     assert back.tolist() == entries.tolist()
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(
     pairs=st.lists(st.tuples(st.integers(0, 31), st.integers(0, U64)), max_size=40),
 )
@@ -329,7 +329,7 @@ def test_array_forms_warn_like_the_scalar_forms():
 
 
 # --- migrate.py, hmm.py ---------------------------------------------------------------------
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(ps=st.lists(st.integers(0, (1 << 58) - 1), max_size=40), ws=words)
 def test_migrate_pfns(ps, ws):
     got = mig.migrate_pfn_array(np.array(ps, dtype=np.uint64))

@@ -3,7 +3,7 @@
 Every struct that include/ defines as a dataclass has slots, so a field that
 is not declared cannot be added at run time (a typo, or state patched onto a
 kernel object from outside); vm_area_struct, vm_fault, Page and PageArrays
-declare __slots__ by hand.
+and mm_struct declare __slots__ by hand.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 from hmmsim.include.hmm import hmm_range
 from hmmsim.include.memremap import dev_pagemap, dev_pagemap_ops, range, vmem_altmap
 from hmmsim.include.migrate import migrate_vma
-from hmmsim.include.mm_types import Page, PageArrays, vm_area_struct, vm_fault
+from hmmsim.include.mm_types import Page, PageArrays, mm_struct, vm_area_struct, vm_fault
 from hmmsim.include.mmu_notifier import mmu_notifier_range
 
 DATACLASSES = [
@@ -39,7 +39,7 @@ def test_dataclass_structs_refuse_undeclared_fields(cls):
         setattr(obj, f.name, getattr(obj, f.name))
 
 
-@pytest.mark.parametrize("cls", [Page, PageArrays, vm_area_struct, vm_fault])
+@pytest.mark.parametrize("cls", [Page, PageArrays, vm_area_struct, vm_fault, mm_struct])
 def test_hand_written_structs_have_slots(cls):
     # no instance __dict__ anywhere in the class hierarchy
     assert "__slots__" in vars(cls) and "__dict__" not in dir(cls)

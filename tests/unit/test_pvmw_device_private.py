@@ -22,11 +22,7 @@ from hmmsim.include.rmap import (
     PVMW_DEVICE_PRIVATE,
     PVMW_MIGRATION,
     PVMW_PFN_DEVICE_PRIVATE,
-    folio_page_vma_walk_pfn,
-    page_vma_walk_flags,
     page_vma_walk_pfn,
-    page_vma_walk_pfn_to_folio,
-    page_vma_walk_pfn_to_page,
 )
 from hmmsim.kconfig import ConfigError, KConfig
 from hmmsim.kernel import Kernel
@@ -36,8 +32,12 @@ from hmmsim.mm.mmap import vma_lookup
 from hmmsim.mm.page_vma_mapped import (
     DEFINE_FOLIO_VMA_WALK,
     check_pmd,
+    folio_page_vma_walk_pfn,
     page_vma_mapped_walk,
     page_vma_mapped_walk_done,
+    page_vma_walk_flags,
+    page_vma_walk_pfn_to_folio,
+    page_vma_walk_pfn_to_page,
 )
 from hmmsim.testing.alias_fuzz import AliasDevice, begin_to_device, finish, run_alias_fuzz
 from hmmsim.testing.invariants import (

@@ -414,3 +414,36 @@ def test_fork_keeps_uffd_wp_on_the_source_pmd_only(evicting):
     c._exit(0)
     p.waitpid(c.pid)
     p.close(fd)
+
+
+# --- mremap of a huge PMD -----------------------------------------------------------------
+@pytest.mark.parametrize("what", ["thp", "device", "migration"])
+def test_mremap_marks_a_moved_pmd_soft_dirty(what):
+    """move_huge_pmd sets soft-dirty on a moved present PMD or PMD migration
+    entry (move_soft_dirty_pmd), so userspace sees the move; a device-private
+    PMD moves as it is."""
+    from hmmsim.include.mman import MREMAP_FIXED, MREMAP_MAYMOVE
+
+    k = kernel()
+    if what == "thp":
+        p = k.spawn("t")
+        a = thp(p)
+        p.store_array(a, np.arange(NR * 1024, dtype=np.int32))
+        fd = None
+    else:
+        p, a, fd = device_thp(k)
+        assert p.mprotect(a, PMD_SIZE, PROT_READ) == 0  # drops the PMD's soft-dirty
+        assert p.mprotect(a, PMD_SIZE, RW) == 0
+    b = thp(p)  # the target, made before clear_refs: no VM_SOFTDIRTY around it
+    clear_refs(p)
+    assert not words(p, a)[0] & PM_SOFT_DIRTY
+    ev = Eviction(k) if what == "migration" else None
+    assert p.mremap(a, PMD_SIZE, PMD_SIZE, MREMAP_MAYMOVE | MREMAP_FIXED, b) == b
+    assert kind(p, b)[0] == "pmd"
+    moved = words(p, b)[0]
+    assert bool(moved & PM_SOFT_DIRTY) == (what != "device"), hex(moved)
+    if ev is not None:
+        ev.fail_back()
+    if fd is not None:
+        p.close(fd)
+    check_invariants(k)

@@ -42,11 +42,12 @@ maps a system page (remote access) only where migration failed.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from hmmsim.errno import EBUSY, EFAULT, EINVAL
+from hmmsim.errno import EBUSY, EFAULT
 from hmmsim.include.hmm import hmm_range
 from hmmsim.include.memremap import MEMORY_DEVICE_PRIVATE, dev_pagemap, dev_pagemap_ops
 from hmmsim.include.migrate import (
@@ -150,7 +151,7 @@ class GpuChunk:
 class MoveRecord:
     """One page that moved: why, which way, through which kernel path."""
 
-    seq: int
+    t: float  # the device's timestamp (GpuDevice.now(): a service count, or sim time)
     vpn: int
     direction: str  # "h2d" or "d2h"
     reason: str  # "fault", "prefetch", "eviction", "cpu-fault"
@@ -172,7 +173,10 @@ class ServiceResult:
     windows: int = 0  # migrate_vma calls
     range_faults: int = 0  # hmm_range_fault calls
     failed: int = 0  # faults that could not be resolved (-EFAULT)
+    throttled: int = 0  # faults on thrashing pages the policy throttled
+    pinned: int = 0  # faults on pinned pages: mapped remotely, not migrated
     vpns: list = field(default_factory=list)  # unique faulting vpns
+    moved: list = field(default_factory=list)  # vpns that moved to the device
 
 
 class GpuFaultBuffer:
@@ -219,6 +223,8 @@ class GpuDevice:
         self.space: GpuVaSpace | None = None
         self.seq = 0  # service sequence (LRU clock)
         self.moves: list[MoveRecord] = []
+        #: timestamps for the move log; a simulator installs its clock here
+        self.now = lambda: float(self.seq)
         self.log_moves = True
         self.d2h_cpu = 0  # pages migrate_to_ram moved back
         self.cpu_faults = 0  # migrate_to_ram calls
@@ -228,6 +234,11 @@ class GpuDevice:
         self.where: dict[int, int] = {}  # vpn -> device page index holding it
         self._busy: set[int] = set()  # chunk indices not to evict in this batch
         self._res: list = []  # iomem regions of the chunks (without series (c))
+        self._bases: list[int] = []  # sorted first page index of each chunk
+        self._by_base: list[GpuChunk] = []
+        #: thrashing detection state per vpn: [last event time, consecutive
+        #: events within the lapse, throttles, pinned until] (policy-driven)
+        self.thrash: dict[int, list] = {}
         hooks = k.__dict__.setdefault("invariant_hooks", [])
         hooks.append(self.check)
 
@@ -273,9 +284,21 @@ class GpuDevice:
         chunk.first = pgmap.range.start >> PAGE_SHIFT
         self.chunks.append(chunk)
         a = chunk.pages
+        i = bisect.bisect_right(self._bases, a.base)
+        self._bases.insert(i, a.base)
+        self._by_base.insert(i, chunk)
         # pop() takes from the end: keep the lowest page first out
         self.free.extend(Page(k, a, i) for i in range(CHUNK_PAGES - 1, -1, -1))
         return 0
+
+    def chunk_of_pfn(self, pfn: int) -> GpuChunk | None:
+        """The chunk whose pages include index pfn."""
+        i = bisect.bisect_right(self._bases, pfn) - 1
+        if i >= 0:
+            chunk = self._by_base[i]
+            if pfn < self._bases[i] + CHUNK_PAGES:
+                return chunk
+        return None
 
     def alloc_page(self) -> Page | None:
         """A locked device page with one reference, or None if memory is full."""
@@ -313,6 +336,10 @@ class GpuDevice:
         """Evict victim chunks until npages device pages are free."""
         while self.free_pages_available() < npages:
             cands = [c for c in self.chunks if c.used and c.index not in self._busy]
+            if not cands:
+                # last resort: a chunk this batch uses (its pages go back to
+                # system memory and are mapped from there, or fault again)
+                cands = [c for c in self.chunks if c.used]
             if not cands:
                 raise GpuNoMemory(f"{self.name}: no chunk to evict for {npages} pages")
             victim = self.policy.victim(cands) if self.policy is not None else None
@@ -364,7 +391,7 @@ class GpuDevice:
 
     def _log(self, vpn: int, direction: str, reason: str, path: str) -> None:
         if self.log_moves:
-            self.moves.append(MoveRecord(self.seq, vpn, direction, reason, path))
+            self.moves.append(MoveRecord(self.now(), vpn, direction, reason, path))
 
     # --- binding a process ------------------------------------------------------------------
     def bind(self, proc) -> GpuVaSpace:
@@ -399,6 +426,7 @@ class GpuDevice:
         self._res = []
         self.chunks = []
         self.free = []
+        self._bases, self._by_base = [], []
 
     # --- migrate_to_ram -------------------------------------------------------------------
     def gpu_migrate_to_ram(self, vmf) -> int:
@@ -451,6 +479,7 @@ class GpuDevice:
         for i in range(n):
             if int(src[i]) & MIGRATE_PFN_MIGRATE and dst[i]:
                 self.d2h_cpu += 1
+                self.note_migration((start >> PAGE_SHIFT) + i)
                 self._log((start >> PAGE_SHIFT) + i, "d2h", "cpu-fault", PATH_TO_RAM)
         migrate_vma_finalize(args)
         return 0
@@ -487,13 +516,26 @@ class GpuDevice:
         if policy is not None:
             for v in policy.prefetch(space, set(want)):
                 move.setdefault(v, "prefetch")
+        decide = getattr(policy, "thrash_decision", None)
+        if decide is not None:
+            now = self.now()
+            for vpn in want:
+                d = decide(self, vpn, now)
+                if d == "pin":  # stays where it is; the device maps it remotely
+                    res.pinned += 1
+                    move.pop(vpn, None)
+                elif d == "throttle":
+                    res.throttled += 1
         todo = sorted(v for v in move if not space.resident(v) and space.mappable(v))
         # capacity: never ask for more than the device holds
         todo = self._fit(todo, want)
-        self._busy = set()
+        # keep the chunks of resident faulting pages; make room for the whole
+        # batch before migrating any of it
+        self._busy = {c.index for c in map(space.chunk_of, want) if c is not None}
         try:
             mm.mmap_lock.down_read()
             try:
+                self.make_room(len(todo), res)
                 for lo, hi in _runs(todo, MIGRATE_WINDOW):
                     self.make_room(hi - lo, res)
                     space.migrate_to_device(lo, hi, move, res)
@@ -505,7 +547,11 @@ class GpuDevice:
             ch = space.chunk_of(v)
             if ch is not None:
                 ch.last_access = self.seq
-        ret = space.map_pages(sorted(want.items()), res)
+        # map the faulting pages and every page that moved here (prefetched
+        # pages are mapped too, as UVM does, so they do not fault again)
+        items = dict.fromkeys(res.moved, False)
+        items.update(want)
+        ret = space.map_pages(sorted(items.items()), res)
         if ret:
             res.failed += 1
         return res
@@ -532,7 +578,28 @@ class GpuDevice:
             if self.policy is None or getattr(self.policy, "lru", "access") == "access":
                 ch.last_access = self.seq
             return "local"
+        st = self.thrash.get(vpn)
+        if st is not None and 0 <= st[3] <= self.now():
+            # the pin expired: unmap, so that the next access faults and migrates
+            st[3] = -1.0
+            del space.pt[vpn]
+            return "miss"
         return "remote"
+
+    def note_migration(self, vpn: int) -> None:
+        """Record a migration of vpn for thrashing detection (policies that
+        define thrash_lapse_us): consecutive migrations closer than the
+        lapse count as thrashing events (uvm_perf_thrashing.c)."""
+        lapse = getattr(self.policy, "thrash_lapse_us", None)
+        if lapse is None:
+            return
+        t = self.now()
+        st = self.thrash.get(vpn)
+        if st is None:
+            self.thrash[vpn] = [t, 1, 0, -1.0]
+            return
+        st[1] = st[1] + 1 if t - st[0] <= lapse else 1
+        st[0] = t
 
     # --- invariants ----------------------------------------------------------------------
     def check(self, k) -> list[str]:
@@ -643,10 +710,9 @@ class GpuVaSpace:
         return vma is not None and bool(vma.vm_flags & VM_READ)
 
     def chunk_of(self, vpn: int):
-        e = self.pt.get(vpn)
-        if e is not None and is_device_private_page(e[0]):
-            return page_pgmap(e[0])._chunk
-        return None
+        """The root chunk holding vpn's page on the device, or None."""
+        pfn = self.device.where.get(vpn)
+        return None if pfn is None else self.device.chunk_of_pfn(pfn)
 
     # --- migration to the device ----------------------------------------------------------
     def migrate_to_device(self, lo: int, hi: int, why: dict[int, str], res: ServiceResult) -> None:
@@ -699,6 +765,8 @@ class GpuVaSpace:
                     res.migrated_prefetch += 1
                 dpage = migrate_pfn_to_page(int(dst[i]), k=k)
                 dev.owner_of[dpage.pfn] = vpn
+                res.moved.append(vpn)
+                dev.note_migration(vpn)
                 dev.where[vpn] = dpage.pfn
                 dev._log(vpn, "h2d", reason, PATH_TO_DEVICE)
         migrate_vma_finalize(args)
@@ -790,7 +858,6 @@ def _map_runs(items: list[tuple[int, bool]]):
 
 __all__ = [
     "CHUNK_PAGES",
-    "EINVAL",
     "FAULT_BATCH_COUNT",
     "GPU_ROOT_CHUNK_SIZE",
     "GpuChunk",

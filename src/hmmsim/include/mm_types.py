@@ -411,10 +411,28 @@ class mm_struct:
     Fields: pgd (PFN of the top-level table); vmas (sorted by vm_start; the
     kernel keeps a maple tree); mmap_lock; page_table_lock (guards upper
     levels and huge PMDs in the model); rss_stat[MM_*]; notifier_subscriptions
-    (interval notifiers); owner (the Process).
+    (interval notifiers); owner (the Process); mmap_base (where top-down
+    get_unmapped_area starts); hugetlb_usage (hugetlb pages mapped);
+    invalidating (invalidate_range_start calls not yet ended); dead (after
+    exit_mmap).
 
     Invariant: vmas sorted and disjoint; every PTE/PMD maps only inside a vma.
     """
+
+    __slots__ = (
+        "k",
+        "pgd",
+        "vmas",
+        "mmap_lock",
+        "page_table_lock",
+        "rss_stat",
+        "notifier_subscriptions",
+        "owner",
+        "mmap_base",
+        "hugetlb_usage",
+        "invalidating",
+        "dead",
+    )
 
     def __init__(self, k: KernelRef, pgd_pfn: int, owner: OwnerRef = None) -> None:
         from hmmsim.locking import Lock, RWSem

@@ -22,7 +22,7 @@ own in the physical address space, pvmw->pfn is folio_pfn() and nothing
 tells the two kinds apart (mainline at the pin). With (c) a device-private
 offset and a RAM PFN can be the same number; the marker is what keeps
 check_pte()/check_pmd() from matching one for the other (the mutant
-``pvmw_no_device_private_flag`` removes it, docs/known-bugs.md 18).
+``pvmw_no_device_private_flag`` removes it, docs/known-bugs.md 19).
 
 The helpers take the folio (or the walk) and read the kernel they belong to
 from it; `KConfig.pvmw_form` picks the form.
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hmmsim.include.mm_types import KernelRef, Page, folio_pfn, page_folio
+from hmmsim.include.mm_types import KernelRef
 
 #: struct page_vma_mapped_walk lives in hmmsim.mm.page_vma_mapped (above include/).
 PvmwRef = Any
@@ -83,41 +83,6 @@ def page_vma_walk_pfn(k: KernelRef, pfn: int) -> int:
     return pfn
 
 
-def folio_page_vma_walk_pfn(folio: Page) -> int:
-    """pvmw->pfn for a walk over folio (rmap.h folio_page_vma_walk_pfn).
-
-    Without (c): folio_pfn(). With (c): the device-private offset of a
-    device-private folio (folio_pfn() of it warns: it has no PFN), the PFN of
-    any other; in the v1/v2 form shifted left by one, with
-    PVMW_PFN_DEVICE_PRIVATE set for an offset.
-    """
-    from hmmsim.mm.memremap import device_private_folio_to_offset, folio_is_device_private
-
-    k = folio.k
-    dp = k.config.has("c") and folio_is_device_private(folio)
-    n = device_private_folio_to_offset(folio) if dp else folio_pfn(folio)
-    if _form(k) != "pfn-bit":
-        return n
-    v = page_vma_walk_pfn(k, n)
-    if dp and pvmw_marks_device_private(k):
-        v |= PVMW_PFN_DEVICE_PRIVATE
-    return v
-
-
-def page_vma_walk_flags(folio: Page, flags: int) -> int:
-    """pvmw->flags for a walk over folio (rmap.h page_vma_walk_flags, v3+).
-
-    Adds PVMW_DEVICE_PRIVATE for a device-private folio in the v3+ form;
-    the v1/v2 form carries the marker in pvmw->pfn instead.
-    """
-    from hmmsim.mm.memremap import folio_is_device_private
-
-    k = folio.k
-    if _form(k) == "flag" and pvmw_marks_device_private(k) and folio_is_device_private(folio):
-        return flags | PVMW_DEVICE_PRIVATE
-    return flags
-
-
 def pvmw_is_device_private(k: KernelRef, pvmw: PvmwRef) -> bool:
     """Whether pvmw->pfn is a device-private offset (the check_pte() side)."""
     form = _form(k)
@@ -134,25 +99,3 @@ def pvmw_number(k: KernelRef, pvmw: PvmwRef) -> int:
     if _form(k) == "pfn-bit":
         return pfn >> PVMW_PFN_SHIFT
     return pfn
-
-
-def page_vma_walk_pfn_to_page(k: KernelRef, pvmw: PvmwRef) -> Page:
-    """The page pvmw->pfn names (rmap.h page_vma_walk_pfn_to_page, v1/v2;
-    page_vma_walk_pfn_to_folio takes the walk from v3 on).
-
-    A device-private offset goes through device_private_offset_to_page(),
-    anything else through pfn_to_page(). Without the marker (the mutant) an
-    offset is looked up as a PFN: the wrong page, or none.
-    """
-    from hmmsim.mm.memremap import device_private_offset_to_page
-
-    n = pvmw_number(k, pvmw)
-    if pvmw_is_device_private(k, pvmw):
-        return device_private_offset_to_page(n, k=k)
-    page: Page = k.mem.pfn_to_page(n)
-    return page
-
-
-def page_vma_walk_pfn_to_folio(k: KernelRef, pvmw: PvmwRef) -> Page:
-    """page_folio() of page_vma_walk_pfn_to_page() (vmscan's look-around)."""
-    return page_folio(page_vma_walk_pfn_to_page(k, pvmw))

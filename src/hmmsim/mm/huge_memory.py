@@ -542,13 +542,29 @@ def copy_huge_pmd(dst_vma, src_vma, dst_pmdp: int, src_pmdp: int, addr: int) -> 
 
 
 def move_huge_pmd(vma, old_pmdp: int, new_pmdp: int, old_addr: int, new_addr: int) -> None:
-    """mremap: move a whole huge PMD (and its deposited table)."""
+    """mremap: move a whole huge PMD (and its deposited table).
+
+    The moved PMD is marked soft-dirty so userspace sees that it moved
+    (mm/huge_memory.c move_soft_dirty_pmd): a present PMD or a PMD migration
+    entry; a device-private PMD is moved as it is. No userfaultfd in the
+    model, so no uffd-wp clearing.
+    """
     mm = vma.vm_mm
     k = mm.k
     pmd = pmdp_get(k, old_pmdp)
     set_pmd_at(mm, old_addr, old_pmdp, 0)
     pgtable_trans_huge_deposit(mm, new_pmdp, pgtable_trans_huge_withdraw(mm, old_pmdp))
-    set_pmd_at(mm, new_addr, new_pmdp, pmd)
+    set_pmd_at(mm, new_addr, new_pmdp, move_soft_dirty_pmd(k, pmd))
+
+
+def move_soft_dirty_pmd(k, pmd: int) -> int:
+    """mm/huge_memory.c move_soft_dirty_pmd (pmd_mksoft_dirty is the PTE's
+    bit on x86-64)."""
+    if pmd_present(pmd):
+        return pte_mksoft_dirty(pmd)
+    if k.swp.softleaf_is_migration(k.swp.softleaf_from_pmd(pmd)):
+        return pmd_swp_mksoft_dirty(pmd)
+    return pmd
 
 
 # --- splitting the folio -----------------------------------------------------------------

@@ -28,6 +28,7 @@ PMD instead of ending the walk; no hugetlb.
 
 from __future__ import annotations
 
+from hmmsim.include.mm_types import Page, folio_pfn, page_folio
 from hmmsim.include.pgtable import (
     pmd_leaf,
     pmd_none,
@@ -43,13 +44,18 @@ from hmmsim.include.rmap import (
     PVMW_PFN_DEVICE_PRIVATE,
     PVMW_PFN_SHIFT,
     PVMW_SYNC,
-    folio_page_vma_walk_pfn,
-    page_vma_walk_flags,
+    _form,
+    page_vma_walk_pfn,
     pvmw_is_device_private,
     pvmw_marks_device_private,
     pvmw_number,
 )
 from hmmsim.kconfig import HPAGE_PMD_NR, PAGE_SIZE, PMD_MASK, PMD_SIZE
+from hmmsim.mm.memremap import (
+    device_private_folio_to_offset,
+    device_private_offset_to_page,
+    folio_is_device_private,
+)
 from hmmsim.mm.pgtable import (
     pmd_lockptr,
     pmd_offset,
@@ -68,10 +74,68 @@ __all__ = [
     "DEFINE_FOLIO_VMA_WALK",
     "PageVmaMappedWalk",
     "check_pmd",
+    "folio_page_vma_walk_pfn",
+    "page_vma_walk_flags",
+    "page_vma_walk_pfn_to_folio",
+    "page_vma_walk_pfn_to_page",
     "check_pte",
     "page_vma_mapped_walk",
     "page_vma_mapped_walk_done",
 ]
+
+
+# --- include/linux/rmap.h helpers that need the device-private space (mm/memremap) ---------
+
+
+def folio_page_vma_walk_pfn(folio: Page) -> int:
+    """pvmw->pfn for a walk over folio (rmap.h folio_page_vma_walk_pfn).
+
+    Without (c): folio_pfn(). With (c): the device-private offset of a
+    device-private folio (folio_pfn() of it warns: it has no PFN), the PFN of
+    any other; in the v1/v2 form shifted left by one, with
+    PVMW_PFN_DEVICE_PRIVATE set for an offset.
+    """
+    k = folio.k
+    dp = k.config.has("c") and folio_is_device_private(folio)
+    n = device_private_folio_to_offset(folio) if dp else folio_pfn(folio)
+    if _form(k) != "pfn-bit":
+        return n
+    v = page_vma_walk_pfn(k, n)
+    if dp and pvmw_marks_device_private(k):
+        v |= PVMW_PFN_DEVICE_PRIVATE
+    return v
+
+
+def page_vma_walk_flags(folio: Page, flags: int) -> int:
+    """pvmw->flags for a walk over folio (rmap.h page_vma_walk_flags, v3+).
+
+    Adds PVMW_DEVICE_PRIVATE for a device-private folio in the v3+ form;
+    the v1/v2 form carries the marker in pvmw->pfn instead.
+    """
+    k = folio.k
+    if _form(k) == "flag" and pvmw_marks_device_private(k) and folio_is_device_private(folio):
+        return flags | PVMW_DEVICE_PRIVATE
+    return flags
+
+
+def page_vma_walk_pfn_to_page(k, pvmw: PageVmaMappedWalk) -> Page:
+    """The page pvmw->pfn names (rmap.h page_vma_walk_pfn_to_page, v1/v2;
+    page_vma_walk_pfn_to_folio takes the walk from v3 on).
+
+    A device-private offset goes through device_private_offset_to_page(),
+    anything else through pfn_to_page(). Without the marker (the mutant) an
+    offset is looked up as a PFN: the wrong page, or none.
+    """
+    n = pvmw_number(k, pvmw)
+    if pvmw_is_device_private(k, pvmw):
+        return device_private_offset_to_page(n, k=k)
+    page: Page = k.mem.pfn_to_page(n)
+    return page
+
+
+def page_vma_walk_pfn_to_folio(k, pvmw: PageVmaMappedWalk) -> Page:
+    """page_folio() of page_vma_walk_pfn_to_page() (vmscan's look-around)."""
+    return page_folio(page_vma_walk_pfn_to_page(k, pvmw))
 
 
 class PageVmaMappedWalk:

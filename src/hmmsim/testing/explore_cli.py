@@ -221,6 +221,15 @@ def explore_command(
     try:
         for name in names:
             feats = cfg.features | ({"b"} if "migration_entries" in name else set())
+            added = sorted((SCENARIOS[name].needs | feats) - cfg.features)
+            if added:
+                # make_runner would add them silently; say so, since a reader
+                # comparing series needs to know what actually ran.
+                click.echo(
+                    f"explore: {name} needs series {','.join(added)}: running with "
+                    f"{','.join(sorted(feats | SCENARIOS[name].needs))}",
+                    err=True,
+                )
             run = make_runner(
                 name,
                 build_config(

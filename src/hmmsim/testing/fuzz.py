@@ -2145,6 +2145,8 @@ def run_fuzz(
     configs = configs or feature_configs(kernel)
     rep = FuzzReport(seed=seed, check_every=check_every, sweep_every=sweep_every)
     rep.bugs = frozenset(bugs)
+    if on_progress:  # the caller holds the live report from the start (Ctrl-C)
+        on_progress(0, rep)
     master = random.Random(seed)
     t0 = time.perf_counter()
     index = 0
@@ -2195,14 +2197,41 @@ def run_fuzz(
                 seen.count += 1
             else:
                 good = last_check if failure.kind == "invariant" else last_sweep
-                rep.violations.append(
-                    _make_violation(cfg, ops, failure, good, index, sseed, shrink_seconds)
-                )
+                try:
+                    v = _make_violation(cfg, ops, failure, good, index, sseed, shrink_seconds)
+                except KeyboardInterrupt:
+                    # Ctrl-C while localising or shrinking: keep the failing
+                    # sequence as it ran, so the report still has it
+                    rep.violations.append(_unshrunk_violation(cfg, ops, failure, index, sseed))
+                    raise
+                rep.violations.append(v)
         index += 1
         if on_progress:
             on_progress(rep.steps, rep)
     rep.seconds = time.perf_counter() - t0
     return rep
+
+
+def _unshrunk_violation(cfg, ops, failure, index, sseed) -> Violation:
+    """A failing sequence as it ran, neither shrunk nor replayed (the run was
+    interrupted before `_make_violation` finished)."""
+    meta = (
+        f"Found by `hmmsim fuzz` (sequence {index}, sequence seed {sseed}) with "
+        f"{cfg.label()}; interrupted before shrinking: all {len(ops)} operations.\n"
+        f"Failure: {failure}".replace('"""', "'''")
+    )
+    return Violation(
+        signature=failure.signature,
+        message=str(failure),
+        cfg=cfg,
+        sequence=index,
+        seed=sseed,
+        original_steps=len(ops),
+        ops=list(ops),
+        script=replay_script(cfg, list(ops), meta=meta),
+        bytes_lost=failure.bytes_lost,
+        reproduced=False,
+    )
 
 
 def _make_violation(cfg, ops, failure, last_good, index, sseed, shrink_seconds) -> Violation:

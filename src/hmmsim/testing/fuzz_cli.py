@@ -220,7 +220,7 @@ def fuzz(
         )
     except KeyboardInterrupt:
         # What the run found so far: the violations already shrunk and
-        # scripted (one being shrunk when Ctrl-C came is lost).
+        # scripted, and one being shrunk when Ctrl-C came, as it ran.
         interrupted = True
         rep = latest[0] if latest else FuzzReport(seed=seed)
         rep.seconds = time.perf_counter() - t0

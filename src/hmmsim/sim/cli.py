@@ -1,0 +1,206 @@
+"""The `hmmsim sim` command (registered by hmmsim.cli)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from hmmsim.cli_options import build_config, check_host_memory, conflict_option, feature_option
+
+
+def _list_text() -> str:
+    from hmmsim.sim.params import INTERCONNECTS
+    from hmmsim.sim.policy import POLICIES
+    from hmmsim.sim.workloads import GENERATORS
+
+    lines = ["workloads (NAME[:key=value,...], or a .csv/.jsonl trace):"]
+    for name, (_fn, size, desc) in GENERATORS.items():
+        lines.append(f"  {name:10s} {desc} (default size {size >> 20}M)")
+    lines.append("policies (--policy):")
+    for name, cls in POLICIES.items():
+        lines.append(f"  {name:10s} {cls.description}")
+    lines.append("interconnects (--interconnect):")
+    for name, (bw, lat) in INTERCONNECTS.items():
+        lines.append(f"  {name:10s} {bw:g} GB/s per direction, {lat:g} us per copy")
+    return "\n".join(lines)
+
+
+def _human(m: dict) -> str:
+    mib = 1 << 20
+    rows = [
+        ("workload", m["workload"]),
+        ("policy", m["policy"]),
+        ("interconnect", m["interconnect"]),
+        ("footprint", f"{m['footprint_bytes'] / mib:.1f} MiB"),
+        ("device memory", f"{m['device_mem_bytes'] / mib:.1f} MiB"),
+        ("oversubscription", f"{m['oversubscription']:.2f}x"),
+        ("accesses (gpu / cpu)", f"{m['gpu_accesses']} / {m['cpu_accesses']}"),
+        (
+            "GPU faults (entries / unique / batches)",
+            f"{m['gpu_faults']} / {m['gpu_faults_unique']} / {m['fault_batches']}",
+        ),
+        ("CPU faults (migrate_to_ram / other)", f"{m['cpu_faults']} / {m['cpu_faults_other']}"),
+        (
+            "pages host->device (fault / prefetch)",
+            f"{m['pages_h2d']} ({m['pages_faulted_in']} / {m['pages_prefetched']})",
+        ),
+        ("pages device->host", str(m["pages_d2h"])),
+        ("bytes h2d / d2h", f"{m['bytes_h2d'] / mib:.1f} / {m['bytes_d2h'] / mib:.1f} MiB"),
+        ("evictions (chunks / pages)", f"{m['evictions']} / {m['evicted_pages']}"),
+        ("remote accesses", str(m["remote_accesses"])),
+        ("simulated time", f"{m['sim_time_s'] * 1e3:.3f} ms"),
+        ("achieved migration bandwidth", f"{m['achieved_bandwidth_gbps']:.2f} GB/s"),
+        ("access throughput", f"{m['access_throughput_gbps']:.2f} GB/s"),
+        ("data errors", str(m["data_errors"])),
+    ]
+    w = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
+
+
+@click.command("sim")
+@click.argument("workload", required=False)
+@click.option(
+    "--policy",
+    default="naive",
+    show_default=True,
+    help="Migration policy: naive, nvidia-uvm, amd-svm, xe-gpusvm (see --list).",
+)
+@click.option(
+    "--device-mem",
+    default=None,
+    help="Device memory (e.g. 64M; whole 2 MiB chunks). Default: footprint / oversub, "
+    "or room for the whole footprint.",
+)
+@click.option("--interconnect", default=None, help="pcie3, pcie4, pcie5 or nvlink-c2c.")
+@click.option(
+    "--params",
+    "params_file",
+    default=None,
+    help="TOML file of cost-model parameters (top-level keys or a [params] table).",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override one cost-model parameter (repeatable), e.g. --set gpu_fault_latency_us=30.",
+)
+@click.option("--seed", default=0, show_default=True, type=int, help="Generator seed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
+@click.option("--plot", "plot_dir", default=None, help="Write residency and latency PNGs here.")
+@click.option("--trace", "trace_path", default=None, help="Write a Chrome/Perfetto trace JSON.")
+@click.option("--why", "why_path", default=None, help="Write the why-it-moved log (JSON lines).")
+@click.option(
+    "--check-invariants", is_flag=True, help="Run the invariant checker after every fault batch."
+)
+@click.option("--list", "list_", is_flag=True, help="List workloads, policies, interconnects.")
+@feature_option()
+@conflict_option
+def sim_command(
+    workload,
+    policy,
+    device_mem,
+    interconnect,
+    params_file,
+    overrides,
+    seed,
+    as_json,
+    plot_dir,
+    trace_path,
+    why_path,
+    check_invariants,
+    list_,
+    features,
+    conflict_resolution,
+) -> None:
+    """Simulate WORKLOAD on a GPU-like device with a migration POLICY.
+
+    WORKLOAD is a generator spec such as stream:size=64M,passes=4,oversub=1.5
+    or a .csv/.jsonl trace (docs/simulation.md gives the formats). Prints the
+    metrics; --plot, --trace and --why write the figures, a trace for
+    ui.perfetto.dev and the per-page move log.
+    """
+    from hmmsim.sim.engine import SimError, Simulation
+    from hmmsim.sim.params import ParamError, SimParams, load_toml
+    from hmmsim.sim.policy import make_policy
+    from hmmsim.sim.workloads import WorkloadError, make_workload, parse_size
+
+    if list_:
+        click.echo(_list_text())
+        return
+    if not workload:
+        raise click.UsageError("give a WORKLOAD (hmmsim sim --list shows them)")
+    try:
+        params = load_toml(params_file) if params_file else SimParams()
+        if interconnect is not None:
+            params = params.replace(interconnect=interconnect)
+        params = params.with_overrides(overrides)
+        params.validate()
+    except ParamError as e:
+        raise click.UsageError(str(e)) from None
+    try:
+        pol = make_policy(policy)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    try:
+        wl = make_workload(workload, seed=seed)
+        dev_bytes = parse_size(device_mem) if device_mem else None
+    except WorkloadError as e:
+        raise click.UsageError(str(e)) from None
+    if dev_bytes is not None and dev_bytes < 2 << 20:
+        raise click.UsageError(f"--device-mem {device_mem}: at least one 2 MiB chunk")
+    if plot_dir:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise click.UsageError("--plot needs matplotlib: pip install 'hmmsim[plot]'") from None
+    # the modelled RAM (about 1.25x the footprint) and the device's bytes
+    check_host_memory(
+        2 * wl.footprint + (dev_bytes or wl.footprint) + (64 << 20), f"workload {workload}"
+    )
+    cfg = build_config(features, "mainline", conflict_resolution)
+    try:
+        sim = Simulation(
+            wl,
+            pol,
+            params,
+            device_mem=dev_bytes,
+            config=cfg,
+            check_invariants=check_invariants,
+            seed=seed,
+        )
+        progress = None
+        if not as_json and len(wl.accesses) > 200_000:
+            from hmmsim.cli_options import stderr_is_tty
+
+            if stderr_is_tty():
+
+                def progress(i, n):
+                    click.echo(f"\r{100 * i // n:3d}% of {n} accesses", nl=False, err=True)
+
+        m = sim.run(progress)
+        if progress is not None:
+            click.echo("\r", nl=False, err=True)
+    except SimError as e:
+        raise click.ClickException(str(e)) from None
+    from hmmsim.sim import export
+
+    written = []
+    if trace_path:
+        export.write_trace(sim, trace_path)
+        written.append(trace_path)
+    if why_path:
+        export.write_moves(sim, why_path)
+        written.append(why_path)
+    if plot_dir:
+        written += export.write_plots(sim, plot_dir)
+    d = m.as_dict()
+    if as_json:
+        d["params"] = params.as_dict()
+        d["written"] = written
+        click.echo(json.dumps(d))
+        return
+    click.echo(_human(d))
+    for p in written:
+        click.echo(f"wrote {p}")

@@ -1,0 +1,412 @@
+"""The simulation engine: a workload through the GPU driver, with simulated time.
+
+``Simulation(workload, policy, params, device_mem=...)`` builds a Kernel,
+maps the workload's buffer in one process (2 MiB aligned, anonymous,
+private), binds a ``GpuDevice`` to it and replays the accesses in program
+order:
+
+- a GPU access that hits the device page table costs ``gpu_access_ns``
+  (device memory) or ``remote_access_ns`` (a system page); one that misses
+  is a replayable fault: it waits in the fault buffer, and a full buffer
+  (``fault_batch``) is serviced as one batch, whose cost the clock charges
+  before the stalled accesses replay;
+- a CPU access first waits for outstanding GPU faults (a synchronise), then
+  loads or stores through the model's MMU; a fault that reaches
+  ``migrate_to_ram`` costs ``cpu_fault_us`` plus the copy.
+
+Every access also moves data: writes store the access number in the first 8
+bytes of the page (the CPU through its page tables, the GPU into device
+memory or the system page it maps), reads compare with the last value
+written; a mismatch counts in ``data_errors`` (always 0 unless the model
+loses data).
+
+Metrics (``Metrics``), a residency series, fault latencies, the clock's
+spans (for the trace export) and the driver's move log are kept on the
+object after ``run()``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from hmmsim.drivers.gpu import (
+    CHUNK_PAGES,
+    GPU_ROOT_CHUNK_SIZE,
+    GpuDevice,
+    GpuFaultBuffer,
+)
+from hmmsim.kconfig import PAGE_SHIFT, PAGE_SIZE
+from hmmsim.sim.clock import EventClock
+from hmmsim.sim.params import SimParams
+from hmmsim.sim.policy import Policy, make_policy
+from hmmsim.sim.workloads import CPU, Workload, make_workload
+
+PROT_RW = 3
+MAP_PRIVATE_ANON = 0x22
+MAX_LATENCIES = 1_000_000
+HEAT_BINS = 256
+MAX_HEAT_SAMPLES = 4096
+
+
+class SimError(RuntimeError):
+    """The simulation could not go on (an invariant broke, a fault never resolved)."""
+
+
+@dataclass
+class Metrics:
+    workload: str
+    policy: str
+    interconnect: str
+    footprint_bytes: int
+    device_mem_bytes: int
+    oversubscription: float
+    gpu_accesses: int = 0
+    cpu_accesses: int = 0
+    gpu_faults: int = 0  # entries written to the fault buffer (replays included)
+    gpu_faults_unique: int = 0  # after per-page dedup in each batch
+    fault_batches: int = 0
+    replays: int = 0  # accesses that faulted again after their batch
+    cpu_faults: int = 0  # CPU faults that reached migrate_to_ram
+    cpu_faults_other: int = 0  # other CPU faults (first touch)
+    pages_h2d: int = 0
+    pages_d2h: int = 0
+    bytes_h2d: int = 0
+    bytes_d2h: int = 0
+    pages_faulted_in: int = 0  # h2d pages that faulted
+    pages_prefetched: int = 0  # h2d pages moved by granularity or prefetch
+    evictions: int = 0  # root chunks evicted
+    evicted_pages: int = 0
+    remote_accesses: int = 0
+    thrash_throttles: int = 0  # batches the policy throttled for thrashing
+    thrash_pins: int = 0  # faults served by mapping a pinned page remotely
+    sim_time_s: float = 0.0
+    achieved_bandwidth_gbps: float = 0.0  # bytes moved both ways / simulated time
+    access_throughput_gbps: float = 0.0  # bytes the agents accessed / simulated time
+    gpu_time_s: float = 0.0  # simulated time inside GPU kernels (launch to synchronise)
+    gpu_throughput_gbps: float = 0.0  # bytes the GPU accessed / gpu_time_s
+    data_errors: int = 0
+    invariant_checks: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def default_device_mem(footprint: int, oversub: float | None) -> int:
+    """Device memory for a footprint: footprint / oversub, else room for all
+    of it; whole root chunks, at least one."""
+    if oversub:
+        chunks = round(footprint / oversub / GPU_ROOT_CHUNK_SIZE)
+        return max(1, chunks) * GPU_ROOT_CHUNK_SIZE
+    n = (footprint + GPU_ROOT_CHUNK_SIZE - 1) // GPU_ROOT_CHUNK_SIZE
+    return max(1, n) * GPU_ROOT_CHUNK_SIZE
+
+
+class Simulation:
+    def __init__(
+        self,
+        workload: Workload | str,
+        policy: Policy | str = "naive",
+        params: SimParams | None = None,
+        device_mem: int | None = None,
+        features: tuple[str, ...] | None = None,
+        config=None,
+        check_invariants: bool = False,
+        seed: int = 0,
+        log_moves: bool = True,
+    ) -> None:
+        from hmmsim.kernel import Kernel
+
+        if isinstance(workload, str):
+            workload = make_workload(workload, seed=seed)
+        if isinstance(policy, str):
+            policy = make_policy(policy)
+        self.workload = workload
+        self.policy = policy
+        self.params = params or SimParams()
+        fp = workload.footprint
+        self.device_mem = device_mem or default_device_mem(fp, workload.oversub)
+        if self.device_mem < GPU_ROOT_CHUNK_SIZE:
+            raise ValueError(
+                f"device memory must be at least one 2 MiB root chunk ({self.device_mem})"
+            )
+        ram = fp + fp // 4 + (48 << 20)
+        ram = (ram + GPU_ROOT_CHUNK_SIZE - 1) // GPU_ROOT_CHUNK_SIZE * GPU_ROOT_CHUNK_SIZE
+        if config is not None:
+            from dataclasses import replace
+
+            self.k = Kernel(replace(config, ram_bytes=ram))
+        else:
+            kw: dict = {"ram_bytes": ram}
+            if features is not None:
+                kw["features"] = frozenset(features)
+            self.k = Kernel(**kw)
+        self.proc = self.k.spawn("sim")
+        self.base = self._map_buffer(fp)
+        self.dev = GpuDevice(self.k, self.device_mem, policy)
+        self.dev.log_moves = log_moves
+        self.space = self.dev.bind(self.proc)
+        self.clock = EventClock()
+        self.dev.now = lambda: self.clock.now
+        self.buf = GpuFaultBuffer(self.params.fault_batch)
+        self.pending: list[tuple[int, bool, float, int]] = []
+        self.check = check_invariants
+        self.shadow: dict[int, int] = {}
+        self.residency: list[tuple[float, int]] = [(0.0, 0)]
+        #: (time, resident pages per address bin) for the residency heatmap
+        self.heat: list[tuple[float, np.ndarray]] = []
+        self.heat_bins = max(1, min(HEAT_BINS, workload.npages))
+        self.latencies: list[float] = []
+        self._gpu_open: float | None = None
+        self._bytes_accessed = 0
+        self._gpu_bytes = 0
+        self._stuck: dict[int, int] = {}
+        self.m = Metrics(
+            workload=workload.name,
+            policy=policy.name,
+            interconnect=self.params.interconnect,
+            footprint_bytes=fp,
+            device_mem_bytes=self.dev.capacity_pages * PAGE_SIZE,
+            oversubscription=round(fp / (self.dev.capacity_pages * PAGE_SIZE), 4),
+        )
+
+    def _map_buffer(self, size: int) -> int:
+        p = self.proc
+        span = size + GPU_ROOT_CHUNK_SIZE
+        addr = p.mmap(0, span, PROT_RW, MAP_PRIVATE_ANON, -1, 0)
+        if addr < 0 or addr >= 1 << 63:
+            raise SimError(f"mmap of the {size >> 20} MiB buffer failed ({addr})")
+        base = (addr + GPU_ROOT_CHUNK_SIZE - 1) & ~(GPU_ROOT_CHUNK_SIZE - 1)
+        if base > addr:
+            p.munmap(addr, base - addr)
+        end = addr + span
+        if end > base + size:
+            p.munmap(base + size, end - (base + size))
+        return base
+
+    # --- the run ----------------------------------------------------------------------------
+    def run(self, progress=None) -> Metrics:
+        acc = self.workload.accesses
+        agents = acc["agent"].tolist()
+        offs = acc["off"].tolist()
+        writes = acc["write"].tolist()
+        sizes = acc["size"].tolist()
+        base = self.base
+        n = len(agents)
+        step = max(1, n // 100)
+        for i in range(n):
+            a, off, w, size = agents[i], offs[i], writes[i], sizes[i]
+            addr = base + off
+            first = addr >> PAGE_SHIFT
+            last = (addr + max(1, size) - 1) >> PAGE_SHIFT
+            self._bytes_accessed += size
+            if a != CPU:
+                self._gpu_bytes += size
+            if a == CPU:
+                self._sync()
+                self.m.cpu_accesses += 1
+                for vpn in range(first, last + 1):
+                    self._cpu_access(vpn, w, i + 1)
+            else:
+                if self._gpu_open is None:
+                    self._gpu_open = self.clock.now
+                self.m.gpu_accesses += 1
+                for vpn in range(first, last + 1):
+                    self._gpu_access(vpn, w, i + 1)
+            if progress is not None and i % step == 0:
+                progress(i, n)
+        self._sync()
+        self._finish()
+        return self.m
+
+    def _sync(self) -> None:
+        """The CPU waits for the GPU: service outstanding faults, close the kernel span."""
+        while self.pending:
+            self._service()
+        if self._gpu_open is not None:
+            dur = self.clock.now - self._gpu_open
+            self.clock.span("gpu", "kernel", self._gpu_open, dur)
+            self.m.gpu_time_s += dur * 1e-6
+            self._gpu_open = None
+
+    # --- GPU side -----------------------------------------------------------------------
+    def _gpu_access(self, vpn: int, write: bool, value: int) -> None:
+        r = self.dev.access(vpn, write)
+        if r == "miss":
+            self.m.gpu_faults += 1
+            self.pending.append((vpn, write, self.clock.now, value))
+            if self.buf.push(vpn, write):
+                self._service()
+            return
+        self._gpu_complete(vpn, write, value, r)
+
+    def _gpu_complete(self, vpn: int, write: bool, value: int, where: str) -> None:
+        p = self.params
+        if where == "remote":
+            self.m.remote_accesses += 1
+            self.clock.advance(p.remote_access_ns / 1000)
+        else:
+            self.clock.advance(p.gpu_access_ns / 1000)
+        page, _tag = self.space.pt[vpn]
+        from hmmsim.mm.memremap import is_device_private_page
+
+        if is_device_private_page(page):
+            row = self.dev.vram_row(page)
+        else:
+            row = self.k.mem.frame(page.pfn)
+        word = row[:8].view(np.uint64)
+        if write:
+            word[0] = value
+            self.shadow[vpn] = value
+        elif int(word[0]) != self.shadow.get(vpn, 0):
+            self.m.data_errors += 1
+
+    def _service(self) -> None:
+        entries = self.buf.fetch()
+        stalled = self.pending
+        self.pending = []
+        if not entries:
+            entries = [(v, w) for v, w, _t, _x in stalled]
+        res = self.dev.service_faults(entries)
+        p = self.params
+        m = self.m
+        h2d = res.migrated_fault + res.migrated_prefetch
+        dur = (
+            p.gpu_fault_latency_us
+            + p.per_fault_us * res.unique
+            + p.per_page_kernel_us * (h2d + res.evicted_pages)
+            + p.copy_us(h2d * PAGE_SIZE, res.windows)
+            + p.copy_us(res.evicted_pages * PAGE_SIZE, res.evicted_chunks)
+            + p.eviction_chunk_us * res.evicted_chunks
+            + p.map_per_page_us * res.mapped
+        )
+        if res.throttled:
+            # the device naps once per throttled batch (uvm_perf_thrashing.c nap)
+            dur += getattr(self.policy, "thrash_nap_us", 0.0)
+            m.thrash_throttles += 1
+        m.thrash_pins += res.pinned
+        start = self.clock.now
+        m.fault_batches += 1
+        m.gpu_faults_unique += res.unique
+        m.pages_faulted_in += res.migrated_fault
+        m.pages_prefetched += res.migrated_prefetch
+        m.pages_h2d += h2d
+        m.evictions += res.evicted_chunks
+        m.evicted_pages += res.evicted_pages
+        self.clock.span(
+            "driver",
+            "fault batch",
+            start,
+            dur,
+            faults=res.faults,
+            unique=res.unique,
+            h2d=h2d,
+            evicted=res.evicted_pages,
+        )
+        if res.evicted_chunks:
+            self.clock.span("driver", "evict", start, p.eviction_chunk_us * res.evicted_chunks)
+        self.clock.schedule(start + dur, lambda: self._replay(stalled))
+        self.clock.run()
+        self._sample()
+        if self.check:
+            from hmmsim.testing.invariants import check_invariants
+
+            problems = check_invariants(self.k, raise_on_error=False)
+            m.invariant_checks += 1
+            if problems:
+                raise SimError(f"invariant broken after batch {m.fault_batches}: {problems[0]}")
+
+    def _replay(self, stalled) -> None:
+        now = self.clock.now
+        for vpn, write, t0, value in stalled:
+            if len(self.latencies) < MAX_LATENCIES:
+                self.latencies.append(now - t0)
+            r = self.dev.access(vpn, write)
+            if r == "miss":
+                self.m.replays += 1
+                n = self._stuck.get(vpn, 0) + 1
+                self._stuck[vpn] = n
+                if n > 8:
+                    raise SimError(f"device fault at {vpn << PAGE_SHIFT:#x} never resolves")
+                self.m.gpu_faults += 1
+                self.pending.append((vpn, write, now, value))
+                self.buf.push(vpn, write)
+            else:
+                self._stuck.pop(vpn, None)
+                self._gpu_complete(vpn, write, value, r)
+
+    # --- CPU side ---------------------------------------------------------------------------
+    def _cpu_access(self, vpn: int, write: bool, value: int) -> None:
+        p = self.params
+        dev = self.dev
+        proc = self.proc
+        addr = vpn << PAGE_SHIFT
+        before, moved = dev.cpu_faults, dev.d2h_cpu
+        # the MMU's walk first: None means this access faults
+        faults = proc._translate(addr, write) is None
+        start = self.clock.now
+        if write:
+            proc.store(addr, np.array([value], dtype=np.uint64))
+            self.shadow[vpn] = value
+        else:
+            got = int(np.frombuffer(proc.load(addr, 8), dtype=np.uint64)[0])
+            if got != self.shadow.get(vpn, 0):
+                self.m.data_errors += 1
+        cost = p.cpu_access_ns / 1000
+        if dev.cpu_faults != before:
+            npages = dev.d2h_cpu - moved
+            self.m.cpu_faults += dev.cpu_faults - before
+            self.m.pages_d2h += npages
+            cost += (
+                p.cpu_fault_us
+                + p.per_page_kernel_us * npages
+                + p.copy_us(npages * PAGE_SIZE, dev.cpu_faults - before)
+            )
+            self.clock.span("cpu", "migrate_to_ram", start, cost, pages=npages)
+            self.clock.advance(cost)
+            self._sample()
+            return
+        if faults:
+            self.m.cpu_faults_other += 1
+            cost += p.cpu_minor_fault_us
+        self.clock.advance(cost)
+
+    # --- records -----------------------------------------------------------------------------
+    def _sample(self) -> None:
+        n = self.dev.resident_pages
+        self.residency.append((self.clock.now, n))
+        if len(self.heat) < MAX_HEAT_SAMPLES:
+            base = self.base >> PAGE_SHIFT
+            npages = self.workload.npages
+            v = np.fromiter(self.dev.where, dtype=np.int64, count=len(self.dev.where)) - base
+            v = v[(v >= 0) & (v < npages)]
+            bins = np.bincount(v * self.heat_bins // npages, minlength=self.heat_bins)
+            self.heat.append((self.clock.now, bins[: self.heat_bins]))
+        self.clock.counter("device resident", self.clock.now, MiB=n * PAGE_SIZE / (1 << 20))
+
+    def _finish(self) -> None:
+        m = self.m
+        self._sample()
+        m.pages_d2h += m.evicted_pages
+        m.bytes_h2d = m.pages_h2d * PAGE_SIZE
+        m.bytes_d2h = m.pages_d2h * PAGE_SIZE
+        t = self.clock.now * 1e-6
+        m.sim_time_s = t
+        if t > 0:
+            m.achieved_bandwidth_gbps = (m.bytes_h2d + m.bytes_d2h) / t / 1e9
+            m.access_throughput_gbps = self._bytes_accessed / t / 1e9
+        if m.gpu_time_s > 0:
+            m.gpu_throughput_gbps = self._gpu_bytes / m.gpu_time_s / 1e9
+
+    @property
+    def moves(self):
+        return self.dev.moves
+
+
+def run(workload: Workload | str, policy: Policy | str = "naive", **kw) -> Metrics:
+    """Build a Simulation and run it; its Metrics."""
+    return Simulation(workload, policy, **kw).run()
+
+
+__all__ = ["CHUNK_PAGES", "Metrics", "SimError", "Simulation", "default_device_mem", "run"]
