@@ -295,9 +295,10 @@ def _register() -> None:
         main.add_command(cmd)
     for cmd in (demo_command, explain_command):
         main.add_command(cmd)
-    from hmmsim.sim.cli import sim_command
+    from hmmsim.sim.cli import sim_command, sweep_command
 
     main.add_command(sim_command)
+    main.add_command(sweep_command)
 
 
 def _interrupted_while_loading(_signum, _frame) -> None:

@@ -17,6 +17,7 @@ from hmmsim.testing import explore_cli
 from hmmsim.testing import fuzz as fuzz_mod
 from hmmsim.testing.explore import RunResult
 from hmmsim.testing.fuzz import FuzzReport, SeqConfig, Violation
+from hmmsim.testing.fuzz import runner as fuzz_runner
 
 SCN = Path(__file__).parents[1] / "corpus" / "hand"
 
@@ -164,7 +165,7 @@ def test_ctrl_c_while_shrinking_keeps_the_failing_sequence(monkeypatch, tmp_path
     def interrupted(*a, **kw):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(fuzz_mod, "_make_violation", interrupted)
+    monkeypatch.setattr(fuzz_runner, "_make_violation", interrupted)
     out = tmp_path / "found.py"
     r = run(
         "fuzz", "--bug", "exclusive_drops_mapcount", "--steps", "200",

@@ -83,6 +83,7 @@ def test_json_is_one_object_per_case_then_the_configuration():
         "kernel": "mainline",
         "features": "ad",
         "conflict_resolution": None,
+        "pvmw_form": None,
         "ram_bytes": 1 << 30,
         "hugetlb_pages": 4,
         "bugs": [],

@@ -359,7 +359,7 @@ def test_every_public_method_is_exercised():
 
 
 @pytest.mark.parametrize("kernel", ["mainline", "6.12"])
-@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 @given(rng=st.randoms(use_true_random=False), n=st.integers(1, 12))
 def test_hostile_calls_end_documented(kernel, rng, n):
     run_calls(World(kernel), [random_call(rng) for _ in range(n)])

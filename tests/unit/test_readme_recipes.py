@@ -34,6 +34,7 @@ KEY_LINES = {
     "python /tmp/finding.py": ["_mapcount says 0 PTE mappings"],
     "hmmsim findings replay": ["kernel-bug (as documented: kernel-bug", "VM_BUG_ON_FOLIO"],
     "python fuzz-findings/migrate-shared-thp-fallback-remaps-child-pmd.py": ["VM_BUG_ON_FOLIO"],
+    "hmmsim sim stream": ["evictions (chunks / pages)", "data errors"],
 }
 
 

@@ -327,3 +327,35 @@ def test_a_batch_makes_room_before_it_migrates(policy, spec):
     m = Simulation(spec, policy, check_invariants=True, seed=7).run()
     _consistent(m)
     assert m.evictions > 0
+
+
+def test_cli_params_file_and_features(tmp_path):
+    f = tmp_path / "p.toml"
+    f.write_text('interconnect = "nvlink-c2c"\ngpu_fault_latency_us = 40\n')
+    r = _cli(
+        ["sim", "stream:size=2M", "--params", str(f), "--feature", "a,b,c", "--json"]
+        + ["--check-invariants"]
+    )
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert d["interconnect"] == "nvlink-c2c" and d["params"]["gpu_fault_latency_us"] == 40
+    assert d["invariant_checks"] == d["fault_batches"] > 0
+    bad = tmp_path / "bad.toml"
+    bad.write_text("per_fault_us = 'slow'\n")
+    r = _cli(["sim", "stream:size=2M", "--params", str(bad)])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["stream:size=3076K,passes=2,oversub=3", "pingpong:size=2052K,rounds=3,cpu=0.5,oversub=1.9"],
+)
+def test_device_thps_freed_then_reused_as_small_pages(spec):
+    """A freed order-9 device folio's pages go back to the free list head
+    first, so the old head is re-initialised (its compound state cleared)
+    before any old tail is mapped as an order-0 page (found by a sweep: the
+    checker saw a stale head whose large mapcount missed its tails' PTEs)."""
+    sim = Simulation(spec, "amd-svm-thp", check_invariants=True, seed=3)
+    m = sim.run()
+    _consistent(m)
+    assert sim.dev.compound_folios > 0 and m.evictions > 0

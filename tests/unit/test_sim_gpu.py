@@ -109,3 +109,99 @@ def test_unbind_returns_everything():
     check_invariants(k)
     for i in (0, 63):
         assert p.load(addr + (i << 12), 16) == bytes([i] * 16)
+
+
+# --- the series (d) compound path ---------------------------------------------------------
+def _thp_setup(features=(), npages=2 * CHUNK_PAGES, dev_bytes=4 << 20, init=True):
+    from hmmsim.include.mman import MADV_HUGEPAGE
+    from hmmsim.sim.policy import AmdSvmThp
+
+    k = Kernel(ram_bytes=64 << 20, **({"features": features} if features else {}))
+    p = k.spawn()
+    raw = p.mmap(0, (npages + CHUNK_PAGES) << 12, PROT_RW, MAP_PRIVATE_ANON, -1, 0)
+    addr = (raw + (2 << 20) - 1) & ~((2 << 20) - 1)
+    assert p.madvise(addr, npages << 12, MADV_HUGEPAGE) == 0
+    if init:
+        for i in range(npages):
+            p.store(addr + (i << 12), np.full(16, i & 0xFF, np.uint8))
+    dev = GpuDevice(k, dev_bytes, AmdSvmThp())
+    return k, p, addr, dev, dev.bind(p)
+
+
+@pytest.mark.parametrize("features", [(), ("a", "b", "c", "d")])
+@pytest.mark.parametrize("init", [True, False])
+def test_compound_windows_become_device_thps(features, init):
+    from hmmsim.userspace import entry_at
+
+    k, p, addr, dev, space = _thp_setup(features, init=init)
+    if init:
+        assert entry_at(p, addr)[0] == "pmd"  # the CPU side is a THP
+    vpn0 = addr >> 12
+    _touch(dev, [vpn0, vpn0 + CHUNK_PAGES + 5], check=lambda: check_invariants(k))
+    assert dev.compound_folios == 2 and dev.compound_fallbacks == 0
+    assert [int(c.pages.order[0]) for c in dev.chunks] == [9, 9]
+    assert entry_at(p, addr)[0] == "pmd"  # a device-private PMD now
+    assert dev.access(vpn0 + 300, False) == "local"  # the whole 2 MiB is mapped
+    want = bytes([300 & 0xFF] * 16) if init else bytes(16)
+    assert space.read_bytes(vpn0 + 300)[:16] == want
+    # a CPU fault on the PMD brings the whole folio back through migrate_to_ram
+    assert p.load(addr + (300 << 12), 16) == want
+    assert dev.cpu_faults == 1 and dev.d2h_cpu == CHUNK_PAGES
+    assert dev.resident_pages == CHUNK_PAGES
+    check_invariants(k)
+    # eviction of a compound folio: migrate_device_range with an order-9 destination
+    dev.evict_chunk(dev.chunks[1])
+    assert dev.resident_pages == 0 and dev.evicted_pages == CHUNK_PAGES
+    assert p.load(addr + ((CHUNK_PAGES + 5) << 12), 16) == (
+        bytes([(CHUNK_PAGES + 5) & 0xFF] * 16) if init else bytes(16)
+    )
+    check_invariants(k)
+    # freed chunks are reused as small pages without stale compound state
+    dev.policy.compound = False
+    _touch(dev, range(vpn0, vpn0 + 64), check=lambda: check_invariants(k))
+    assert dev.resident_pages > 0
+    check_invariants(k)
+
+
+def test_compound_fallback_to_small_pages_splits_the_source(monkeypatch):
+    from hmmsim.userspace import entry_at
+
+    k, p, addr, dev, space = _thp_setup()
+    monkeypatch.setattr(dev, "alloc_folio", lambda: None)  # no whole chunk free
+    vpn0 = addr >> 12
+    _touch(dev, [vpn0 + 1], check=lambda: check_invariants(k))
+    assert dev.compound_fallbacks == 1 and dev.compound_folios == 0
+    assert entry_at(p, addr)[0] == "pte"  # the THP was split to migrate page by page
+    assert dev.resident_pages == CHUNK_PAGES
+    assert space.read_bytes(vpn0 + 7)[:16] == bytes([7] * 16)
+    assert p.load(addr + (7 << 12), 16) == bytes([7] * 16)
+    check_invariants(k)
+
+
+def test_partial_munmap_splits_a_device_thp():
+    k, p, addr, dev, space = _thp_setup(npages=CHUNK_PAGES)
+    vpn0 = addr >> 12
+    _touch(dev, [vpn0])
+    assert dev.compound_folios == 1 and dev.resident_pages == CHUNK_PAGES
+    # unmapping half of the 2 MiB splits the device-private PMD into PTEs; the
+    # folio stays whole (partly mapped) until all of it is unmapped
+    assert p.munmap(addr, CHUNK_PAGES // 2 << 12) == 0
+    check_invariants(k)
+    assert dev.resident_pages == CHUNK_PAGES
+    half = addr + (CHUNK_PAGES // 2 << 12)
+    assert dev.access(half >> 12, False) == "miss"  # the invalidation dropped the mirror
+    _touch(dev, [half >> 12])  # maps the PTE-mapped device page again
+    assert dev.access(half >> 12, False) == "local"
+    check_invariants(k)
+    # a CPU fault on a PTE of the partly mapped device THP: migrate_to_ram
+    # without SELECT_COMPOUND; the kernel splits the device folio first
+    want = bytes([(CHUNK_PAGES // 2 + 3) & 0xFF] * 16)
+    assert p.load(half + (3 << 12), 16) == want
+    # (migrate_to_ram may run twice: the folio is split, the fault retried)
+    assert dev.cpu_faults >= 1 and dev.d2h_cpu == CHUNK_PAGES // 2
+    check_invariants(k)
+    # the mapped half moved to RAM, the unmapped half was freed by the split
+    assert dev.resident_pages == 0 and len(dev.free) == CHUNK_PAGES
+    assert p.munmap(half, CHUNK_PAGES // 2 << 12) == 0
+    dev.unbind()
+    check_invariants(k)

@@ -51,16 +51,18 @@ from hmmsim.errno import EBUSY, EFAULT
 from hmmsim.include.hmm import hmm_range
 from hmmsim.include.memremap import MEMORY_DEVICE_PRIVATE, dev_pagemap, dev_pagemap_ops
 from hmmsim.include.migrate import (
+    MIGRATE_PFN_COMPOUND,
     MIGRATE_PFN_MIGRATE,
     MIGRATE_PFN_WRITE,
+    MIGRATE_VMA_SELECT_COMPOUND,
     MIGRATE_VMA_SELECT_DEVICE_PRIVATE,
     MIGRATE_VMA_SELECT_SYSTEM,
     migrate_vma,
 )
 from hmmsim.include.mm import VM_FAULT_OOM, VM_FAULT_SIGBUS, VM_READ
-from hmmsim.include.mm_types import Page
+from hmmsim.include.mm_types import Page, PG_head, folio_nr_pages, folio_order, page_folio
 from hmmsim.include.mmu_notifier import mmu_notifier_range_blockable
-from hmmsim.kconfig import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
+from hmmsim.kconfig import HPAGE_PMD_ORDER, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
 from hmmsim.locking import Lock, folio_lock
 from hmmsim.mm.hmm import hmm_pfn_to_page, hmm_range_fault
 from hmmsim.mm.memremap import (
@@ -204,9 +206,10 @@ class GpuDevice:
     """The device: memory in root chunks, one mirrored address space, faults.
 
     `policy` is an object with the hooks of hmmsim.sim.policy.Policy
-    (fault_region, prefetch, victim, cpu_region); None means on-demand 4 KiB
-    with LRU eviction. `mem_bytes` is rounded down to whole root chunks (at
-    least one).
+    (fault_region, prefetch, victim, cpu_region_pages, optionally
+    thrash_decision); None means on-demand 4 KiB with LRU eviction.
+    `mem_bytes` is rounded down to whole root chunks (at least one). Chunks
+    are memremapped on first use and unmapped by unbind().
     """
 
     def __init__(self, k, mem_bytes: int, policy=None, name: str = "gpu0") -> None:
@@ -230,6 +233,8 @@ class GpuDevice:
         self.cpu_faults = 0  # migrate_to_ram calls
         self.evicted_pages = 0
         self.evicted_chunks = 0
+        self.compound_folios = 0  # order-9 device folios handed out
+        self.compound_fallbacks = 0  # compound sources given small pages instead
         self.owner_of: dict[int, int] = {}  # device page index -> vpn it holds
         self.where: dict[int, int] = {}  # vpn -> device page index holding it
         self._busy: set[int] = set()  # chunk indices not to evict in this batch
@@ -315,18 +320,58 @@ class GpuDevice:
         chunk.last_access = self.seq
         return page
 
+    def alloc_folio(self) -> Page | None:
+        """A whole free root chunk as one locked order-9 device folio (the
+        series (d) compound path), or None if no chunk is entirely free."""
+        chunk = next((c for c in self.chunks if c.used == 0), None)
+        if chunk is None and len(self.chunks) < self.max_chunks:
+            if self._add_chunk():
+                return None
+            chunk = self.chunks[-1]
+        if chunk is None:
+            return None
+        a = chunk.pages
+        self.free = [p for p in self.free if p.a is not a]
+        head = Page(self.k, a, 0)
+        zone_device_folio_init(head, page_pgmap(head), HPAGE_PMD_ORDER)
+        chunk.used = CHUNK_PAGES
+        chunk.last_alloc = chunk.last_access = self.seq
+        self.compound_folios += 1
+        return head
+
+    def make_room_chunk(self, res: ServiceResult | None = None) -> None:
+        """Evict a victim chunk unless a chunk is entirely free (or can be added)."""
+        if len(self.chunks) < self.max_chunks or any(c.used == 0 for c in self.chunks):
+            return
+        cands = [c for c in self.chunks if c.index not in self._busy]
+        if not cands:
+            return
+        victim = self.policy.victim(cands) if self.policy is not None else None
+        if victim is None:
+            victim = min(cands, key=lambda c: (c.last_access, c.index))
+        n = self.evict_chunk(victim)
+        if res is not None:
+            res.evicted_pages += n
+            res.evicted_chunks += 1
+
     def free_pages_available(self) -> int:
         return len(self.free) + (self.max_chunks - len(self.chunks)) * CHUNK_PAGES
 
     def gpu_folio_free(self, folio) -> None:
         """dev_pagemap_ops.folio_free: the device page is free again."""
         chunk = page_pgmap(folio)._chunk
+        n = folio_nr_pages(folio)
         with self.lock:
-            chunk.used -= 1
-            vpn = self.owner_of.pop(folio.pfn, None)
-            if vpn is not None and self.where.get(vpn) == folio.pfn:
-                del self.where[vpn]
-            self.free.append(folio)
+            chunk.used -= n
+            # a large folio's head goes on the free list last, so it is handed
+            # out (and re-initialised as an order-0 folio, clearing its
+            # compound state) before any of its old tails
+            for j in range(n - 1, -1, -1):
+                page = folio if not j else Page(self.k, folio.a, folio.i + j)
+                vpn = self.owner_of.pop(page.pfn, None)
+                if vpn is not None and self.where.get(vpn) == page.pfn:
+                    del self.where[vpn]
+                self.free.append(page)
 
     def vram_row(self, page: Page) -> np.ndarray:
         return page_pgmap(page)._chunk.vram[page.i]
@@ -367,23 +412,28 @@ class GpuDevice:
             spage = migrate_pfn_to_page(sv, k=k)
             if spage is None or not sv & MIGRATE_PFN_MIGRATE:
                 continue
-            dpage = k.mem.alloc_pages(0, GFP_HIGHUSER_MOVABLE)
+            order = folio_order(page_folio(spage)) if sv & MIGRATE_PFN_COMPOUND else 0
+            dpage = k.mem.alloc_pages(order, GFP_HIGHUSER_MOVABLE)
             if dpage is None:
-                raise MemoryError(f"{self.name} evict: no system page (__GFP_NOFAIL)")
+                raise MemoryError(f"{self.name} evict: no order-{order} system folio")
             folio_lock(dpage)
             d = migrate_pfn(dpage.pfn)
             if sv & MIGRATE_PFN_WRITE:
                 d |= MIGRATE_PFN_WRITE
+            if order:
+                d |= MIGRATE_PFN_COMPOUND
             dst[i] = d
-            k.mem.ram.frames[dpage.pfn] = chunk.vram[spage.i]
-            moved.append((i, spage.pfn))
+            nr = 1 << order
+            k.mem.ram.frames[dpage.pfn : dpage.pfn + nr] = chunk.vram[spage.i : spage.i + nr]
+            moved.append((i, spage.pfn, nr))
         migrate_device_pages(src, dst, CHUNK_PAGES, k=k)
         n = 0
-        for i, pfn in moved:
+        for i, pfn, nr in moved:
             if int(src[i]) & MIGRATE_PFN_MIGRATE:
-                n += 1
-                vpn = self.owner_of.get(pfn, -1)
-                self._log(vpn, "d2h", "eviction", PATH_EVICT)
+                n += nr
+                for j in range(nr):
+                    vpn = self.owner_of.get(pfn + j, -1)
+                    self._log(vpn, "d2h", "eviction", PATH_EVICT)
         migrate_device_finalize(src, dst, CHUNK_PAGES, k=k)
         self.evicted_pages += n
         self.evicted_chunks += 1
@@ -441,6 +491,11 @@ class GpuDevice:
         npages = 1
         if self.policy is not None:
             npages = max(1, self.policy.cpu_region_pages())
+        flags = MIGRATE_VMA_SELECT_DEVICE_PRIVATE
+        if vmf.pte is None and folio_order(page_folio(vmf.page)):
+            # a device-private PMD: the whole folio comes back (series (d))
+            npages = max(npages, 1 << folio_order(page_folio(vmf.page)))
+            flags |= MIGRATE_VMA_SELECT_COMPOUND
         size = npages << PAGE_SHIFT
         start = max(vmf.address & ~(size - 1), vma.vm_start)
         end = min((vmf.address & ~(size - 1)) + size, vma.vm_end)
@@ -454,18 +509,20 @@ class GpuDevice:
             start=start,
             end=end,
             pgmap_owner=self,
-            flags=MIGRATE_VMA_SELECT_DEVICE_PRIVATE,
+            flags=flags,
             fault_page=vmf.page,
         )
         if migrate_vma_setup(args):
             return VM_FAULT_SIGBUS
         self.cpu_faults += 1
+        sizes = {}
         for i in range(n):
             s = int(src[i])
             spage = migrate_pfn_to_page(s, k=k)
             if spage is None or not s & MIGRATE_PFN_MIGRATE or not is_device_private_page(spage):
                 continue
-            dpage = k.mem.alloc_pages(0, GFP_HIGHUSER_MOVABLE)
+            order = folio_order(page_folio(spage)) if s & MIGRATE_PFN_COMPOUND else 0
+            dpage = k.mem.alloc_pages(order, GFP_HIGHUSER_MOVABLE)
             if dpage is None:
                 migrate_vma_finalize(args)
                 return VM_FAULT_OOM
@@ -473,14 +530,21 @@ class GpuDevice:
             d = migrate_pfn(dpage.pfn)
             if s & MIGRATE_PFN_WRITE:
                 d |= MIGRATE_PFN_WRITE
+            if order:
+                d |= MIGRATE_PFN_COMPOUND
             dst[i] = d
-            k.mem.ram.frames[dpage.pfn] = self.vram_row(spage)
+            nr = 1 << order
+            sizes[i] = nr
+            chunk = page_pgmap(spage)._chunk
+            k.mem.ram.frames[dpage.pfn : dpage.pfn + nr] = chunk.vram[spage.i : spage.i + nr]
         migrate_vma_pages(args)
-        for i in range(n):
+        for i, nr in sizes.items():
             if int(src[i]) & MIGRATE_PFN_MIGRATE and dst[i]:
-                self.d2h_cpu += 1
-                self.note_migration((start >> PAGE_SHIFT) + i)
-                self._log((start >> PAGE_SHIFT) + i, "d2h", "cpu-fault", PATH_TO_RAM)
+                for j in range(nr):
+                    vpn = (start >> PAGE_SHIFT) + i + j
+                    self.d2h_cpu += 1
+                    self.note_migration(vpn)
+                    self._log(vpn, "d2h", "cpu-fault", PATH_TO_RAM)
         migrate_vma_finalize(args)
         return 0
 
@@ -536,9 +600,13 @@ class GpuDevice:
             mm.mmap_lock.down_read()
             try:
                 self.make_room(len(todo), res)
+                compound = bool(getattr(policy, "compound", False))
                 for lo, hi in _runs(todo, MIGRATE_WINDOW):
+                    whole = compound and hi - lo == CHUNK_PAGES and lo % CHUNK_PAGES == 0
+                    if whole:
+                        self.make_room_chunk(res)
                     self.make_room(hi - lo, res)
-                    space.migrate_to_device(lo, hi, move, res)
+                    space.migrate_to_device(lo, hi, move, res, compound=whole)
             finally:
                 mm.mmap_lock.up_read()
         finally:
@@ -613,7 +681,9 @@ class GpuDevice:
         for chunk in self.chunks:
             a = chunk.pages
             refs = a._refcount
-            used = int(np.count_nonzero(refs))
+            live = np.flatnonzero(refs)
+            large = (a.flags[live] & np.uint32(PG_head)) != 0
+            used = int(len(live) + ((1 << a.order[live][large].astype(np.int64)) - 1).sum())
             if used != chunk.used:
                 problems.append(
                     f"{self.name}: chunk {chunk.index} counts {chunk.used} used pages, "
@@ -629,7 +699,9 @@ class GpuDevice:
                 )
         if self.space is not None:
             for vpn, (page, _tag) in self.space.pt.items():
-                if is_device_private_page(page) and not int(page.a._refcount[page.i]):
+                if is_device_private_page(page) and not int(
+                    page_folio(page).a._refcount[page_folio(page).i]
+                ):
                     problems.append(
                         f"{self.name}: pt maps {vpn:#x} to free device page {page.pfn:#x}"
                     )
@@ -715,8 +787,16 @@ class GpuVaSpace:
         return None if pfn is None else self.device.chunk_of_pfn(pfn)
 
     # --- migration to the device ----------------------------------------------------------
-    def migrate_to_device(self, lo: int, hi: int, why: dict[int, str], res: ServiceResult) -> None:
-        """migrate_vma_* over [lo, hi) pages (one vma, caller holds mmap_lock)."""
+    def migrate_to_device(
+        self, lo: int, hi: int, why: dict[int, str], res: ServiceResult, compound: bool = False
+    ) -> None:
+        """migrate_vma_* over [lo, hi) pages (one vma, caller holds mmap_lock).
+
+        With `compound` (an aligned 2 MiB window) MIGRATE_VMA_SELECT_COMPOUND
+        is set: a THP or an empty PMD comes as one compound slot, which gets
+        a whole root chunk as an order-9 device folio, or, if no chunk is
+        free, 512 small pages (the kernel then splits the source), as
+        dmirror_migrate_alloc_and_copy does."""
         dev = self.device
         k = dev.k
         start, end = lo << PAGE_SHIFT, hi << PAGE_SHIFT
@@ -734,13 +814,19 @@ class GpuVaSpace:
             start=start,
             end=end,
             pgmap_owner=dev,
-            flags=MIGRATE_VMA_SELECT_SYSTEM,
+            flags=MIGRATE_VMA_SELECT_SYSTEM | (MIGRATE_VMA_SELECT_COMPOUND if compound else 0),
         )
         if migrate_vma_setup(args):
             return
         res.windows += 1
-        for i in range(n):
+        big: dict[int, int] = {}  # slot -> pages of a compound destination
+        i = 0
+        while i < n:
             s = int(src[i])
+            if s & MIGRATE_PFN_MIGRATE and s & MIGRATE_PFN_COMPOUND:
+                i = self._alloc_compound(args, i, big)
+                continue
+            i += 1
             if not s & MIGRATE_PFN_MIGRATE:
                 continue
             dpage = dev.alloc_page()
@@ -753,23 +839,58 @@ class GpuVaSpace:
                 row[:] = k.mem.frame(spage.pfn)
             else:
                 row[:] = 0  # a hole: a zeroed page
-            dst[i] = migrate_pfn_from_page(dpage) | (s & MIGRATE_PFN_WRITE)
+            dst[i - 1] = migrate_pfn_from_page(dpage) | (s & MIGRATE_PFN_WRITE)
         migrate_vma_pages(args)
         for i in range(n):
-            if int(src[i]) & MIGRATE_PFN_MIGRATE and dst[i]:
-                vpn = lo + i
+            if not (int(src[i]) & MIGRATE_PFN_MIGRATE and dst[i]):
+                continue
+            head = migrate_pfn_to_page(int(dst[i]), k=k)
+            for j in range(big.get(i, 1)):
+                vpn = lo + i + j
                 reason = why.get(vpn, "prefetch")
                 if reason == "fault":
                     res.migrated_fault += 1
                 else:
                     res.migrated_prefetch += 1
-                dpage = migrate_pfn_to_page(int(dst[i]), k=k)
-                dev.owner_of[dpage.pfn] = vpn
+                pfn = head.pfn + j
+                dev.owner_of[pfn] = vpn
                 res.moved.append(vpn)
                 dev.note_migration(vpn)
-                dev.where[vpn] = dpage.pfn
+                dev.where[vpn] = pfn
                 dev._log(vpn, "h2d", reason, PATH_TO_DEVICE)
         migrate_vma_finalize(args)
+
+    def _alloc_compound(self, args, i: int, big: dict[int, int]) -> int:
+        """Destinations for the compound source slot i; the next slot to look at."""
+        dev = self.device
+        k = dev.k
+        src, dst = args.src, args.dst
+        s = int(src[i])
+        write = s & MIGRATE_PFN_WRITE
+        spage = migrate_pfn_to_page(s, k=k)
+        nr = CHUNK_PAGES if spage is None else folio_nr_pages(page_folio(spage))
+        nr = min(nr, len(src) - i)
+        head = dev.alloc_folio() if nr == CHUNK_PAGES else None
+        if head is not None:
+            dev._busy.add(page_pgmap(head)._chunk.index)
+            vram = page_pgmap(head)._chunk.vram
+            if spage is not None:
+                vram[:nr] = k.mem.ram.frames[spage.pfn : spage.pfn + nr]
+            else:
+                vram[:nr] = 0
+            dst[i] = migrate_pfn_from_page(head) | write | MIGRATE_PFN_COMPOUND
+            big[i] = nr
+            return i + nr
+        dev.compound_fallbacks += 1
+        for j in range(nr):  # no free chunk: small pages, the source is split
+            dpage = dev.alloc_page()
+            if dpage is None:
+                break
+            dev._busy.add(page_pgmap(dpage)._chunk.index)
+            row = dev.vram_row(dpage)
+            row[:] = k.mem.frame(spage.pfn + j) if spage is not None else 0
+            dst[i + j] = migrate_pfn_from_page(dpage) | write
+        return i + nr
 
     # --- mapping ------------------------------------------------------------------------------
     def map_pages(self, items: list[tuple[int, bool]], res: ServiceResult) -> int:

@@ -111,7 +111,7 @@ _add(
 _add(
     Finding(
         name="dmirror-migrate-to-sys-oom-maps-unmigrated-dst",
-        title="MIGRATE_TO_SYS out of memory: finalize maps dst pages never migrated",
+        title="MIGRATE_TO_SYS out of memory: finalize leaves a migration entry naming a freed page",
         kind="test_hmm",
         status="faithful",
         found_by="hmmsim.testing.inject (site alloc_pages, 2nd hit)",

@@ -131,9 +131,11 @@ def dmirror_migrate_to_sys_oom_maps_unmigrated_dst(r: Replay) -> None:
     Found by fault injection (site alloc_pages, 2nd hit). The driver's
     dmirror_devmem_fault_alloc_and_copy() fails after it has allocated,
     locked and filled some destination pages, and the driver then calls
-    migrate_vma_finalize() without migrate_vma_pages(): finalize maps those
-    dst pages in place of the sources although they never got the source's
-    anon rmap, so the rss counters and the page tables disagree.
+    migrate_vma_finalize() without migrate_vma_pages(): finalize's
+    remove_migration_ptes(src, dst) walks the rmap of a dst that never got
+    the source's mapping, finds nothing, and the source's migration entry
+    stays behind while the source page is freed: the invariant checker
+    reports the stale entry and the rss counters that no longer match.
     """
     from hmmsim.fault_inject import FaultInjector
 

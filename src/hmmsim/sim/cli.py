@@ -64,7 +64,8 @@ def _human(m: dict) -> str:
     "--policy",
     default="naive",
     show_default=True,
-    help="Migration policy: naive, nvidia-uvm, amd-svm, xe-gpusvm (see --list).",
+    help="Migration policy: naive, nvidia-uvm, nvidia-uvm-thrash, amd-svm, amd-svm-thp, "
+    "xe-gpusvm (--list describes them).",
 )
 @click.option(
     "--device-mem",
@@ -204,3 +205,105 @@ def sim_command(
     click.echo(_human(d))
     for p in written:
         click.echo(f"wrote {p}")
+
+
+@click.command("sweep")
+@click.argument("grid", required=False)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Worker processes (default: the CPU count); with --ray, the local cluster's CPUs.",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="local",
+    default=None,
+    metavar="[=ADDRESS]",
+    help="Run the points as Ray tasks: --ray starts a local cluster, --ray=ADDRESS "
+    "connects (ray.init(address=...)). Needs pip install '.[ray]'.",
+)
+@click.option(
+    "--out",
+    default="sweep-results.csv",
+    show_default=True,
+    help="Results, one row per point: CSV, or Parquet when it ends in .parquet (pyarrow).",
+)
+@click.option("--plot", "plot_path", default=None, help="Write a summary plot (PNG).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+def sweep_command(grid, workers, ray_address, out, plot_path, quiet) -> None:
+    """Run every point of a GRID (TOML: workloads x policies x parameters).
+
+    Each point is one `hmmsim sim` run on its own Kernel with its own seed;
+    the rows are the same, sorted by point, whatever the number of workers.
+    docs/simulation.md ("Sweeps") gives the format; docs/examples/sweep-grid.toml
+    is an example.
+    """
+    import os
+    import time
+
+    from hmmsim.sim.sweep import (
+        SweepError,
+        load_grid,
+        ray_module,
+        run_grid,
+        summary_plot,
+        write_rows,
+    )
+
+    if grid is None and ray_address and ray_address.lower().endswith(".toml"):
+        grid, ray_address = ray_address, "local"  # `--ray grid.toml`
+    if not grid:
+        raise click.UsageError("give a GRID file (docs/examples/sweep-grid.toml is an example)")
+    try:
+        if ray_address is not None:
+            ray_module()
+        if out.lower().endswith(".parquet"):
+            try:
+                import pyarrow  # noqa: F401
+            except ImportError:
+                raise SweepError(
+                    f"--out {out}: Parquet output needs pyarrow: pip install pyarrow"
+                ) from None
+        if plot_path:
+            try:
+                import matplotlib  # noqa: F401
+            except ImportError:
+                raise SweepError("--plot needs matplotlib: pip install 'hmmsim[plot]'") from None
+        g = load_grid(grid)
+    except SweepError as e:
+        raise click.UsageError(str(e)) from None
+    if workers is None:
+        workers = 1 if ray_address is not None else (os.cpu_count() or 1)
+    points = g.points()
+    done = []
+    t0 = time.perf_counter()
+
+    def on_row(row):
+        done.append(row)
+        if not quiet:
+            bad = f"  ERROR {row['error']}" if row["error"] else ""
+            click.echo(
+                f"[{len(done)}/{len(points)}] point {row['point']}: {row['workload_spec']} "
+                f"{row['policy']} seed {row['seed']}{bad}",
+                err=True,
+            )
+
+    try:
+        rows = run_grid(g, workers=workers, ray=ray_address, on_row=on_row)
+        write_rows(rows, g.columns(), out)
+    except SweepError as e:
+        raise click.ClickException(str(e)) from None
+    errors = sum(1 for r in rows if r["error"])
+    how = f"Ray ({ray_address})" if ray_address is not None else f"{workers} worker(s)"
+    click.echo(
+        f"{len(rows)} points ({errors} failed) in {time.perf_counter() - t0:.1f} s on {how}; "
+        f"wrote {out}"
+    )
+    if plot_path:
+        summary_plot(g, rows, plot_path)
+        click.echo(f"wrote {plot_path}")
+    if errors:
+        raise SystemExit(1)

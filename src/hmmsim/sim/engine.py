@@ -36,6 +36,7 @@ from hmmsim.drivers.gpu import (
     GPU_ROOT_CHUNK_SIZE,
     GpuDevice,
     GpuFaultBuffer,
+    GpuNoMemory,
 )
 from hmmsim.kconfig import PAGE_SHIFT, PAGE_SIZE
 from hmmsim.sim.clock import EventClock
@@ -144,6 +145,10 @@ class Simulation:
             self.k = Kernel(**kw)
         self.proc = self.k.spawn("sim")
         self.base = self._map_buffer(fp)
+        if getattr(policy, "compound", False):
+            from hmmsim.include.mman import MADV_HUGEPAGE
+
+            self.proc.madvise(self.base, fp, MADV_HUGEPAGE)
         self.dev = GpuDevice(self.k, self.device_mem, policy)
         self.dev.log_moves = log_moves
         self.space = self.dev.bind(self.proc)
@@ -268,7 +273,10 @@ class Simulation:
         self.pending = []
         if not entries:
             entries = [(v, w) for v, w, _t, _x in stalled]
-        res = self.dev.service_faults(entries)
+        try:
+            res = self.dev.service_faults(entries)
+        except GpuNoMemory as e:
+            raise SimError(str(e)) from None
         p = self.params
         m = self.m
         h2d = res.migrated_fault + res.migrated_prefetch

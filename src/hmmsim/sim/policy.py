@@ -39,6 +39,8 @@ class Policy:
     granularity = 4 * KIB
     lru = "access"
     cpu_granularity = 4 * KIB
+    #: aligned 2 MiB windows as device THPs (series (d) MIGRATE_VMA_SELECT_COMPOUND)
+    compound = False
 
     def __repr__(self) -> str:
         return f"<Policy {self.name}>"
@@ -172,6 +174,16 @@ class AmdSvm(Policy):
     cpu_granularity = 2 * MIB
 
 
+class AmdSvmThp(AmdSvm):
+    """amd-svm with 2 MiB windows migrated as one device THP (an order-9
+    device folio under a device-private PMD, series (d)); the simulator
+    advises MADV_HUGEPAGE on the buffer so the CPU side has THPs too."""
+
+    name = "amd-svm-thp"
+    description = "amd-svm with device THPs: 2 MiB windows as one compound folio (series d)"
+    compound = True
+
+
 class XeGpusvm(Policy):
     """xe / drm_gpusvm-like: each fault creates a range of the largest chunk
     size of {2 MiB, 64 KiB, 4 KiB} (xe_svm.c fault_chunk_sizes) that is
@@ -203,6 +215,7 @@ POLICIES: dict[str, type[Policy]] = {
     "nvidia-uvm": NvidiaUvm,
     "nvidia-uvm-thrash": NvidiaUvmThrash,
     "amd-svm": AmdSvm,
+    "amd-svm-thp": AmdSvmThp,
     "xe-gpusvm": XeGpusvm,
 }
 
