@@ -204,7 +204,9 @@ def selftest(
 ) -> None:
     """Run tools/testing/selftests/mm/hmm-tests.c against the model (TAP output).
 
-    Every case runs on a fresh kernel with test_hmm loaded; the filters work
+    With a seed series that adds cases to hmm-tests.c (series e:
+    migrate_on_fault), they run after the pinned 76. Every case runs on a
+    fresh kernel with test_hmm loaded; the filters work
     like the kernel harness's (a case runs if it matches any of them). Cases
     that fail on the kernel too (hmm_tests.KNOWN_FAILURES) report XFAIL. Exits
     1 if a case fails, 130 on Ctrl-C (after the totals so far).
@@ -213,10 +215,18 @@ def selftest(
 
     from hmmsim.cli_options import Interrupted
     from hmmsim.selftests.harness import Filters, all_cases, run_tests, select_cases
-    from hmmsim.selftests.hmm_tests import FIXTURES, KNOWN_FAILURES, make_kernel, post_checks
+    from hmmsim.selftests.hmm_tests import (
+        FIXTURES,
+        KNOWN_FAILURES,
+        make_kernel,
+        post_checks,
+        series_fixtures,
+    )
 
     cfg = _make_config(features, ram, kernel, conflict_resolution)
-    cases = all_cases(FIXTURES)
+    # the pinned suite, then the cases a seed series adds to hmm-tests.c
+    suite = FIXTURES + series_fixtures(cfg)
+    cases = all_cases(suite)
     known = {
         "-f": {c.fixture.name for c in cases},
         "-v": {c.variant.name for c in cases},
@@ -231,7 +241,7 @@ def selftest(
                 )
     filters = Filters(fixtures=fixtures, variants=variants, tests=tests, runs=runs)
     if list_only:
-        for c in select_cases(FIXTURES, filters):
+        for c in select_cases(suite, filters):
             click.echo(c.name)
         return
     done = []
@@ -245,7 +255,7 @@ def selftest(
     interrupted = False
     try:
         run_tests(
-            FIXTURES,
+            suite,
             lambda: make_kernel(cfg),
             filters=filters,
             post_checks=post_checks,
@@ -261,7 +271,7 @@ def selftest(
             counts[r.result] = counts.get(r.result, 0) + 1
         summary = {
             "config": config_json(cfg),
-            "cases": len(select_cases(FIXTURES, filters)),
+            "cases": len(select_cases(suite, filters)),
             "run": len(done),
             "passed": sum(r.passed for r in done),
             "results": counts,

@@ -173,6 +173,19 @@ _m(
     "evicted) as a plain readable one; with series (c) its offset then names RAM",
     "keep the device variant (make_readable_*migration_device_private_entry)",
 )
+_m(
+    "collect_skips_large_folio",
+    "known-bugs 2 (series (d) review: a partly unmapped device THP; the fault "
+    "must split the PTE-mapped large folio, not skip it)",
+    "mm/migrate_device.c migrate_vma_collect_pmd (and series (e)'s mm/hmm.c "
+    "hmm_vma_handle_migrate_prepare)",
+    "a PTE that maps one page of a large folio is skipped by collect (src 0, the "
+    "pre-(d) 'FIXME support THP' rule) instead of splitting the folio, so the CPU "
+    "fault on a partly unmapped device THP migrates nothing, returns, and faults "
+    "again for ever",
+    "split the large folio (migrate_vma_split_folio, keeping the fault folio locked) "
+    "and collect its pages",
+)
 
 
 def check_bugs(bugs) -> frozenset[str]:

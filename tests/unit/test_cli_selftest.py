@@ -204,3 +204,18 @@ def test_harness_xfail_reports_like_xfail_add():
         "# PASSED: 2 / 2 tests passed.",
         "# Totals: pass:0 fail:0 xfail:1 xpass:1 skip:0 error:0",
     ]
+
+
+def test_series_e_adds_migrate_on_fault_to_the_suite():
+    """hmm-tests.c under series (e) has the migrate_on_fault case the series
+    adds; without (e) the suite is the pinned 76."""
+    r = run("-l", "--feature", "e")
+    assert r.exit_code == 0, r.output
+    names = r.output.split()
+    assert len(names) == 78
+    assert "hmm.hmm_device_private.migrate_on_fault" in names
+    r = run("-l")
+    assert len(r.output.split()) == 76 and "migrate_on_fault" not in r.output
+    r = run("-t", "migrate_on_fault", "--feature", "e")
+    assert r.exit_code == 0, r.output
+    assert "# PASSED: 2 / 2 tests passed." in r.output

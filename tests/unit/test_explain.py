@@ -187,3 +187,17 @@ def test_cli_bad_input_is_one_line_exit_2():
         assert r.exit_code == 2, (args, r.output)
         lines = r.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("hmmsim: error:"), r.output
+
+
+def test_series_e_compound_hole_word_is_plausible():
+    """The word series (e)'s walk writes for a PMD-sized hole it collects
+    (MIGRATE | COMPOUND, order 9, no VALID: hmmsim.mm.hmm) reads as plausible;
+    an order without VALID and without that pair is still ruled out."""
+    L = HmmPfnLayout(E)
+    hole = L.encode(0, L.HMM_PFN_MIGRATE | L.HMM_PFN_COMPOUND, order=9)
+    assert hole == 0x0348000000000000
+    r = read_hmm(E, hole)
+    assert r.plausible, r.why
+    assert "HMM_PFN_MIGRATE" in r.text and "HMM_PFN_COMPOUND" in r.text
+    r = read_hmm(E, L.encode(0, 0, order=9))
+    assert not r.plausible and "without HMM_PFN_VALID" in r.why

@@ -37,6 +37,7 @@ from hmmsim.drivers.test_hmm_uapi import (
     HMM_DMIRROR_FLAGS,
     HMM_DMIRROR_MEMORY_DEVICE_COHERENT,
     HMM_DMIRROR_MEMORY_DEVICE_PRIVATE,
+    HMM_DMIRROR_MIGRATE_ON_FAULT_TO_DEV,
     HMM_DMIRROR_MIGRATE_TO_DEV,
     HMM_DMIRROR_MIGRATE_TO_SYS,
     HMM_DMIRROR_PROT_DEV_COHERENT_LOCAL,
@@ -118,6 +119,7 @@ from hmmsim.mm.migrate_device import (
     migrate_device_finalize,
     migrate_device_pages,
     migrate_device_range,
+    migrate_hmm_range_setup,
     migrate_vma_finalize,
     migrate_vma_pages,
     migrate_vma_setup,
@@ -144,6 +146,8 @@ from hmmsim.mm.vmalloc import vfree_pages, vmalloc_pages, vmalloc_size_ok
 
 DMIRROR_NDEVICES = 4
 DMIRROR_RANGE_FAULT_TIMEOUT = 1000
+#: Series (e)'s migrate-on-fault ioctl works in windows of this many pages.
+PFNS_ARRAY_SIZE = 64
 DEVMEM_CHUNK_SIZE = 256 * 1024 * 1024
 DEVMEM_CHUNKS_RESERVE = 16
 DPT_XA_TAG_ATOMIC = 1
@@ -920,6 +924,8 @@ class dmirror_device:
         elif command == HMM_DMIRROR_RELEASE:
             self.dmirror_device_remove_chunks()
             ret = 0
+        elif command == HMM_DMIRROR_MIGRATE_ON_FAULT_TO_DEV and self.k.config.has("e"):
+            ret = d.dmirror_fault_and_migrate_to_device(work, proc)
         elif command == HMM_DMIRROR_FLAGS and self.k.config.kernel != "6.12":
             # Linux 6.12 has no HMM_DMIRROR_FLAGS (lib/test_hmm_uapi.h ends at
             # RELEASE, 0x07): there it is an unknown command, -EINVAL
@@ -1657,6 +1663,76 @@ class dmirror:
             yield vma, addr, nxt
             addr = nxt
 
+    def dmirror_fault_and_migrate_to_device(self, cmd, proc) -> int:
+        """Series (e): fault in and migrate to device memory in one walk.
+
+        The series' dmirror_fault_and_migrate_to_device (ioctl
+        HMM_DMIRROR_MIGRATE_ON_FAULT_TO_DEV): windows of PFNS_ARRAY_SIZE
+        pages, each one hmm_range_fault with HMM_PFN_REQ_FAULT |
+        HMM_PFN_REQ_MIGRATE (range.migrate: pgmap_owner this device, flags
+        MIGRATE_VMA_SELECT_SYSTEM, src[] doubling as hmm_pfns[] as in the
+        series), then migrate_hmm_range_setup and the usual alloc_and_copy,
+        migrate_vma_pages, finalize_and_map and migrate_vma_finalize; then
+        the device reads the range back, as MIGRATE_TO_DEV does.
+
+        Ours: the mmap_lock is held from the walk to finalize (the collected
+        pages are locked and unmapped until then; the RFC took it again
+        inside dmirror_range_fault), the device mirror is filled by
+        finalize_and_map only (not also by dmirror_do_fault of the walk's
+        words), and -EBUSY retries the window after finalize has put back
+        what was collected, up to DMIRROR_RANGE_FAULT_TIMEOUT times.
+        """
+        mm = self.notifier.mm
+        if mm.dead:
+            return -EFAULT  # mmget_not_zero
+        L = self.mdevice.k.hmm
+        start = cmd.addr
+        end = start + (cmd.npages << PAGE_SHIFT)
+        src = [0] * PFNS_ARRAY_SIZE
+        dst = [0] * PFNS_ARRAY_SIZE
+        m = migrate_vma(src=src, dst=dst, pgmap_owner=self.mdevice, flags=MIGRATE_VMA_SELECT_SYSTEM)
+        r = hmm_range(
+            notifier=self.notifier,
+            hmm_pfns=src,
+            pfn_flags_mask=0,
+            default_flags=L.HMM_PFN_REQ_FAULT | L.HMM_PFN_REQ_MIGRATE,
+            dev_private_owner=self.mdevice,
+            migrate=m,
+        )
+        nxt = start
+        while nxt < end:
+            r.start = nxt
+            r.end = min(end, nxt + (PFNS_ARRAY_SIZE << PAGE_SHIFT))
+            ret = self._do_fault_and_migrate(r)
+            if ret:
+                return ret
+            nxt = r.end
+        return self._read_back(cmd, proc)
+
+    def _do_fault_and_migrate(self, r) -> int:
+        mm = self.notifier.mm
+        m = r.migrate
+        n = (r.end - r.start) >> PAGE_SHIFT
+        for _jiffy in range(DMIRROR_RANGE_FAULT_TIMEOUT):
+            m.src[:] = [0] * len(m.src)
+            m.dst[:] = [0] * len(m.dst)
+            m.vma, m.start, m.end, m.cpages, m.npages = None, 0, 0, 0, 0
+            r.notifier_seq = mmu_interval_read_begin(r.notifier)
+            mm.mmap_lock.down_read()
+            try:
+                ret = hmm_range_fault(r)
+                migrate_hmm_range_setup(r)
+                if m.vma is not None and m.npages == n:
+                    self.dmirror_migrate_alloc_and_copy(m)
+                    migrate_vma_pages(m)
+                    self.dmirror_migrate_finalize_and_map(m)
+                    migrate_vma_finalize(m)
+            finally:
+                mm.mmap_lock.up_read()
+            if ret != -EBUSY:
+                return ret
+        return -EBUSY
+
     def dmirror_migrate_to_device(self, cmd, proc) -> int:
         mm = self.notifier.mm
         if mm.dead:
@@ -1686,6 +1762,10 @@ class dmirror:
                 migrate_vma_finalize(args)
         finally:
             mm.mmap_lock.up_read()
+        return self._read_back(cmd, proc)
+
+    def _read_back(self, cmd, proc) -> int:
+        """The tail of dmirror_migrate_to_device: read the range back to cmd.ptr."""
         # return the migrated data for verification (only device pages read)
         size = (cmd.npages << PAGE_SHIFT) & U64_MASK
         k = self.mdevice.k

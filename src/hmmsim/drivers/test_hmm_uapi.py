@@ -51,6 +51,10 @@ HMM_DMIRROR_EXCLUSIVE = _IOWR("H", 0x05, SIZEOF_HMM_DMIRROR_CMD)
 HMM_DMIRROR_CHECK_EXCLUSIVE = _IOWR("H", 0x06, SIZEOF_HMM_DMIRROR_CMD)
 HMM_DMIRROR_RELEASE = _IOWR("H", 0x07, SIZEOF_HMM_DMIRROR_CMD)
 HMM_DMIRROR_FLAGS = _IOWR("H", 0x08, SIZEOF_HMM_DMIRROR_CMD)
+#: Series (e) only ("mm: add new testcase for the migrate on fault case"): its
+#: RFC inserted this at 0x03 and renumbered every later ioctl; the model
+#: appends it after FLAGS so that the pinned ABI stays as it is.
+HMM_DMIRROR_MIGRATE_ON_FAULT_TO_DEV = _IOWR("H", 0x09, SIZEOF_HMM_DMIRROR_CMD)
 
 HMM_DMIRROR_FLAG_FAIL_ALLOC = 1 << 0
 

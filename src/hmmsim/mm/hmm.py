@@ -3,7 +3,12 @@
 Models: mm/hmm.c (hmm_range_fault, hmm_vma_walk_hole, hmm_vma_walk_pmd,
 hmm_vma_handle_pte, hmm_vma_handle_pmd, hmm_vma_handle_absent_pmd,
 hmm_vma_walk_hugetlb_entry, hmm_vma_walk_test, hmm_vma_fault,
-hmm_pte_need_fault, hmm_range_need_fault) @ torvalds/linux 0eaed89c18ae.
+hmm_pte_need_fault, hmm_range_need_fault) @ torvalds/linux 0eaed89c18ae,
+and with series (e) switched on its unified walk ("mm: unified hmm fault and
+migrate device pagewalk paths": hmm_want_migrate,
+hmm_vma_capture_migrate_range, hmm_vma_handle_migrate_prepare and the
+huge-PMD collect): with range.migrate and HMM_PFN_REQ_MIGRATE the same walk
+faults and collects for migration, entry by entry (docs/unified-walk.md).
 
 Output words use the HMM_PFN_* layout of the Kernel's configuration
 (`Kernel.hmm`, include/hmm.py): BITS_PER_LONG and series (c)/(e) move bits.
@@ -17,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from hmmsim.bug import KernelBug
-from hmmsim.errno import EBUSY, EFAULT, EINVAL, EPERM
+from hmmsim.errno import EAGAIN, EBUSY, EFAULT, ENOENT, EPERM
 from hmmsim.include.mm import (
     FAULT_FLAG_REMOTE,
     FAULT_FLAG_WRITE,
@@ -71,14 +76,41 @@ HMM_NEED_ALL_BITS = HMM_NEED_FAULT | HMM_NEED_WRITE_FAULT
 
 
 class hmm_vma_walk:
-    """Walk state: the range and `last`, the first slot not yet output."""
+    """Walk state: the range and `last`, the first slot not yet output.
 
-    __slots__ = ("range", "last", "L")
+    Series (e) adds (mm/hmm.c struct hmm_vma_walk of "mm: unified hmm fault
+    and migrate device pagewalk paths"): `minfo`, the MIGRATE_VMA_SELECT_*
+    flags the walk collects for (0: a plain hmm_range_fault); `vma` and
+    `end`, the vma and end of the range captured for range->migrate;
+    `mmu_range` and `mmu_hit`, the MMU_NOTIFY_MIGRATE invalidation started
+    at the first vma and ended after the last walk; `fault_folio`, the
+    locked folio of migrate->fault_page (never trylocked again).
+    """
 
-    def __init__(self, range_, layout) -> None:
+    __slots__ = (
+        "range",
+        "last",
+        "L",
+        "k",
+        "minfo",
+        "vma",
+        "end",
+        "mmu_range",
+        "mmu_hit",
+        "fault_folio",
+    )
+
+    def __init__(self, range_, layout, k=None) -> None:
         self.range = range_
+        self.k = k if k is not None else range_.notifier.mm.k
         self.last = range_.start
         self.L = layout
+        self.minfo = 0
+        self.vma = None
+        self.end = 0
+        self.mmu_range = None
+        self.mmu_hit = None
+        self.fault_folio = None
 
 
 def _get(r, i: int) -> int:
@@ -154,7 +186,7 @@ def hmm_range_need_fault(w: hmm_vma_walk, i: int, npages: int, cpu_flags: int) -
     r = w.range
     if not (r.default_flags | r.pfn_flags_mask) & w.L.HMM_PFN_REQ_FAULT:
         return 0
-    if npages >= 8 and r.notifier.mm.k.fastpath:
+    if npages >= 8 and w.k.fastpath:
         required = _range_need_fault_bulk(w, i, npages, cpu_flags)
         if required is not None:
             return required
@@ -201,7 +233,7 @@ def _set_bulk(w: hmm_vma_walk, i: int, n: int, pfn: int | None, flags: int) -> b
     """
     r = w.range
     hp = r.hmm_pfns
-    if n < 8 or not r.notifier.mm.k.fastpath or len(hp) < i + n:
+    if n < 8 or not w.k.fastpath or len(hp) < i + n:
         return False
     if pfn is not None and (pfn < 0 or (pfn + n - 1) & w.L.HMM_PFN_FLAGS):
         return False
@@ -246,6 +278,8 @@ def hmm_vma_walk_hole(addr: int, end: int, depth: int, walk) -> int:
         return hmm_pfns_fill(addr, end, w, w.L.HMM_PFN_ERROR)
     if required_fault:
         return hmm_vma_fault(addr, end, required_fault, walk)
+    if w.minfo:
+        return hmm_pfns_fill_migrate_hole(addr, end, walk)
     return hmm_pfns_fill(addr, end, w, 0)
 
 
@@ -387,13 +421,21 @@ def hmm_vma_walk_pmd(pmdp: int, start: int, end: int, walk) -> int:
                 pmd_migration_entry_wait(walk.mm, pmdp)
                 return -EBUSY
             return hmm_pfns_fill(start, end, w, 0)
-        if not pmd_present(pmd):
-            return hmm_vma_handle_absent_pmd(walk, start, end, i, pmd)
-        if pmd_trans_huge(pmd):
-            return hmm_vma_handle_pmd(walk, start, end, i, pmd)
+        if not pmd_present(pmd) or pmd_trans_huge(pmd):
+            if not pmd_present(pmd):
+                ret = hmm_vma_handle_absent_pmd(walk, start, end, i, pmd)
+            else:
+                ret = hmm_vma_handle_pmd(walk, start, end, i, pmd)
+            if ret or not w.minfo:
+                return ret
+            if hmm_vma_handle_migrate_prepare_pmd(walk, pmdp, start, end, i) == -EAGAIN:
+                continue  # split (or changed under us): walk this PMD again
+            return 0
         ptep = pte_offset_map(k, pmd, start)
         if ptep is None:
             continue
+        if w.minfo:
+            return hmm_vma_walk_ptes_migrate(walk, start, end, pmdp, ptep, i)
         if k.fastpath and npages >= HMM_BULK_MIN:
             return hmm_vma_walk_ptes_bulk(walk, start, pmdp, ptep, i, npages)
         addr = start
@@ -519,6 +561,10 @@ def hmm_vma_walk_hugetlb_entry(pmdp: int, hmask: int, start: int, end: int, walk
 def hmm_vma_walk_test(start: int, end: int, walk) -> int:
     w = walk.private
     vma = walk.vma
+    if w.minfo:
+        ret = hmm_vma_capture_migrate_range(start, end, walk)
+        if ret:
+            return ret
     if not vma.vm_flags & (VM_IO | VM_PFNMAP) and vma.vm_flags & VM_READ:
         return 0
     i = (start - w.range.start) >> PAGE_SHIFT
@@ -543,101 +589,361 @@ def hmm_range_fault(range_) -> int:
     retry from mmu_interval_read_begin); -EFAULT when a requested page cannot
     be made valid (no vma, VM_IO/VM_PFNMAP/!VM_READ, special PFN, poison,
     fault error); -EPERM when a write fault is needed in a vma without
-    VM_WRITE.
+    VM_WRITE; series (e), migrating: -ERANGE when the range crosses vmas.
+
+    Series (e): with range.migrate set and HMM_PFN_REQ_MIGRATE in
+    default_flags, the same walk also collects for migration (see
+    `hmm_vma_handle_migrate_prepare`); range.notifier may then be None (the
+    migrate_vma_setup path: mm from migrate.vma, no sequence check).
     """
-    mm = range_.notifier.mm
+    if range_.notifier is None and range_.migrate is not None:
+        mm = range_.migrate.vma.vm_mm
+    else:
+        mm = range_.notifier.mm
     k = mm.k
     if not mm.mmap_lock.is_locked():
         raise KernelBug("hmm_range_fault: mmap_lock not held")
-    w = hmm_vma_walk(range_, k.hmm)
+    w = hmm_vma_walk(range_, k.hmm, k)
+    w.minfo = hmm_want_migrate(range_, k)
+    m = range_.migrate
+    if w.minfo and m.fault_page is not None:
+        from hmmsim.include.mm_types import page_folio
+
+        w.fault_folio = page_folio(m.fault_page)
     while True:
-        if mmu_interval_check_retry(range_.notifier, range_.notifier_seq):
-            return -EBUSY
+        if range_.notifier is not None and mmu_interval_check_retry(
+            range_.notifier, range_.notifier_seq
+        ):
+            ret = -EBUSY
+            break
         ret = walk_page_range(mm, w.last, range_.end, HMM_WALK_OPS, w)
         if ret != -EBUSY:
             break
         k.stats["hmm_range_fault_rewalks"] += 1
         # a kernel busy-retry: the walk goes again at once, without sleeping
         k.sched.point("retry", f"hmm_range_fault rewalk at {w.last:#x}")
-    if (
-        ret == 0
-        and k.config.has("e")
-        and range_.migrate is not None
-        and range_.default_flags & k.hmm.HMM_PFN_REQ_MIGRATE
-    ):
-        ret = hmm_range_migrate_collect(range_)
+    if w.mmu_range is not None:
+        from hmmsim.mm.mmu_notifier import mmu_notifier_invalidate_range_end
+
+        if range_.notifier is not None:
+            m.vma, m.start, m.end = w.vma, range_.start, w.end
+        mmu_notifier_invalidate_range_end(w.mmu_range, w.mmu_hit)
     if ret == 0:
         for check in k.word_checks:
             check(k, "hmm", range_.hmm_pfns)
     return ret
 
 
-def hmm_range_migrate_collect(range_) -> int:
-    """Series (e): collect for migration while walking, marking HMM_PFN_MIGRATE.
+# ----------------------------------------------------------------------------------------
+# Series (e): "mm: unified hmm fault and migrate device pagewalk paths" (Penttilä).
+# One walk faults (HMM_PFN_REQ_FAULT) and collects (HMM_PFN_REQ_MIGRATE) entry by
+# entry; docs/unified-walk.md describes the versions and what the model follows.
 
-    Pages the migrate_vma flags select are locked and replaced by migration
-    entries, exactly as migrate_vma_collect would; their words become
-    VALID | MIGRATE | pfn [| WRITE] [| COMPOUND + order]; holes and the zero
-    page become MIGRATE without VALID (the later revision's encoding, not the
-    RFC's ambiguous "VALID | MIGRATE with pfn 0"). range.migrate gets vma,
-    start and end. Returns 0, or -EINVAL if the range is not in one vma.
 
-    Differences from the series: the model performs the collect as a second
-    pass of the same hmm_range_fault call (same locks held, same
-    MMU_NOTIFY_MIGRATE notification with pgmap_owner) instead of inside the
-    first walk; the outputs and page-table effects are the same.
+def hmm_want_migrate(range_, k) -> int:
+    """mm/hmm.c hmm_want_migrate (series (e)): the SELECT flags to collect for.
+
+    The later postings (v5): the caller of hmm_range_fault fills
+    range.migrate's pgmap_owner, src, dst and flags, and asks with
+    HMM_PFN_REQ_MIGRATE in default_flags; the flags are migrate.flags. (The
+    RFC also added MIGRATE_VMA_SELECT_SYSTEM for HMM_PFN_REQ_MIGRATE.) 0 when
+    the series is off or nothing is asked.
     """
-    from hmmsim.include.migrate import (
-        MIGRATE_PFN_COMPOUND,
-        MIGRATE_PFN_MIGRATE,
-        MIGRATE_PFN_VALID,
-        MIGRATE_PFN_WRITE,
-        migrate_vma,
-    )
-    from hmmsim.mm.migrate import migrate_pfn_to_page
-    from hmmsim.mm.migrate_device import migrate_vma_collect
-    from hmmsim.mm.mmap import vma_lookup
-
-    mm = range_.notifier.mm
-    k = mm.k
-    L = k.hmm
     m = range_.migrate
-    vma = vma_lookup(mm, range_.start)
-    if vma is None or vma.vm_end < range_.end:
-        return -EINVAL
-    m.vma, m.start, m.end = vma, range_.start, range_.end
-    n = (range_.end - range_.start) >> PAGE_SHIFT
-    scratch = migrate_vma(
-        vma=vma,
-        src=[0] * n,
-        dst=[0] * n,
-        start=range_.start,
-        end=range_.end,
-        pgmap_owner=m.pgmap_owner,
-        flags=m.flags,
+    if m is None or not k.config.has("e"):
+        return 0
+    if not range_.default_flags & k.hmm.HMM_PFN_REQ_MIGRATE:
+        return 0
+    return int(m.flags or 0)
+
+
+def hmm_vma_capture_migrate_range(start: int, end: int, walk) -> int:
+    """mm/hmm.c hmm_vma_capture_migrate_range (series (e)), from test_walk.
+
+    The migration is of one vma: a second vma is -ERANGE. The first call
+    starts the MMU_NOTIFY_MIGRATE invalidation of [start, end) with the
+    range's dev_private_owner as owner (so the caller's own interval
+    notifier can tell it from a real invalidation); hmm_range_fault ends it
+    after the last walk, so every collect of the walk, on every rewalk, is
+    inside one notifier bracket, as migrate_vma_collect's is.
+    """
+    from hmmsim.errno import ERANGE
+    from hmmsim.include.mmu_notifier import (
+        MMU_NOTIFIER_RANGE_BLOCKABLE,
+        MMU_NOTIFY_MIGRATE,
+        mmu_notifier_range,
     )
-    migrate_vma_collect(scratch)
-    w = hmm_vma_walk(range_, L)
-    for i in range(n):
-        v = scratch.src[i]
-        if not v & MIGRATE_PFN_MIGRATE:
-            continue
-        word = L.HMM_PFN_MIGRATE
-        if not v & MIGRATE_PFN_VALID and "hmm_zero_pfn0" in k.bugs:
-            word |= L.HMM_PFN_VALID  # mutant (9.4): the RFC's "VALID | MIGRATE, pfn 0"
-        if v & MIGRATE_PFN_VALID:
-            page = migrate_pfn_to_page(v, k=k)
-            field = _device_private_word(w, page) if _is_dp(page) else _pfn_word(w, page.pfn)
-            word |= L.HMM_PFN_VALID | field
-            if v & MIGRATE_PFN_WRITE:
-                word |= L.HMM_PFN_WRITE
-        if v & MIGRATE_PFN_COMPOUND:
-            word |= L.HMM_PFN_COMPOUND | hmm_pfn_flags_order(w, HPAGE_PMD_ORDER)
-        _set(w, i, word)
+    from hmmsim.mm.mmu_notifier import mmu_notifier_invalidate_range_start
+
+    w = walk.private
+    r = w.range
+    if w.vma is not None and w.vma is not walk.vma:
+        return -ERANGE
+    w.vma = walk.vma
+    w.end = end
+    if end - start > r.end - r.start:
+        return -ERANGE
+    if w.mmu_range is None:
+        w.mmu_range = mmu_notifier_range(
+            mm=walk.mm,
+            start=start,
+            end=end,
+            flags=MMU_NOTIFIER_RANGE_BLOCKABLE,
+            event=MMU_NOTIFY_MIGRATE,
+            owner=r.dev_private_owner,
+        )
+        w.mmu_hit = mmu_notifier_invalidate_range_start(w.mmu_range)
     return 0
 
 
-def _is_dp(page) -> bool:
-    from hmmsim.mm.memremap import is_device_private_page
+def _empty_word(w: hmm_vma_walk, k) -> int:
+    """An empty slot to migrate (hole, pte_none, zero page): HMM_PFN_MIGRATE alone.
 
-    return is_device_private_page(page)
+    The RFC encoded it VALID | MIGRATE with PFN 0 (mutant hmm_zero_pfn0).
+    """
+    word = w.L.HMM_PFN_MIGRATE
+    if "hmm_zero_pfn0" in k.bugs:
+        word |= w.L.HMM_PFN_VALID  # mutant (9.4): the RFC's "VALID | MIGRATE, pfn 0"
+    return word
+
+
+def _compound_ok(w: hmm_vma_walk, k, start: int, end: int) -> bool:
+    from hmmsim.include.migrate import MIGRATE_VMA_SELECT_COMPOUND
+    from hmmsim.kconfig import PMD_SIZE
+
+    return (
+        bool(w.minfo & MIGRATE_VMA_SELECT_COMPOUND)
+        and k.config.has("d")
+        and start % PMD_SIZE == 0
+        and end % PMD_SIZE == 0
+    )
+
+
+def hmm_pfns_fill_migrate_hole(addr: int, end: int, walk) -> int:
+    """A hole (no table, pmd_none, huge zero PMD) when migrating (series (e)).
+
+    In an anonymous vma every slot is an empty page to migrate (MIGRATE
+    without VALID); a PMD-aligned hole with MIGRATE_VMA_SELECT_COMPOUND is
+    one compound slot at its first page (MIGRATE | COMPOUND | order 9) and
+    the rest 0, as migrate_vma_collect_hole does (a hole over several PMDs
+    is still one slot: known-bugs 9). Elsewhere the slots are 0.
+    """
+    w = walk.private
+    k = walk.mm.k
+    L = w.L
+    if walk.vma is None or not _vma_is_anonymous(walk.vma):
+        return hmm_pfns_fill(addr, end, w, 0)
+    empty = _empty_word(w, k)
+    if _compound_ok(w, k, addr, end):
+        hmm_pfns_fill(addr, end, w, 0)
+        i = (addr - w.range.start) >> PAGE_SHIFT
+        _set(w, i, empty | L.HMM_PFN_COMPOUND | hmm_pfn_flags_order(w, HPAGE_PMD_ORDER))
+        return 0
+    return hmm_pfns_fill(addr, end, w, empty)
+
+
+def _vma_is_anonymous(vma) -> bool:
+    from hmmsim.include.mm_types import vma_is_anonymous
+
+    return vma_is_anonymous(vma)
+
+
+def hmm_vma_walk_ptes_migrate(walk, start: int, end: int, pmdp: int, ptep: int, i: int) -> int:
+    """The PTE loop of hmm_vma_walk_pmd when migrating (series (e)).
+
+    Per entry, in one pass: hmm_vma_handle_pte (output word, or a fault and
+    -EBUSY to rewalk from there), then hmm_vma_handle_migrate_prepare under
+    the PTE lock. A large folio split by prepare is looked at again (the
+    collect's "again"); a failed split stops collecting for the rest of the
+    PMD range (migrate_vma_collect_skip) while the HMM output goes on. No
+    bulk form: the fast paths never see a migrating walk.
+    """
+    addr = start
+    collect = True
+    while addr < end:
+        ret = hmm_vma_handle_pte(walk, addr, end, pmdp, ptep, i)
+        if ret:
+            return ret
+        if collect:
+            ret = hmm_vma_handle_migrate_prepare(walk, pmdp, ptep, addr, i)
+            if ret == -EAGAIN:
+                continue
+            if ret:
+                collect = False
+        addr += PAGE_SIZE
+        ptep += 8
+        i += 1
+    return 0
+
+
+def hmm_vma_handle_migrate_prepare(walk, pmdp: int, ptep: int, addr: int, i: int) -> int:
+    """mm/hmm.c hmm_vma_handle_migrate_prepare (series (e)): collect one PTE.
+
+    Under the PTE lock, re-reads the entry hmm_vma_handle_pte just reported
+    and does what migrate_vma_collect_pmd does for it: pte_none in an anon
+    vma and the zero page (SELECT_SYSTEM) become an empty slot (MIGRATE
+    alone); a page the walk reported VALID (present, or device-private of
+    the range's owner) of a selected kind (SELECT_SYSTEM, _DEVICE_PRIVATE,
+    _DEVICE_COHERENT with a matching pgmap owner), anonymous and order 0, is
+    locked and replaced by a migration entry (migrate_vma_collect_install)
+    and its word gains HMM_PFN_MIGRATE. A page of a large folio is split
+    first (migrate_vma_split_folio; the fault folio stays locked) and
+    -EAGAIN asks the loop to look again; a failed split is -ENOENT (stop
+    collecting this PMD range). Anything else stays as reported, not
+    collected. With series (d) off a large folio is not collected (the code
+    before (d)).
+    """
+    from hmmsim.include.migrate import (
+        MIGRATE_PFN_WRITE,
+        MIGRATE_VMA_SELECT_DEVICE_COHERENT,
+        MIGRATE_VMA_SELECT_DEVICE_PRIVATE,
+        MIGRATE_VMA_SELECT_SYSTEM,
+    )
+    from hmmsim.include.mm_types import folio_test_large, page_folio
+    from hmmsim.mm.memremap import folio_is_device_coherent, folio_is_zone_device
+    from hmmsim.mm.migrate_device import migrate_vma_collect_install, migrate_vma_split_folio
+    from hmmsim.mm.pgtable import pte_lockptr
+
+    w = walk.private
+    r = w.range
+    m = r.migrate
+    k = walk.mm.k
+    swp = k.swp
+    L = w.L
+    vma = walk.vma
+    minfo = w.minfo
+    ptl = pte_lockptr(walk.mm, ptep)
+    ptl.lock()
+    try:
+        pte = ptep_get(k, ptep)
+        word = _get(r, i)
+        if pte_none(pte):
+            if _vma_is_anonymous(vma):
+                _set(w, i, _empty_word(w, k))
+            return 0
+        if not word & L.HMM_PFN_VALID:
+            return 0
+        if not pte_present(pte):
+            entry = swp.softleaf_from_pte(pte)
+            if not swp.softleaf_is_device_private(entry):
+                return 0
+            if not minfo & MIGRATE_VMA_SELECT_DEVICE_PRIVATE:
+                return 0
+            page = k.softleaf_to_page(entry)
+            writable = swp.softleaf_is_device_private_write(entry)
+        else:
+            pfn = pte_pfn(pte)
+            if is_zero_pfn(k, pfn):
+                if minfo & MIGRATE_VMA_SELECT_SYSTEM:
+                    _set(w, i, _empty_word(w, k))
+                return 0
+            page = vm_normal_page(vma, addr, pte)
+            if page is None:
+                return 0
+            if not folio_is_zone_device(page):
+                if not minfo & MIGRATE_VMA_SELECT_SYSTEM:
+                    return 0
+            elif folio_is_device_coherent(page):
+                if (
+                    not minfo & MIGRATE_VMA_SELECT_DEVICE_COHERENT
+                    or page_pgmap(page).owner is not m.pgmap_owner
+                ):
+                    return 0
+            writable = pte_write(pte)
+        folio = page_folio(page)
+        if not int(folio.a.mapping[folio.i]):
+            return 0
+        if folio_test_large(folio):
+            if not k.config.has("d") or "collect_skips_large_folio" in k.bugs:
+                # before (d): "FIXME support THP", not collected; the mutant
+                # does the same at the pin instead of splitting
+                return 0
+            ptl.unlock()
+            try:
+                split = migrate_vma_split_folio(folio, m.fault_page)
+            finally:
+                ptl.lock()
+            return -ENOENT if split else -EAGAIN
+        mpfn = MIGRATE_PFN_WRITE if writable else 0
+        if migrate_vma_collect_install(vma, addr, ptep, page, mpfn, w.fault_folio):
+            r.hmm_pfns[i] = word | L.HMM_PFN_MIGRATE
+        return 0
+    finally:
+        ptl.unlock()
+
+
+def hmm_vma_handle_migrate_prepare_pmd(walk, pmdp: int, start: int, end: int, i: int) -> int:
+    """Collect a huge PMD the walk just reported (series (e)).
+
+    Under the PMD lock, as migrate_vma_collect_huge_pmd: a THP (with
+    SELECT_SYSTEM) or an owned device-private PMD (with
+    SELECT_DEVICE_PRIVATE) whose word is VALID is locked; if the range
+    covers the whole PMD and SELECT_COMPOUND is on, a PMD migration entry
+    replaces it and the first word gains MIGRATE | COMPOUND (the other 511
+    keep their VALID words without MIGRATE: migrate_hmm_range_setup gives
+    them src 0). Otherwise the folio is split (a PMD only partly covered:
+    the split during collect) and -EAGAIN asks the caller to walk the PMD
+    again, now by PTEs. The huge zero PMD is a hole. Returns 0 or -EAGAIN.
+    With series (d) off: the code before (d) (every THP split, the zero PMD
+    split into zero PTEs).
+    """
+    from hmmsim.include.migrate import (
+        MIGRATE_VMA_SELECT_DEVICE_PRIVATE,
+        MIGRATE_VMA_SELECT_SYSTEM,
+    )
+    from hmmsim.include.mm_types import folio_get, folio_put, page_folio
+    from hmmsim.include.pgtable import pmd_pfn
+    from hmmsim.locking import folio_trylock, folio_unlock
+    from hmmsim.mm import huge_memory
+    from hmmsim.mm.pgtable import pmd_lockptr
+
+    w = walk.private
+    r = w.range
+    k = walk.mm.k
+    swp = k.swp
+    L = w.L
+    minfo = w.minfo
+    ptl = pmd_lockptr(walk.mm, pmdp)
+    ptl.lock()
+    pmd = pmdp_get(k, pmdp)
+    if pmd_trans_huge(pmd) and pmd_present(pmd):
+        if not minfo & MIGRATE_VMA_SELECT_SYSTEM:
+            ptl.unlock()
+            return 0
+        if huge_memory.is_huge_zero_pmd(k, pmd):
+            ptl.unlock()
+            if not k.config.has("d"):
+                huge_memory.__split_huge_pmd(walk.vma, pmdp, start)
+                return -EAGAIN
+            return hmm_pfns_fill_migrate_hole(start, end, walk)
+        folio = page_folio(k.mem.pfn_to_page(pmd_pfn(pmd)))
+    elif not pmd_present(pmd) and not pmd_none(pmd):
+        entry = swp.softleaf_from_pmd(pmd)
+        if not swp.softleaf_is_device_private(entry) or not minfo & (
+            MIGRATE_VMA_SELECT_DEVICE_PRIVATE
+        ):
+            ptl.unlock()
+            return 0
+        folio = page_folio(k.softleaf_to_page(entry))
+    else:
+        ptl.unlock()
+        return -EAGAIN  # changed under us: walk it again
+    if not _get(r, i) & L.HMM_PFN_VALID:
+        ptl.unlock()
+        return 0
+    folio_get(folio)
+    if folio != w.fault_folio and not folio_trylock(folio):
+        ptl.unlock()
+        folio_put(folio)
+        return 0
+    if _compound_ok(w, k, start, end):
+        if huge_memory.set_pmd_migration_entry(walk.vma, pmdp, start, folio) == 0:
+            ptl.unlock()
+            r.hmm_pfns[i] = _get(r, i) | L.HMM_PFN_MIGRATE | L.HMM_PFN_COMPOUND
+            return 0
+    ptl.unlock()
+    ret = huge_memory.split_folio(folio)
+    if folio != w.fault_folio:
+        folio_unlock(folio)
+    folio_put(folio)
+    return 0 if ret else -EAGAIN

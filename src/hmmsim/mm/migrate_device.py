@@ -445,6 +445,11 @@ def migrate_vma_collect_pmd(pmdp: int, start: int, end: int, walk) -> int:
                     addr += PAGE_SIZE
                     ptep += 8
                     continue
+                if folio_test_large(folio) and "collect_skips_large_folio" in k.bugs:
+                    _emit(migrate, 0)  # mutant: skipped, not split (see hmmsim.mutants)
+                    addr += PAGE_SIZE
+                    ptep += 8
+                    continue
                 if folio_test_large(folio):
                     ptl.unlock()
                     if migrate_vma_split_folio(folio, migrate.fault_page):
@@ -484,6 +489,15 @@ def migrate_vma_collect_pmd(pmdp: int, start: int, end: int, walk) -> int:
                     addr += PAGE_SIZE
                     ptep += 8
                     continue
+                if (
+                    folio is not None
+                    and folio_test_large(folio)
+                    and "collect_skips_large_folio" in k.bugs
+                ):
+                    _emit(migrate, 0)  # mutant: skipped, not split (see hmmsim.mutants)
+                    addr += PAGE_SIZE
+                    ptep += 8
+                    continue
                 if folio is not None and folio_test_large(folio):
                     ptl.unlock()
                     if migrate_vma_split_folio(folio, migrate.fault_page):
@@ -499,48 +513,10 @@ def migrate_vma_collect_pmd(pmdp: int, start: int, end: int, walk) -> int:
                 addr += PAGE_SIZE
                 ptep += 8
                 continue
-            folio = page_folio(page)
-            folio_get(folio)
-            if folio == fault_folio or folio_trylock(folio):
-                anon_exclusive = folio_test_anon(folio) and PageAnonExclusive(page)
-                old = ptep_get_and_clear(mm, addr, ptep)
-                if anon_exclusive and folio_try_share_anon_rmap_pte(folio, page):
-                    set_pte_at(mm, addr, ptep, old)
-                    if folio != fault_folio:
-                        folio_unlock(folio)
-                    folio_put(folio)
-                    _emit(migrate, 0)
-                    addr += PAGE_SIZE
-                    ptep += 8
-                    continue
-                migrate.cpages += 1
-                present = pte_present(old)
-                if present and pte_dirty(old):
-                    folio_mark_dirty(folio)
-                entry = make_migration_entry_for(
-                    page,
-                    write=bool(mpfn & MIGRATE_PFN_WRITE),
-                    anon_exclusive=anon_exclusive,
-                    young=present and pte_young(old),
-                    dirty=present and pte_dirty(old),
-                )
-                swp_pte = swp.swp_entry_to_pte(entry)
-                if present:
-                    if pte_soft_dirty(old):
-                        swp_pte = pte_swp_mksoft_dirty(swp_pte)
-                    if pte_uffd_wp(old):
-                        swp_pte = pte_swp_mkuffd_wp(swp_pte)
-                else:
-                    if pte_swp_soft_dirty(old):
-                        swp_pte = pte_swp_mksoft_dirty(swp_pte)
-                    if pte_swp_uffd_wp(old):
-                        swp_pte = pte_swp_mkuffd_wp(swp_pte)
-                set_pte_at(mm, addr, ptep, swp_pte)
-                folio_remove_rmap_pte(folio, page, vma)
-                folio_put(folio)
-            else:
-                folio_put(folio)
+            if not migrate_vma_collect_install(vma, addr, ptep, page, mpfn, fault_folio):
                 mpfn = 0
+            else:
+                migrate.cpages += 1
             _emit(migrate, mpfn)
             addr += PAGE_SIZE
             ptep += 8
@@ -554,6 +530,60 @@ def _emit(migrate, mpfn: int) -> None:
     migrate.dst[migrate.npages] = 0
     migrate.src[migrate.npages] = mpfn
     migrate.npages += 1
+
+
+def migrate_vma_collect_install(vma, addr: int, ptep: int, page, mpfn: int, fault_folio) -> bool:
+    """Lock page's folio and replace the entry at ptep by a migration entry.
+
+    The per-entry tail of mm/migrate_device.c migrate_vma_collect_pmd, shared
+    with series (e)'s unified walk (mm/hmm.c hmm_vma_handle_migrate_prepare
+    does the same steps in the HMM walk): a reference, folio_trylock (not
+    for the fault folio, already locked), the anon-exclusive share check
+    (failure: the PTE is put back), the migration entry with the old entry's
+    write (from mpfn's MIGRATE_PFN_WRITE), young, dirty, soft-dirty and
+    uffd-wp bits, and the rmap removal. Context: the PTE lock is held.
+    Returns True if the page is now collected (locked, unmapped here).
+    """
+    mm = vma.vm_mm
+    swp = mm.k.swp
+    folio = page_folio(page)
+    folio_get(folio)
+    if not (folio == fault_folio or folio_trylock(folio)):
+        folio_put(folio)
+        return False
+    anon_exclusive = folio_test_anon(folio) and PageAnonExclusive(page)
+    old = ptep_get_and_clear(mm, addr, ptep)
+    if anon_exclusive and folio_try_share_anon_rmap_pte(folio, page):
+        set_pte_at(mm, addr, ptep, old)
+        if folio != fault_folio:
+            folio_unlock(folio)
+        folio_put(folio)
+        return False
+    present = pte_present(old)
+    if present and pte_dirty(old):
+        folio_mark_dirty(folio)
+    entry = make_migration_entry_for(
+        page,
+        write=bool(mpfn & MIGRATE_PFN_WRITE),
+        anon_exclusive=anon_exclusive,
+        young=present and pte_young(old),
+        dirty=present and pte_dirty(old),
+    )
+    swp_pte = swp.swp_entry_to_pte(entry)
+    if present:
+        if pte_soft_dirty(old):
+            swp_pte = pte_swp_mksoft_dirty(swp_pte)
+        if pte_uffd_wp(old):
+            swp_pte = pte_swp_mkuffd_wp(swp_pte)
+    else:
+        if pte_swp_soft_dirty(old):
+            swp_pte = pte_swp_mksoft_dirty(swp_pte)
+        if pte_swp_uffd_wp(old):
+            swp_pte = pte_swp_mkuffd_wp(swp_pte)
+    set_pte_at(mm, addr, ptep, swp_pte)
+    folio_remove_rmap_pte(folio, page, vma)
+    folio_put(folio)
+    return True
 
 
 def migrate_vma_collect(migrate) -> None:
@@ -699,10 +729,55 @@ def migrate_vma_setup(args) -> int:
             args.src[i] = 0
     args.cpages = 0
     args.npages = 0
+    if vma.vm_mm.k.config.has("e"):
+        return _migrate_vma_setup_unified(args, nr_pages)
     migrate_vma_collect(args)
     if args.cpages:
         migrate_vma_unmap(args)
     return 0
+
+
+#: Series (e): migrate_vma_setup also faults ("for the migrate_vma_setup()
+#: call paths, a flag, MIGRATE_VMA_FAULT"). The RFC made it 1 << 3, which
+#: series (d) (merged) gave to MIGRATE_VMA_SELECT_COMPOUND; the model uses the
+#: next free bit. Only meaningful with series (e).
+MIGRATE_VMA_FAULT = 1 << 4
+
+
+def _migrate_vma_setup_unified(args, nr_pages: int) -> int:
+    """migrate_vma_setup of series (e): the collect is hmm_range_fault's walk.
+
+    As the series' migrate_vma_setup: an hmm_range without a notifier over
+    [start, end), default_flags HMM_PFN_REQ_MIGRATE (| HMM_PFN_REQ_FAULT with
+    MIGRATE_VMA_FAULT), dev_private_owner = pgmap_owner, migrate = args;
+    hmm_range_fault walks once, collecting entry by entry
+    (mm/hmm.c hmm_vma_handle_migrate_prepare); migrate_hmm_range_setup turns
+    the words into src[] and runs the unmap step. The words live in a
+    scratch array here (the series aliases them with src[]; the same slots
+    are read then written, so the result is the same). Returns 0, or the
+    walk's error (-ERANGE, or with MIGRATE_VMA_FAULT -EFAULT/-EPERM); src[]
+    is set up either way, so finalize unlocks whatever was collected.
+    """
+    from hmmsim.include.hmm import hmm_range
+    from hmmsim.mm.hmm import hmm_range_fault
+
+    k = args.vma.vm_mm.k
+    L = k.hmm
+    flags = L.HMM_PFN_REQ_MIGRATE
+    if args.flags & MIGRATE_VMA_FAULT:
+        flags |= L.HMM_PFN_REQ_FAULT
+    rng = hmm_range(
+        notifier=None,
+        start=args.start,
+        end=args.end,
+        hmm_pfns=[0] * nr_pages,
+        default_flags=flags,
+        dev_private_owner=args.pgmap_owner,
+        migrate=args,
+    )
+    ret = hmm_range_fault(rng)
+    migrate_hmm_range_setup(rng)
+    return ret
 
 
 # ----------------------------------------------------------------------------------------
@@ -1151,9 +1226,9 @@ def migrate_hmm_range_setup(range_) -> None:
     The caller filled range.migrate's src/dst arrays, pgmap_owner and flags.
     """
     m = range_.migrate
-    if m is None:
+    if m is None or m.vma is None:
         return
-    k = range_.notifier.mm.k
+    k = m.vma.vm_mm.k
     L = k.hmm
     m.npages = (m.end - m.start) >> PAGE_SHIFT
     m.cpages = 0

@@ -140,6 +140,20 @@ def _script_paths(out: str | None, seed: int, n: int) -> list[Path]:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object, no progress bar.")
 @click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Shard the run's seeds over N processes (hmmsim.testing.fuzz_parallel).",
+)
+@click.option(
+    "--ray",
+    is_flag=False,
+    flag_value="local",
+    default=None,
+    metavar="[=ADDRESS]",
+    help="Shards as Ray tasks: a local cluster, or --ray=ADDRESS (pip install '.[ray]').",
+)
+@click.option(
     "--out",
     type=click.Path(dir_okay=False),
     default=None,
@@ -158,12 +172,18 @@ def fuzz(
     bugs: tuple[str, ...],
     kernel: str,
     as_json: bool,
+    workers: int | None,
+    ray: str | None,
     out: str | None,
 ) -> None:
     """Fuzz the model against a shadow of every process's bytes; shrink what fails."""
     from hmmsim.testing.fuzz import FuzzReport, run_fuzz
 
     configs, feature_label = _configs(features, conflict_resolution, kernel)
+    if workers is not None or ray is not None:
+        from hmmsim.testing.fuzz_parallel import parallel_runner
+
+        run_fuzz = parallel_runner(workers, ray)  # seeds sharded, one merged report
     if kernel != "mainline":
         feature_label += f"; kernel profile {kernel}"
     progress = None

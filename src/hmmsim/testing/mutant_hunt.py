@@ -75,6 +75,7 @@ HUNTS: dict[str, Hunt] = {
     "pvmw_no_device_private_flag": Hunt(
         "alias", features=frozenset("abcd"), steps=40, seeds=(0, 1)
     ),
+    "collect_skips_large_folio": Hunt("explore", "thp_split_vs_fault_page", 1, 50),
 }
 
 
