@@ -447,3 +447,37 @@ def test_mremap_marks_a_moved_pmd_soft_dirty(what):
     if fd is not None:
         p.close(fd)
     check_invariants(k)
+
+
+# --- mremap of PTEs ------------------------------------------------------------------------
+@pytest.mark.parametrize("what", ["ram", "device", "migration"])
+@pytest.mark.parametrize("profile", ["mainline", "6.12"])
+def test_mremap_marks_moved_ptes_soft_dirty(what, profile):
+    """move_ptes sets soft-dirty on every entry it moves (move_soft_dirty_pte):
+    the PTE bit of a present page, the swap-PTE bit of a device-private or
+    migration entry; the target vma is made before clear_refs, so only the
+    entries' own bits can show."""
+    from hmmsim.include.mman import MREMAP_FIXED, MREMAP_MAYMOVE
+
+    k = kernel(profile)
+    p = k.spawn("t")
+    a = p.mmap(0, 2 * PAGE, RW, ANON)
+    p.store_array(a, np.arange(2 * 1024, dtype=np.int32))
+    b = p.mmap(0, 2 * PAGE, RW, ANON)
+    fd = None
+    if what != "ram":
+        fd = p.open("/dev/hmm_dmirror0", O_RDWR)
+        migrate(p, fd, HMM_DMIRROR_MIGRATE_TO_DEV, a, 2)
+    assert clear_refs(p) == 2
+    assert not any(w & PM_SOFT_DIRTY for w in words(p, a, 2))
+    ev = Eviction(k) if what == "migration" else None
+    if ev is not None:
+        assert kind(p, a) == ("pte", "migration")
+    assert p.mremap(a, 2 * PAGE, 2 * PAGE, MREMAP_MAYMOVE | MREMAP_FIXED, b) == b
+    present = PM_PRESENT | PM_MMAP_EXCLUSIVE if what == "ram" else PM_SWAP
+    assert words(p, b, 2) == [present | PM_SOFT_DIRTY] * 2
+    if ev is not None:
+        ev.fail_back()
+    if fd is not None:
+        p.close(fd)
+    check_invariants(k)

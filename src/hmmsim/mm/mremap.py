@@ -17,7 +17,13 @@ from hmmsim.include.mm import VM_ACCOUNT, VM_HUGETLB, VM_SHARED
 from hmmsim.include.mm_types import vm_area_struct
 from hmmsim.include.mman import MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE
 from hmmsim.include.mmu_notifier import MMU_NOTIFY_UNMAP
-from hmmsim.include.pgtable import pmd_none, pte_none
+from hmmsim.include.pgtable import (
+    pmd_none,
+    pte_mksoft_dirty,
+    pte_none,
+    pte_present,
+    pte_swp_mksoft_dirty,
+)
 from hmmsim.include.uapi_types import U64_MASK
 from hmmsim.kconfig import MMAP_MIN_ADDR, PAGE_SHIFT, PAGE_SIZE, PMD_MASK, PMD_SIZE, TASK_SIZE
 from hmmsim.mm import huge_memory
@@ -83,7 +89,21 @@ def move_page_tables(vma, old_addr: int, new_vma, new_addr: int, length: int) ->
     return done
 
 
+def move_soft_dirty_pte(pte: int) -> int:
+    """mm/mremap.c move_soft_dirty_pte: a moved entry is marked soft-dirty so
+    that userspace tracking soft-dirty sees the move: the PTE bit on a present
+    entry, the swap-PTE bit on any other non-none entry (swap, migration,
+    device-private, device-exclusive)."""
+    if pte_none(pte):
+        return pte
+    if pte_present(pte):
+        return pte_mksoft_dirty(pte)
+    return pte_swp_mksoft_dirty(pte)
+
+
 def move_ptes(mm, old_pmdp: int, old_addr: int, new_pmdp: int, new_addr: int, extent: int) -> None:
+    """mm/mremap.c move_ptes: take each entry off the old PTE table and put it,
+    marked soft-dirty, in the new one."""
     k = mm.k
     src = pte_offset_map(k, pmdp_get(k, old_pmdp), old_addr)
     dst = pte_offset_map(k, pmdp_get(k, new_pmdp), new_addr)
@@ -92,7 +112,7 @@ def move_ptes(mm, old_pmdp: int, old_addr: int, new_pmdp: int, new_addr: int, ex
             pte = ptep_get(k, src)
             if not pte_none(pte):
                 ptep_get_and_clear(mm, old_addr + off, src)
-                set_pte_at(mm, new_addr + off, dst, pte)
+                set_pte_at(mm, new_addr + off, dst, move_soft_dirty_pte(pte))
             src += 8
             dst += 8
 
