@@ -580,23 +580,36 @@ class _Checker:
         refs = [_pairs(c) for c in (self.refs, cache_refs, k.driver_refs)]
         pins = _pairs(k.pins)
         for r in list(mem.ranges) + list(k.device_private_space.ranges):
-            p = r.pages
-            base = r.base
-            in_use = (p.flags & PGTY_buddy) == 0
+            self._check_range_counts(r, pte_maps, refs, pins)
+
+    def _check_range_counts(self, r, pte_maps, refs, pins) -> None:
+        """check_counts for one memory range. Each rule is "for every page in
+        use (not free in the buddy, not reserved) ..."; the arrays are compared
+        whole first and the in-use test is applied to the disagreeing pages
+        only (the same pages, in the same order, as testing every page)."""
+        mem = self.k.mem
+        p = r.pages
+        base = r.base
+
+        def in_use(i: np.ndarray) -> np.ndarray:
+            keep = (p.flags[i] & PGTY_buddy) == 0
             if r is mem.ram:
-                in_use &= (p.flags & PG_reserved) == 0
-            pte = np.zeros(p.nr, dtype=np.int64)
-            _add_in(pte, base, *pte_maps)
-            bulk = self.bulk.get(id(r))
-            if bulk:
-                pte += np.bincount(np.concatenate(bulk[0]), minlength=p.nr)
-            bad = np.nonzero(in_use & (p._mapcount.astype(np.int64) + 1 != pte))[0]
-            for i in bad[:10]:
-                self.bad(
-                    f"pfn {base + int(i):#x}: _mapcount says {int(p._mapcount[i]) + 1} "
-                    f"PTE mappings, page tables have {int(pte[i])}"
-                )
-            heads = np.nonzero(in_use & ((p.flags & PG_head) != 0))[0]
+                keep &= (p.flags[i] & PG_reserved) == 0
+            return i[keep]
+
+        pte = np.zeros(p.nr, dtype=np.int64)
+        _add_in(pte, base, *pte_maps)
+        bulk = self.bulk.get(id(r))
+        if bulk:
+            pte += np.bincount(np.concatenate(bulk[0]), minlength=p.nr)
+        bad = in_use(np.nonzero(p._mapcount != pte - 1)[0])
+        for i in bad[:10]:
+            self.bad(
+                f"pfn {base + int(i):#x}: _mapcount says {int(p._mapcount[i]) + 1} "
+                f"PTE mappings, page tables have {int(pte[i])}"
+            )
+        heads = in_use(np.nonzero(p.flags & PG_head)[0])
+        if len(heads):
             # every head's PMD mappings and PTE mappings of its pages, as
             # arrays; only the heads where either count disagrees are reported
             ents = np.zeros(len(heads), dtype=np.int64)
@@ -625,31 +638,37 @@ class _Checker:
                         f"folio {pfn:#x}: large mapcount {int(p._large_mapcount[i]) + 1}"
                         f" but {total} mappings"
                     )
-            tails = in_use & (p.head_off != 0)
-            for i in np.nonzero(tails & (p._refcount != 0))[0][:10]:
-                self.bad(f"tail page {base + int(i):#x} has refcount {int(p._refcount[i])}")
-            expected = np.zeros(p.nr, dtype=np.int64)
-            if bulk:
-                expected += np.bincount(np.concatenate(bulk[1]), minlength=p.nr)
-            for keys, vals in refs:
-                _add_in(expected, base, keys, vals)
-            keys, vals = pins
-            sel = (keys >= base) & (keys < base + p.nr)
-            if sel.any():  # a pin of a small folio counts GUP_PIN_COUNTING_BIAS
-                i = keys[sel] - base
-                small = (p.flags[i] & PG_head) == 0
-                np.add.at(expected, i, vals[sel] * np.where(small, GUP_PIN_COUNTING_BIAS, 1))
-            check = in_use & (p.head_off == 0) & ((p.flags & (PG_zero | PGTY_table)) == 0)
-            check &= ~(((p.flags & PG_hugetlb) != 0) & (p._refcount == 0))  # hugetlb pool
-            for pfn in self.migrating:
-                if base <= pfn < r.end:
-                    check[pfn - base] = False
-            for i in np.nonzero(check & (p._refcount != expected))[0][:10]:
-                i = int(i)
-                self.bad(
-                    f"folio {base + i:#x}: refcount {int(p._refcount[i])} but "
-                    f"{int(expected[i])} references found (mappings, cache, pins)"
-                )
+        tails = np.nonzero(p.head_off)[0]
+        tails = in_use(tails[p._refcount[tails] != 0])
+        for i in tails[:10]:
+            self.bad(f"tail page {base + int(i):#x} has refcount {int(p._refcount[i])}")
+        expected = np.zeros(p.nr, dtype=np.int64)
+        if bulk:
+            expected += np.bincount(np.concatenate(bulk[1]), minlength=p.nr)
+        for keys, vals in refs:
+            _add_in(expected, base, keys, vals)
+        keys, vals = pins
+        sel = (keys >= base) & (keys < base + p.nr)
+        if sel.any():  # a pin of a small folio counts GUP_PIN_COUNTING_BIAS
+            i = keys[sel] - base
+            small = (p.flags[i] & PG_head) == 0
+            np.add.at(expected, i, vals[sel] * np.where(small, GUP_PIN_COUNTING_BIAS, 1))
+        # folios whose refcount is checked: heads and small pages in use, not
+        # the zero page or page tables, not an unused hugetlb pool page, and
+        # not under migration
+        cand = in_use(np.nonzero(p._refcount != expected)[0])
+        f = p.flags[cand]
+        keep = (p.head_off[cand] == 0) & ((f & (PG_zero | PGTY_table)) == 0)
+        keep &= ~(((f & PG_hugetlb) != 0) & (p._refcount[cand] == 0))  # hugetlb pool
+        for pfn in self.migrating:
+            if base <= pfn < r.end:
+                keep &= cand != pfn - base
+        for i in cand[keep][:10]:
+            i = int(i)
+            self.bad(
+                f"folio {base + i:#x}: refcount {int(p._refcount[i])} but "
+                f"{int(expected[i])} references found (mappings, cache, pins)"
+            )
 
 
 def _pairs(counter) -> tuple[np.ndarray, np.ndarray]:
