@@ -521,11 +521,10 @@ class _Checker:
             if pt is None or not callable(getattr(pt, "items", None)):
                 continue
             backing = getattr(type(mni.ops), "backing_page", None)
+            pmds: dict[int, int] = {}
             for vpn, (page, tag) in pt.items():
                 addr = vpn << PAGE_SHIFT
-                from hmmsim.userspace import entry_at
-
-                level, e = entry_at(proc, addr)
+                level, e = self._entry_at(proc, addr, pmds)
                 ok, writable = False, False
                 if level == "pmd" and pmd_present(e):
                     ok = pmd_pfn(e) + ((addr >> PAGE_SHIFT) & 511) == page.pfn
@@ -562,6 +561,24 @@ class _Checker:
                         f"pid {proc.pid}: mirror {mni.ops!r} maps {addr:#x} writable "
                         f"but the CPU mapping is read-only"
                     )
+
+    def _entry_at(self, proc, addr: int, pmds: dict[int, int]) -> tuple[str, int]:
+        """userspace.entry_at(proc, addr), reading each PMD once per check
+        (pmds: PMD index -> PMD word; nothing changes while the checker runs)."""
+        from hmmsim.include.pgtable import _PAGE_PRESENT, _PAGE_PSE
+        from hmmsim.mm.pgtable import pmd_offset, pmdp_get, pte_offset_map, ptep_get
+
+        k = self.k
+        key = addr >> PMD_SHIFT
+        pmd = pmds.get(key)
+        if pmd is None:
+            pmdp = pmd_offset(proc.mm, addr)
+            pmd = pmds[key] = 0 if pmdp is None else pmdp_get(k, pmdp)
+        if not pmd:
+            return "none", 0
+        if pmd & _PAGE_PSE or not pmd & _PAGE_PRESENT:
+            return "pmd", pmd
+        return "pte", ptep_get(k, pte_offset_map(k, pmd, addr))
 
     # --- metadata vs what was found ---------------------------------------------------------
     def check_counts(self) -> None:
