@@ -906,14 +906,25 @@ class World:
             addr = blk_end
 
     def _frames_equal(self, pgs: list, pfns: np.ndarray) -> bool:
-        """Whether the RAM frames pfns hold exactly the shadow bytes of pages pgs
-        (one compare for them all; False also when a PFN is not a RAM frame)."""
-        ram = self.k.mem.ram
-        nr = ram.pages.nr
-        if ram.frames is None or int(pfns.min()) < 0 or int(pfns.max()) >= nr:
+        """Whether the frames pfns (RAM or device-coherent: any range with a
+        linear map) hold exactly the shadow bytes of pages pgs, in one
+        compare; False also when a PFN has no frame (the per-page path then
+        reports it)."""
+        got = np.empty((len(pfns), PAGE_SIZE), dtype=np.uint8)
+        covered = 0
+        for r in self.k.mem.ranges:
+            sel = (pfns >= r.base) & (pfns < r.end)
+            n = int(np.count_nonzero(sel))
+            if not n:
+                continue
+            if r.frames is None:
+                return False
+            got[sel] = r.frames[pfns[sel] - r.base]
+            covered += n
+        if covered != len(pfns):
             return False
         want = b"".join(_ZERO_PAGE if pg.cell.data is None else pg.cell.data for pg in pgs)
-        return ram.frames[pfns - ram.base].tobytes() == want
+        return got.tobytes() == want
 
     def _ptes_equal(self, ps: ProcState, addr: int, ptes: np.ndarray) -> list[bool] | None:
         """verify()'s bulk form for one table: the pages mapped by present PTEs
