@@ -70,12 +70,13 @@ from hmmsim.testing.fuzz.ops import (
     describe_bytes,
     fill,
 )
-from hmmsim.testing.fuzz.peek import PeekError, peek, peek_frame
+from hmmsim.testing.fuzz.peek import PeekError, peek, peek_frame, peek_unmapped
 from hmmsim.testing.invariants import check_invariants, strict_word_check
 from hmmsim.userspace import BusError, OutOfMemory, SegmentationFault, entry_at
 
 #: verify(): a page with nothing populated (reads as zeros)
 _NONE = object()
+_UNMAPPED = object()
 _ZERO_PAGE = bytes(PAGE_SIZE)
 
 
@@ -889,7 +890,7 @@ class World:
                     if pg is None or pg.cell is None:
                         continue
                     if pte_none(e):
-                        self._verify_page(ps, a, pg, _NONE if pg.obj is None else None)
+                        self._verify_page(ps, a, pg, _NONE if pg.obj is None else _UNMAPPED)
                     elif pte_present(e):
                         self._verify_page(ps, a, pg, k.mem.frame(pte_pfn(e)))
                     else:
@@ -902,7 +903,7 @@ class World:
                     if pg.obj is None and pg.cell.data is None:  # zeros read as zeros
                         self.bytes_checked += PAGE_SIZE
                         continue
-                    self._verify_page(ps, a, pg, _NONE if pg.obj is None else None)
+                    self._verify_page(ps, a, pg, _NONE if pg.obj is None else _UNMAPPED)
             addr = blk_end
 
     def _frames_equal(self, pgs: list, pfns: np.ndarray) -> bool:
@@ -981,10 +982,14 @@ class World:
                 self._verify_page(ps, v << PAGE_SHIFT, pg, None)
 
     def _verify_page(self, ps: ProcState, a: int, pg: PageState, got) -> None:
-        """Compare one page; got is its frame, _NONE for zeros, None to peek_frame()."""
-        if got is None:
+        """Compare one page; got is its frame, _NONE for zeros, None to
+        peek_frame(), _UNMAPPED to peek_unmapped() (no entry maps it)."""
+        if got is None or got is _UNMAPPED:
             try:
-                got = peek_frame(self.k, ps.proc, a)
+                if got is None:
+                    got = peek_frame(self.k, ps.proc, a)
+                else:
+                    got = peek_unmapped(self.k, ps.proc, a)
             except PeekError as e:
                 raise FuzzFailure(
                     "data", f"p{ps.h}: {e}", check=[f"peek(k, p{ps.h}, {a:#x}, {PAGE_SIZE})"]
