@@ -7,7 +7,7 @@ folio_lock/folio_unlock, folio_set_count, folio_reset_order,
 clear_compound_head ...) and page->zone_device_data, which belongs to the
 driver; it never reaches into a dev_pagemap's internals (the model's
 _refs, _killed, _ranges, _chunk, _id stand for the percpu_ref, the xarray
-and container_of). These tests parse drivers/test_hmm/ with `ast` and fail
+and container_of). These tests parse drivers/ (test_hmm/ and gpu.py) with `ast` and fail
 on a direct store into a struct page column other than zone_device_data,
 or on any access to a private dev_pagemap attribute. The one exception is
 the C's own: dmirror_devmem_folio_split writes the new tail folio's
@@ -28,6 +28,7 @@ from hmmsim.include.memremap import dev_pagemap
 from hmmsim.include.mm_types import PAGE_FIELDS
 
 DRIVER = Path(th.__file__).parent
+DRIVERS = DRIVER.parent
 
 #: struct page columns (include/mm_types.PageArrays)
 COLUMNS = frozenset(name for name, _ in PAGE_FIELDS)
@@ -96,10 +97,11 @@ def drv(page, a, i, pgmap, chunk):
     assert not any("zone_device_data" in v for v in found)
 
 
-def test_the_driver_uses_only_the_driver_api():
-    files = sorted(DRIVER.glob("*.py"))
-    assert {f.name for f in files} >= {"devmem.py", "mirror.py", "ioctl.py", "migrate.py"}
-    found = [v for f in files for v in violations(f.read_text(), f.name)]
+def test_the_drivers_use_only_the_driver_api():
+    files = sorted(DRIVERS.rglob("*.py"))
+    names = {str(f.relative_to(DRIVERS)) for f in files}
+    assert names >= {"gpu.py", "test_hmm/devmem.py", "test_hmm/mirror.py", "test_hmm/migrate.py"}
+    found = [v for f in files for v in violations(f.read_text(), str(f.relative_to(DRIVERS)))]
     assert found == []
 
 
