@@ -81,7 +81,7 @@ DPT_XA_TAG_WRITE = 3
 ULONG_MAX = (1 << 64) - 1
 
 
-# --- helpers the driver uses --------------------------------------------------------------
+# --- page helpers -------------------------------------------------------------------------
 def _zdd_get(page: Page):
     """page->zone_device_data naming an object (a dmirror), or None."""
     v = int(page.a.zone_device_data[page.i])

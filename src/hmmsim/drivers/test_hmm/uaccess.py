@@ -157,6 +157,3 @@ def _copy_from_user(proc, uptr, size: int) -> np.ndarray | int:
     if view.size < size:
         return -EFAULT
     return view[:size].copy()
-
-
-# --- devices and chunks ----------------------------------------------------------------------
