@@ -162,6 +162,8 @@ def test_parse_converts_to_c_types():
         ("ioctl s0 READ 0 1 color=red\n", 1, "unknown ioctl option"),
         ("ioctl s0 READ 0 1 seed=1 seed=2\n", 1, "twice"),
         ("reap now\n", 1, "takes 0"),
+        ("clear_refs 10\n", 1, "one digit"),
+        ("clear_refs\n", 1, "clear_refs takes"),
     ],
 )
 def test_parse_errors_name_the_line(text, line, words):
@@ -341,6 +343,22 @@ def test_pagemap_after_stores_and_migration():
     assert "x" not in out[5] and "f" not in out[5]
     assert out[6] == f"7 load = {h(1, A)},{h(1, A + 0x1000)}"
     assert out[7] == "8 pagemap = pxd*2"
+
+
+def test_clear_refs_clears_soft_dirty_and_a_write_sets_it():
+    out = lines(
+        f"mmap {A:#x} 8192 read|write private|anon|fixed_noreplace\n"
+        f"store {A:#x} 2 1\n"
+        "clear_refs 4\n"
+        f"pagemap {A:#x} 2\n"
+        f"store {A:#x} 1 2\n"
+        f"pagemap {A:#x} 2\n"
+        "clear_refs 9\n"
+    )
+    assert out[2] == "3 clear_refs = 2"
+    assert out[3] == "4 pagemap = px*2"
+    assert out[5] == "6 pagemap = pxd,px"
+    assert out[6] == "7 clear_refs = -EINVAL"
 
 
 def test_errors_are_lines_never_tracebacks(monkeypatch):

@@ -113,7 +113,7 @@ static const struct sym ioctl_syms[] = {
 /* ---- parsed program ---- */
 enum opkind {
 	OP_MMAP, OP_MUNMAP, OP_MPROTECT, OP_MADVISE, OP_MREMAP, OP_STORE,
-	OP_LOAD, OP_POKE, OP_PEEK, OP_PAGEMAP, OP_OPEN, OP_CLOSE, OP_FTRUNCATE,
+	OP_LOAD, OP_POKE, OP_PEEK, OP_PAGEMAP, OP_CLEAR_REFS, OP_OPEN, OP_CLOSE, OP_FTRUNCATE,
 	OP_IOCTL, OP_FORK, OP_END, OP_REAP,
 };
 
@@ -352,6 +352,12 @@ static void parse_file(const char *path)
 			o->kind = OP_PAGEMAP;
 			o->a[0] = parse_num(lineno, tok[1]);
 			o->a[1] = parse_num(lineno, tok[2]);
+		} else if (!strcmp(n, "clear_refs")) {
+			need(lineno, ntok, 1, 1, n);
+			o->kind = OP_CLEAR_REFS;
+			o->a[0] = parse_num(lineno, tok[1]);
+			if (o->a[0] > 9)
+				die_parse(lineno, "clear_refs TYPE: expected one digit", tok[1]);
 		} else if (!strcmp(n, "open")) {
 			need(lineno, ntok, 3, 3, n);
 			o->kind = OP_OPEN;
@@ -749,6 +755,28 @@ static void do_pagemap(u64 addr, u64 npages)
 	free(ent);
 }
 
+/* ---- clear_refs ---- */
+static void do_clear_refs(u64 kind)
+{
+	char buf[2] = {(char)('0' + kind), '\n'};
+	int fd = open("/proc/self/clear_refs", O_WRONLY);
+
+	if (fd < 0) {
+		res_add("= ");
+		res_errno(errno);
+		return;
+	}
+	ssize_t n = write(fd, buf, 2);
+	int e = errno;
+	close(fd);
+	if (n < 0) {
+		res_add("= ");
+		res_errno(e);
+		return;
+	}
+	res_add("= %zd", n);
+}
+
 /* ---- fds and ioctls ---- */
 static int slots[NSLOTS];
 
@@ -1049,6 +1077,9 @@ static void run_op(int i)
 		break;
 	case OP_PAGEMAP:
 		do_pagemap(o->a[0], o->a[1]);
+		break;
+	case OP_CLEAR_REFS:
+		do_clear_refs(o->a[0]);
 		break;
 	case OP_OPEN:
 		r = syscall(SYS_open, o->path, (long)(int)o->a[0], 0600L);

@@ -30,12 +30,14 @@ from hmmsim.include.mman import (
     MAP_POPULATE,
     MAP_PRIVATE,
     O_RDONLY,
+    O_WRONLY,
     PROT_READ,
     PROT_WRITE,
 )
 from hmmsim.scenario.lang import (
     BUF,
     BUF_PAGES,
+    CLEAR_REFS_PATH,
     NSLOTS,
     PAGE_SIZE,
     PAGEMAP_PATH,
@@ -522,6 +524,18 @@ class Interpreter:
             return _sys(data)
         words = np.frombuffer(bytes(data[: len(data) // 8 * 8]), dtype="<u8")
         return "= " + rle([pagemap_token(int(w)) for w in words])
+
+    def op_clear_refs(self, task: _Task, op: Op) -> str:
+        """write(fd, "TYPE\\n", 2) to /proc/self/clear_refs: the bytes written."""
+        (kind,) = op.args
+        p = task.proc
+        fd = p.open(CLEAR_REFS_PATH, O_WRONLY)
+        if fd < 0:
+            return _sys(fd)
+        try:
+            return _sys(p.pwrite(fd, f"{kind}\n".encode(), 0))
+        finally:
+            p.close(fd)
 
     def op_ioctl(self, task: _Task, op: Op) -> str:
         slot, request, addr, npages = op.args

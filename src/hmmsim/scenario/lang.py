@@ -91,6 +91,7 @@ IOCTL_NAMES = {
 }
 DEVICE_PATHS = tuple(f"/dev/hmm_dmirror{i}" for i in range(4))
 PAGEMAP_PATH = "/proc/self/pagemap"
+CLEAR_REFS_PATH = "/proc/self/clear_refs"
 _TMP_NAME = re.compile(r"/tmp/[A-Za-z0-9._-]{1,64}\Z")
 _INT = re.compile(r"(-?[0-9]+|0[xX][0-9a-fA-F]+)\Z")
 
@@ -212,6 +213,7 @@ _ARITY = {
     "poke": (2, 0),
     "peek": (1, 0),
     "pagemap": (2, 0),
+    "clear_refs": (1, 0),
     "open": (3, 0),
     "close": (1, 0),
     "ftruncate": (2, 0),
@@ -282,6 +284,11 @@ def _parse_op(line: int, name: str, a: list[str]) -> Op:
         args = (_aligned(plain[0], line, align), _count(plain[1], line))
     elif name == "poke":
         args = (_aligned(plain[0], line, 8), _u(plain[1], line, "VALUE"))
+    elif name == "clear_refs":
+        kind = parse_int(plain[0], line, "TYPE")
+        if not 0 <= kind <= 9:
+            raise ScenarioError(line, f"TYPE {plain[0]!r}: expected one digit (written as 'N\\n')")
+        args = (kind,)
     elif name == "peek":
         args = (_aligned(plain[0], line, 8),)
     elif name == "open":
