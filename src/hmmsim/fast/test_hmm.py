@@ -519,10 +519,7 @@ def dmirror_devmem_fault_alloc_and_copy_bulk(d, args, copies) -> int:
     dw = (new.astype(np.uint64) << np.uint64(MIGRATE_PFN_SHIFT)) | np.uint64(MIGRATE_PFN_VALID)
     dw |= vals & np.uint64(MIGRATE_PFN_WRITE)
     store_slots(dst, take, dw)
-    base = args.start >> PAGE_SHIFT
-    discard = d.pt.discard
-    for i in take.tolist():
-        discard(base + i)
+    d.pt.discard_many((take + (args.start >> PAGE_SHIFT)).tolist())
     copies.to.extend(new.tolist())
     copies.frm.extend(back.tolist())
     return n
