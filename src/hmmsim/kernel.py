@@ -82,6 +82,8 @@ class Kernel:
         self.pins: dict[int, int] = {}
         #: references drivers hold on system folios (e.g. dmirror backing pages)
         self.driver_refs: Counter = Counter()
+        #: drivers' invariant checks (testing/invariants.py runs each: k -> problems)
+        self.invariant_hooks: list = []
         self.deferred_split_queue: list[int] = []
         self.pgmaps: dict[int, object] = {}
         self.devices: dict[str, object] = {}

@@ -275,10 +275,10 @@ def _outcome(w: World, args):
 @pytest.mark.parametrize("cfg", sorted(CONFIGS))
 @pytest.mark.parametrize("seed,common", [(4, 0.7), (5, 0.7), (10, 0.97), (11, 0.97)])
 def test_driver_snapshot_and_read_match(seed, common, cfg, monkeypatch):
-    import hmmsim.drivers.test_hmm as th
+    import hmmsim.fast.test_hmm as ft
 
     ran = {"read": 0, "fault": 0}
-    real_read, real_fault = th.dmirror._do_read_bulk, th.dmirror._do_fault_bulk
+    real_read, real_fault = ft.dmirror_do_read_bulk, ft.dmirror_do_fault_bulk
 
     def read(self, *args):
         done = real_read(self, *args)
@@ -290,8 +290,8 @@ def test_driver_snapshot_and_read_match(seed, common, cfg, monkeypatch):
         ran["fault"] += done
         return done
 
-    monkeypatch.setattr(th.dmirror, "_do_read_bulk", read)
-    monkeypatch.setattr(th.dmirror, "_do_fault_bulk", fault)
+    monkeypatch.setattr(ft, "dmirror_do_read_bulk", read)
+    monkeypatch.setattr(ft, "dmirror_do_fault_bulk", fault)
     fast, slow = pair(seed, cfg, True, common)
     rng = random.Random(seed)
     for step in range(8):
@@ -351,17 +351,17 @@ def bulk_calls(monkeypatch):
 @pytest.mark.parametrize("cfg", sorted(CONFIGS))
 @pytest.mark.parametrize("seed,fork", [(6, True), (7, False), (8, False), (9, True)])
 def test_migration_round_trips_match(seed, fork, cfg, bulk_calls, monkeypatch):
-    import hmmsim.drivers.test_hmm as th
+    import hmmsim.fast.test_hmm as ft
 
     direct = {"taken": 0, "declined": 0}
-    real_direct = th.dmirror._read_to_user_direct
+    real_direct = ft.dmirror_read_to_user
 
     def spy(self, *args):
         done = real_direct(self, *args)
         direct["declined" if done is None else "taken"] += 1
         return done
 
-    monkeypatch.setattr(th.dmirror, "_read_to_user_direct", spy)
+    monkeypatch.setattr(ft, "dmirror_read_to_user", spy)
     # the fork-free worlds are mostly plain pages, so long windows stay common
     fast, slow = pair(seed, cfg, fork, 0.7 if fork else 0.97)
     rng = random.Random(seed)

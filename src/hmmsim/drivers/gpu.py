@@ -66,6 +66,7 @@ from hmmsim.kconfig import HPAGE_PMD_ORDER, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
 from hmmsim.locking import Lock, folio_lock
 from hmmsim.mm.hmm import hmm_pfn_to_page, hmm_range_fault
 from hmmsim.mm.memremap import (
+    device_private_offset_to_page,
     is_device_private_page,
     memremap_device_private_pagemap,
     memremap_pages,
@@ -140,7 +141,7 @@ class GpuChunk:
     policy's LRU reads them).
     """
 
-    __slots__ = ("pagemap", "index", "vram", "used", "last_alloc", "last_access", "first")
+    __slots__ = ("pagemap", "index", "vram", "used", "last_alloc", "last_access", "first", "pages")
 
     def __init__(self, index: int) -> None:
         self.pagemap = dev_pagemap()
@@ -150,13 +151,10 @@ class GpuChunk:
         self.last_alloc = 0
         self.last_access = 0
         self.first = 0  # index of the first page (PFN, or series (c) offset)
+        self.pages = None  # the struct pages' PageArrays (set once memremapped)
 
     def __repr__(self) -> str:
         return f"<GpuChunk {self.index} used={self.used}>"
-
-    @property
-    def pages(self):
-        return self.pagemap._ranges[0].pages
 
 
 @dataclass
@@ -268,8 +266,9 @@ class GpuDevice:
         self.ac_masks: dict[int, int] = {}
         self.ac_notifications: list[tuple[int, int, int]] = []
         self.ac_remote = 0  # remote accesses counted
-        hooks = k.__dict__.setdefault("invariant_hooks", [])
-        hooks.append(self.check)
+        #: container_of(pgmap, struct GpuChunk, pagemap): id(pgmap) -> chunk
+        self.chunk_of_pgmap: dict[int, GpuChunk] = {}
+        k.invariant_hooks.append(self.check)
 
     def __repr__(self) -> str:
         n = f"{len(self.chunks)}/{self.max_chunks}"
@@ -309,8 +308,12 @@ class GpuDevice:
             ret = 0
         if ret < 0:
             return ret
-        pgmap._chunk = chunk
+        self.chunk_of_pgmap[id(pgmap)] = chunk
         chunk.first = pgmap.range.start >> PAGE_SHIFT
+        if k.config.has("c"):
+            chunk.pages = device_private_offset_to_page(chunk.first, k=k).a
+        else:
+            chunk.pages = k.mem.pfn_to_page(chunk.first).a
         self.chunks.append(chunk)
         a = chunk.pages
         i = bisect.bisect_right(self._bases, a.base)
@@ -338,7 +341,7 @@ class GpuDevice:
             return None
         page = self.free.pop()
         zone_device_folio_init(page, page_pgmap(page), 0)
-        chunk = page_pgmap(page)._chunk
+        chunk = self.chunk_of_pgmap[id(page_pgmap(page))]
         chunk.used += 1
         chunk.last_alloc = self.seq
         chunk.last_access = self.seq
@@ -383,7 +386,7 @@ class GpuDevice:
 
     def gpu_folio_free(self, folio) -> None:
         """dev_pagemap_ops.folio_free: the device page is free again."""
-        chunk = page_pgmap(folio)._chunk
+        chunk = self.chunk_of_pgmap[id(page_pgmap(folio))]
         n = folio_nr_pages(folio)
         with self.lock:
             chunk.used -= n
@@ -398,7 +401,7 @@ class GpuDevice:
                 self.free.append(page)
 
     def vram_row(self, page: Page) -> np.ndarray:
-        return page_pgmap(page)._chunk.vram[page.i]
+        return self.chunk_of_pgmap[id(page_pgmap(page))].vram[page.i]
 
     # --- eviction -----------------------------------------------------------------------
     def make_room(self, npages: int, res: ServiceResult | None = None) -> None:
@@ -499,6 +502,7 @@ class GpuDevice:
             k.iomem.release_mem_region(res)
         self._res = []
         self.chunks = []
+        self.chunk_of_pgmap.clear()
         self.free = []
         self._bases, self._by_base = [], []
 
@@ -559,7 +563,7 @@ class GpuDevice:
             dst[i] = d
             nr = 1 << order
             sizes[i] = nr
-            chunk = page_pgmap(spage)._chunk
+            chunk = self.chunk_of_pgmap[id(page_pgmap(spage))]
             k.mem.ram.frames[dpage.pfn : dpage.pfn + nr] = chunk.vram[spage.i : spage.i + nr]
         migrate_vma_pages(args)
         for i, nr in sizes.items():
@@ -669,7 +673,7 @@ class GpuDevice:
             return "miss"
         page = e[0]
         if is_device_private_page(page):
-            ch = page_pgmap(page)._chunk
+            ch = self.chunk_of_pgmap[id(page_pgmap(page))]
             if self.policy is None or getattr(self.policy, "lru", "access") == "access":
                 ch.last_access = self.seq
             return "local"
@@ -958,7 +962,7 @@ class GpuVaSpace:
             dpage = dev.alloc_page()
             if dpage is None:
                 continue  # make_room reserved enough; a hole here stays on the CPU
-            dev._busy.add(page_pgmap(dpage)._chunk.index)
+            dev._busy.add(dev.chunk_of_pgmap[id(page_pgmap(dpage))].index)
             row = dev.vram_row(dpage)
             spage = migrate_pfn_to_page(s, k=k)
             if spage is not None:
@@ -1005,8 +1009,8 @@ class GpuVaSpace:
         nr = min(nr, len(src) - i)
         head = dev.alloc_folio() if nr == CHUNK_PAGES else None
         if head is not None:
-            dev._busy.add(page_pgmap(head)._chunk.index)
-            vram = page_pgmap(head)._chunk.vram
+            dev._busy.add(dev.chunk_of_pgmap[id(page_pgmap(head))].index)
+            vram = dev.chunk_of_pgmap[id(page_pgmap(head))].vram
             if spage is not None:
                 vram[:nr] = k.mem.ram.frames[spage.pfn : spage.pfn + nr]
             else:
@@ -1019,7 +1023,7 @@ class GpuVaSpace:
             dpage = dev.alloc_page()
             if dpage is None:
                 break
-            dev._busy.add(page_pgmap(dpage)._chunk.index)
+            dev._busy.add(dev.chunk_of_pgmap[id(page_pgmap(dpage))].index)
             row = dev.vram_row(dpage)
             row[:] = k.mem.frame(spage.pfn + j) if spage is not None else 0
             dst[i + j] = migrate_pfn_from_page(dpage) | write

@@ -110,12 +110,18 @@ class dev_pagemap_ops:
             pfns; absent or -EOPNOTSUPP falls back to mf_generic_kill_procs.
         folio_split(head, tail): a device-private large folio is being split
             (series (d), merged): once per new tail, then with tail None.
+
+    Model-only (not in the C):
+        folio_free_bulk(arrays, indices) -> bool: folio_free of order-0
+            folios arrays[indices] in order, or False having done nothing
+            (mm/memremap.py free_zone_device_folios_order0; issue 7).
     """
 
     folio_free: Callable[..., None] | None = None
     migrate_to_ram: Callable[..., int] | None = None
     memory_failure: Callable[..., int] | None = None
     folio_split: Callable[..., None] | None = None
+    folio_free_bulk: Callable[..., bool] | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -147,7 +153,6 @@ class dev_pagemap:
         _killed: memunmap_pages has started (no new references).
         _ranges: the MemRange of each range (struct page columns).
         _chunk: the driver's container of this pagemap (container_of in C).
-        _folio_free_bulk: the driver's bulk form of ops.folio_free, or None.
 
     Invariant: ranges[0] is range; len(ranges) >= nr_range.
     """
@@ -171,7 +176,6 @@ class dev_pagemap:
     _killed: bool = field(default=False, init=False, repr=False)
     _ranges: list[Any] = field(default_factory=list, init=False, repr=False)
     _chunk: object = field(default=None, init=False, repr=False)
-    _folio_free_bulk: Callable[..., bool] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         # the C union: ranges[0] and range are one object

@@ -34,6 +34,7 @@ from hmmsim.include.memremap import (
 )
 from hmmsim.include.mm_types import (
     Page,
+    PG_head,
     PG_locked,
     folio_nr_pages,
     folio_test_anon,
@@ -367,7 +368,7 @@ def free_zone_device_folios_order0(k, a, idx) -> None:
     """free_zone_device_folio() of order-0 device folios a[idx], in order.
 
     Issue 7: with one pgmap whose driver offers a batch folio_free (the
-    model-only pgmap._folio_free_bulk(arrays, indices), False if it declines), the
+    model-only ops.folio_free_bulk(arrays, indices), False if it declines), the
     struct-page resets are one store per column and the driver frees the
     batch in order; otherwise (or if the driver declines) each folio goes
     through free_zone_device_folio. Context: the default scheduler (the
@@ -377,7 +378,7 @@ def free_zone_device_folios_order0(k, a, idx) -> None:
 
     pg = a.pgmap[idx]
     pgmap = k.pgmaps.get(int(pg[0])) if len(idx) else None
-    bulk = getattr(pgmap, "_folio_free_bulk", None)
+    bulk = pgmap.ops.folio_free_bulk if pgmap is not None and pgmap.ops is not None else None
     if (
         bulk is None
         or (pg != pg[0]).any()
@@ -416,3 +417,26 @@ def get_dev_pagemap(pfn: int, *, k) -> dev_pagemap | None:
     if pgmap is None or pgmap._killed:
         return None
     return pgmap
+
+
+# --- struct page helpers a driver calls (include/linux/mm.h, page_ref.h, page-flags.h) --------
+def folio_reset_order(folio: Page) -> None:
+    """include/linux/mm.h folio_reset_order: the folio is no longer large.
+
+    The model's order and PG_head go, and the large-folio counters go back
+    to the values an order-0 page carries (-1)."""
+    a, i = folio.a, folio.i
+    a.order[i] = 0
+    a.flags[i] &= ~PG_head & 0xFFFFFFFF
+    a._entire_mapcount[i] = -1
+    a._large_mapcount[i] = -1
+
+
+def folio_set_count(folio: Page, v: int) -> None:
+    """include/linux/page_ref.h folio_set_count: set the reference count."""
+    folio.a._refcount[folio.i] = v
+
+
+def clear_compound_head(page: Page) -> None:
+    """include/linux/page-flags.h clear_compound_head: not a tail page any more."""
+    page.a.head_off[page.i] = 0

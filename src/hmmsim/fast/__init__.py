@@ -1,0 +1,1 @@
+"""The fast layer: bulk NumPy forms of reference loops (docs/design.md)."""
