@@ -315,14 +315,14 @@ def test_driver_snapshot_and_read_match(seed, common, cfg, monkeypatch):
 @pytest.fixture
 def bulk_calls(monkeypatch):
     """Counts the slots each bulk pass took (to prove the fast paths ran)."""
-    import hmmsim.mm.migrate_device as md
+    import hmmsim.fast.migrate_device as md
 
     taken = {"finalize": 0, "finalize_whole": 0, "collect": 0}
-    real_finalize = md.migrate_vma_finalize_remove_bulk
-    real_collect = md.migrate_vma_collect_ptes_bulk
+    real_finalize = md.migrate_vma_finalize_remove
+    real_collect = md.migrate_vma_collect_ptes
 
-    def finalize(migrate, busy):
-        done, whole = real_finalize(migrate, busy)
+    def finalize(ref, migrate, busy):
+        done, whole = real_finalize(ref, migrate, busy)
         taken["finalize"] += len(done)
         taken["finalize_whole"] += whole
         return done, whole
@@ -335,16 +335,16 @@ def bulk_calls(monkeypatch):
     def counting(name, real):
         def spy(*args, **kw):
             done = real(*args, **kw)
-            taken[name] += done not in (None, False)
+            taken[name] += bool(done)
             return done
 
         taken[name] = 0
         monkeypatch.setattr(md, real.__name__, spy)
 
-    monkeypatch.setattr(md, "migrate_vma_finalize_remove_bulk", finalize)
-    monkeypatch.setattr(md, "migrate_vma_collect_ptes_bulk", collect)
-    counting("unmap", md.migrate_device_unmap_bulk)
-    counting("pages", md.migrate_vma_pages_bulk)
+    monkeypatch.setattr(md, "migrate_vma_finalize_remove", finalize)
+    monkeypatch.setattr(md, "migrate_vma_collect_ptes", collect)
+    counting("unmap", md.migrate_device_unmap)
+    counting("pages", md.migrate_vma_pages)
     return taken
 
 
