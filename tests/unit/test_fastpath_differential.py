@@ -235,7 +235,19 @@ def pair(seed: int, cfg: str, fork: bool = True, common: float = 0.7) -> tuple[W
 
 @pytest.mark.parametrize("cfg", sorted(CONFIGS))
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_hmm_range_fault_bulk_matches_per_entry(seed, cfg):
+def test_hmm_range_fault_bulk_matches_per_entry(seed, cfg, monkeypatch):
+    import hmmsim.fast.hmm as fh
+
+    ran = {}
+    for name in ("hmm_vma_handle_ptes", "hmm_pfns_set", "hmm_range_need_fault"):
+        real = getattr(fh, name)
+
+        def spy(*args, _real=real, _name=name):
+            out = _real(*args)
+            ran[_name] = ran.get(_name, 0) + (out not in (None, 0))
+            return out
+
+        monkeypatch.setattr(fh, name, spy)
     fast, slow = pair(seed, cfg)
     L = fast.k.hmm
     req = [0, L.HMM_PFN_REQ_FAULT, L.HMM_PFN_REQ_FAULT | L.HMM_PFN_REQ_WRITE]
@@ -263,6 +275,9 @@ def test_hmm_range_fault_bulk_matches_per_entry(seed, cfg):
         assert fast.range_fault(*args) == slow.range_fault(*args), f"step {step}"
         assert_same(fast, slow, f"step {step}")
     check_invariants(fast.k)
+    # every fast form took a run somewhere (else the comparison is vacuous)
+    assert ran.get("hmm_vma_handle_ptes") and ran.get("hmm_pfns_set"), ran
+    assert "hmm_range_need_fault" in ran, ran
 
 
 def _outcome(w: World, args):
