@@ -102,17 +102,6 @@ def hmm_pfns_set(w, i: int, n: int, pfn: int | None, flags: int) -> int:
     return n
 
 
-def _leading_present(words, table: int, col: int, n: int) -> bool:
-    """The first MIN_RUN PTEs are present, not PROT_NONE: a cheap scalar test
-    before the NumPy pass, so that a table of empty or device entries costs
-    the per-entry loop almost nothing extra."""
-    for j in range(min(n, MIN_RUN)):
-        pte = int(words[table, col + j])
-        if not pte_present(pte) or pte_protnone(pte):
-            return False
-    return True
-
-
 def hmm_vma_handle_ptes(w, ptep: int, i: int, n: int) -> int:
     """hmm_vma_handle_pte for the leading run of common PTEs from ptep.
 
@@ -128,30 +117,32 @@ def hmm_vma_handle_ptes(w, ptep: int, i: int, n: int) -> int:
         return 0
     words = k.mem.ram.words
     table, col = ptep >> PAGE_SHIFT, (ptep >> 3) & 511
-    if not _leading_present(words, table, col, n):
-        return 0
-    inp = _slots(w.range.hmm_pfns, i, n)
+    first = int(words[table, col])
+    if not pte_present(first) or pte_protnone(first):
+        return 0  # a cheap refusal: the per-entry loop takes this entry
+    r = w.range
+    inp = _slots(r.hmm_pfns, i, n)
     if inp is None:
         return 0
     L = w.L
     ptes = words[table, col : col + n]
     pfn = pte_pfn_array(ptes)
     rw = pte_write_array(ptes)
-    zero = pfn == k.mem.zero_pfn
-    normal = ~pte_special_array(ptes) & (pfn < k.mem.ram.pages.nr)
-    req = _requests(w.range, inp)
-    need_write_fault = (
-        ((req & np.uint64(L.HMM_PFN_REQ_FAULT)) != 0)
-        & ((req & np.uint64(L.HMM_PFN_REQ_WRITE)) != 0)
-        & ~rw
-    )
-    ok = (
-        pte_present_array(ptes)
-        & ~pte_protnone_array(ptes)
-        & (zero | normal)
-        & ~need_write_fault
-        & ((pfn.astype(np.uint64) & np.uint64(L.HMM_PFN_FLAGS & U64)) == 0)
-    )
+    ram = k.mem.ram.pages
+    ok = pte_present_array(ptes) & ~pte_protnone_array(ptes)
+    ok &= (~pte_special_array(ptes) & (pfn < ram.nr)) | (pfn == k.mem.zero_pfn)
+    if (r.default_flags | r.pfn_flags_mask) & L.HMM_PFN_REQ_FAULT:
+        req = _requests(r, inp)
+        ok &= ~(
+            ((req & np.uint64(L.HMM_PFN_REQ_FAULT)) != 0)
+            & ((req & np.uint64(L.HMM_PFN_REQ_WRITE)) != 0)
+            & ~rw
+        )
+    # every PFN of a common entry is below max(RAM, zero page): when that
+    # fits below the lowest flag bit, all do
+    flags_mask = L.HMM_PFN_FLAGS & U64
+    if max(ram.nr - 1, k.mem.zero_pfn) >= (flags_mask & -flags_mask):
+        ok &= (pfn.astype(np.uint64) & np.uint64(flags_mask)) == 0
     run = n if ok.all() else int(np.argmin(ok))
     if run < MIN_RUN:
         return 0

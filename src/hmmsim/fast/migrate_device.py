@@ -232,10 +232,10 @@ def migrate_vma_collect_ptes(ref: Reference, migrate, vma, ptep: int, addr: int,
     if flags & MIGRATE_VMA_SELECT_SYSTEM:
         kind[zero] = 1
         kind[present & ~zero & ~pte_special_array(pte) & (pfn < ram.nr)] = 2
-    entries = softleaf_from_pte_array(pte)  # 0 where not a swap PTE
-    dpos = np.full(n, -1, dtype=np.int64)
-    dpa = None
+    entries = dpos = dpa = None
     if flags & MIGRATE_VMA_SELECT_DEVICE_PRIVATE:
+        entries = softleaf_from_pte_array(pte)  # 0 where not a swap PTE
+        dpos = np.full(n, -1, dtype=np.int64)
         dev = is_swap_pte_array(pte) & swp.softleaf_is_device_private_array(entries)
         if dev.any():
             j0 = int(np.flatnonzero(dev)[0])
@@ -258,9 +258,10 @@ def migrate_vma_collect_ptes(ref: Reference, migrate, vma, ptep: int, addr: int,
     good = np.ones(run, dtype=bool)
     is_ram = kind == 2
     is_dev = kind == 3
-    for sel, a, pos in ((is_ram, ram, pfn[:run]), (is_dev, dpa, dpos[:run])):
+    for sel, a, pos in ((is_ram, ram, pfn), (is_dev, dpa, dpos)):
         if not sel.any():
             continue
+        pos = pos[:run]
         good[np.flatnonzero(sel)[~_collectable(a, pos[sel])]] = False
         if has_duplicates(pos[sel]):
             return 0
@@ -270,7 +271,6 @@ def migrate_vma_collect_ptes(ref: Reference, migrate, vma, ptep: int, addr: int,
             return 0
         kind, is_ram, is_dev = kind[:run], is_ram[:run], is_dev[:run]
     pte = pte[:run].copy()
-    entries = entries[:run]
     out = np.zeros(run, dtype=np.uint64)
     out[kind == 1] = MIGRATE_PFN_MIGRATE
     new = pte.copy()
@@ -282,7 +282,7 @@ def migrate_vma_collect_ptes(ref: Reference, migrate, vma, ptep: int, addr: int,
         check = (j, Page(k, a, i), int(pte[j]), bool(a.flags[i] & PG_anon_exclusive))
     for sel, a, pos, is_present in (
         (is_ram, ram, pfn[:run][is_ram], True),
-        (is_dev, dpa, dpos[:run][is_dev], False),
+        (is_dev, dpa, dpos[:run][is_dev] if dpos is not None else None, False),
     ):
         if not sel.any():
             continue
@@ -303,7 +303,7 @@ def migrate_vma_collect_ptes(ref: Reference, migrate, vma, ptep: int, addr: int,
             )
             mflag = 0
         else:
-            write = swp.softleaf_is_device_private_write_array(entries[sel])
+            write = swp.softleaf_is_device_private_write_array(entries[:run][sel])
             young = dirty = np.zeros(len(old), dtype=bool)
             soft = pte_swp_soft_dirty_array(old)
             uffd = pte_swp_uffd_wp_array(old)
