@@ -15,6 +15,10 @@ Output words use the HMM_PFN_* layout of the Kernel's configuration
 A PFN that does not fit below the flag bits is a clear ValueError, never a
 silently truncated word. hmm_pfns is the caller's array, updated in place.
 Context: the mmap_lock of range.notifier.mm is held (read).
+
+Speed: the PTE loop of hmm_vma_walk_pmd, hmm_range_need_fault and the slot
+stores offer their span to hmmsim/fast/hmm.py in one line (`fast_hmm.*`),
+which handles it in bulk or declines (docs/design.md).
 """
 
 from __future__ import annotations

@@ -21,6 +21,11 @@ src/dst are arrays the caller owns (lists or NumPy uint64), updated in
 place. The mmap_lock must be held for read across setup..finalize.
 Differences from kernel: no LRU lists (PG_lru marks an isolatable folio),
 no memcg charging, TLB flushes are implicit.
+
+Speed: the loops here are the reference; each offers its window to
+hmmsim/fast/migrate_device.py in one line (`fast_md.*`), which handles a run
+in bulk or declines (docs/design.md, "The reference code and the fast
+layer"). Skipping those lines leaves the kernel's loops.
 """
 
 from __future__ import annotations
