@@ -5,7 +5,8 @@ beat), then through the real dmirror path, like the kernel's
 benchmark_thp_migration selftest: MIGRATE_TO_DEV and MIGRATE_TO_SYS of
 4 KiB pages and of THPs for sizes from 512 KiB up to --size; a device READ
 (hmm_range_fault with faulting) and a SNAPSHOT of a populated range;
-first-touch CPU faults; and fork of a populated range. It reports median,
+first-touch CPU faults (a one-byte store per page, and one store over the
+whole unpopulated range); and fork + exit of a populated range. It reports median,
 min and max time, GB/s, and each median's ratio to the copy bound of the
 same size measured in the same run; plus the model's metadata bytes per
 modelled 4 KiB page.
@@ -244,7 +245,23 @@ class Bench:
                 self.p.store(a + off, b"\x01")
             self.p.munmap(a, size)
 
-        self.add("first-touch faults (4K)", size, _timed(touch, self.repeat))
+        self.add("first-touch faults (4K, a store per page)", size, _timed(touch, self.repeat))
+        buf = np.ones(size, dtype=np.uint8)
+        mapped: list[int] = []
+
+        def fresh():  # untimed: the previous range goes, a new unpopulated one comes
+            if mapped:
+                self.p.munmap(mapped.pop(), size)
+            a = self.p.mmap(0, size, RW, MAP_PRIVATE | MAP_ANONYMOUS)
+            self.p.madvise(a, size, MADV_NOHUGEPAGE)
+            mapped.append(a)
+
+        self.add(
+            "first-touch faults (4K, one store)",
+            size,
+            _timed(lambda: self.p.store(mapped[0], buf), self.repeat, setup=fresh),
+        )
+        self.p.munmap(mapped.pop(), size)
 
     def fork(self, size: int) -> None:
         a = self.buffer(size, thp=False)

@@ -63,6 +63,10 @@ class Kernel:
         self.word_checks: list = []
         #: hmmsim.fault_inject.FaultInjector while a test injects failures
         self.fault_inject = None
+        #: the discrete-event clock (hmmsim.sim.clock.EventClock) of a simulation
+        #: running on this kernel, so kernel paths may charge simulated time;
+        #: None unless a Simulation attaches one
+        self.clock = None
         self.swp = SwapLayout(cfg)
         self.hmm = HmmPfnLayout(cfg)
         self.sched = Scheduler()

@@ -64,7 +64,7 @@ from hmmsim.mm import mmap as _mmap
 from hmmsim.mm import mprotect as _mprotect
 from hmmsim.mm import mremap as _mremap
 from hmmsim.mm.fork import dup_mmap
-from hmmsim.mm.memory import access_error, handle_mm_fault
+from hmmsim.mm.memory import BULK_MIN, access_error, do_anonymous_page_bulk, handle_mm_fault
 from hmmsim.mm.mmap import FMODE_READ, FMODE_WRITE
 from hmmsim.mm.pgtable import pmd_offset, pmdp_get, pte_offset_map, ptep_get, set_pte_at
 from hmmsim.mm.shmem import shmem_inode
@@ -770,17 +770,61 @@ class Process:
     def store(self, addr: int, data: bytes | bytearray | memoryview | np.ndarray) -> None:
         """Write data at addr like CPU stores (data: bytes-like or a NumPy
         array of numbers; anything else is a TypeError naming `data`)."""
-        buf = np.frombuffer(_user_bytes(data, "data"), dtype=np.uint8)
+        if (
+            isinstance(data, np.ndarray)
+            and not data.dtype.hasobject
+            and data.dtype.itemsize
+            and not any(
+                r.frames is not None and np.may_share_memory(data, r.frames)
+                for r in self.k.mem.ranges
+            )
+        ):  # its bytes in place (no host copy): the source cannot alias a frame
+            buf = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+        else:
+            buf = np.frombuffer(_user_bytes(data, "data"), dtype=np.uint8)
         addr = ulong(addr, "addr")
         pos = 0
         n = buf.size
+        bulk_at = 0  # the next position worth offering to the bulk fault path
         while pos < n:
             a = addr + pos
             off = a & (PAGE_SIZE - 1)
+            if not off and pos >= bulk_at and n - pos >= BULK_MIN * PAGE_SIZE and self.k.fastpath:
+                done, skip = self._store_first_touch_bulk(a, buf[pos:])
+                if done:
+                    pos += done
+                    continue
+                bulk_at = pos + skip
             chunk = min(PAGE_SIZE - off, n - pos)
             frame = self.k.mem.frame(self.page_for(a, write=True))
             frame[off : off + chunk] = buf[pos : pos + chunk]
             pos += chunk
+
+    def _store_first_touch_bulk(self, a: int, buf: np.ndarray) -> tuple[int, int]:
+        """The whole pages of buf stored from page-aligned a on, while they
+        are unpopulated anonymous pages under one PTE table that exists:
+        their write faults taken in one go (do_anonymous_page_bulk), which
+        leaves what a fault per page would. (bytes stored, 0), or (0, bytes
+        the per-page path should store before the next offer). Not a
+        kernel function (issue 16)."""
+        if not self.alive:
+            return 0, buf.size
+        mm = self.mm
+        nr = min(buf.size >> PAGE_SHIFT, (PMD_SIZE - (a & (PMD_SIZE - 1))) >> PAGE_SHIFT)
+        mm.mmap_lock.down_read()
+        try:
+            vma = _mmap.vma_lookup(mm, a)
+            if vma is None:
+                return 0, buf.size
+            nr = min(nr, (vma.vm_end - a) >> PAGE_SHIFT)
+            pfns, skip = do_anonymous_page_bulk(vma, a, nr)
+        finally:
+            mm.mmap_lock.up_read()
+        if pfns is None:
+            return 0, skip << PAGE_SHIFT
+        done = len(pfns) << PAGE_SHIFT
+        self.k.mem.ram.frames[pfns] = buf[:done].reshape(len(pfns), PAGE_SIZE)
+        return done, 0
 
     def load_array(self, addr: int, count: int, dtype=np.int32) -> np.ndarray:
         """Read `count` elements of dtype at addr (e.g. an int buffer)."""

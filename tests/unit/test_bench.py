@@ -24,7 +24,8 @@ def test_bench_rows_and_ratios():
         "round trip (4K)",
         "hmm_range_fault snapshot",
         "device READ (hmm_range_fault)",
-        "first-touch faults (4K)",
+        "first-touch faults (4K, a store per page)",
+        "first-touch faults (4K, one store)",
         "fork + exit (4K populated)",
     ):
         assert op in ops, op

@@ -18,6 +18,8 @@ SMALL = {
     "random": "random:size=4M,n=1500",
     "stencil": "stencil:size=4M,iters=1",
     "pingpong": "pingpong:size=4M,rounds=2",
+    "gemm": "gemm:size=3M,tile=256",
+    "graph": "graph:size=64K",
 }
 
 

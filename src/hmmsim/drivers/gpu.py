@@ -244,6 +244,11 @@ class GpuDevice:
         #: thrashing detection state per vpn: [last event time, consecutive
         #: events within the lapse, throttles, pinned until] (policy-driven)
         self.thrash: dict[int, list] = {}
+        #: per 2 MiB block (vpn // CHUNK_PAGES): [time of the last migration
+        #: of a thrashing page (-1: none), epoch resets done]
+        #: (uvm_perf_thrashing.c block_thrashing_info_t
+        #: last_thrashing_time_stamp, thrashing_reset_count)
+        self.thrash_blocks: dict[int, list] = {}
         hooks = k.__dict__.setdefault("invariant_hooks", [])
         hooks.append(self.check)
 
@@ -666,8 +671,14 @@ class GpuDevice:
         if st is None:
             self.thrash[vpn] = [t, 1, 0, -1.0]
             return
+        # a migration more than a lapse after the last one: the page is not
+        # thrashing (any more); its event count starts again
+        # (thrashing_event_cb -> thrashing_reset_page)
         st[1] = st[1] + 1 if t - st[0] <= lapse else 1
         st[0] = t
+        if st[1] >= getattr(self.policy, "thrash_threshold", 3):
+            blk = self.thrash_blocks.setdefault(vpn // CHUNK_PAGES, [-1.0, 0])
+            blk[0] = t
 
     # --- invariants ----------------------------------------------------------------------
     def check(self, k) -> list[str]:

@@ -152,8 +152,10 @@ class Simulation:
         self.dev = GpuDevice(self.k, self.device_mem, policy)
         self.dev.log_moves = log_moves
         self.space = self.dev.bind(self.proc)
-        self.clock = EventClock()
-        self.dev.now = lambda: self.clock.now
+        # the Kernel owns the simulation's clock (k.clock), so kernel paths
+        # could charge time; the driver timestamps with it too
+        self.k.clock = EventClock()
+        self.dev.now = lambda: self.k.clock.now
         self.buf = GpuFaultBuffer(self.params.fault_batch)
         self.pending: list[tuple[int, bool, float, int]] = []
         self.check = check_invariants
@@ -406,6 +408,11 @@ class Simulation:
             m.access_throughput_gbps = self._bytes_accessed / t / 1e9
         if m.gpu_time_s > 0:
             m.gpu_throughput_gbps = self._gpu_bytes / m.gpu_time_s / 1e9
+
+    @property
+    def clock(self) -> EventClock:
+        """The simulation's discrete-event clock: the Kernel's ``k.clock``."""
+        return self.k.clock
 
     @property
     def moves(self):

@@ -145,13 +145,20 @@ class NvidiaUvmThrash(NvidiaUvm):
     thrash_pin_threshold = 10
     thrash_pin_us = 300 * 500.0
 
+    thrash_epoch_us = 2000 * 500.0
+    thrash_max_resets = 4
+
     def thrash_decision(self, dev, vpn: int, now: float) -> str:
-        """ "migrate", "throttle" or "pin" for a device fault on vpn."""
+        """ "migrate", "throttle" or "pin" for a device fault on vpn
+        (uvm_perf_thrashing.c uvm_perf_thrashing_get_hint)."""
+        self.thrash_epoch(dev, vpn // CHUNK_PAGES, now)
         st = dev.thrash.get(vpn)
         if st is None:
             return "migrate"
         if st[3] > now:
             return "pin"
+        if st[1] >= self.thrash_threshold and now - st[0] > self.thrash_lapse_us:
+            return "migrate"  # no migration within a lapse: no longer thrashing
         if st[1] >= self.thrash_threshold:
             st[2] += 1
             if st[2] >= self.thrash_pin_threshold:
@@ -160,6 +167,26 @@ class NvidiaUvmThrash(NvidiaUvm):
                 return "pin"
             return "throttle"
         return "migrate"
+
+    def thrash_epoch(self, dev, block: int, now: float) -> bool:
+        """The epoch reset: a 2 MiB block none of whose pages thrashed for
+        `thrash_epoch_us` and that has no pinned page forgets its thrashing
+        history (event and throttle counts), at most `thrash_max_resets`
+        times per block. True when it reset."""
+        blk = dev.thrash_blocks.get(block)
+        if blk is None or blk[0] < 0 or now - blk[0] <= self.thrash_epoch_us:
+            return False
+        if blk[1] >= self.thrash_max_resets:
+            return False
+        lo = block * CHUNK_PAGES
+        pages = [v for v in range(lo, lo + CHUNK_PAGES) if v in dev.thrash]
+        if any(dev.thrash[v][3] > now for v in pages):
+            return False
+        for v in pages:
+            del dev.thrash[v]
+        blk[0] = -1.0
+        blk[1] += 1
+        return True
 
 
 class AmdSvm(Policy):

@@ -16,6 +16,9 @@ Generators (``make_workload("stream:size=8M,passes=2")``), each seeded:
   (``row`` bytes) above and below, and writes it, ``iters`` times;
 - pingpong: ``rounds`` of a GPU pass over the buffer followed by CPU
   writes to a random ``cpu`` fraction of its pages.
+- gemm: tiled matrix multiply over three matrices (tile loops, panel
+  reuse), ``tile`` elements per tile side;
+- graph: BFS frontier traversal of a seeded power-law graph in CSR.
 
 Every generator takes ``size`` (the footprint) and ``oversub`` (footprint /
 device memory: 1.5 means the device holds two thirds of the buffer; the
@@ -153,12 +156,147 @@ def gen_pingpong(
     return np.concatenate(parts)
 
 
+def gen_gemm(
+    size: int, tile: int = 128, elem: int = 4, init: int = 1, readback: int = 0, seed: int = 0
+):
+    """Tiled C = A x B: three n x n row-major matrices of `elem`-byte elements
+    (A, B, C one after another, each page aligned; n the largest multiple of
+    `tile` that fits a third of `size`). For each tile (i, j) of C, for each
+    k, the GPU reads the `tile` rows of tile A(i, k) and of tile B(k, j) (one
+    access per tile row, tile x elem bytes), then writes the rows of C(i, j):
+    A's row panel and B's column panel are re-read n / tile times (reuse)."""
+    tile, elem = int(tile), int(elem)
+    if tile <= 0 or elem <= 0:
+        raise WorkloadError("gemm: tile and elem must be positive")
+    mat = size // 3 // PAGE_SIZE * PAGE_SIZE
+    n = int(np.sqrt(mat // elem)) // tile * tile
+    if n < tile:
+        raise WorkloadError(f"gemm: size {size} is too small for one {tile} x {tile} tile")
+    mbytes = (n * n * elem + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
+    a0, b0, c0 = 0, mbytes, 2 * mbytes
+    nt = n // tile
+    rows = np.arange(tile, dtype=np.uint64)
+    row_bytes = np.uint64(n * elem)
+
+    def tile_rows(base: int, ti: int, tj: int) -> np.ndarray:
+        start = np.uint64(base) + np.uint64(ti * tile) * row_bytes + np.uint64(tj * tile * elem)
+        return start + rows * row_bytes
+
+    parts = []
+    if init:
+        parts.append(_acc(CPU, _pages(2 * mbytes), True))
+    for i in range(nt):
+        for j in range(nt):
+            ks = []
+            for k in range(nt):
+                ks.append(tile_rows(a0, i, k))
+                ks.append(tile_rows(b0, k, j))
+            parts.append(_acc(GPU, np.concatenate(ks), False, tile * elem))
+            parts.append(_acc(GPU, tile_rows(c0, i, j), True, tile * elem))
+    if readback:
+        parts.append(_acc(CPU, np.uint64(c0) + _pages(mbytes), False))
+    return np.concatenate(parts)
+
+
+def power_law_csr(nodes: int, degree: float, alpha: float, seed: int):
+    """A seeded directed graph in CSR form (row_ptr, col_idx): out-degrees
+    from a Pareto law of shape `alpha` scaled to mean `degree`, targets drawn
+    with probability proportional to a Zipf weight (preferential, so
+    in-degrees are power-law too); self loops kept, duplicates kept."""
+    rng = np.random.default_rng(seed)
+    raw = rng.pareto(alpha, nodes) + 1.0
+    deg = np.maximum(1, np.round(raw * degree / raw.mean())).astype(np.int64)
+    row_ptr = np.zeros(nodes + 1, dtype=np.int64)
+    np.cumsum(deg, out=row_ptr[1:])
+    w = 1.0 / np.arange(1, nodes + 1) ** (1.0 / alpha)
+    perm = rng.permutation(nodes)
+    col = perm[rng.choice(nodes, size=int(row_ptr[-1]), p=w / w.sum())]
+    return row_ptr, col.astype(np.int64)
+
+
+def gen_graph(
+    size: int,
+    degree: float = 8,
+    alpha: float = 2.0,
+    sources: int = 1,
+    init: int = 1,
+    seed: int = 0,
+):
+    """BFS over a seeded power-law graph in CSR (power_law_csr): row_ptr (8
+    bytes per node), col_idx (4 bytes per edge) and dist (4 bytes per node),
+    each page aligned, sized so the three fill `size`. Each BFS (from the
+    highest-degree nodes, `sources` of them one after another) visits its
+    frontier level by level; per frontier node the GPU reads its two row_ptr
+    entries, its col_idx slice (one access per page it spans) and dist[v] of
+    each neighbour, and writes dist[v] of each newly reached one: irregular,
+    data-dependent accesses."""
+    per_node = 8 + 4 * float(degree) + 4
+    nodes = max(2, int(size / per_node * 0.95))
+    row_ptr, col = power_law_csr(nodes, float(degree), float(alpha), seed)
+
+    def up(x):
+        return (x + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
+
+    rp0 = 0
+    ci0 = up(8 * (nodes + 1))
+    di0 = ci0 + up(4 * len(col))
+    while di0 + 4 * nodes > size and nodes > 2:  # Pareto tails can overshoot
+        nodes = int(nodes * 0.9)
+        row_ptr, col = power_law_csr(nodes, float(degree), float(alpha), seed)
+        ci0 = up(8 * (nodes + 1))
+        di0 = ci0 + up(4 * len(col))
+    offs: list[int] = []
+    sizes: list[int] = []
+    writes: list[bool] = []
+    deg = np.diff(row_ptr)
+    order = np.argsort(-deg, kind="stable")
+    for src in order[: max(1, int(sources))].tolist():
+        seen = np.zeros(nodes, dtype=bool)
+        seen[src] = True
+        offs.append(di0 + 4 * src)
+        sizes.append(4)
+        writes.append(True)
+        frontier = [src]
+        while frontier:
+            nxt = []
+            for u in frontier:
+                offs.append(rp0 + 8 * u)
+                sizes.append(16)
+                writes.append(False)
+                lo, hi = int(row_ptr[u]), int(row_ptr[u + 1])
+                a, b = ci0 + 4 * lo, ci0 + 4 * hi
+                while a < b:  # the col_idx slice, one access per page
+                    e = min(b, (a // PAGE_SIZE + 1) * PAGE_SIZE)
+                    offs.append(a)
+                    sizes.append(e - a)
+                    writes.append(False)
+                    a = e
+                for v in col[lo:hi].tolist():
+                    offs.append(di0 + 4 * v)
+                    sizes.append(4)
+                    writes.append(False)
+                    if not seen[v]:
+                        seen[v] = True
+                        nxt.append(v)
+                        offs.append(di0 + 4 * v)
+                        sizes.append(4)
+                        writes.append(True)
+            frontier = sorted(nxt)
+    g = _acc(GPU, np.asarray(offs, dtype=np.uint64), False)
+    g["write"] = writes
+    g["size"] = sizes
+    parts = [_acc(CPU, _pages(up(di0 + 4 * nodes)), True)] if init else []
+    return np.concatenate([*parts, g])
+
+
 #: name -> (function, default size, one-line description)
 GENERATORS = {
     "stream": (gen_stream, 8 << 20, "CPU init, then GPU sequential reads (passes=N)"),
     "random": (gen_random, 8 << 20, "CPU init, then n GPU reads at random pages (write=fraction)"),
     "stencil": (gen_stencil, 8 << 20, "GPU 3-point stencil over rows of `row` bytes (iters=N)"),
     "pingpong": (gen_pingpong, 8 << 20, "GPU pass then CPU writes to a `cpu` fraction (rounds=N)"),
+    "gemm": (gen_gemm, 12 << 20, "tiled C = A x B over three matrices (tile=N elements)"),
+    "graph": (gen_graph, 1 << 20, "BFS over a seeded power-law graph in CSR (degree=, alpha=)"),
 }
 
 
