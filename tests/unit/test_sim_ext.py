@@ -122,3 +122,72 @@ def test_new_generators_take_oversub():
     # oversubscribed (a run that size takes seconds; the docs' table has one)
     sim = Simulation("graph:size=4M,oversub=2", "nvidia-uvm")
     assert sim.workload.oversub == 2 and sim.m.oversubscription == 2.0
+
+
+def _ac_setup(npages=2 * CHUNK_PAGES):
+    from hmmsim.sim.policy import NvidiaUvmAc
+
+    k = Kernel(ram_bytes=64 << 20)
+    p = k.spawn()
+    span = npages * 4096 + (2 << 20)
+    addr = p.mmap(0, span, 3, 0x22, -1, 0)
+    base = (addr + (2 << 20) - 1) & ~((2 << 20) - 1)
+    for i in range(npages):
+        p.store(base + (i << 12), np.array([i + 1], dtype=np.uint64))
+    dev = GpuDevice(k, 2 << 20, NvidiaUvmAc())
+    space = dev.bind(p)
+    return k, p, base >> 12, dev, space
+
+
+def test_access_counters_map_remote_then_migrate_at_threshold():
+    from hmmsim.drivers.gpu import AC_THRESHOLD
+    from hmmsim.testing.invariants import check_invariants
+
+    k, p, v0, dev, space = _ac_setup()
+    # a fault maps the system pages in place: nothing migrates
+    assert dev.access(v0, False) == "miss"
+    res = dev.service_faults([(v0 + i, False) for i in range(40)])
+    assert res.remote == 40 and res.migrated_fault == res.migrated_prefetch == 0
+    assert not dev.where
+    # 255 remote accesses spread over the 2 MiB region: no notification
+    for i in range(AC_THRESHOLD - 1):
+        assert dev.access(v0 + i % 40, False) == "remote"
+    assert dev.ac_notifications == [] and dev.ac_counts[v0 // CHUNK_PAGES] == 255
+    # the 256th: a notification naming the page and the sub-regions touched
+    hot = v0 + 17
+    assert dev.access(hot, False) == "remote"
+    ((vpn, region, mask),) = dev.ac_notifications
+    assert vpn == hot and region == v0 // CHUNK_PAGES
+    assert mask == 0b111  # pages 0..39: 64 KiB (16-page) sub-regions 0, 1, 2
+    assert dev.ac_counts[region] == 0  # cleared
+    r = dev.service_access_counters()
+    # 4 KiB system pages: only the notified page moves (expand_notification_block)
+    assert r.notifications == 1 and r.migrated_ac == 1 and list(dev.where) == [hot]
+    assert dev.access(hot, False) == "local"
+    assert int(np.frombuffer(space.read_bytes(hot)[:8], np.uint64)[0]) == 18
+    assert dev.moves[-1].reason == "access-counter"
+    assert "access counter" in dev.moves[-1].path
+    assert check_invariants(k, raise_on_error=False) == []
+    # remote pages in other regions count separately
+    res = dev.service_faults([(v0 + CHUNK_PAGES, False)])
+    assert dev.access(v0 + CHUNK_PAGES, False) == "remote"
+    assert dev.ac_counts[v0 // CHUNK_PAGES + 1] == 1
+
+
+def test_notification_expands_to_sub_regions_of_a_2m_system_page():
+    from hmmsim.drivers.gpu import expand_notification
+
+    assert expand_notification(1030, 1024, 512, 0b101, huge=False) == [1030]
+    pages = expand_notification(1030, 1024, 512, 0b101, huge=True)
+    assert pages == list(range(1024, 1040)) + list(range(1056, 1072))
+
+
+def test_access_counters_cut_migrations_for_sparse_random_access():
+    spec = "random:size=8M,n=6000"
+    fault = Simulation(spec, "nvidia-uvm").run()
+    sim = Simulation(spec, "nvidia-uvm-ac", check_invariants=True)
+    ac = sim.run()
+    assert ac.data_errors == 0 and ac.remote_accesses > 0 and ac.ac_notifications > 0
+    assert ac.pages_access_counter == ac.pages_h2d > 0
+    assert ac.pages_h2d * 10 < fault.pages_h2d
+    assert any(mv.reason == "access-counter" for mv in sim.moves)

@@ -100,6 +100,15 @@ GPU_ROOT_CHUNK_SIZE = 2 << 20
 CHUNK_PAGES = GPU_ROOT_CHUNK_SIZE >> PAGE_SHIFT
 #: uvm_gpu_replayable_faults.c UVM_PERF_FAULT_BATCH_COUNT_DEFAULT
 FAULT_BATCH_COUNT = 256
+#: Access counters (uvm_gpu_access_counters.c): remote accesses are counted
+#: per region of UVM_PERF_ACCESS_COUNTER_GRANULARITY (2 MiB); a region whose
+#: count reaches uvm_perf_access_counter_threshold
+#: (UVM_PERF_ACCESS_COUNTER_THRESHOLD_DEFAULT 256) raises a notification
+#: carrying a mask of the UVM_SUB_GRANULARITY_REGIONS (32) sub-regions that
+#: were accessed; the counter is cleared once the notification is serviced.
+AC_GRANULARITY = 2 << 20
+AC_THRESHOLD = 256
+AC_SUB_REGIONS = 32
 #: the largest migrate_vma window the driver builds (one PMD's worth)
 MIGRATE_WINDOW = 512
 GPU_RANGE_FAULT_RETRIES = 1000
@@ -114,6 +123,7 @@ PATH_TO_RAM = (
     "migrate_vma_setup/pages/finalize (SELECT_DEVICE_PRIVATE, fault_page)"
 )
 PATH_EVICT = "migrate_device_range/migrate_device_pages/migrate_device_finalize"
+PATH_ACCESS_COUNTER = "access counter notification -> " + PATH_TO_DEVICE
 
 
 class GpuNoMemory(Exception):
@@ -156,7 +166,7 @@ class MoveRecord:
     t: float  # the device's timestamp (GpuDevice.now(): a service count, or sim time)
     vpn: int
     direction: str  # "h2d" or "d2h"
-    reason: str  # "fault", "prefetch", "eviction", "cpu-fault"
+    reason: str  # "fault", "prefetch", "access-counter", "eviction", "cpu-fault"
     path: str
 
 
@@ -168,6 +178,8 @@ class ServiceResult:
     unique: int = 0  # after per-page dedup
     migrated_fault: int = 0  # pages migrated to the device because they faulted
     migrated_prefetch: int = 0  # pages migrated to the device by prefetch / granularity
+    migrated_ac: int = 0  # pages migrated to the device on access counter notifications
+    notifications: int = 0  # access counter notifications serviced
     mapped: int = 0  # device page-table entries written
     remote: int = 0  # faulting pages mapped in system memory (migration failed)
     evicted_pages: int = 0
@@ -249,6 +261,13 @@ class GpuDevice:
         #: (uvm_perf_thrashing.c block_thrashing_info_t
         #: last_thrashing_time_stamp, thrashing_reset_count)
         self.thrash_blocks: dict[int, list] = {}
+        #: access counters (policies with access_counters = True): remote
+        #: accesses per region, the accessed sub-region mask per region, and
+        #: the notifications (vpn, region, mask) waiting for service
+        self.ac_counts: dict[int, int] = {}
+        self.ac_masks: dict[int, int] = {}
+        self.ac_notifications: list[tuple[int, int, int]] = []
+        self.ac_remote = 0  # remote accesses counted
         hooks = k.__dict__.setdefault("invariant_hooks", [])
         hooks.append(self.check)
 
@@ -585,6 +604,9 @@ class GpuDevice:
         if policy is not None:
             for v in policy.prefetch(space, set(want)):
                 move.setdefault(v, "prefetch")
+        if getattr(policy, "remote_first", False):
+            # map in place: faults never migrate, access counters do
+            move.clear()
         decide = getattr(policy, "thrash_decision", None)
         if decide is not None:
             now = self.now()
@@ -657,7 +679,84 @@ class GpuDevice:
             st[3] = -1.0
             del space.pt[vpn]
             return "miss"
+        if self.policy is not None and getattr(self.policy, "access_counters", False):
+            self.count_remote(vpn)
         return "remote"
+
+    # --- access counters -----------------------------------------------------------------
+    def count_remote(self, vpn: int) -> bool:
+        """Count one remote access (the device read or wrote a system page it
+        maps); True when it made the region's counter reach the threshold and
+        a notification was queued.
+
+        The model counts per virtual region (the hardware's MIMC counters
+        track the physical address and the driver translates back; with one
+        anonymous buffer the two differ only in which pages share a counter).
+        """
+        pol = self.policy
+        gran = getattr(pol, "ac_granularity", AC_GRANULARITY) >> PAGE_SHIFT
+        region = vpn // gran
+        self.ac_remote += 1
+        n = self.ac_counts.get(region, 0) + 1
+        sub = (vpn % gran) * AC_SUB_REGIONS // gran
+        mask = self.ac_masks.get(region, 0) | (1 << sub)
+        if n >= getattr(pol, "ac_threshold", AC_THRESHOLD):
+            self.ac_notifications.append((vpn, region, mask))
+            # cleared when serviced (access_counter_clear_notifications)
+            self.ac_counts[region] = 0
+            self.ac_masks[region] = 0
+            return True
+        self.ac_counts[region] = n
+        self.ac_masks[region] = mask
+        return False
+
+    def service_access_counters(self) -> ServiceResult:
+        """Service the queued notifications: the policy's
+        access_counter_pages names the pages of each one to migrate
+        (by default what uvm_gpu_access_counters.c expand_notification_block
+        does); those not on the device move there through migrate_vma_*
+        (evicting first if needed) and are mapped in the device page table."""
+        space = self.space
+        notes, self.ac_notifications = self.ac_notifications, []
+        res = ServiceResult(notifications=len(notes))
+        if space is None or not notes:
+            return res
+        self.seq += 1
+        pol = self.policy
+        gran = getattr(pol, "ac_granularity", AC_GRANULARITY) >> PAGE_SHIFT
+        move: dict[int, str] = {}
+        for vpn, region, mask in notes:
+            e = space.pt.get(vpn)
+            if e is None or is_device_private_page(e[0]):
+                continue  # stale: the page moved or was unmapped since
+            huge = folio_order(page_folio(e[0])) >= HPAGE_PMD_ORDER
+            pick = getattr(pol, "access_counter_pages", None)
+            if pick is None:
+                pages = expand_notification(vpn, region * gran, gran, mask, huge)
+            else:
+                pages = pick(space, vpn, region * gran, gran, mask, huge)
+            for v in pages:
+                move[v] = "access-counter"
+        todo = sorted(v for v in move if not space.resident(v) and space.mappable(v))
+        todo = todo[: self.capacity_pages]
+        if not todo:
+            return res
+        mm = space.mm
+        self._busy = set()
+        try:
+            mm.mmap_lock.down_read()
+            try:
+                self.make_room(len(todo), res)
+                for lo, hi in _runs(todo, MIGRATE_WINDOW):
+                    self.make_room(hi - lo, res)
+                    space.migrate_to_device(lo, hi, move, res)
+            finally:
+                mm.mmap_lock.up_read()
+        finally:
+            self._busy = set()
+        if res.moved:
+            space.map_pages([(v, False) for v in sorted(res.moved)], res)
+        return res
 
     def note_migration(self, vpn: int) -> None:
         """Record a migration of vpn for thrashing detection (policies that
@@ -717,6 +816,22 @@ class GpuDevice:
                         f"{self.name}: pt maps {vpn:#x} to free device page {page.pfn:#x}"
                     )
         return problems
+
+
+def expand_notification(vpn: int, lo: int, npages: int, mask: int, huge: bool) -> list[int]:
+    """The pages an access counter notification migrates, as
+    uvm_gpu_access_counters.c expand_notification_block: when the system
+    memory behind the region is one 2 MiB page, every page of each accessed
+    sub-region (mask bit i covers pages [lo + i * npages / 32, ...)); else
+    only the page whose access crossed the threshold."""
+    if not huge:
+        return [vpn]
+    per = max(1, npages // AC_SUB_REGIONS)
+    out = []
+    for i in range(AC_SUB_REGIONS):
+        if mask >> i & 1:
+            out.extend(range(lo + i * per, lo + (i + 1) * per))
+    return out
 
 
 def _runs(vpns: list[int], limit: int):
@@ -861,6 +976,8 @@ class GpuVaSpace:
                 reason = why.get(vpn, "prefetch")
                 if reason == "fault":
                     res.migrated_fault += 1
+                elif reason == "access-counter":
+                    res.migrated_ac += 1
                 else:
                     res.migrated_prefetch += 1
                 pfn = head.pfn + j
@@ -868,7 +985,12 @@ class GpuVaSpace:
                 res.moved.append(vpn)
                 dev.note_migration(vpn)
                 dev.where[vpn] = pfn
-                dev._log(vpn, "h2d", reason, PATH_TO_DEVICE)
+                dev._log(
+                    vpn,
+                    "h2d",
+                    reason,
+                    PATH_ACCESS_COUNTER if reason == "access-counter" else PATH_TO_DEVICE,
+                )
         migrate_vma_finalize(args)
 
     def _alloc_compound(self, args, i: int, big: dict[int, int]) -> int:
@@ -989,6 +1111,9 @@ def _map_runs(items: list[tuple[int, bool]]):
 
 
 __all__ = [
+    "AC_GRANULARITY",
+    "AC_SUB_REGIONS",
+    "AC_THRESHOLD",
     "CHUNK_PAGES",
     "FAULT_BATCH_COUNT",
     "GPU_ROOT_CHUNK_SIZE",

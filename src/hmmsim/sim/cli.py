@@ -49,6 +49,10 @@ def _human(m: dict) -> str:
         ("bytes h2d / d2h", f"{m['bytes_h2d'] / mib:.1f} / {m['bytes_d2h'] / mib:.1f} MiB"),
         ("evictions (chunks / pages)", f"{m['evictions']} / {m['evicted_pages']}"),
         ("remote accesses", str(m["remote_accesses"])),
+        (
+            "access counters (notifications / pages)",
+            f"{m['ac_notifications']} / {m['pages_access_counter']}",
+        ),
         ("simulated time", f"{m['sim_time_s'] * 1e3:.3f} ms"),
         ("achieved migration bandwidth", f"{m['achieved_bandwidth_gbps']:.2f} GB/s"),
         ("access throughput", f"{m['access_throughput_gbps']:.2f} GB/s"),

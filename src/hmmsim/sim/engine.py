@@ -77,6 +77,8 @@ class Metrics:
     bytes_d2h: int = 0
     pages_faulted_in: int = 0  # h2d pages that faulted
     pages_prefetched: int = 0  # h2d pages moved by granularity or prefetch
+    pages_access_counter: int = 0  # h2d pages moved on access counter notifications
+    ac_notifications: int = 0  # access counter notifications serviced
     evictions: int = 0  # root chunks evicted
     evicted_pages: int = 0
     remote_accesses: int = 0
@@ -221,6 +223,8 @@ class Simulation:
                 self.m.gpu_accesses += 1
                 for vpn in range(first, last + 1):
                     self._gpu_access(vpn, w, i + 1)
+                if self.dev.ac_notifications:
+                    self._service_ac()
             if progress is not None and i % step == 0:
                 progress(i, n)
         self._sync()
@@ -319,6 +323,8 @@ class Simulation:
         self.clock.schedule(start + dur, lambda: self._replay(stalled))
         self.clock.run()
         self._sample()
+        if self.dev.ac_notifications:
+            self._service_ac()
         if self.check:
             from hmmsim.testing.invariants import check_invariants
 
@@ -326,6 +332,45 @@ class Simulation:
             m.invariant_checks += 1
             if problems:
                 raise SimError(f"invariant broken after batch {m.fault_batches}: {problems[0]}")
+
+    def _service_ac(self) -> None:
+        """Service access counter notifications: the driver's bottom half
+        migrates the hot pages; the clock charges it like a fault batch
+        (assumed: the device is not stalled by it on hardware, but the copy
+        occupies the link)."""
+        try:
+            res = self.dev.service_access_counters()
+        except GpuNoMemory as e:
+            raise SimError(str(e)) from None
+        p = self.params
+        m = self.m
+        h2d = res.migrated_ac
+        dur = (
+            p.ac_service_us
+            + p.per_page_kernel_us * (h2d + res.evicted_pages)
+            + p.copy_us(h2d * PAGE_SIZE, res.windows)
+            + p.copy_us(res.evicted_pages * PAGE_SIZE, res.evicted_chunks)
+            + p.eviction_chunk_us * res.evicted_chunks
+            + p.map_per_page_us * res.mapped
+        )
+        m.ac_notifications += res.notifications
+        m.pages_access_counter += h2d
+        m.pages_h2d += h2d
+        m.evictions += res.evicted_chunks
+        m.evicted_pages += res.evicted_pages
+        start = self.clock.now
+        self.clock.span(
+            "driver", "access counters", start, dur, notifications=res.notifications, h2d=h2d
+        )
+        self.clock.advance(dur)
+        self._sample()
+        if self.check:
+            from hmmsim.testing.invariants import check_invariants
+
+            problems = check_invariants(self.k, raise_on_error=False)
+            m.invariant_checks += 1
+            if problems:
+                raise SimError(f"invariant broken after access counter service: {problems[0]}")
 
     def _replay(self, stalled) -> None:
         now = self.clock.now

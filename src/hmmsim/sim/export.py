@@ -149,7 +149,13 @@ def write_plots(sim, outdir: str) -> list[str]:
     if sim.moves:
         fig, ax = plt.subplots(figsize=(8, 3.5))
         base = sim.base >> 12
-        colors = {"fault": "C0", "prefetch": "C2", "eviction": "C3", "cpu-fault": "C1"}
+        colors = {
+            "fault": "C0",
+            "prefetch": "C2",
+            "access-counter": "C4",
+            "eviction": "C3",
+            "cpu-fault": "C1",
+        }
         for reason, color in colors.items():
             pts = [
                 (r.t / 1000, (r.vpn - base) * 4096 / (1 << 20))

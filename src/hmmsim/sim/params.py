@@ -51,6 +51,8 @@ class SimParams:
     gpu_access_ns: device compute per access to device memory.
     remote_access_ns: device access to a system page over the link.
     cpu_access_ns: CPU compute per access.
+    ac_service_us: fixed cost of servicing access counter notifications
+      (interrupt, notification buffer fetch, counter clear), per service.
     """
 
     interconnect: str = "pcie4"
@@ -68,6 +70,7 @@ class SimParams:
     gpu_access_ns: float = 2.0
     remote_access_ns: float = 1000.0
     cpu_access_ns: float = 5.0
+    ac_service_us: float = 20.0
 
     def __post_init__(self) -> None:
         self.validate()

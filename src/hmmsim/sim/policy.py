@@ -10,6 +10,10 @@ A policy answers four questions for hmmsim.drivers.gpu.GpuDevice:
 - optionally ``thrash_decision(device, vpn, now)``: "migrate", "throttle"
   or "pin" for a fault on a page (with ``thrash_lapse_us`` set, the driver
   records each page's migrations in ``device.thrash``).
+- optionally ``access_counter_pages(space, vpn, lo, npages, mask, huge)``:
+  the pages an access counter notification migrates (policies with
+  ``access_counters = True``; ``remote_first = True`` makes faults map
+  system pages in place instead of migrating).
 
 Write a new one by subclassing ``Policy`` and overriding a hook, then add it
 to ``POLICIES`` (or pass the instance to ``Simulation``). The presets follow
@@ -139,6 +143,11 @@ class NvidiaUvmThrash(NvidiaUvm):
 
     name = "nvidia-uvm-thrash"
     description = "nvidia-uvm + thrashing detection: throttle, then pin and map remotely"
+    # a fault on a page whose last migration is more than a lapse old is not
+    # thrashing (uvm_perf_thrashing_get_hint); a 2 MiB block with no thrashing
+    # migration for an epoch (UVM_PERF_THRASHING_EPOCH_DEFAULT 2000 x lapse
+    # = 1 s) and no pinned page forgets its history, at most
+    # UVM_PERF_THRASHING_MAX_RESETS_DEFAULT (4) times
     thrash_threshold = 3
     thrash_lapse_us = 500.0
     thrash_nap_us = 500.0
@@ -187,6 +196,30 @@ class NvidiaUvmThrash(NvidiaUvm):
         blk[0] = -1.0
         blk[1] += 1
         return True
+
+
+class NvidiaUvmAc(NvidiaUvm):
+    """nvidia-uvm driven by access counters instead of fault migration: a
+    device fault maps the system page remotely (no migration, no prefetch);
+    the device counts its remote accesses per 2 MiB region
+    (uvm_gpu_access_counters.c: granularity UVM_PERF_ACCESS_COUNTER_GRANULARITY
+    2 MiB, threshold UVM_PERF_ACCESS_COUNTER_THRESHOLD_DEFAULT 256) and a
+    region reaching the threshold raises a notification whose service
+    migrates the pages access_counter_pages names (by default the driver's
+    expand_notification_block: the notified page, or the accessed 64 KiB
+    sub-regions when system memory holds the region as one 2 MiB page).
+
+    The driver enables these migrations by default only on ATS systems
+    (is_migration_enabled; uvm_perf_access_counter_migration_enable=1
+    forces them on), and with HMM a device fault migrates by default: this
+    preset is the "remote first, migrate hot regions" configuration."""
+
+    name = "nvidia-uvm-ac"
+    description = "map remotely on fault; access counters (2 MiB, 256) migrate hot pages"
+    remote_first = True
+    access_counters = True
+    ac_granularity = 2 * MIB
+    ac_threshold = 256
 
 
 class AmdSvm(Policy):
@@ -241,6 +274,7 @@ POLICIES: dict[str, type[Policy]] = {
     "naive": Policy,
     "nvidia-uvm": NvidiaUvm,
     "nvidia-uvm-thrash": NvidiaUvmThrash,
+    "nvidia-uvm-ac": NvidiaUvmAc,
     "amd-svm": AmdSvm,
     "amd-svm-thp": AmdSvmThp,
     "xe-gpusvm": XeGpusvm,

@@ -5,6 +5,9 @@
 1. prefetch vs none on a streaming workload (every preset), and
 2. an oversubscription sweep of a cyclic 8-pass stream under LRU,
 3. thrashing mitigation on a tight CPU-GPU ping-pong,
+4. fault-driven migration vs access counters on sparse and dense random
+   reads, and
+5. an oversubscription sweep of a tiled GEMM,
 
 and prints the tables as Markdown. The numbers in docs/simulation.md come
 from this script at its defaults (the cost model's default parameters).
@@ -73,16 +76,71 @@ def thrash_table() -> list[str]:
     return rows
 
 
+AC_POLICIES = ("naive", "nvidia-uvm", "nvidia-uvm-ac")
+
+
+def access_counter_table(size: str, ns=(1024, 65536)) -> list[str]:
+    """Fault-driven migration vs access counters on uniform random reads."""
+    rows = [
+        "| workload | policy | pages h2d | by faults + prefetch | by access counters "
+        "| notifications | remote accesses | GPU time (ms) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for n in ns:
+        spec = f"random:size={size},n={n},write=0"
+        for name in AC_POLICIES:
+            m = Simulation(spec, name, log_moves=False).run()
+            rows.append(
+                f"| `{spec}` | {name} | {m.pages_h2d} | "
+                f"{m.pages_faulted_in + m.pages_prefetched} | {m.pages_access_counter} | "
+                f"{m.ac_notifications} | {m.remote_accesses} | {m.gpu_time_s * 1e3:.2f} |"
+            )
+    return rows
+
+
+GEMM = "gemm:size=12M,tile=128"
+GEMM_OVERSUB = (1.0, 1.5, 2.0, 3.0)
+
+
+def gemm_table(policies=("naive", "nvidia-uvm", "amd-svm")) -> list[str]:
+    rows = [
+        "| policy | oversubscription | evicted chunks | pages h2d | pages d2h "
+        "| GPU time (ms) | GPU throughput (GB/s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in policies:
+        for r in GEMM_OVERSUB:
+            m = Simulation(f"{GEMM},oversub={r}", name, log_moves=False).run()
+            rows.append(
+                f"| {name} | {m.oversubscription:.2f} | {m.evictions} | {m.pages_h2d} | "
+                f"{m.pages_d2h} | {m.gpu_time_s * 1e3:.2f} | {m.gpu_throughput_gbps:.2f} |"
+            )
+    return rows
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="16M")
+    ap.add_argument("--only", choices=("all", "new"), default="all")
     a = ap.parse_args(argv)
+    if a.only == "new":
+        print(f"## Thrashing mitigation on {PINGPONG}\n")
+        print("\n".join(thrash_table()))
+        print(f"\n## Access counters on random:size={a.size}\n")
+        print("\n".join(access_counter_table(a.size)))
+        print(f"\n## Oversubscription, {GEMM}\n")
+        print("\n".join(gemm_table()))
+        return
     print(f"## Prefetch on stream:size={a.size} (PCIe 4 x16)\n")
     print("\n".join(prefetch_table(a.size)))
     print(f"\n## Oversubscription, stream:size={a.size},passes={PASSES} under LRU\n")
     print("\n".join(oversub_table(a.size)))
     print(f"\n## Thrashing mitigation on {PINGPONG}\n")
     print("\n".join(thrash_table()))
+    print(f"\n## Access counters on random:size={a.size}\n")
+    print("\n".join(access_counter_table(a.size)))
+    print(f"\n## Oversubscription, {GEMM}\n")
+    print("\n".join(gemm_table()))
 
 
 if __name__ == "__main__":

@@ -62,11 +62,17 @@ from hmmsim.include.pgtable import (
     pmd_pfn,
     pmd_present,
     pte_pfn,
+    pte_pfn_array,
     pte_present,
+    pte_present_array,
     pte_special,
+    pte_special_array,
 )
 from hmmsim.kconfig import HPAGE_PMD_NR, PAGE_SHIFT, PGDIR_SHIFT, PMD_SHIFT, PUD_SHIFT
 from hmmsim.mm.gup import GUP_PIN_COUNTING_BIAS
+
+#: every PTE bit but Accessed and Dirty (an entry with only those is pte_none here)
+_NOT_AD = np.uint64(~0x60 & 0xFFFF_FFFF_FFFF_FFFF)
 
 
 class InvariantViolation(KernelBug):
@@ -110,6 +116,11 @@ class _Checker:
         self.tables: Counter = Counter()  # table pfn -> times referenced
         self.huge_pmds: set[int] = set()
         self.migrating: set[int] = set()
+        # the PTE walk's bulk part, per memory range (id): the mapped pages'
+        # and their heads' indices in the range, one array per table (counted
+        # with pte_maps and refs in check_counts)
+        self.bulk: dict[int, tuple[list, list]] = {}
+        self.pcp_arr: np.ndarray | None = None
 
     def bad(self, msg: str) -> None:
         self.problems.append(msg)
@@ -150,6 +161,7 @@ class _Checker:
             self.bad(f"pfn {pfn:#x}: PGTY_buddy disagrees with the free lists")
         pcp = mem.pcp_pfns()  # pages on the per-cpu lists: free, not PageBuddy
         self.pcp_free = set(pcp.tolist())
+        self.pcp_arr = np.unique(pcp)
         if len(pcp) != mem.pcp.count:
             self.bad(f"pcp count {mem.pcp.count} but {len(pcp)} pages on the pcp lists")
         if len(pcp) and (in_lists[pcp].any() or len(np.unique(pcp)) != len(pcp)):
@@ -255,65 +267,166 @@ class _Checker:
         self.refs[page.pfn] += 1
 
     def walk_pte(self, mm, pmd_e: int, base: int) -> None:
+        """One PTE table: the plain present RAM entries in bulk, the rest one by one.
+
+        An entry goes the bulk way only when nothing about it can be a
+        problem: present, not special and not the zero page, naming an
+        allocated RAM page that is not free (buddy or pcp) and not
+        ZONE_DEVICE, inside a vma, and (for an anon page) reachable through
+        that vma's anon_vma chain at its index. Its counts (PTE mappings,
+        references, rss) are then added as arrays. Every other entry takes
+        `_pte_entry`, in address order, so the problems and their order are
+        the per-entry walk's.
+        """
+        t = self._table(pmd_e, f"pmd@{base:#x}")
+        if t is None:
+            return
+        idx = np.nonzero(t & _NOT_AD)[0]  # pte_none (A/D only) entries are skipped
+        if not len(idx):
+            return
+        slow = self._pte_bulk(mm, t, idx, base)
+        swp = self.k.swp
+        for i in idx[slow] if slow is not None else idx:
+            self._pte_entry(mm, swp, base + (int(i) << PAGE_SHIFT), int(t[i]))
+
+    def _pte_bulk(self, mm, t: np.ndarray, idx: np.ndarray, base: int) -> np.ndarray | None:
+        """Account the bulk entries of one table; the mask of those left to `_pte_entry`."""
+        from hmmsim.mm.mmap import vmas_in
+
+        k = self.k
+        w = t[idx]
+        addr = base + (idx.astype(np.int64) << PAGE_SHIFT)
+        vmas = vmas_in(
+            mm, base + (int(idx[0]) << PAGE_SHIFT), base + ((int(idx[-1]) + 1) << PAGE_SHIFT)
+        )
+        if not vmas:
+            return None
+        vma_of = np.full(len(idx), -1, dtype=np.int64)
+        for n, vma in enumerate(vmas):
+            vma_of[(addr >= vma.vm_start) & (addr < vma.vm_end)] = n
+        in_vma = vma_of >= 0
+        pfn = pte_pfn_array(w)
+        present = pte_present_array(w)
+        zero = present & (pfn == k.mem.zero_pfn)  # the zero page: nothing to count
+        cand = present & ~pte_special_array(w) & ~zero & in_vma
+        ok = np.zeros(len(idx), dtype=bool)
+        for r in k.mem.ranges:
+            sel = cand & (pfn >= r.base) & (pfn < r.end)
+            if sel.any():
+                where = np.nonzero(sel)[0]
+                ok[
+                    where[
+                        self._bulk_range(r, pfn[where] - r.base, addr[where], vma_of[where], vmas)
+                    ]
+                ] = True
+        return ~(ok | (zero & in_vma))
+
+    def _bulk_range(
+        self, r, i: np.ndarray, addr: np.ndarray, vma_of: np.ndarray, vmas
+    ) -> np.ndarray:
+        """Present PTEs at `addr` mapping pages `i` of range r (vma vmas[vma_of]):
+        count the ones `_pte_entry` would find no problem with; return their mask."""
+        from hmmsim.mm.memremap import MEMORY_DEVICE_PRIVATE
+
+        k = self.k
+        pa = r.pages
+        good = np.ones(len(i), dtype=bool)
+        if r is k.mem.ram:  # a free page (buddy or pcp) is a problem
+            good &= (pa.flags[i] & PGTY_buddy) == 0
+            if self.pcp_arr is not None and len(self.pcp_arr):
+                good &= ~np.isin(i + r.base, self.pcp_arr)
+        pgmap = pa.pgmap[i]
+        for pid in np.unique(pgmap).tolist():
+            if pid and k.pgmaps[pid].type == MEMORY_DEVICE_PRIVATE:
+                good &= pgmap != pid
+        mapping = pa.mapping[i].astype(np.int64)
+        anon = (mapping & FOLIO_MAPPING_ANON) != 0
+        for n, vma in enumerate(vmas):  # check_anon_index, per vma
+            sel = good & anon & (vma_of == n)
+            if not sel.any():
+                continue
+            index = pa.index[i[sel]].astype(np.int64)
+            fine = (
+                (index >= 0)
+                & (index < (1 << 40))
+                & (vma.vm_start + ((index - vma.vm_pgoff) << PAGE_SHIFT) == addr[sel])
+            )
+            chain = vma.anon_vma_chain
+            av_ids = mapping[sel] & ~FOLIO_MAPPING_ANON
+            for av_id in np.unique(av_ids).tolist():
+                av = k.objects.get(av_id)
+                if av is None or av not in chain:
+                    fine &= av_ids != av_id
+            good[np.nonzero(sel)[0][~fine]] = False
+        fast = i[good]
+        if len(fast):
+            head = fast - pa.head_off[fast].astype(np.int64)
+            acc = self.bulk.setdefault(id(r), ([], []))
+            acc[0].append(fast)
+            acc[1].append(head)
+            hmap = pa.mapping[head].astype(np.int64)
+            hanon = (hmap & FOLIO_MAPPING_ANON) != 0
+            self.rss[MM_ANONPAGES] += int(hanon.sum())
+            files = hmap[~hanon]
+            if len(files):
+                ids, cnt = np.unique(files, return_counts=True)
+                for m, c in zip(ids.tolist(), cnt.tolist(), strict=True):
+                    shmem = m and getattr(k.objects[m], "is_shmem", False)
+                    self.rss[MM_SHMEMPAGES if shmem else MM_FILEPAGES] += c
+        return good
+
+    def _pte_entry(self, mm, swp, addr: int, e: int) -> None:
+        """The per-entry check of one non-none PTE (the reference walk)."""
         from hmmsim.mm.memory import mm_counter
         from hmmsim.mm.mmap import vma_lookup
 
         k = self.k
-        t = self._table(pmd_e, f"pmd@{base:#x}")
-        if t is None:
+        vma = vma_lookup(mm, addr)
+        if vma is None:
+            self.bad(f"pid {mm.owner.pid}: PTE {e:#x} at {addr:#x} outside any vma")
             return
-        swp = k.swp
-        for i in np.nonzero(t)[0]:
-            addr = base + (int(i) << PAGE_SHIFT)
-            e = int(t[i])
-            if not e & ~0x60:  # pte_none (A/D only)
-                continue
-            vma = vma_lookup(mm, addr)
-            if vma is None:
-                self.bad(f"pid {mm.owner.pid}: PTE {e:#x} at {addr:#x} outside any vma")
-                continue
-            if pte_present(e):
-                pfn = pte_pfn(e)
-                if pte_special(e) or pfn == k.mem.zero_pfn:
-                    if pfn != k.mem.zero_pfn:
-                        self.bad(f"special PTE at {addr:#x} maps {pfn:#x}, not the zero page")
-                    continue
-                page = self._page(pfn, f"PTE {addr:#x}")
-                if page is None:
-                    continue
-                self.pte_maps[pfn] += 1
-                head = pfn - int(page.a.head_off[page.i])
-                self.refs[head] += 1
-                from hmmsim.include.mm_types import page_folio
-
-                self.rss[mm_counter(page_folio(page))] += 1
-                if page.a.mapping[page.i] & FOLIO_MAPPING_ANON:
-                    self.check_anon_index(vma, addr, page)
-                continue
-            entry = swp.softleaf_from_pte(e)
-            try:
-                typ = swp.softleaf_type(entry)
-            except Exception as exc:  # noqa: BLE001 - report, do not crash
-                self.bad(f"PTE {e:#x} at {addr:#x} does not decode: {exc}")
-                continue
-            if not swp.softleaf_has_pfn(entry):
-                if not swp.softleaf_is_marker(entry):
-                    self.bad(f"PTE {e:#x} at {addr:#x}: unexpected softleaf {typ!r}")
-                continue
-            page = k.softleaf_to_page(entry)
+        if pte_present(e):
+            pfn = pte_pfn(e)
+            if pte_special(e) or pfn == k.mem.zero_pfn:
+                if pfn != k.mem.zero_pfn:
+                    self.bad(f"special PTE at {addr:#x} maps {pfn:#x}, not the zero page")
+                return
+            page = self._page(pfn, f"PTE {addr:#x}")
+            if page is None:
+                return
+            self.pte_maps[pfn] += 1
+            head = pfn - int(page.a.head_off[page.i])
+            self.refs[head] += 1
             from hmmsim.include.mm_types import page_folio
 
-            folio = page_folio(page)
-            self.rss[mm_counter(folio)] += 1
-            if swp.softleaf_is_migration(entry):
-                self.migrating.add(folio.pfn)
-            elif swp.softleaf_is_device_private(entry) or swp.softleaf_is_device_exclusive(entry):
-                # Linux 6.12 drops the rmap of a device-exclusive page (the
-                # entry keeps only the reference; mm/rmap.c
-                # page_make_device_exclusive_one); the pin keeps it mapped
-                if not (k.config.kernel == "6.12" and swp.softleaf_is_device_exclusive(entry)):
-                    self.pte_maps[page.pfn] += 1
-                self.refs[folio.pfn] += 1
+            self.rss[mm_counter(page_folio(page))] += 1
+            if page.a.mapping[page.i] & FOLIO_MAPPING_ANON:
+                self.check_anon_index(vma, addr, page)
+            return
+        entry = swp.softleaf_from_pte(e)
+        try:
+            typ = swp.softleaf_type(entry)
+        except Exception as exc:  # noqa: BLE001 - report, do not crash
+            self.bad(f"PTE {e:#x} at {addr:#x} does not decode: {exc}")
+            return
+        if not swp.softleaf_has_pfn(entry):
+            if not swp.softleaf_is_marker(entry):
+                self.bad(f"PTE {e:#x} at {addr:#x}: unexpected softleaf {typ!r}")
+            return
+        page = k.softleaf_to_page(entry)
+        from hmmsim.include.mm_types import page_folio
+
+        folio = page_folio(page)
+        self.rss[mm_counter(folio)] += 1
+        if swp.softleaf_is_migration(entry):
+            self.migrating.add(folio.pfn)
+        elif swp.softleaf_is_device_private(entry) or swp.softleaf_is_device_exclusive(entry):
+            # Linux 6.12 drops the rmap of a device-exclusive page (the
+            # entry keeps only the reference; mm/rmap.c
+            # page_make_device_exclusive_one); the pin keeps it mapped
+            if not (k.config.kernel == "6.12" and swp.softleaf_is_device_exclusive(entry)):
+                self.pte_maps[page.pfn] += 1
+            self.refs[folio.pfn] += 1
 
     def check_anon_index(self, vma, addr: int, page) -> None:
         from hmmsim.mm.rmap import vma_address
@@ -408,11 +521,10 @@ class _Checker:
             if pt is None or not callable(getattr(pt, "items", None)):
                 continue
             backing = getattr(type(mni.ops), "backing_page", None)
+            pmds: dict[int, int] = {}
             for vpn, (page, tag) in pt.items():
                 addr = vpn << PAGE_SHIFT
-                from hmmsim.userspace import entry_at
-
-                level, e = entry_at(proc, addr)
+                level, e = self._entry_at(proc, addr, pmds)
                 ok, writable = False, False
                 if level == "pmd" and pmd_present(e):
                     ok = pmd_pfn(e) + ((addr >> PAGE_SHIFT) & 511) == page.pfn
@@ -450,6 +562,24 @@ class _Checker:
                         f"but the CPU mapping is read-only"
                     )
 
+    def _entry_at(self, proc, addr: int, pmds: dict[int, int]) -> tuple[str, int]:
+        """userspace.entry_at(proc, addr), reading each PMD once per check
+        (pmds: PMD index -> PMD word; nothing changes while the checker runs)."""
+        from hmmsim.include.pgtable import _PAGE_PRESENT, _PAGE_PSE
+        from hmmsim.mm.pgtable import pmd_offset, pmdp_get, pte_offset_map, ptep_get
+
+        k = self.k
+        key = addr >> PMD_SHIFT
+        pmd = pmds.get(key)
+        if pmd is None:
+            pmdp = pmd_offset(proc.mm, addr)
+            pmd = pmds[key] = 0 if pmdp is None else pmdp_get(k, pmdp)
+        if not pmd:
+            return "none", 0
+        if pmd & _PAGE_PSE or not pmd & _PAGE_PRESENT:
+            return "pmd", pmd
+        return "pte", ptep_get(k, pte_offset_map(k, pmd, addr))
+
     # --- metadata vs what was found ---------------------------------------------------------
     def check_counts(self) -> None:
         k = self.k
@@ -463,24 +593,53 @@ class _Checker:
                 cache_refs[pfn] += 1
         for pfn in k.hugetlb.shared_cache.values():
             cache_refs[pfn] += 1
+        pte_maps = _pairs(self.pte_maps)
+        refs = [_pairs(c) for c in (self.refs, cache_refs, k.driver_refs)]
+        pins = _pairs(k.pins)
         for r in list(mem.ranges) + list(k.device_private_space.ranges):
-            p = r.pages
-            base = r.base
-            in_use = (p.flags & PGTY_buddy) == 0
+            self._check_range_counts(r, pte_maps, refs, pins)
+
+    def _check_range_counts(self, r, pte_maps, refs, pins) -> None:
+        """check_counts for one memory range. Each rule is "for every page in
+        use (not free in the buddy, not reserved) ..."; the arrays are compared
+        whole first and the in-use test is applied to the disagreeing pages
+        only (the same pages, in the same order, as testing every page)."""
+        mem = self.k.mem
+        p = r.pages
+        base = r.base
+
+        def in_use(i: np.ndarray) -> np.ndarray:
+            keep = (p.flags[i] & PGTY_buddy) == 0
             if r is mem.ram:
-                in_use &= (p.flags & PG_reserved) == 0
-            pte = np.zeros(p.nr, dtype=np.int64)
-            for pfn, n in self.pte_maps.items():
-                if base <= pfn < r.end:
-                    pte[pfn - base] = n
-            bad = np.nonzero(in_use & (p._mapcount.astype(np.int64) + 1 != pte))[0]
-            for i in bad[:10]:
-                self.bad(
-                    f"pfn {base + int(i):#x}: _mapcount says {int(p._mapcount[i]) + 1} "
-                    f"PTE mappings, page tables have {int(pte[i])}"
-                )
-            heads = np.nonzero(in_use & ((p.flags & PG_head) != 0))[0]
-            for i in heads:
+                keep &= (p.flags[i] & PG_reserved) == 0
+            return i[keep]
+
+        pte = np.zeros(p.nr, dtype=np.int64)
+        _add_in(pte, base, *pte_maps)
+        bulk = self.bulk.get(id(r))
+        if bulk:
+            pte += np.bincount(np.concatenate(bulk[0]), minlength=p.nr)
+        bad = in_use(np.nonzero(p._mapcount != pte - 1)[0])
+        for i in bad[:10]:
+            self.bad(
+                f"pfn {base + int(i):#x}: _mapcount says {int(p._mapcount[i]) + 1} "
+                f"PTE mappings, page tables have {int(pte[i])}"
+            )
+        heads = in_use(np.nonzero(p.flags & PG_head)[0])
+        if len(heads):
+            # every head's PMD mappings and PTE mappings of its pages, as
+            # arrays; only the heads where either count disagrees are reported
+            ents = np.zeros(len(heads), dtype=np.int64)
+            for pfn, n in self.pmd_maps.items():
+                j = int(np.searchsorted(heads, pfn - base))
+                if base <= pfn < r.end and j < len(heads) and heads[j] == pfn - base:
+                    ents[j] = n
+            cum = np.concatenate(([0], np.cumsum(pte)))
+            ends = np.minimum(heads + (1 << p.order[heads].astype(np.int64)), p.nr)
+            totals = ents + cum[ends] - cum[heads]
+            emc = p._entire_mapcount[heads].astype(np.int64) + 1
+            lmc = p._large_mapcount[heads].astype(np.int64) + 1
+            for i in heads[(emc != ents) | (lmc != totals)]:
                 i = int(i)
                 pfn = base + i
                 n = 1 << int(p.order[i])
@@ -496,29 +655,53 @@ class _Checker:
                         f"folio {pfn:#x}: large mapcount {int(p._large_mapcount[i]) + 1}"
                         f" but {total} mappings"
                     )
-            tails = in_use & (p.head_off != 0)
-            for i in np.nonzero(tails & (p._refcount != 0))[0][:10]:
-                self.bad(f"tail page {base + int(i):#x} has refcount {int(p._refcount[i])}")
-            expected = np.zeros(p.nr, dtype=np.int64)
-            for counter in (self.refs, cache_refs, k.driver_refs):
-                for pfn, n in counter.items():
-                    if base <= pfn < r.end:
-                        expected[pfn - base] += n
-            for pfn, n in k.pins.items():
-                if base <= pfn < r.end:
-                    small = not p.flags[pfn - base] & PG_head
-                    expected[pfn - base] += n * (GUP_PIN_COUNTING_BIAS if small else 1)
-            check = in_use & (p.head_off == 0) & ((p.flags & (PG_zero | PGTY_table)) == 0)
-            check &= ~(((p.flags & PG_hugetlb) != 0) & (p._refcount == 0))  # hugetlb pool
-            for pfn in self.migrating:
-                if base <= pfn < r.end:
-                    check[pfn - base] = False
-            for i in np.nonzero(check & (p._refcount != expected))[0][:10]:
-                i = int(i)
-                self.bad(
-                    f"folio {base + i:#x}: refcount {int(p._refcount[i])} but "
-                    f"{int(expected[i])} references found (mappings, cache, pins)"
-                )
+        tails = np.nonzero(p.head_off)[0]
+        tails = in_use(tails[p._refcount[tails] != 0])
+        for i in tails[:10]:
+            self.bad(f"tail page {base + int(i):#x} has refcount {int(p._refcount[i])}")
+        expected = np.zeros(p.nr, dtype=np.int64)
+        if bulk:
+            expected += np.bincount(np.concatenate(bulk[1]), minlength=p.nr)
+        for keys, vals in refs:
+            _add_in(expected, base, keys, vals)
+        keys, vals = pins
+        sel = (keys >= base) & (keys < base + p.nr)
+        if sel.any():  # a pin of a small folio counts GUP_PIN_COUNTING_BIAS
+            i = keys[sel] - base
+            small = (p.flags[i] & PG_head) == 0
+            np.add.at(expected, i, vals[sel] * np.where(small, GUP_PIN_COUNTING_BIAS, 1))
+        # folios whose refcount is checked: heads and small pages in use, not
+        # the zero page or page tables, not an unused hugetlb pool page, and
+        # not under migration
+        cand = in_use(np.nonzero(p._refcount != expected)[0])
+        f = p.flags[cand]
+        keep = (p.head_off[cand] == 0) & ((f & (PG_zero | PGTY_table)) == 0)
+        keep &= ~(((f & PG_hugetlb) != 0) & (p._refcount[cand] == 0))  # hugetlb pool
+        for pfn in self.migrating:
+            if base <= pfn < r.end:
+                keep &= cand != pfn - base
+        for i in cand[keep][:10]:
+            i = int(i)
+            self.bad(
+                f"folio {base + i:#x}: refcount {int(p._refcount[i])} but "
+                f"{int(expected[i])} references found (mappings, cache, pins)"
+            )
+
+
+def _pairs(counter) -> tuple[np.ndarray, np.ndarray]:
+    """A pfn -> count mapping as two int64 arrays (keys, counts)."""
+    n = len(counter)
+    return (
+        np.fromiter(counter.keys(), dtype=np.int64, count=n),
+        np.fromiter(counter.values(), dtype=np.int64, count=n),
+    )
+
+
+def _add_in(arr: np.ndarray, base: int, keys: np.ndarray, vals: np.ndarray) -> None:
+    """arr[pfn - base] += count for each (pfn, count) with pfn inside arr's range."""
+    sel = (keys >= base) & (keys < base + len(arr))
+    if sel.any():
+        np.add.at(arr, keys[sel] - base, vals[sel])
 
 
 # --- migrate-PFN and HMM-PFN words ----------------------------------------------------------

@@ -49,6 +49,13 @@ def peek_frame(k, proc, addr: int):
         if pte_present(e):
             return mem.frame(pte_pfn(e))
         return _softleaf_frame(k, k.swp.softleaf_from_pte(e), 0, addr)
+    return peek_unmapped(k, proc, addr)
+
+
+def peek_unmapped(k, proc, addr: int):
+    """peek_frame() where no page-table entry maps addr (no table, or an
+    empty PTE): the shmem page cache for a shared mapping, else None."""
+    mem = k.mem
     vma = vma_lookup(proc.mm, addr)
     if vma is None:
         raise PeekError(f"{addr:#x}: no vma")

@@ -33,8 +33,11 @@ from hmmsim.include.pgtable import (
     pmd_pfn,
     pmd_present,
     pte_none,
+    pte_none_array,
     pte_pfn,
+    pte_pfn_array,
     pte_present,
+    pte_present_array,
     table_entry_pfn,
 )
 from hmmsim.kconfig import PAGE_SHIFT, PAGE_SIZE
@@ -67,12 +70,14 @@ from hmmsim.testing.fuzz.ops import (
     describe_bytes,
     fill,
 )
-from hmmsim.testing.fuzz.peek import PeekError, peek, peek_frame
+from hmmsim.testing.fuzz.peek import PeekError, peek, peek_frame, peek_unmapped
 from hmmsim.testing.invariants import check_invariants, strict_word_check
 from hmmsim.userspace import BusError, OutOfMemory, SegmentationFault, entry_at
 
 #: verify(): a page with nothing populated (reads as zeros)
 _NONE = object()
+_UNMAPPED = object()
+_ZERO_PAGE = bytes(PAGE_SIZE)
 
 
 # --- the shadow -----------------------------------------------------------------------------
@@ -861,6 +866,13 @@ class World:
             pmdp = pmd_offset(mm, addr)
             pmd = 0 if pmdp is None else int(words[pmdp >> PAGE_SHIFT, (pmdp >> 3) & 511])
             if pmd and pmd & _PAGE_PSE or pmd and not pmd & _PAGE_PRESENT:
+                if (
+                    pmd & _PAGE_PSE
+                    and pmd_present(pmd)
+                    and self._huge_equal(ps, addr, blk_end, pmd)
+                ):
+                    addr = blk_end
+                    continue
                 for a in range(addr, blk_end, PAGE_SIZE):  # huge page or PMD softleaf
                     pg = pages.get(a >> PAGE_SHIFT)
                     if pg is not None and pg.cell is not None:
@@ -868,13 +880,17 @@ class World:
             elif pmd:
                 i0 = (addr >> PAGE_SHIFT) & (HPAGE_NR - 1)
                 ptes = words[table_entry_pfn(pmd), i0 : i0 + ((blk_end - addr) >> PAGE_SHIFT)]
+                done = self._ptes_equal(ps, addr, ptes)
                 for j, e in enumerate(ptes.tolist()):
+                    if done is not None and done[j]:
+                        self.bytes_checked += PAGE_SIZE
+                        continue
                     a = addr + (j << PAGE_SHIFT)
                     pg = pages.get(a >> PAGE_SHIFT)
                     if pg is None or pg.cell is None:
                         continue
                     if pte_none(e):
-                        self._verify_page(ps, a, pg, _NONE if pg.obj is None else None)
+                        self._verify_page(ps, a, pg, _NONE if pg.obj is None else _UNMAPPED)
                     elif pte_present(e):
                         self._verify_page(ps, a, pg, k.mem.frame(pte_pfn(e)))
                     else:
@@ -882,9 +898,81 @@ class World:
             else:
                 for a in range(addr, blk_end, PAGE_SIZE):
                     pg = pages.get(a >> PAGE_SHIFT)
-                    if pg is not None and pg.cell is not None:
-                        self._verify_page(ps, a, pg, _NONE if pg.obj is None else None)
+                    if pg is None or pg.cell is None:
+                        continue
+                    if pg.obj is None and pg.cell.data is None:  # zeros read as zeros
+                        self.bytes_checked += PAGE_SIZE
+                        continue
+                    self._verify_page(ps, a, pg, _NONE if pg.obj is None else _UNMAPPED)
             addr = blk_end
+
+    def _frames_equal(self, pgs: list, pfns: np.ndarray) -> bool:
+        """Whether the frames pfns (RAM or device-coherent: any range with a
+        linear map) hold exactly the shadow bytes of pages pgs, in one
+        compare; False also when a PFN has no frame (the per-page path then
+        reports it)."""
+        got = np.empty((len(pfns), PAGE_SIZE), dtype=np.uint8)
+        covered = 0
+        for r in self.k.mem.ranges:
+            sel = (pfns >= r.base) & (pfns < r.end)
+            n = int(np.count_nonzero(sel))
+            if not n:
+                continue
+            if r.frames is None:
+                return False
+            got[sel] = r.frames[pfns[sel] - r.base]
+            covered += n
+        if covered != len(pfns):
+            return False
+        want = b"".join(_ZERO_PAGE if pg.cell.data is None else pg.cell.data for pg in pgs)
+        return got.tobytes() == want
+
+    def _ptes_equal(self, ps: ProcState, addr: int, ptes: np.ndarray) -> list[bool] | None:
+        """verify()'s bulk form for one table: the pages mapped by present PTEs
+        (one compare of their frames with the shadow) and the never-written
+        private pages of empty PTEs (zeros, nothing to read). When every page
+        mapped holds its shadow bytes, return which entries are done (the
+        per-page loop counts them as checked, in order, and checks the rest);
+        None: check them all one by one, which reports the first difference."""
+        present = pte_present_array(ptes)
+        kinds = np.where(present, 1, np.where(pte_none_array(ptes), 2, 0)).tolist()
+        pages = ps.pages
+        vpn = addr >> PAGE_SHIFT
+        done = [False] * len(kinds)
+        js, pgs = [], []
+        for j, kind in enumerate(kinds):
+            pg = pages.get(vpn + j)
+            if pg is None or pg.cell is None or not kind:
+                continue
+            if kind == 1:
+                js.append(j)
+                pgs.append(pg)
+            elif pg.obj is None and pg.cell.data is None:
+                done[j] = True
+        if js:
+            if not self._frames_equal(pgs, pte_pfn_array(ptes[js])):
+                return None
+            for j in js:
+                done[j] = True
+        return done
+
+    def _huge_equal(self, ps: ProcState, addr: int, end: int, pmd: int) -> bool:
+        """verify()'s bulk form for a present huge PMD over [addr, end): True when
+        every shadowed page holds its bytes (counted as checked)."""
+        pages = ps.pages
+        vpn = addr >> PAGE_SHIFT
+        subs, pgs = [], []
+        for j in range((end - addr) >> PAGE_SHIFT):
+            pg = pages.get(vpn + j)
+            if pg is not None and pg.cell is not None:
+                subs.append(((addr >> PAGE_SHIFT) + j) & (HPAGE_NR - 1))
+                pgs.append(pg)
+        if not pgs:
+            return True
+        if not self._frames_equal(pgs, pmd_pfn(pmd) + np.asarray(subs, dtype=np.int64)):
+            return False
+        self.bytes_checked += len(pgs) * PAGE_SIZE
+        return True
 
     def verify_slow(self, ps: ProcState, addr: int, npages: int) -> None:
         """verify() page by page through peek_frame() (the specification of verify)."""
@@ -894,10 +982,14 @@ class World:
                 self._verify_page(ps, v << PAGE_SHIFT, pg, None)
 
     def _verify_page(self, ps: ProcState, a: int, pg: PageState, got) -> None:
-        """Compare one page; got is its frame, _NONE for zeros, None to peek_frame()."""
-        if got is None:
+        """Compare one page; got is its frame, _NONE for zeros, None to
+        peek_frame(), _UNMAPPED to peek_unmapped() (no entry maps it)."""
+        if got is None or got is _UNMAPPED:
             try:
-                got = peek_frame(self.k, ps.proc, a)
+                if got is None:
+                    got = peek_frame(self.k, ps.proc, a)
+                else:
+                    got = peek_unmapped(self.k, ps.proc, a)
             except PeekError as e:
                 raise FuzzFailure(
                     "data", f"p{ps.h}: {e}", check=[f"peek(k, p{ps.h}, {a:#x}, {PAGE_SIZE})"]
