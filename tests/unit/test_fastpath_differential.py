@@ -235,7 +235,19 @@ def pair(seed: int, cfg: str, fork: bool = True, common: float = 0.7) -> tuple[W
 
 @pytest.mark.parametrize("cfg", sorted(CONFIGS))
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_hmm_range_fault_bulk_matches_per_entry(seed, cfg):
+def test_hmm_range_fault_bulk_matches_per_entry(seed, cfg, monkeypatch):
+    import hmmsim.fast.hmm as fh
+
+    ran = {}
+    for name in ("hmm_vma_handle_ptes", "hmm_pfns_set", "hmm_range_need_fault"):
+        real = getattr(fh, name)
+
+        def spy(*args, _real=real, _name=name):
+            out = _real(*args)
+            ran[_name] = ran.get(_name, 0) + (out not in (None, 0))
+            return out
+
+        monkeypatch.setattr(fh, name, spy)
     fast, slow = pair(seed, cfg)
     L = fast.k.hmm
     req = [0, L.HMM_PFN_REQ_FAULT, L.HMM_PFN_REQ_FAULT | L.HMM_PFN_REQ_WRITE]
@@ -263,6 +275,9 @@ def test_hmm_range_fault_bulk_matches_per_entry(seed, cfg):
         assert fast.range_fault(*args) == slow.range_fault(*args), f"step {step}"
         assert_same(fast, slow, f"step {step}")
     check_invariants(fast.k)
+    # every fast form took a run somewhere (else the comparison is vacuous)
+    assert ran.get("hmm_vma_handle_ptes") and ran.get("hmm_pfns_set"), ran
+    assert "hmm_range_need_fault" in ran, ran
 
 
 def _outcome(w: World, args):
@@ -315,14 +330,14 @@ def test_driver_snapshot_and_read_match(seed, common, cfg, monkeypatch):
 @pytest.fixture
 def bulk_calls(monkeypatch):
     """Counts the slots each bulk pass took (to prove the fast paths ran)."""
-    import hmmsim.mm.migrate_device as md
+    import hmmsim.fast.migrate_device as md
 
     taken = {"finalize": 0, "finalize_whole": 0, "collect": 0}
-    real_finalize = md.migrate_vma_finalize_remove_bulk
-    real_collect = md.migrate_vma_collect_ptes_bulk
+    real_finalize = md.migrate_vma_finalize_remove
+    real_collect = md.migrate_vma_collect_ptes
 
-    def finalize(migrate, busy):
-        done, whole = real_finalize(migrate, busy)
+    def finalize(ref, migrate, busy):
+        done, whole = real_finalize(ref, migrate, busy)
         taken["finalize"] += len(done)
         taken["finalize_whole"] += whole
         return done, whole
@@ -335,16 +350,16 @@ def bulk_calls(monkeypatch):
     def counting(name, real):
         def spy(*args, **kw):
             done = real(*args, **kw)
-            taken[name] += done not in (None, False)
+            taken[name] += bool(done)
             return done
 
         taken[name] = 0
         monkeypatch.setattr(md, real.__name__, spy)
 
-    monkeypatch.setattr(md, "migrate_vma_finalize_remove_bulk", finalize)
-    monkeypatch.setattr(md, "migrate_vma_collect_ptes_bulk", collect)
-    counting("unmap", md.migrate_device_unmap_bulk)
-    counting("pages", md.migrate_vma_pages_bulk)
+    monkeypatch.setattr(md, "migrate_vma_finalize_remove", finalize)
+    monkeypatch.setattr(md, "migrate_vma_collect_ptes", collect)
+    counting("unmap", md.migrate_device_unmap)
+    counting("pages", md.migrate_vma_pages)
     return taken
 
 

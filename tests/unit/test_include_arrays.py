@@ -135,6 +135,8 @@ PTE_TRANSFORMS = [
     "pte_mkold",
     "pte_mkspecial",
     "pte_mkuffd_wp",
+    "pte_swp_mksoft_dirty",
+    "pte_swp_mkuffd_wp",
 ]
 
 

@@ -1,7 +1,7 @@
 """The src/dst slot helpers of the bulk passes against one-slot-at-a-time loops.
 
-`_busy`, `slot_words` and `store_slots` (mm/migrate_device.py) and
-`distinct_values` (mm/page_alloc.py) take shortcuts for the common shapes of a
+`busy_slots` (as `_busy`), `slot_words`, `store_slots` and `distinct_values`
+(fast/arrays.py) take shortcuts for the common shapes of a
 migrate window (a driver's Python list, a run of busy slots, one value for the
 whole window); each must give exactly what the plain loop gives.
 """
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hmmsim.mm.migrate_device import _busy, slot_words, store_slots
-from hmmsim.mm.page_alloc import distinct_values
+from hmmsim.fast.arrays import busy_slots as _busy
+from hmmsim.fast.arrays import distinct_values, slot_words, store_slots
 
 WORD = st.integers(0, (1 << 64) - 1)
 # mostly zeros, like a THP window (one busy slot in 512) or a sparse device range

@@ -9,11 +9,12 @@ changed nothing, so the per-entry loop runs as the C does. Every function
 ends in exactly the state the loop would leave
 (tests/unit/test_fastpath_differential.py). docs/design.md, "Fast paths".
 
-Imports: include/, kconfig, NumPy, the uapi constants, the batched
-struct-page operations of mm/page_batch.py and the struct-page lookups a
-driver calls (page_pgmap, is_device_private_page, migrate_pfn_to_page);
-no other mm/ or drivers/ module. The driver objects come in as
-arguments (`d` a struct dmirror, `mdev` a struct dmirror_device).
+Imports: include/, kconfig, NumPy, the uapi constants and the batched
+struct-page operations of mm/page_batch.py; no other mm/ or drivers/
+module (tests/unit/test_layering.py). The driver objects come in as
+arguments (`d` a struct dmirror, `mdev` a struct dmirror_device), and so
+does the one lookup the driver borrows from mm/ (`migrate_pfn_to_page`);
+the pagemap of a page is `k.page_pgmap(page)`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from hmmsim.drivers.test_hmm_uapi import (
     HMM_DMIRROR_PROT_READ,
     HMM_DMIRROR_PROT_WRITE,
 )
+from hmmsim.fast.arrays import distinct_values, has_duplicates, slot_words, store_slots
 from hmmsim.include.hmm import hmm_range
+from hmmsim.include.memremap import MEMORY_DEVICE_PRIVATE
 from hmmsim.include.migrate import (
     MIGRATE_PFN_COMPOUND,
     MIGRATE_PFN_DEVICE_PRIVATE,
@@ -40,8 +43,6 @@ from hmmsim.include.migrate import (
 )
 from hmmsim.include.mm_types import Page, PG_head
 from hmmsim.kconfig import DEVICE_PRIVATE_BASE, PAGE_SHIFT, PAGE_SIZE, PMD_SHIFT, PUD_SHIFT
-from hmmsim.mm.memremap import is_device_private_page, page_pgmap
-from hmmsim.mm.migrate import migrate_pfn_to_page
 from hmmsim.mm.page_batch import (
     folio_lock_pages,
     folio_put_last_pages,
@@ -54,45 +55,6 @@ from hmmsim.mm.page_batch import (
 DPT_XA_TAG_WRITE = 3
 #: gfp of the pages migrate_to_ram allocates (mm/page_alloc.py GFP_HIGHUSER_MOVABLE)
 GFP_HIGHUSER_MOVABLE = 0x140CCA
-
-
-def slot_words(arr, busy) -> np.ndarray:
-    """The words of slots `busy` (sorted, distinct) of a src/dst array, as uint64."""
-    if isinstance(arr, np.ndarray):
-        return arr[np.asarray(busy, dtype=np.int64)].astype(np.uint64)
-    if busy and busy[-1] - busy[0] == len(busy) - 1:  # every slot of a run is busy
-        return np.array(arr[busy[0] : busy[-1] + 1], dtype=np.uint64)
-    return np.fromiter(map(arr.__getitem__, busy), dtype=np.uint64, count=len(busy))
-
-
-def store_slots(arr, slots, words) -> None:
-    """arr[slots[j]] = words[j] for sorted, distinct slots (a src/dst array)."""
-    if isinstance(arr, np.ndarray):
-        arr[np.asarray(slots, dtype=np.int64)] = words
-        return
-    slots = slots.tolist() if isinstance(slots, np.ndarray) else list(slots)
-    words = words.tolist() if isinstance(words, np.ndarray) else list(words)
-    if slots and type(arr) is list and slots[-1] - slots[0] == len(slots) - 1:
-        arr[slots[0] : slots[-1] + 1] = words
-        return
-    for i, v in zip(slots, words, strict=True):
-        arr[i] = v
-
-
-def has_duplicates(values: np.ndarray) -> bool:
-    """Whether an integer array holds some value twice."""
-    if len(values) < 2:
-        return False
-    s = np.sort(values)
-    return bool((s[1:] == s[:-1]).any())
-
-
-def distinct_values(values: np.ndarray) -> list[int]:
-    """The distinct values of a non-empty integer array, ascending, as ints."""
-    v0 = values[0]
-    if (values == v0).all():
-        return [int(v0)]
-    return np.unique(values).tolist()
 
 
 def _copy_scratch(mdev, n: int) -> np.ndarray:
@@ -189,7 +151,7 @@ def dmirror_devmem_free_bulk(mdev, a, idx) -> bool:
     bl = back.tolist()
     if set(map(refs.get, bl)) != {1}:
         return False  # the driver's reference is not the only one
-    if mdev.dmirror_chunk_of(page_pgmap(Page(k, a, int(idx[0])))).remove:
+    if mdev.dmirror_chunk_of(k.page_pgmap(Page(k, a, int(idx[0])))).remove:
         return False
     deque(map(refs.pop, bl), maxlen=0)  # driver_folio_put(): each count goes 1 -> 0
     folio_put_last_pages(ram, back, k=k)
@@ -427,7 +389,7 @@ def dmirror_migrate_alloc_and_copy_bulk(d, args, copies) -> int:
     return n
 
 
-def dmirror_migrate_finalize_and_map_bulk(d, args, hole_write: bool) -> int:
+def dmirror_migrate_finalize_and_map_bulk(d, args, hole_write: bool, migrate_pfn_to_page) -> int:
     """The mirror update of dmirror_migrate_finalize_and_map for a window
     of order-0 device-private destinations (issue 7, not in the C): every
     MIGRATE slot's mirror entry is its backing page, tagged writable as
@@ -447,7 +409,7 @@ def dmirror_migrate_finalize_and_map_bulk(d, args, hole_write: bool) -> int:
     ).any():
         return 0
     first = migrate_pfn_to_page(int(dv[0]), k=k)
-    if not is_device_private_page(first):
+    if first is None or k.page_pgmap(first).type != MEMORY_DEVICE_PRIVATE:
         return 0
     a = first.a
     pos = (dv >> np.uint64(MIGRATE_PFN_SHIFT)).astype(np.int64)
@@ -472,7 +434,7 @@ def dmirror_migrate_finalize_and_map_bulk(d, args, hole_write: bool) -> int:
     return n
 
 
-def dmirror_devmem_fault_alloc_and_copy_bulk(d, args, copies) -> int:
+def dmirror_devmem_fault_alloc_and_copy_bulk(d, args, copies, migrate_pfn_to_page) -> int:
     """dmirror_devmem_fault_alloc_and_copy for a window of order-0
     device-private pages: the window's slot count, or 0 having done nothing.
 
@@ -496,7 +458,7 @@ def dmirror_devmem_fault_alloc_and_copy_bulk(d, args, copies) -> int:
         return 0
     vals = sv[take]
     first = migrate_pfn_to_page(int(vals[0]), k=k)
-    if not is_device_private_page(first):
+    if first is None or k.page_pgmap(first).type != MEMORY_DEVICE_PRIVATE:
         return 0
     dp = vals & np.uint64(MIGRATE_PFN_DEVICE_PRIVATE)
     if (dp != dp[0]).any():

@@ -71,6 +71,10 @@ VM_FAULT_ERROR = (
     VM_FAULT_OOM | VM_FAULT_SIGBUS | VM_FAULT_SIGSEGV | VM_FAULT_HWPOISON | VM_FAULT_HWPOISON_LARGE
 )
 
+#: a FOLL_PIN reference counts this many references on a small folio
+#: (include/linux/mm.h; mm/gup.py applies it)
+GUP_PIN_COUNTING_BIAS = 1 << 10
+
 _VM_FAULT_NAMES = {
     v: k for k, v in dict(globals()).items() if k.startswith("VM_FAULT_") and k != "VM_FAULT_ERROR"
 }

@@ -695,6 +695,14 @@ def pte_swp_uffd_wp_array(ptes: ArrayLike) -> BoolArray:
     return _has(ptes, _A_SWP_UFFD_WP)
 
 
+def pte_swp_mksoft_dirty_array(ptes: ArrayLike) -> U64Array:
+    return words_array(ptes) | _A_SWP_SOFT_DIRTY
+
+
+def pte_swp_mkuffd_wp_array(ptes: ArrayLike) -> U64Array:
+    return words_array(ptes) | _A_SWP_UFFD_WP
+
+
 def pte_swp_exclusive_array(ptes: ArrayLike) -> BoolArray:
     return _has(ptes, _A_SWP_EXCLUSIVE)
 

@@ -19,6 +19,7 @@ from hmmsim.errno import EFAULT, ENOMEM
 from hmmsim.include.mm import (
     FAULT_FLAG_REMOTE,
     FAULT_FLAG_WRITE,
+    GUP_PIN_COUNTING_BIAS,
     VM_FAULT_ERROR,
     VM_FAULT_OOM,
     VM_IO,
@@ -56,8 +57,6 @@ FOLL_LONGTERM = 1 << 8
 FOLL_SPLIT_PMD = 1 << 9
 #: internal (mm/internal.h): a FOLL_PIN reference rather than FOLL_GET
 FOLL_PIN = 1 << 16
-
-GUP_PIN_COUNTING_BIAS = 1 << 10
 
 
 def folio_maybe_dma_pinned(folio) -> bool:

@@ -15,14 +15,18 @@ Output words use the HMM_PFN_* layout of the Kernel's configuration
 A PFN that does not fit below the flag bits is a clear ValueError, never a
 silently truncated word. hmm_pfns is the caller's array, updated in place.
 Context: the mmap_lock of range.notifier.mm is held (read).
+
+Speed: the PTE loop of hmm_vma_walk_pmd, hmm_range_need_fault and the slot
+stores offer their span to hmmsim/fast/hmm.py in one line (`fast_hmm.*`),
+which handles it in bulk or declines (docs/design.md).
 """
 
 from __future__ import annotations
 
-import numpy as np
-
 from hmmsim.bug import KernelBug
 from hmmsim.errno import EAGAIN, EBUSY, EFAULT, ENOENT, EPERM
+from hmmsim.fast import hmm as fast_hmm
+from hmmsim.include.hmm import HMM_NEED_ALL_BITS, HMM_NEED_FAULT, HMM_NEED_WRITE_FAULT
 from hmmsim.include.mm import (
     FAULT_FLAG_REMOTE,
     FAULT_FLAG_WRITE,
@@ -33,11 +37,6 @@ from hmmsim.include.mm import (
     VM_WRITE,
 )
 from hmmsim.include.pgtable import (
-    _PAGE_PRESENT,
-    _PAGE_RW,
-    _PAGE_SPECIAL,
-    PTE_PFN_MASK,
-    U64,
     pmd_none,
     pmd_pfn,
     pmd_present,
@@ -68,11 +67,6 @@ def hmm_pfn_to_page(k, hmm_pfn: int):
     if L.HMM_PFN_DEVICE_PRIVATE and hmm_pfn & L.HMM_PFN_DEVICE_PRIVATE:
         return device_private_offset_to_page(idx, k=k)
     return k.mem.pfn_to_page(idx)
-
-
-HMM_NEED_FAULT = 1 << 0
-HMM_NEED_WRITE_FAULT = 1 << 1
-HMM_NEED_ALL_BITS = HMM_NEED_FAULT | HMM_NEED_WRITE_FAULT
 
 
 class hmm_vma_walk:
@@ -151,45 +145,12 @@ def hmm_pte_need_fault(w: hmm_vma_walk, pfn_req_flags: int, cpu_flags: int) -> i
     return 0
 
 
-def _range_need_fault_bulk(w: hmm_vma_walk, i: int, npages: int, cpu_flags: int) -> int | None:
-    """hmm_range_need_fault's OR of hmm_pte_need_fault over the slots, in
-    one NumPy pass (the loop's early exit only skips slots that cannot add a
-    bit); None where hmm_pfns is not a list or uint64 array. Issue 7."""
-    L = w.L
-    r = w.range
-    hp = r.hmm_pfns
-    if len(hp) < i + npages:
-        return None
-    if isinstance(hp, np.ndarray) and hp.dtype == np.uint64:
-        inp = hp[i : i + npages]
-    elif isinstance(hp, list):
-        try:
-            inp = np.array(hp[i : i + npages], dtype=np.uint64)
-        except (OverflowError, TypeError, ValueError):
-            return None
-    else:
-        return None
-    req = (inp & np.uint64(r.pfn_flags_mask & U64)) | np.uint64(r.default_flags & U64)
-    fault = (req & np.uint64(L.HMM_PFN_REQ_FAULT)) != 0
-    if not fault.any():
-        return 0
-    need = 0
-    write = (req & np.uint64(L.HMM_PFN_REQ_WRITE)) != 0
-    if not cpu_flags & L.HMM_PFN_WRITE and write[fault].any():
-        return HMM_NEED_FAULT | HMM_NEED_WRITE_FAULT
-    if not cpu_flags & L.HMM_PFN_VALID:
-        need |= HMM_NEED_FAULT
-    return need
-
-
 def hmm_range_need_fault(w: hmm_vma_walk, i: int, npages: int, cpu_flags: int) -> int:
     r = w.range
     if not (r.default_flags | r.pfn_flags_mask) & w.L.HMM_PFN_REQ_FAULT:
         return 0
-    if npages >= 8 and w.k.fastpath:
-        required = _range_need_fault_bulk(w, i, npages, cpu_flags)
-        if required is not None:
-            return required
+    if (required := fast_hmm.hmm_range_need_fault(w, i, npages, cpu_flags)) is not None:
+        return required  # the whole span, in one pass
     required = 0
     for j in range(npages):
         required |= hmm_pte_need_fault(w, _get(r, i + j), cpu_flags)
@@ -223,43 +184,10 @@ def hmm_vma_fault(addr: int, end: int, required_fault: int, walk) -> int:
     return -EBUSY
 
 
-def _set_bulk(w: hmm_vma_walk, i: int, n: int, pfn: int | None, flags: int) -> bool:
-    """_set for slots i..i+n-1 with words (pfn + j if pfn is not None) | flags.
-
-    Issue 7's bulk form of the per-slot loops below; False (nothing written)
-    where it does not apply: fast paths off, few slots, hmm_pfns neither a
-    list nor a uint64 array, or a PFN that would not fit (the per-slot loop
-    then writes the slots before the one that raises).
-    """
-    r = w.range
-    hp = r.hmm_pfns
-    if n < 8 or not w.k.fastpath or len(hp) < i + n:
-        return False
-    if pfn is not None and (pfn < 0 or (pfn + n - 1) & w.L.HMM_PFN_FLAGS):
-        return False
-    keep = np.uint64(w.L.HMM_PFN_INOUT_FLAGS & U64)
-    word = np.uint64(flags & U64)
-    if isinstance(hp, np.ndarray):
-        if hp.dtype != np.uint64:
-            return False
-        out = (hp[i : i + n] & keep) | word
-    elif isinstance(hp, list):
-        try:
-            out = (np.array(hp[i : i + n], dtype=np.uint64) & keep) | word
-        except (OverflowError, TypeError, ValueError):
-            return False
-    else:
-        return False
-    if pfn is not None:
-        out |= np.arange(pfn, pfn + n, dtype=np.uint64)
-    hp[i : i + n] = out.tolist() if isinstance(hp, list) else out
-    return True
-
-
 def hmm_pfns_fill(addr: int, end: int, w: hmm_vma_walk, cpu_flags: int) -> int:
     i = (addr - w.range.start) >> PAGE_SHIFT
-    if _set_bulk(w, i, (end - addr) >> PAGE_SHIFT, None, cpu_flags):
-        return 0
+    if fast_hmm.hmm_pfns_set(w, i, (end - addr) >> PAGE_SHIFT, None, cpu_flags):
+        return 0  # every slot, in bulk
     while addr < end:
         _set(w, i, cpu_flags)
         addr += PAGE_SIZE
@@ -372,8 +300,8 @@ def hmm_vma_handle_pmd(walk, addr: int, end: int, i: int, pmd: int) -> int:
     if required_fault:
         return hmm_vma_fault(addr, end, required_fault, walk)
     pfn = pmd_pfn(pmd) + ((addr & ~PMD_MASK) >> PAGE_SHIFT)
-    if _set_bulk(w, i, npages, pfn, cpu_flags):
-        return 0
+    if fast_hmm.hmm_pfns_set(w, i, npages, pfn, cpu_flags):
+        return 0  # every slot, in bulk
     for j in range(npages):
         _set(w, i + j, _pfn_word(w, pfn + j) | cpu_flags)
     return 0
@@ -436,10 +364,13 @@ def hmm_vma_walk_pmd(pmdp: int, start: int, end: int, walk) -> int:
             continue
         if w.minfo:
             return hmm_vma_walk_ptes_migrate(walk, start, end, pmdp, ptep, i)
-        if k.fastpath and npages >= HMM_BULK_MIN:
-            return hmm_vma_walk_ptes_bulk(walk, start, pmdp, ptep, i, npages)
         addr = start
         while addr < end:
+            # offer the rest of the table to the fast layer: it fills a leading
+            # run of common entries, or declines and this entry goes per entry
+            if n := fast_hmm.hmm_vma_handle_ptes(w, ptep, i, (end - addr) >> PAGE_SHIFT):
+                addr, ptep, i = addr + n * PAGE_SIZE, ptep + n * 8, i + n
+                continue
             ret = hmm_vma_handle_pte(walk, addr, end, pmdp, ptep, i)
             if ret:
                 return ret
@@ -447,96 +378,6 @@ def hmm_vma_walk_pmd(pmdp: int, start: int, end: int, walk) -> int:
             ptep += 8
             i += 1
         return 0
-
-
-#: Below this many PTEs the per-entry loop is cheaper than the NumPy setup.
-HMM_BULK_MIN = 8
-
-
-def _hmm_ptes_common(w: hmm_vma_walk, k, ptep: int, i: int, n: int):
-    """Vector form of hmm_vma_handle_pte for the common case; None if unusable.
-
-    Returns (ok, out): ok[j] is True where PTE j is present (not PROT_NONE),
-    maps the zero page or a RAM page through a non-special entry, needs no
-    fault for its request and has a PFN that fits below the flag bits; out[j]
-    is then exactly the word hmm_vma_handle_pte would store for it. Entries
-    with ok False must go through hmm_vma_handle_pte. None when hmm_pfns is
-    neither a list nor a uint64 array (the per-entry path then does it all).
-    """
-    r = w.range
-    hp = r.hmm_pfns
-    if len(hp) < i + n:
-        return None
-    if isinstance(hp, np.ndarray):
-        if hp.dtype != np.uint64:
-            return None
-        inp = hp[i : i + n]
-    elif isinstance(hp, list):
-        try:
-            inp = np.array(hp[i : i + n], dtype=np.uint64)
-        except (OverflowError, TypeError, ValueError):
-            return None
-    else:
-        return None
-    L = w.L
-    ptes = k.mem.ram.words[ptep >> PAGE_SHIFT, (ptep >> 3) & 511 :][:n]
-    pfn = (ptes & np.uint64(PTE_PFN_MASK)) >> np.uint64(PAGE_SHIFT)
-    rw = (ptes & np.uint64(_PAGE_RW)) != 0
-    zero = pfn == np.uint64(k.mem.zero_pfn)
-    normal = ((ptes & np.uint64(_PAGE_SPECIAL)) == 0) & (pfn < np.uint64(k.mem.ram.pages.nr))
-    req = (inp & np.uint64(r.pfn_flags_mask & U64)) | np.uint64(r.default_flags & U64)
-    need_write_fault = (
-        ((req & np.uint64(L.HMM_PFN_REQ_FAULT)) != 0)
-        & ((req & np.uint64(L.HMM_PFN_REQ_WRITE)) != 0)
-        & ~rw
-    )
-    ok = (
-        ((ptes & np.uint64(_PAGE_PRESENT)) != 0)
-        & (zero | normal)
-        & ~need_write_fault
-        & ((pfn & np.uint64(L.HMM_PFN_FLAGS & U64)) == 0)
-    )
-    flags = np.where(rw, np.uint64(L.HMM_PFN_VALID | L.HMM_PFN_WRITE), np.uint64(L.HMM_PFN_VALID))
-    out = (inp & np.uint64(L.HMM_PFN_INOUT_FLAGS & U64)) | pfn | flags
-    return ok, out
-
-
-def hmm_vma_walk_ptes_bulk(walk, start: int, pmdp: int, ptep: int, i: int, n: int) -> int:
-    """The PTE loop of hmm_vma_walk_pmd with common entries done in bulk.
-
-    Same result as calling hmm_vma_handle_pte on each of the n PTEs in order,
-    each with the walk's end (a fault runs on to the end of the PMD walk):
-    runs of common entries (see _hmm_ptes_common) are written with one slice
-    assignment, every other entry goes through hmm_vma_handle_pte, and a
-    non-zero return stops the loop before any later slot is written, as the
-    per-entry loop would. Common entries take no lock and change nothing but
-    their own output slot, so batching them cannot reorder a visible effect.
-    Not a kernel function (issue 7's fast path); Kernel.fastpath turns it off.
-    """
-    k = walk.mm.k
-    w = walk.private
-    end = start + n * PAGE_SIZE
-    res = _hmm_ptes_common(w, k, ptep, i, n)
-    hp = w.range.hmm_pfns
-    if res is None:
-        uncommon = range(n)
-        ok = out = None
-    else:
-        ok, out = res
-        uncommon = np.flatnonzero(~ok).tolist()
-    as_list = isinstance(hp, list)
-    done = 0
-    for u in uncommon:
-        if u > done:
-            hp[i + done : i + u] = out[done:u].tolist() if as_list else out[done:u]
-        addr = start + u * PAGE_SIZE
-        ret = hmm_vma_handle_pte(walk, addr, end, pmdp, ptep + 8 * u, i + u)
-        if ret:
-            return ret
-        done = u + 1
-    if done < n:
-        hp[i + done : i + n] = out[done:n].tolist() if as_list else out[done:n]
-    return 0
 
 
 def hmm_vma_walk_hugetlb_entry(pmdp: int, hmask: int, start: int, end: int, walk) -> int:

@@ -77,6 +77,7 @@ import math
 import numpy as np
 
 from hmmsim.bug import KernelBug
+from hmmsim.fast.arrays import distinct_values, has_duplicates  # noqa: F401 (re-exported)
 from hmmsim.include.mm_types import (
     FOLIO_MAPPING_ANON,
     Page,
@@ -326,26 +327,6 @@ def _reset_to_buddy(p: PageArrays, pages, heads, flags: int = PGTY_buddy) -> Non
     p._entire_mapcount[heads] = -1
     p._large_mapcount[heads] = -1
     p.zone_device_data[pages] = 0
-
-
-def has_duplicates(values: np.ndarray) -> bool:
-    """Whether an integer array holds some value twice (the bulk passes'
-    guard; a sort is several times cheaper than np.unique for window-sized
-    arrays)."""
-    if len(values) < 2:
-        return False
-    s = np.sort(values)
-    return bool((s[1:] == s[:-1]).any())
-
-
-def distinct_values(values: np.ndarray) -> list[int]:
-    """The distinct values of a non-empty integer array, ascending, as ints
-    (np.unique, but a window whose values are all one, the common case,
-    costs one comparison)."""
-    v0 = values[0]
-    if (values == v0).all():
-        return [int(v0)]
-    return np.unique(values).tolist()
 
 
 class FreeArea:

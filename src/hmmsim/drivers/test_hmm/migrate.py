@@ -233,7 +233,9 @@ class dmirror_migrate_ops:
         end_pfn = args.end >> PAGE_SHIFT
         hole_write = _hole_dst_writable(k, args)
         with self.mutex:
-            if fast.dmirror_migrate_finalize_and_map_bulk(self, args, hole_write):
+            if fast.dmirror_migrate_finalize_and_map_bulk(
+                self, args, hole_write, migrate_pfn_to_page
+            ):
                 return 0
             # the slots with a source (a THP window has one in 512)
             for i in compress(range(end_pfn - start_pfn), args.src):
@@ -407,7 +409,7 @@ class dmirror_migrate_ops:
 
     def _fault_alloc_and_copy(self, args, copies) -> int:
         k = self.mdevice.k
-        if fast.dmirror_devmem_fault_alloc_and_copy_bulk(self, args, copies):
+        if fast.dmirror_devmem_fault_alloc_and_copy_bulk(self, args, copies, migrate_pfn_to_page):
             return 0
         src, dst = args.src, args.dst
         i = 0

@@ -1,0 +1,92 @@
+"""NumPy helpers the fast layer shares (not kernel code).
+
+`busy_slots` lists the slots of a migrate window that hold something;
+`has_duplicates` and `distinct_values` guard and group the runs a fast
+function handles; `slot_words` and `store_slots` read and write the slots of
+a migrate src/dst array (a driver's list or a NumPy array) as the per-slot
+loop would.
+"""
+
+from __future__ import annotations
+
+from itertools import compress
+from operator import or_
+
+import numpy as np
+
+
+def busy_slots(npages: int, *arrays) -> list[int]:
+    """Indices < npages where any array is non-zero, in order.
+
+    Every phase of a migration after collect does nothing for a slot whose
+    src and dst are both 0, so the loops over a window (eviction over a whole
+    256 MiB chunk) visit only the busy slots. Same result as the per-slot
+    loop.
+    """
+    # a driver's unsigned long[]: compress() walks the list in C (a THP
+    # window is one busy slot in 512)
+    if len(arrays) == 1 and type(arrays[0]) is list:
+        return list(compress(range(npages), arrays[0][:npages]))
+    if len(arrays) == 2 and type(arrays[0]) is list and type(arrays[1]) is list:
+        a, b = arrays[0][:npages], arrays[1][:npages]
+        if len(a) != len(b):
+            raise ValueError("src and dst differ in length")
+        return list(compress(range(npages), map(or_, a, b)))
+    mask = None
+    for arr in arrays:
+        m = np.asarray(arr[:npages]) != 0
+        mask = m if mask is None else (mask | m)
+    return np.nonzero(mask)[0].tolist() if mask is not None else []
+
+
+def has_duplicates(values: np.ndarray) -> bool:
+    """Whether an integer array holds some value twice (the bulk passes'
+    guard; a sort is several times cheaper than np.unique for window-sized
+    arrays)."""
+    if len(values) < 2:
+        return False
+    s = np.sort(values)
+    return bool((s[1:] == s[:-1]).any())
+
+
+def distinct_values(values: np.ndarray) -> list[int]:
+    """The distinct values of a non-empty integer array, ascending, as ints
+    (np.unique, but a window whose values are all one, the common case,
+    costs one comparison)."""
+    v0 = values[0]
+    if (values == v0).all():
+        return [int(v0)]
+    return [int(v) for v in np.unique(values).tolist()]
+
+
+def sliceable(arr) -> bool:
+    """A src/dst array that takes slice stores: a list or a 1-D NumPy array."""
+    return isinstance(arr, list) or isinstance(arr, np.ndarray) and arr.ndim == 1
+
+
+def slot_words(arr, busy):
+    """The words of slots `busy` (sorted, distinct) of a src/dst array, as uint64."""
+    if isinstance(arr, np.ndarray):
+        return arr[np.asarray(busy, dtype=np.int64)].astype(np.uint64)
+    if busy and busy[-1] - busy[0] == len(busy) - 1:  # every slot of a run is busy
+        return np.array(arr[busy[0] : busy[-1] + 1], dtype=np.uint64)
+    return np.fromiter(map(arr.__getitem__, busy), dtype=np.uint64, count=len(busy))
+
+
+def store_slots(arr, slots, words) -> None:
+    """arr[slots[j]] = words[j] for sorted, distinct slots (a src/dst array).
+
+    The same stores as a loop: one slice when the slots are a run of a list,
+    one fancy store for an array."""
+    if isinstance(arr, np.ndarray):
+        arr[np.asarray(slots, dtype=np.int64)] = words
+        return
+    slots = slots.tolist() if isinstance(slots, np.ndarray) else list(slots)
+    words = words.tolist() if isinstance(words, np.ndarray) else list(words)
+    if len(slots) != len(words):
+        raise ValueError("store_slots: slots and words differ in length")
+    if slots and type(arr) is list and slots[-1] - slots[0] == len(slots) - 1:
+        arr[slots[0] : slots[-1] + 1] = words
+        return
+    for i, v in zip(slots, words, strict=True):
+        arr[i] = v
