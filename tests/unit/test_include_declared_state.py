@@ -48,6 +48,9 @@ def test_hand_written_structs_have_slots(cls):
 def test_dev_pagemap_model_fields_are_declared():
     pgmap = dev_pagemap()
     assert (pgmap._id, pgmap._refs, pgmap._killed, pgmap._ranges) == (None, 0, False, [])
-    assert pgmap._chunk is None and pgmap._folio_free_bulk is None
+    assert pgmap._chunk is None
+    # the batched folio_free is an (optional, model-only) op, not a pgmap field
+    assert pgmap.ops is None or pgmap.ops.folio_free_bulk is None
+    assert not hasattr(pgmap, "_folio_free_bulk")
     # the C union still holds: ranges[0] is range
     assert pgmap.ranges[0] is pgmap.range
