@@ -60,6 +60,7 @@ def test_field_order():
         "migrate_to_ram",
         "memory_failure",
         "folio_split",
+        "folio_free_bulk",  # model-only: the batched folio_free of the fast layer
     ]
     assert [f.name for f in dataclasses.fields(vmem_altmap)] == [
         "base_pfn",
