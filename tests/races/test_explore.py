@@ -65,7 +65,22 @@ def test_random_schedules_are_reproducible():
     assert a.choices == b.choices and len(a.trace) == len(b.trace) and a.error is None
 
 
-@pytest.mark.parametrize("name", sorted(SCENARIOS))
+#: The longest one-preemption searches (6-13 s each on 2 cores) run with
+#: `-m slow`; their mutant hunts stay in the default run.
+SLOW_SCENARIOS = {
+    "thp_split_vs_fault_page",
+    "eviction_vs_cpu_fault",
+    "hmm_fault_on_locked_device_page",
+}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=(pytest.mark.slow,) if n in SLOW_SCENARIOS else ())
+        for n in sorted(SCENARIOS)
+    ],
+)
 def test_scenario_clean_with_one_preemption(name):
     report = explore(make_runner(name), preemptions=1, max_schedules=2000, name=name)
     assert report.complete and report.schedules > 1
