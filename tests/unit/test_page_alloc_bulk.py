@@ -203,3 +203,59 @@ def test_free_order0_bulk_across_drains(ram, n, seed, fixed_high, high_orders):
     for pfn in pb[order].tolist():
         folio_put(b.mem.pfn_to_page(pfn))
     assert _same(_state(a), _state(b))
+
+
+def _vm_area_alloc_pages_chunked(k: Kernel, nr_pages: int) -> list[int]:
+    """mm/vmalloc.c vm_area_alloc_pages chunk by chunk: bulk requests of at
+    most VMALLOC_BULK_CHUNK pages until one comes back short, then single
+    pages (the reference that vmalloc's one-call form stands for)."""
+    from hmmsim.mm.page_alloc import GFP_KERNEL
+    from hmmsim.mm.vmalloc import VMALLOC_BULK_CHUNK
+
+    out: list[int] = []
+    while len(out) < nr_pages:
+        req = min(VMALLOC_BULK_CHUNK, nr_pages - len(out))
+        got = k.mem.alloc_pages_bulk(req, GFP_KERNEL, inject=False)
+        out += got
+        if len(got) != req:
+            break
+    while len(out) < nr_pages:
+        page = k.mem.alloc_pages(0, GFP_KERNEL, inject=False)
+        if page is None:
+            break
+        out.append(page.pfn)
+    return out
+
+
+@settings(max_examples=25, deadline=None)
+@given(ops=OPS, n=st.sampled_from([2, 99, 100, 101, 201, 350, 1000, 5000]), ram=RAM)
+def test_vm_area_alloc_pages_is_its_chunks(ops, n, ram):
+    """vmalloc's page allocation (whole chunks as one bulk allocation where
+    the pages are there) hands out the PFNs, and leaves the lists, of the
+    chunk-by-chunk loop, also where it runs short or ends in a one-page chunk."""
+    from hmmsim.mm.vmalloc import vm_area_alloc_pages
+
+    a, b = _fragmented(ops, ram), _fragmented(ops, ram)
+    a.mem.alloc_pages_bulk(7)  # the unmovable list part-used
+    b.mem.alloc_pages_bulk(7)
+    assert vm_area_alloc_pages(a, n) == _vm_area_alloc_pages_chunked(b, n)
+    assert _same(_state(a), _state(b))
+
+
+def test_vfree_drops_only_the_areas_references():
+    """vfree_pages drops the area's reference of each page; a page the
+    driver also holds keeps that one (and stays allocated)."""
+    from hmmsim.mm.vmalloc import vfree_pages, vmalloc_pages
+
+    k = _fragmented([])
+    other = k.mem.alloc_pages(0).pfn
+    k.driver_refs[other] += 1
+    vm = vmalloc_pages(k, 300 * 4096)
+    assert all(k.driver_refs[p] == 1 for p in vm.pfns)
+    vfree_pages(k, vm)
+    assert dict(k.driver_refs) == {other: 1}
+    vm = vmalloc_pages(k, 300 * 4096)
+    extra = vm.pfns[5]
+    k.driver_refs[extra] += 1  # a second holder: the per-page loop's case
+    vfree_pages(k, vm)
+    assert dict(k.driver_refs) == {other: 1, extra: 1}

@@ -24,6 +24,8 @@ ignore-gfp-wait skips GFP_KERNEL), so Kernel.fault_inject does not apply.
 
 from __future__ import annotations
 
+from collections import deque
+
 import numpy as np
 
 from hmmsim.kconfig import PAGE_SHIFT, PAGE_SIZE
@@ -109,11 +111,22 @@ def vm_area_alloc_pages(k, nr_pages: int) -> list[int]:
     """mm/vmalloc.c vm_area_alloc_pages for order 0 and GFP_KERNEL: bulk
     requests of up to VMALLOC_BULK_CHUNK pages until one comes back short,
     then single alloc_pages until one fails. The PFNs, in index order."""
-    from hmmsim.mm.page_alloc import GFP_KERNEL
+    from hmmsim.mm.page_alloc import GFP_KERNEL, gfp_migratetype, order_to_pindex
 
     mem = k.mem
     out: list[int] = []
-    while len(out) < nr_pages:
+    # While the list and the buddy hold every page of the whole chunks, each
+    # chunk comes back whole and starts where the last one stopped (same
+    # pops, same refills at the same pcp state), so together they are one
+    # bulk request. A final one-page chunk is alloc_pages: the loop's.
+    whole = nr_pages - (nr_pages % VMALLOC_BULK_CHUNK == 1)
+    pcp = mem.pcp
+    lst = pcp.lists[order_to_pindex(0, gfp_migratetype(GFP_KERNEL))]
+    short = False
+    if whole > VMALLOC_BULK_CHUNK and len(lst) + mem.nr_free - pcp.count >= whole:
+        out = mem.alloc_pages_bulk(whole, GFP_KERNEL, inject=False)
+        short = len(out) != whole  # only with a test hook that fails allocations
+    while not short and len(out) < nr_pages:
         req = min(VMALLOC_BULK_CHUNK, nr_pages - len(out))
         got = mem.alloc_pages_bulk(req, GFP_KERNEL, inject=False)
         out += got
@@ -153,10 +166,13 @@ def vfree_pages(k, vm: VmPages | None) -> None:
         return
     if vm.pfns:
         refs = k.driver_refs
-        for pfn in vm.pfns:
-            refs[pfn] -= 1
-            if not refs[pfn]:
-                del refs[pfn]
+        if len(set(vm.pfns)) == len(vm.pfns) and set(map(refs.get, vm.pfns)) == {1}:
+            deque(map(refs.pop, vm.pfns), maxlen=0)  # each count 1 -> 0: the loop below
+        else:
+            for pfn in vm.pfns:
+                refs[pfn] -= 1
+                if not refs[pfn]:
+                    del refs[pfn]
         pfns = np.asarray(vm.pfns, dtype=np.int64)
         k.mem.ram.pages._refcount[pfns] = 0  # put_page_testzero: the only reference
         k.mem.free_folios_order0(pfns)
