@@ -41,8 +41,13 @@ The package, one module per concern (the CLI is hmmsim.testing.fuzz_cli):
 - ops: the workload geometry, the operation dataclasses, SeqConfig and
   feature_configs, FuzzFailure, fill;
 - peek: peek/peek_frame, what a CPU access would read, read without faulting;
-- shadow: the shadow of every process's bytes and the oracle, the World: one
-  handler per operation kind and the checks after each step;
+- shadow: the shadow model of user memory (Cell, SharedObj, PageState,
+  ProcState, FdState), the bytes every process must read;
+- world: the World, one Kernel with the shadow, apply() and _HANDLERS (one
+  handler per operation kind), assembled from three mixins:
+  process_ops (processes, memory syscalls, CPU accesses), device_ops
+  (dmirror opens, closes and ioctls) and oracle (compare, verify, sweep and
+  the check point);
 - rules: the Generator, the seeded rules that pick the next operation;
 - shrink: execute (replay a list on a fresh World), localise, shrink and
   replay_script;
@@ -78,8 +83,8 @@ from hmmsim.testing.fuzz.ops import (
 from hmmsim.testing.fuzz.peek import peek, peek_frame
 from hmmsim.testing.fuzz.rules import WEIGHTS, Generator
 from hmmsim.testing.fuzz.runner import FuzzReport, Violation, run_fuzz
-from hmmsim.testing.fuzz.shadow import World
 from hmmsim.testing.fuzz.shrink import execute, replay_script, shrink
+from hmmsim.testing.fuzz.world import World
 
 __all__ = [
     "ALLOWED_WARNINGS",

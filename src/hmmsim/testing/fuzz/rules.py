@@ -40,7 +40,8 @@ from hmmsim.testing.fuzz.ops import (
     Spawn,
     Store,
 )
-from hmmsim.testing.fuzz.shadow import ProcState, World
+from hmmsim.testing.fuzz.shadow import ProcState
+from hmmsim.testing.fuzz.world import World
 
 # --- the random driver ---------------------------------------------------------------------
 #: Relative weights of the operation kinds the generator picks.

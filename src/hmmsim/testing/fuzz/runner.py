@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 from hmmsim.testing.fuzz.ops import DEFAULT_RAM, THP_MODES, FuzzFailure, SeqConfig, feature_configs
 from hmmsim.testing.fuzz.rules import Generator
-from hmmsim.testing.fuzz.shadow import World
 from hmmsim.testing.fuzz.shrink import execute, localise, replay_script, shrink
+from hmmsim.testing.fuzz.world import World
 
 DEFAULT_SEQUENCE_STEPS = 300
 #: Steps between invariant checks and between full sweeps in `run_fuzz`; the

@@ -15,7 +15,7 @@ from hmmsim.testing.fuzz.ops import (
     SeqConfig,
     Spawn,
 )
-from hmmsim.testing.fuzz.shadow import World
+from hmmsim.testing.fuzz.world import World
 
 
 # --- replaying and shrinking ----------------------------------------------------------------
