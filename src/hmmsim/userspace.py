@@ -22,6 +22,7 @@ import numpy as np
 
 from hmmsim.bug import KernelBug
 from hmmsim.errno import EBADF, ECHILD, EINVAL, EMFILE, ENOENT, ENOTTY, EPERM, ESRCH
+from hmmsim.fast import memory as fast_mem
 from hmmsim.include.mm import (
     FAULT_FLAG_USER,
     FAULT_FLAG_WRITE,
@@ -64,10 +65,16 @@ from hmmsim.mm import mmap as _mmap
 from hmmsim.mm import mprotect as _mprotect
 from hmmsim.mm import mremap as _mremap
 from hmmsim.mm.fork import dup_mmap
-from hmmsim.mm.memory import BULK_MIN, access_error, do_anonymous_page_bulk, handle_mm_fault
+from hmmsim.mm.memory import access_error, handle_mm_fault
 from hmmsim.mm.mmap import FMODE_READ, FMODE_WRITE
-from hmmsim.mm.pgtable import pmd_offset, pmdp_get, pte_offset_map, ptep_get, set_pte_at
+from hmmsim.mm.page_alloc import __GFP_ZERO, GFP_HIGHUSER_MOVABLE
+from hmmsim.mm.pgtable import pmd_offset, pmdp_get, pte_offset_map, ptep_get, set_pte_at, walk_pte
 from hmmsim.mm.shmem import shmem_inode
+
+#: what the fast first-touch fault borrows from mm/ (fast/ never imports mm/)
+_FAST_MEM_REF = fast_mem.Reference(
+    walk_pte=walk_pte, gfp_zeroed_movable=GFP_HIGHUSER_MOVABLE | __GFP_ZERO
+)
 
 SIGSEGV = 11
 SIGBUS = 7
@@ -789,7 +796,12 @@ class Process:
         while pos < n:
             a = addr + pos
             off = a & (PAGE_SIZE - 1)
-            if not off and pos >= bulk_at and n - pos >= BULK_MIN * PAGE_SIZE and self.k.fastpath:
+            if (
+                not off
+                and pos >= bulk_at
+                and n - pos >= fast_mem.MIN_RUN * PAGE_SIZE
+                and self.k.fastpath  # no mmap_lock round trip (a scheduler point) when off
+            ):
                 done, skip = self._store_first_touch_bulk(a, buf[pos:])
                 if done:
                     pos += done
@@ -803,7 +815,7 @@ class Process:
     def _store_first_touch_bulk(self, a: int, buf: np.ndarray) -> tuple[int, int]:
         """The whole pages of buf stored from page-aligned a on, while they
         are unpopulated anonymous pages under one PTE table that exists:
-        their write faults taken in one go (do_anonymous_page_bulk), which
+        their write faults taken in one go (fast/memory.py do_anonymous_pages), which
         leaves what a fault per page would. (bytes stored, 0), or (0, bytes
         the per-page path should store before the next offer). Not a
         kernel function (issue 16)."""
@@ -817,7 +829,7 @@ class Process:
             if vma is None:
                 return 0, buf.size
             nr = min(nr, (vma.vm_end - a) >> PAGE_SHIFT)
-            pfns, skip = do_anonymous_page_bulk(vma, a, nr)
+            pfns, skip = fast_mem.do_anonymous_pages(_FAST_MEM_REF, vma, a, nr)
         finally:
             mm.mmap_lock.up_read()
         if pfns is None:

@@ -13,14 +13,19 @@ Simplified: the mmap_lock is always held for read around a fault (no
 per-VMA locks, so no VM_FAULT_RETRY from the VMA-lock path); no swap device,
 so real swap entries never exist; no NUMA hinting faults; no mTHP orders
 other than PMD. TLB flushes are immediate and implicit.
+
+The PTE loops of zap_pte_range and copy_pte_range offer their table to
+hmmsim/fast/memory.py in one line (`fast_mem.*`), which handles it in bulk
+or declines (docs/design.md, "The reference code and the fast layer");
+skipping those lines leaves the kernel's loops. The first-touch fault of a
+whole store is offered by Process.store (userspace.py).
 """
 
 from __future__ import annotations
 
-import numpy as np
-
 from hmmsim.bug import KernelBug
 from hmmsim.errno import EAGAIN, EBUSY, EFAULT, ENOMEM
+from hmmsim.fast import memory as fast_mem
 from hmmsim.include.mm import (
     FAULT_FLAG_WRITE,
     VM_EXEC,
@@ -42,18 +47,11 @@ from hmmsim.include.mm import (
     VM_WRITE,
 )
 from hmmsim.include.mm_types import (
-    FOLIO_MAPPING_ANON,
     MM_ANONPAGES,
     MM_FILEPAGES,
     MM_SHMEMPAGES,
     Page,
     PageAnonExclusive,
-    PG_anon_exclusive,
-    PG_head,
-    PG_hugetlb,
-    PG_lru,
-    PG_reserved,
-    PG_zero,
     SetPageAnonExclusive,
     folio_get,
     folio_mapcount,
@@ -63,19 +61,14 @@ from hmmsim.include.mm_types import (
     folio_test_anon,
     folio_test_large,
     is_cow_mapping,
-    linear_page_index,
     page_folio,
     vm_fault,
     vma_is_anonymous,
 )
 from hmmsim.include.mmu_notifier import MMU_NOTIFY_CLEAR, MMU_NOTIFY_PROTECTION_PAGE
 from hmmsim.include.pgtable import (
-    _PAGE_ACCESSED,
-    _PAGE_DIRTY,
-    _PAGE_UFFD_WP,
     mk_table_entry,
     pfn_pte,
-    pfn_pte_array,
     pmd_leaf,
     pmd_none,
     pmd_present,
@@ -86,17 +79,13 @@ from hmmsim.include.pgtable import (
     pte_mkclean,
     pte_mkdirty,
     pte_mkold,
-    pte_mkold_array,
     pte_mkspecial,
     pte_mkwrite_novma,
     pte_mkyoung,
     pte_none,
     pte_pfn,
-    pte_pfn_array,
     pte_present,
-    pte_present_array,
     pte_special,
-    pte_special_array,
     pte_swp_clear_uffd_wp,
     pte_swp_mksoft_dirty,
     pte_swp_mkuffd_wp,
@@ -104,16 +93,14 @@ from hmmsim.include.pgtable import (
     pte_swp_uffd_wp,
     pte_uffd_wp,
     pte_write,
-    pte_write_array,
     pte_wrprotect,
-    pte_wrprotect_array,
 )
 from hmmsim.kconfig import PAGE_SHIFT, PAGE_SIZE, PMD_MASK, PMD_SIZE
 from hmmsim.locking import folio_trylock, folio_unlock, trylock_page, unlock_page
 from hmmsim.mm import huge_memory
 from hmmsim.mm.migrate import migration_entry_wait, softleaf_entry_wait_on_locked
 from hmmsim.mm.mmu_notifier import notify_range
-from hmmsim.mm.page_alloc import __GFP_ZERO, GFP_HIGHUSER_MOVABLE, has_duplicates
+from hmmsim.mm.page_alloc import __GFP_ZERO, GFP_HIGHUSER_MOVABLE
 from hmmsim.mm.pgtable import (
     alloc_table,
     free_table,
@@ -843,8 +830,8 @@ def zap_pte_range(vma, pmdp: int, addr: int, end: int, even_cows: bool = True) -
         return
     to_free = []
     with pte_lockptr(mm, ptep):
-        if k.fastpath and even_cows and zap_pte_range_bulk(vma, ptep, addr, end):
-            return
+        n = fast_mem.zap_pte_range(vma, ptep, addr, end, even_cows)
+        addr, ptep = addr + n * PAGE_SIZE, ptep + n * 8
         while addr < end:
             pte = ptep_get(k, ptep)
             if not pte_none(pte) and not even_cows and _keeps_cow(vma, addr, pte):
@@ -1014,8 +1001,8 @@ def copy_pte_range(dst_vma, src_vma, dst_pmdp: int, src_pmdp: int, addr: int, en
     src_ptep = pte_offset_map(k, pmdp_get(k, src_pmdp), addr)
     dst_ptep = pte_offset_map(k, pmdp_get(k, dst_pmdp), addr)
     with pte_lockptr(src_mm, src_ptep):
-        if k.fastpath and copy_pte_range_bulk(dst_vma, src_vma, dst_ptep, src_ptep, addr, end):
-            return 0
+        n = fast_mem.copy_pte_range(dst_vma, src_vma, dst_ptep, src_ptep, addr, end)
+        addr, src_ptep, dst_ptep = addr + n * PAGE_SIZE, src_ptep + n * 8, dst_ptep + n * 8
         while addr < end:
             pte = ptep_get(k, src_ptep)
             if not pte_none(pte):
@@ -1171,194 +1158,3 @@ def vm_insert_page(vma, addr: int, page: Page) -> int:
         folio_add_file_rmap_pte(folio, page, vma)
         set_pte_at(mm, addr, ptep, mk_pte(page, vma.vm_page_prot))
     return 0
-
-
-# ----------------------------------------------------------------------------------------
-# bulk forms (issue 16): whole PTE-table windows in NumPy, offered by one line at
-# the top of the per-entry loops above. Not kernel functions. Each handles its
-# whole window exactly as the per-entry loop would, or declines (returns a
-# false value) and changes nothing; see docs/design.md "The reference code and
-# the fast paths".
-
-#: Windows shorter than this are left to the per-entry loops.
-BULK_MIN = 8
-
-
-def _ptes_of(k, ptep: int, nr: int):
-    """The `nr` PTE words from ptep on, as a writable view of the table page."""
-    i = (ptep >> 3) & 511
-    return k.mem.ram.words[ptep >> PAGE_SHIFT, i : i + nr]
-
-
-def _plain_anon_pages(k, ptes):
-    """For present PTEs: (pfns of the normal pages, mask of those among
-    ptes), or None when one of them is anything but a mapping of a distinct
-    order-0 anonymous RAM folio or the zero page (special): a large folio, a
-    file or device page, a PFN mapped twice."""
-    special = pte_special_array(ptes)
-    pfns = pte_pfn_array(ptes)
-    normal = ~special & (pfns != k.mem.zero_pfn)
-    pfns = pfns[normal]
-    if not len(pfns):
-        return pfns, normal
-    ram = k.mem.ram.pages
-    if pfns.min() < 0 or pfns.max() >= ram.nr:
-        return None
-    fl = ram.flags[pfns]
-    if (
-        (fl & np.uint32(PG_head | PG_reserved | PG_zero | PG_hugetlb)).any()
-        or ram.head_off[pfns].any()
-        or ram.pgmap[pfns].any()
-        or not (ram.mapping[pfns] & np.uint32(FOLIO_MAPPING_ANON)).all()
-        or has_duplicates(pfns)
-    ):
-        return None
-    return pfns, normal
-
-
-def zap_pte_range_bulk(vma, ptep: int, addr: int, end: int) -> bool:
-    """zap_pte_range's loop over [addr, end) when every entry is none or a
-    present mapping of an order-0 anonymous folio or the zero page: the
-    words cleared, rss and mapcounts dropped, then the references put in
-    address order (the folios whose last one it was freed in that order,
-    as the per-entry tlb_finish_mmu loop frees them). False (nothing
-    done) otherwise."""
-    mm = vma.vm_mm
-    k = mm.k
-    nr = (end - addr) >> PAGE_SHIFT
-    if nr < BULK_MIN:
-        return False
-    ptes = _ptes_of(k, ptep, nr)
-    used = ptes != 0
-    words = ptes[used]
-    if not len(words) or not pte_present_array(words).all():
-        return not len(words)  # an empty window: nothing to do
-    got = _plain_anon_pages(k, words)
-    if got is None:
-        return False
-    pfns, _ = got
-    ram = k.mem.ram.pages
-    if (ram._mapcount[pfns] < 0).any() or (ram._refcount[pfns] <= 0).any():
-        return False  # the per-entry path raises there
-    ptes[used] = 0
-    if not len(pfns):
-        return True
-    mm.rss_stat[MM_ANONPAGES] -= len(pfns)
-    ram._mapcount[pfns] -= 1
-    ram._refcount[pfns] -= 1
-    last = pfns[ram._refcount[pfns] == 0]
-    if len(last):
-        k.mem.free_folios_order0(last)
-    return True
-
-
-def copy_pte_range_bulk(
-    dst_vma, src_vma, dst_ptep: int, src_ptep: int, addr: int, end: int
-) -> bool:
-    """copy_pte_range's loop over [addr, end) of a private (COW) mapping when
-    every entry is none or a present mapping of an order-0 anonymous folio
-    that cannot be pinned, or of the zero page: references and mapcounts
-    taken, PageAnonExclusive cleared, the parent's writable entries write
-    protected, the child's entries old and without uffd-wp. False (nothing
-    done) otherwise."""
-    src_mm = src_vma.vm_mm
-    k = src_mm.k
-    nr = (end - addr) >> PAGE_SHIFT
-    if nr < BULK_MIN or src_vma.vm_flags & VM_SHARED or not is_cow_mapping(src_vma.vm_flags):
-        return False
-    src = _ptes_of(k, src_ptep, nr)
-    used = src != 0
-    words = src[used]
-    if not len(words):
-        return True
-    if not pte_present_array(words).all():
-        return False
-    got = _plain_anon_pages(k, words)
-    if got is None:
-        return False
-    pfns, _ = got
-    ram = k.mem.ram.pages
-    from hmmsim.mm.gup import GUP_PIN_COUNTING_BIAS
-
-    refs = ram._refcount[pfns]
-    if len(pfns) and ((refs <= 0).any() or (refs + 1 >= GUP_PIN_COUNTING_BIAS).any()):
-        return False  # a free page (the per-entry path raises) or maybe pinned: copied
-    wr = pte_write_array(words)
-    parent = words.copy()
-    parent[wr] = pte_wrprotect_array(words[wr])
-    child = pte_mkold_array(parent) & ~np.uint64(_PAGE_UFFD_WP)
-    j = int(np.argmax(wr)) if wr.any() else 0
-    w = int(words[j])
-    one = pte_wrprotect(w) if pte_write(w) else w
-    if int(parent[j]) != one or int(child[j]) != pte_mkold(one) & ~_PAGE_UFFD_WP:
-        raise KernelBug(f"copy_pte_range_bulk: PTE {w:#x} built differently")
-    if len(pfns):
-        ram._refcount[pfns] += 1
-        ram._mapcount[pfns] += 1
-        ram.flags[pfns] &= np.uint32(~PG_anon_exclusive & 0xFFFFFFFF)
-        dst_vma.vm_mm.rss_stat[MM_ANONPAGES] += len(pfns)
-    src[used] = parent
-    _ptes_of(k, dst_ptep, nr)[used] = child
-    return True
-
-
-def do_anonymous_page_bulk(vma, addr: int, nr: int) -> tuple[np.ndarray | None, int]:
-    """The write faults of a CPU store into `nr` pages from addr, each of
-    them in one PTE table that exists: the first n (pte_none) of them, each
-    as handle_mm_fault -> do_anonymous_page would map it, and then as the
-    retried access sets it young and dirty. Returns (the n new PFNs in
-    address order, n). Or (None, skip), nothing done, when fewer than
-    BULK_MIN pages qualify, the table or the vma's anon_vma does not exist
-    yet, or the allocator could not hand out n pages in one go (the
-    per-page path then takes its own way, OOM included): `skip` is how many
-    pages from addr the caller should leave to the per-page path before it
-    offers again (1 where the first fault creates what is missing). The new
-    pages are not zeroed: the caller overwrites every byte of them."""
-    mm = vma.vm_mm
-    k = mm.k
-    if (
-        nr < BULK_MIN
-        or vma.vm_flags & (VM_SHARED | VM_HUGETLB)
-        or not vma.vm_flags & VM_WRITE
-        or not vma_is_anonymous(vma)
-    ):
-        return None, max(nr, 1)
-    if vma.anon_vma is None:
-        return None, 1
-    pmdp = pmd_offset(mm, addr)
-    if pmdp is None:
-        return None, 1
-    pmdval = pmdp_get(k, pmdp)
-    ptep = pte_offset_map(k, pmdval, addr)
-    if ptep is None:
-        return None, 1 if pmd_none(pmdval) else nr  # a huge or softleaf PMD: per page
-    ptes = _ptes_of(k, ptep, nr)
-    busy = np.flatnonzero(ptes)
-    n = int(busy[0]) if len(busy) else nr
-    if n < BULK_MIN:
-        if n:
-            return None, n
-        free = np.flatnonzero(ptes == 0)
-        return None, int(free[0]) if len(free) else nr  # mapped pages: per page
-    pfns = k.mem.alloc_pages_order0_bulk(n, GFP_HIGHUSER_MOVABLE | __GFP_ZERO)
-    if pfns is None:
-        return None, nr
-    k.stats["faults"] += n
-    prot = vma.vm_page_prot
-    one = pte_mkwrite_novma(pte_mkdirty(pfn_pte(0, prot)))
-    one |= _PAGE_ACCESSED | _PAGE_DIRTY  # the retried access (the hardware walk)
-    base = pfn_pte(0, prot)
-    new = (pfn_pte_array(pfns, prot) | np.uint64(one & ~base)) & ~np.uint64(base & ~one)
-    p0 = int(pfns[0])
-    if int(new[0]) != pte_mkwrite_novma(pte_mkdirty(pfn_pte(p0, prot))) | (
-        _PAGE_ACCESSED | _PAGE_DIRTY
-    ):
-        raise KernelBug(f"do_anonymous_page_bulk: PTE for {p0:#x} built differently")
-    ram = k.mem.ram.pages
-    mm.rss_stat[MM_ANONPAGES] += n
-    ram.mapping[pfns] = vma.anon_vma.id | FOLIO_MAPPING_ANON
-    ram.index[pfns] = linear_page_index(vma, addr) + np.arange(n, dtype=np.int64)
-    ram._mapcount[pfns] = 0
-    ram.flags[pfns] |= np.uint32(PG_anon_exclusive | PG_lru)
-    ptes[:n] = new
-    return pfns, n
