@@ -247,6 +247,11 @@ class GpuDevice:
         self.compound_fallbacks = 0  # compound sources given small pages instead
         self.owner_of: dict[int, int] = {}  # device page index -> vpn it holds
         self.where: dict[int, int] = {}  # vpn -> device page index holding it
+        self._used = 0  # device pages in use, all chunks (resident_pages)
+        #: resident pages per address bin (track_residency), kept as `where` changes
+        self.heat: np.ndarray | None = None
+        self._heat_lo = 0
+        self._heat_n = 1
         self._busy: set[int] = set()  # chunk indices not to evict in this batch
         self._res: list = []  # iomem regions of the chunks (without series (c))
         self._bases: list[int] = []  # sorted first page index of each chunk
@@ -281,7 +286,26 @@ class GpuDevice:
 
     @property
     def resident_pages(self) -> int:
-        return sum(c.used for c in self.chunks)
+        return self._used
+
+    def track_residency(self, lo: int, npages: int, nbins: int) -> None:
+        """Keep `heat`: how many pages of [lo, lo + npages) are resident per
+        bin of npages / nbins pages (for a residency heatmap without walking
+        `where`)."""
+        self._heat_lo, self._heat_n = lo, max(1, npages)
+        self.heat = np.zeros(nbins, dtype=np.int64)
+        for vpn in self.where:
+            self._heat_add(vpn, 1)
+
+    def _heat_add(self, vpn: int, d: int) -> None:
+        v = vpn - self._heat_lo
+        if 0 <= v < self._heat_n:
+            self.heat[v * len(self.heat) // self._heat_n] += d
+
+    def _set_where(self, vpn: int, pfn: int) -> None:
+        if self.heat is not None and vpn not in self.where:
+            self._heat_add(vpn, 1)
+        self.where[vpn] = pfn
 
     def _add_chunk(self) -> int:
         """memremap one more root chunk; 0 or -errno."""
@@ -343,6 +367,7 @@ class GpuDevice:
         zone_device_folio_init(page, page_pgmap(page), 0)
         chunk = self.chunk_of_pgmap[id(page_pgmap(page))]
         chunk.used += 1
+        self._used += 1
         chunk.last_alloc = self.seq
         chunk.last_access = self.seq
         return page
@@ -362,6 +387,7 @@ class GpuDevice:
         head = Page(self.k, a, 0)
         zone_device_folio_init(head, page_pgmap(head), HPAGE_PMD_ORDER)
         chunk.used = CHUNK_PAGES
+        self._used += CHUNK_PAGES
         chunk.last_alloc = chunk.last_access = self.seq
         self.compound_folios += 1
         return head
@@ -390,6 +416,7 @@ class GpuDevice:
         n = folio_nr_pages(folio)
         with self.lock:
             chunk.used -= n
+            self._used -= n
             # a large folio's head goes on the free list last, so it is handed
             # out (and re-initialised as an order-0 folio, clearing its
             # compound state) before any of its old tails
@@ -398,10 +425,30 @@ class GpuDevice:
                 vpn = self.owner_of.pop(page.pfn, None)
                 if vpn is not None and self.where.get(vpn) == page.pfn:
                     del self.where[vpn]
+                    if self.heat is not None:
+                        self._heat_add(vpn, -1)
                 self.free.append(page)
 
     def vram_row(self, page: Page) -> np.ndarray:
         return self.chunk_of_pgmap[id(page_pgmap(page))].vram[page.i]
+
+    # --- first words of pages, in bulk (a simulator's data check) -----------------------
+    def load_words(self, chunks: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """The first 8 bytes (as uint64) of device pages: page rows[j] of
+        root chunk chunks[j] (GpuChunk.index)."""
+        out = np.zeros(len(rows), dtype=np.uint64)
+        for c in np.unique(chunks).tolist():
+            sel = chunks == c
+            out[sel] = self.chunks[c].vram[rows[sel], :8].copy().view(np.uint64)[:, 0]
+        return out
+
+    def store_words(self, chunks: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
+        """Store values[j] in the first 8 bytes of device page rows[j] of
+        chunk chunks[j] (no two j name the same page)."""
+        for c in np.unique(chunks).tolist():
+            sel = chunks == c
+            v = np.ascontiguousarray(values[sel], dtype=np.uint64)
+            self.chunks[c].vram[rows[sel], :8] = v.view(np.uint8).reshape(-1, 8)
 
     # --- eviction -----------------------------------------------------------------------
     def make_room(self, npages: int, res: ServiceResult | None = None) -> None:
@@ -852,6 +899,109 @@ def _runs(vpns: list[int], limit: int):
         i = j
 
 
+class DevicePageTable(dict):
+    """The device page table: vpn -> (Page, tag), a dict.
+
+    After ``track(vpns)`` it also keeps NumPy columns for those pages (a
+    simulator's batched hit test): ``kind`` (0 unmapped, 1 a device page,
+    2 a system page), ``writable`` (tag TAG_WRITE), ``chunk`` and ``row``
+    (root chunk index and page within it; for a system page, row is the
+    PFN). Every store and removal goes through the dict methods below, so
+    the columns always say what the dict says.
+    """
+
+    def __init__(self, device) -> None:
+        super().__init__()
+        self.device = device
+        self.tvpns: np.ndarray | None = None
+        self._lo = -1  # tvpns is the range [_lo, _lo + len) when _lo >= 0
+        self.kind = np.zeros(0, dtype=np.int8)
+        self.writable = np.zeros(0, dtype=bool)
+        self.chunk = np.zeros(0, dtype=np.int32)
+        self.row = np.zeros(0, dtype=np.int64)
+
+    def track(self, vpns: np.ndarray) -> None:
+        """Keep columns for the sorted, distinct vpns."""
+        v = np.asarray(vpns, dtype=np.int64)
+        n = len(v)
+        self.tvpns = v
+        self._lo = int(v[0]) if n and int(v[-1]) - int(v[0]) == n - 1 else -1
+        self.kind = np.zeros(n, dtype=np.int8)
+        self.writable = np.zeros(n, dtype=bool)
+        self.chunk = np.full(n, -1, dtype=np.int32)
+        self.row = np.zeros(n, dtype=np.int64)
+        for vpn, e in self.items():
+            self._note(vpn, e)
+
+    def index(self, vpns: np.ndarray) -> np.ndarray:
+        """Column index of each vpn (-1 where not tracked)."""
+        v = np.asarray(vpns, dtype=np.int64)
+        t = self.tvpns
+        if t is None or not len(t):
+            return np.full(len(v), -1, dtype=np.int64)
+        if self._lo >= 0:
+            i = v - self._lo
+            return np.where((i >= 0) & (i < len(t)), i, -1)
+        i = np.minimum(np.searchsorted(t, v), len(t) - 1)
+        return np.where(t[i] == v, i, -1)
+
+    def _one(self, vpn: int) -> int:
+        t = self.tvpns
+        if t is None:
+            return -1
+        if self._lo >= 0:
+            i = vpn - self._lo
+            return i if 0 <= i < len(t) else -1
+        i = int(np.searchsorted(t, vpn))
+        return i if i < len(t) and int(t[i]) == vpn else -1
+
+    def _note(self, vpn: int, e) -> None:
+        i = self._one(vpn)
+        if i < 0:
+            return
+        page, tag = e
+        self.writable[i] = tag == TAG_WRITE
+        if is_device_private_page(page):
+            self.kind[i] = 1
+            self.chunk[i] = self.device.chunk_of_pgmap[id(page_pgmap(page))].index
+            self.row[i] = page.i
+        else:
+            self.kind[i] = 2
+            self.chunk[i] = -1
+            self.row[i] = page.pfn
+
+    def _drop(self, vpn: int) -> None:
+        i = self._one(vpn)
+        if i >= 0:
+            self.kind[i] = 0
+
+    def __setitem__(self, vpn, e) -> None:
+        super().__setitem__(vpn, e)
+        if self.tvpns is not None:
+            self._note(vpn, e)
+
+    def __delitem__(self, vpn) -> None:
+        super().__delitem__(vpn)
+        if self.tvpns is not None:
+            self._drop(vpn)
+
+    def pop(self, vpn, *default):
+        e = super().pop(vpn, *default)
+        if self.tvpns is not None:
+            self._drop(vpn)
+        return e
+
+    def clear(self) -> None:
+        super().clear()
+        self.kind[:] = 0
+
+    def setdefault(self, *a):  # not used: it would bypass the columns
+        raise NotImplementedError("DevicePageTable.setdefault")
+
+    def update(self, *a, **kw):  # likewise
+        raise NotImplementedError("DevicePageTable.update")
+
+
 class GpuVaSpace:
     """The device's mirror of one mm: its page table and interval notifier.
 
@@ -863,7 +1013,7 @@ class GpuVaSpace:
     def __init__(self, device: GpuDevice, mm) -> None:
         self.device = device
         self.mm = mm
-        self.pt: dict[int, tuple[Page, int]] = {}
+        self.pt = DevicePageTable(device)
         self.notifier = mmu_interval_notifier()
         self.mutex = Lock(device.k, f"{device.name}.mutex")
         self.invalidations = 0
@@ -988,7 +1138,7 @@ class GpuVaSpace:
                 dev.owner_of[pfn] = vpn
                 res.moved.append(vpn)
                 dev.note_migration(vpn)
-                dev.where[vpn] = pfn
+                dev._set_where(vpn, pfn)
                 dev._log(
                     vpn,
                     "h2d",
@@ -1121,6 +1271,7 @@ __all__ = [
     "CHUNK_PAGES",
     "FAULT_BATCH_COUNT",
     "GPU_ROOT_CHUNK_SIZE",
+    "DevicePageTable",
     "GpuChunk",
     "GpuDevice",
     "GpuFaultBuffer",

@@ -49,6 +49,9 @@ MAP_PRIVATE_ANON = 0x22
 MAX_LATENCIES = 1_000_000
 HEAT_BINS = 256
 MAX_HEAT_SAMPLES = 4096
+#: GPU accesses per batch of the batched engine, and page events per NumPy segment
+GPU_CHUNK = 1 << 16
+SEGMENT = 4096
 
 
 class SimError(RuntimeError):
@@ -118,6 +121,7 @@ class Simulation:
         check_invariants: bool = False,
         seed: int = 0,
         log_moves: bool = True,
+        batched: bool = True,
     ) -> None:
         from hmmsim.kernel import Kernel
 
@@ -161,11 +165,19 @@ class Simulation:
         self.buf = GpuFaultBuffer(self.params.fault_batch)
         self.pending: list[tuple[int, bool, float, int]] = []
         self.check = check_invariants
-        self.shadow: dict[int, int] = {}
+        #: process accesses in NumPy batches (False: one access at a time, the
+        #: reference the batched engine must match)
+        self.batched = batched
+        # the pages the workload touches, and per page the value last written
+        # (0: never written); the device page table keeps NumPy columns for them
+        self.tvpns = self._touched_vpns()
+        self.shadow = np.zeros(len(self.tvpns), dtype=np.uint64)
+        self.space.pt.track(self.tvpns)
         self.residency: list[tuple[float, int]] = [(0.0, 0)]
         #: (time, resident pages per address bin) for the residency heatmap
         self.heat: list[tuple[float, np.ndarray]] = []
         self.heat_bins = max(1, min(HEAT_BINS, workload.npages))
+        self.dev.track_residency(self.base >> PAGE_SHIFT, workload.npages, self.heat_bins)
         self.latencies: list[float] = []
         self._gpu_open: float | None = None
         self._bytes_accessed = 0
@@ -194,8 +206,182 @@ class Simulation:
             p.munmap(base + size, end - (base + size))
         return base
 
+    def _touched_vpns(self) -> np.ndarray:
+        """Sorted distinct vpns the workload's accesses touch."""
+        acc = self.workload.accesses
+        if not len(acc):
+            return np.zeros(0, dtype=np.int64)
+        first, last = self._page_span(acc["off"], acc["size"])
+        if int((last - first).max()) == 0:
+            return np.unique(first)
+        cnt = last - first + 1
+        v = np.repeat(first, cnt) + _ramp(cnt)
+        return np.unique(v)
+
+    def _page_span(self, off: np.ndarray, size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        addr = off.astype(np.int64) + self.base
+        first = addr >> PAGE_SHIFT
+        last = (addr + np.maximum(1, size.astype(np.int64)) - 1) >> PAGE_SHIFT
+        return first, last
+
+    def _ti(self, vpn: int) -> int:
+        return int(np.searchsorted(self.tvpns, vpn))
+
     # --- the run ----------------------------------------------------------------------------
     def run(self, progress=None) -> Metrics:
+        if not self.batched:
+            return self._run_per_access(progress)
+        acc = self.workload.accesses
+        n = len(acc)
+        agent = acc["agent"]
+        # runs of one agent: [starts[j], starts[j + 1])
+        cut = np.flatnonzero(agent[1:] != agent[:-1]) + 1
+        starts = np.concatenate([[0], cut, [n]]).tolist()
+        done = 0
+        step = max(1, n // 100)
+        for j in range(len(starts) - 1):
+            lo, hi = starts[j], starts[j + 1]
+            if agent[lo] == CPU:
+                self._cpu_run(lo, hi)
+            else:
+                for c in range(lo, hi, GPU_CHUNK):
+                    self._gpu_run(c, min(hi, c + GPU_CHUNK))
+                    if progress is not None and (min(hi, c + GPU_CHUNK) - done) >= step:
+                        done = min(hi, c + GPU_CHUNK)
+                        progress(done, n)
+        self._sync()
+        self._finish()
+        return self.m
+
+    def _cpu_run(self, lo: int, hi: int) -> None:
+        acc = self.workload.accesses[lo:hi]
+        first, last = self._page_span(acc["off"], acc["size"])
+        sizes = acc["size"]
+        self._bytes_accessed += int(sizes.astype(np.int64).sum())
+        writes = acc["write"].tolist()
+        fl, la = first.tolist(), last.tolist()
+        for j in range(hi - lo):
+            self._sync()
+            self.m.cpu_accesses += 1
+            for vpn in range(fl[j], la[j] + 1):
+                self._cpu_access(vpn, writes[j], lo + j + 1)
+
+    def _gpu_run(self, lo: int, hi: int) -> None:
+        """GPU accesses [lo, hi) in NumPy segments: resident-page hits in bulk,
+        misses into the fault buffer in bulk, a full buffer serviced where the
+        per-access engine services it; hits on system pages (remote: access
+        counters, pin expiry) and the rest of their access one at a time."""
+        acc = self.workload.accesses[lo:hi]
+        if self._gpu_open is None:
+            self._gpu_open = self.clock.now
+        self.m.gpu_accesses += hi - lo
+        nbytes = int(acc["size"].astype(np.int64).sum())
+        self._bytes_accessed += nbytes
+        self._gpu_bytes += nbytes
+        first, last = self._page_span(acc["off"], acc["size"])
+        cnt = last - first + 1
+        if int(cnt.max()) == 1:
+            vpn, ai = first, np.arange(hi - lo, dtype=np.int64)
+        else:
+            ai = np.repeat(np.arange(hi - lo, dtype=np.int64), cnt)
+            vpn = np.repeat(first, cnt) + _ramp(cnt)
+        write = acc["write"][ai]
+        value = (ai + lo + 1).astype(np.uint64)
+        # the last page event of each access (where the access counter check runs)
+        end_of = np.zeros(len(ai), dtype=bool)
+        end_of[np.cumsum(cnt) - 1] = True
+        ti = self.space.pt.index(vpn)
+        if (ti < 0).any():
+            raise SimError("an access outside the tracked pages")
+        pt = self.space.pt
+        dt = self.params.gpu_access_ns / 1000
+        lru_access = self.policy is None or getattr(self.policy, "lru", "access") == "access"
+        E = len(ai)
+        p = 0
+        while p < E:
+            q = min(E, p + SEGMENT)
+            t = ti[p:q]
+            w = write[p:q]
+            kind = pt.kind[t]
+            hit = (kind == 1) & (~w | pt.writable[t])
+            remote = (kind == 2) & (~w | pt.writable[t])
+            miss = ~(hit | remote)
+            e = q - p
+            r = np.flatnonzero(remote)
+            if len(r):
+                e = int(r[0])
+            room = max(1, self.buf.batch - len(self.buf))
+            mi = np.flatnonzero(miss[:e])
+            full = len(mi) >= room
+            if full:
+                e = int(mi[room - 1]) + 1
+            if e:
+                self._bulk(t[:e], vpn[p : p + e], w[:e], value[p : p + e], hit[:e], dt, lru_access)
+            p += e
+            if full:
+                self._service()
+            elif len(r) and e == int(r[0]):
+                # a remote hit: this page event and the rest of its access one by one
+                while True:
+                    self._gpu_access(int(vpn[p]), bool(write[p]), int(value[p]))
+                    p += 1
+                    if end_of[p - 1]:
+                        break
+                if self.dev.ac_notifications:
+                    self._service_ac()
+
+    def _bulk(self, t, vpn, w, value, hit, dt: float, lru_access: bool) -> None:
+        """Page events that hit device pages or miss, with no fault service
+        among them (the device page table does not change)."""
+        m = self.m
+        pt = self.space.pt
+        costs = np.where(hit, dt, 0.0)
+        # now += dt per hit, in order (np.cumsum adds sequentially, as the clock does)
+        times = np.cumsum(np.concatenate([[self.clock.now], costs]))
+        nmiss = int(len(hit) - hit.sum())
+        if nmiss:
+            miss = ~hit
+            mv = vpn[miss].tolist()
+            mw = w[miss].tolist()
+            m.gpu_faults += nmiss
+            self.pending.extend(
+                zip(mv, mw, times[:-1][miss].tolist(), value[miss].tolist(), strict=True)
+            )
+            self.buf.entries.extend(zip(mv, mw, strict=True))
+        if nmiss < len(hit):
+            ht, hw, hv = t[hit], w[hit], value[hit]
+            if lru_access:
+                seq = self.dev.seq
+                for c in np.unique(pt.chunk[ht]).tolist():
+                    self.dev.chunks[c].last_access = seq
+            # reads before any write in this segment see the memory as it was
+            order = np.lexsort((np.arange(len(ht)), ht))
+            st, sw = ht[order], hw[order]
+            start = np.concatenate([[True], st[1:] != st[:-1]])
+            cw = np.cumsum(sw) - sw
+            base = np.maximum.accumulate(np.where(start, cw, 0))
+            fresh = (cw == base) & ~sw  # a read with no earlier write to its page
+            if fresh.any():
+                ft = st[fresh]
+                got = self.dev.load_words(pt.chunk[ft], pt.row[ft])
+                m.data_errors += int((got != self.shadow[ft]).sum())
+            if sw.any():
+                last = np.concatenate([st[1:] != st[:-1], [True]])
+                # the last write to each page: the last write event of its group
+                wpos = np.where(sw, np.arange(len(st)), -1)
+                lastw = np.maximum.accumulate(wpos)  # never crosses groups where it matters
+                gl = lastw[last]
+                gt = st[last]
+                ok = gl >= 0
+                ok[ok] = st[gl[ok]] == gt[ok]
+                gt, gl = gt[ok], gl[ok]
+                vals = hv[order][gl]
+                self.dev.store_words(pt.chunk[gt], pt.row[gt], vals)
+                self.shadow[gt] = vals
+        self.clock.now = float(times[-1])
+
+    def _run_per_access(self, progress=None) -> Metrics:
+        """The reference engine: every access through _gpu_access / _cpu_access."""
         acc = self.workload.accesses
         agents = acc["agent"].tolist()
         offs = acc["off"].tolist()
@@ -267,10 +453,11 @@ class Simulation:
         else:
             row = self.k.mem.frame(page.pfn)
         word = row[:8].view(np.uint64)
+        ti = self._ti(vpn)
         if write:
             word[0] = value
-            self.shadow[vpn] = value
-        elif int(word[0]) != self.shadow.get(vpn, 0):
+            self.shadow[ti] = value
+        elif int(word[0]) != int(self.shadow[ti]):
             self.m.data_errors += 1
 
     def _service(self) -> None:
@@ -401,12 +588,13 @@ class Simulation:
         # the MMU's walk first: None means this access faults
         faults = proc._translate(addr, write) is None
         start = self.clock.now
+        ti = self._ti(vpn)
         if write:
             proc.store(addr, np.array([value], dtype=np.uint64))
-            self.shadow[vpn] = value
+            self.shadow[ti] = value
         else:
             got = int(np.frombuffer(proc.load(addr, 8), dtype=np.uint64)[0])
-            if got != self.shadow.get(vpn, 0):
+            if got != int(self.shadow[ti]):
                 self.m.data_errors += 1
         cost = p.cpu_access_ns / 1000
         if dev.cpu_faults != before:
@@ -432,12 +620,7 @@ class Simulation:
         n = self.dev.resident_pages
         self.residency.append((self.clock.now, n))
         if len(self.heat) < MAX_HEAT_SAMPLES:
-            base = self.base >> PAGE_SHIFT
-            npages = self.workload.npages
-            v = np.fromiter(self.dev.where, dtype=np.int64, count=len(self.dev.where)) - base
-            v = v[(v >= 0) & (v < npages)]
-            bins = np.bincount(v * self.heat_bins // npages, minlength=self.heat_bins)
-            self.heat.append((self.clock.now, bins[: self.heat_bins]))
+            self.heat.append((self.clock.now, self.dev.heat.copy()))
         self.clock.counter("device resident", self.clock.now, MiB=n * PAGE_SIZE / (1 << 20))
 
     def _finish(self) -> None:
@@ -462,6 +645,13 @@ class Simulation:
     @property
     def moves(self):
         return self.dev.moves
+
+
+def _ramp(cnt: np.ndarray) -> np.ndarray:
+    """0, 1, ..., cnt[0] - 1, 0, 1, ..., cnt[1] - 1, ... (int64)."""
+    total = int(cnt.sum())
+    starts = np.cumsum(cnt) - cnt
+    return np.arange(total, dtype=np.int64) - np.repeat(starts, cnt)
 
 
 def run(workload: Workload | str, policy: Policy | str = "naive", **kw) -> Metrics:
