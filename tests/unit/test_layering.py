@@ -5,6 +5,7 @@ import ast
 from pathlib import Path
 
 import hmmsim
+from hmmsim.include.mm_types import PAGE_FIELDS
 
 ROOT = Path(hmmsim.__file__).parent
 
@@ -54,6 +55,119 @@ def test_fast_layer_imports_no_behaviour():
         ours = {m for m in imports(path) if m == "hmmsim" or m.startswith("hmmsim.")}
         bad = {m for m in ours if not m.startswith(FAST_MAY_IMPORT)}
         assert not bad, f"fast/{path.relative_to(ROOT / 'fast')} imports {bad}"
+
+
+#: struct page columns (include/mm_types.PageArrays)
+COLUMNS = frozenset(name for name, _ in PAGE_FIELDS)
+#: the direct struct-page stores fast/ may make: the dmirror driver's own
+#: page->zone_device_data, in the driver's bulk forms (as drivers/ may,
+#: tests/unit/test_driver_api.py)
+FAST_MAY_STORE = {"test_hmm.py": {"zone_device_data"}}
+#: NumPy calls and ndarray methods that write into their first argument / self
+_WRITING_FUNCS = frozenset({"put", "copyto", "place", "putmask", "put_along_axis"})
+_WRITING_METHODS = frozenset({"fill", "put", "itemset", "setfield", "sort", "partition"})
+
+
+def column_stores(source: str, filename: str = "<src>") -> list[tuple[str, str]]:
+    """(where, column) of each write into a struct-page column in a module:
+    a subscript store or augmented store (a.flags[i] |= ..., whole-column
+    a._refcount[:] = ...), also through a local name bound to a column
+    (rc = a._refcount; rc[i] = 0), a NumPy call that writes its first
+    argument or `out=` (np.put(a.flags, ...), np.add(x, y, out=a.index)),
+    or a writing ndarray method (a.flags.fill(0)). Reads are not stores."""
+    tree = ast.parse(source, filename)
+    out: list[tuple[str, str]] = []
+
+    def column_of(node: ast.AST, aliases: dict[str, str]) -> str | None:
+        while isinstance(node, ast.Subscript):
+            node = node.value
+        if isinstance(node, ast.Attribute) and node.attr in COLUMNS:
+            return node.attr
+        if isinstance(node, ast.Name):
+            return aliases.get(node.id)
+        return None
+
+    def stored(t: ast.AST) -> list[ast.AST]:
+        """The objects an assignment target writes into (not its index expressions)."""
+        if isinstance(t, (ast.Tuple, ast.List)):
+            return [x for e in t.elts for x in stored(e)]
+        if isinstance(t, ast.Starred):
+            return stored(t.value)
+        return [t]
+
+    # a name bound to a column anywhere in the module counts as that column
+    aliases: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Attribute):
+            if node.value.attr in COLUMNS:
+                for t in node.targets:
+                    if isinstance(t, ast.Name):
+                        aliases[t.id] = node.value.attr
+    for node in ast.walk(tree):
+        targets: list[ast.AST] = []
+        if isinstance(node, ast.Assign):
+            targets = [x for t in node.targets for x in stored(t)]
+        elif isinstance(node, ast.AnnAssign):
+            targets = stored(node.target)
+        elif isinstance(node, ast.AugAssign):
+            targets = stored(node.target)
+        for t in targets:
+            if isinstance(t, ast.Subscript) or isinstance(node, ast.AugAssign):
+                if col := column_of(t, aliases):
+                    out.append((f"{filename}:{t.lineno}", col))
+        if isinstance(node, ast.Call):
+            f = node.func
+            written: list[ast.AST] = [kw.value for kw in node.keywords if kw.arg == "out"]
+            if isinstance(f, ast.Attribute) and f.attr in _WRITING_METHODS:
+                written.append(f.value)
+            if isinstance(f, ast.Attribute) and f.attr in _WRITING_FUNCS and node.args:
+                written.append(node.args[0])
+            for w in written:
+                if col := column_of(w, aliases):
+                    out.append((f"{filename}:{node.lineno}", col))
+    return sorted(set(out), key=lambda wc: int(wc[0].rsplit(":", 1)[1]))
+
+
+def test_the_store_check_sees_every_kind_of_column_write():
+    src = """
+def f(a, page, idx, x):
+    a._refcount[idx] = 1
+    page.a.flags[page.i] |= 8
+    a.order[:] = 0
+    rc = a._mapcount
+    rc[idx] -= 1
+    np.put(a.mapping, idx, 0)
+    np.add(x, 1, out=a.index)
+    a.head_off.fill(0)
+    y = a.flags[idx] & 3
+    z = a._refcount[idx] == 1
+    a.frames[idx] = 0
+    w = rc[idx]
+"""
+    found = column_stores(src)
+    assert [c for _, c in found] == [
+        "_refcount",
+        "flags",
+        "order",
+        "_mapcount",
+        "mapping",
+        "index",
+        "head_off",
+    ], found
+
+
+def test_fast_layer_stores_struct_pages_only_through_page_batch():
+    """fast/ changes struct pages only through mm/page_batch.py's batched
+    operations (issue 16 item 2), each named after the kernel helper it
+    batches, so every struct-page change of a bulk pass has one per-page
+    reference to be compared with (tests/unit/test_page_batch.py)."""
+    found = []
+    for path in sorted((ROOT / "fast").rglob("*.py")):
+        allowed = FAST_MAY_STORE.get(path.name, set())
+        rel = str(path.relative_to(ROOT))
+        found += [f"{w} stores {c!r}" for w, c in column_stores(path.read_text(), rel)]
+        found = [v for v in found if not (v.startswith(rel) and v.split("'")[1] in allowed)]
+    assert found == [], "use mm/page_batch.py:\n" + "\n".join(found)
 
 
 def test_layering_check_sees_relative_and_absolute_imports(tmp_path):

@@ -48,11 +48,9 @@ from hmmsim.include.mm_types import (
     FOLIO_MAPPING_ANON,
     Page,
     PG_anon_exclusive,
-    PG_dirty,
     PG_head,
     PG_locked,
     PG_lru,
-    PG_uptodate,
     vma_is_anonymous,
     vma_pages,
 )
@@ -91,6 +89,20 @@ from hmmsim.include.swapops import (
     swp_entry_to_pte_array,
 )
 from hmmsim.kconfig import DEVICE_PRIVATE_BASE, PAGE_SHIFT, PAGE_SIZE, PMD_SHIFT
+from hmmsim.mm.page_batch import (
+    folio_add_anon_rmap_pte_pages,
+    folio_add_lru_pages,
+    folio_clear_lru_pages,
+    folio_get_pages,
+    folio_lock_pages,
+    folio_mark_dirty_pages,
+    folio_migrate_flags_pages,
+    folio_migrate_mapping_pages,
+    folio_put_testzero_pages,
+    folio_remove_rmap_pte_pages,
+    folio_try_share_anon_rmap_pte_pages,
+    folio_unlock_pages,
+)
 
 #: shortest run worth a bulk pass
 MIN_RUN = 8
@@ -332,12 +344,13 @@ def migrate_vma_collect_ptes(ref: Reference, migrate, vma, ptep: int, addr: int,
         new[sel] = swp_pte
         mpfn = migrate_pfn_array(index) | u64(MIGRATE_PFN_MIGRATE | mflag)
         out[sel] = np.where(write, mpfn | u64(MIGRATE_PFN_WRITE), mpfn)
-        # struct page effects: locked, no longer exclusive, one mapping less
-        nf = (fl | np.uint32(PG_locked)) & ~np.uint32(PG_anon_exclusive)
+        # struct page effects: locked, no longer exclusive, dirty from a
+        # dirty PTE, one mapping less
+        folio_lock_pages(a, pos)
+        folio_try_share_anon_rmap_pte_pages(a, pos)
         if is_present:
-            nf |= np.where(dirty, np.uint32(PG_dirty), np.uint32(0))
-        a.flags[pos] = nf
-        a._mapcount[pos] -= 1
+            folio_mark_dirty_pages(a, pos[dirty])
+        folio_remove_rmap_pte_pages(a, pos)
     if check is not None:
         _check_collect(ref, check, int(new[check[0]]), int(out[check[0]]))
     words[table, col : col + run] = new
@@ -449,7 +462,7 @@ def migrate_device_unmap(ref: Reference, src_pfns, busy: list[int], fault_page, 
     if not ((refs.astype(np.int64) - extra) <= 0).all():
         return 0
     if not zone_device:
-        a.flags[pos] = fl & ~np.uint32(PG_lru)
+        folio_clear_lru_pages(a, pos)  # isolated; the collect reference is dropped
     return int(valid.sum()) + holes
 
 
@@ -506,10 +519,8 @@ def migrate_vma_pages(ref: Reference, migrate, busy: list[int]) -> int:
             return 0
     ok = sa._refcount[si] == 1  # folio_migrate_mapping(): 1 + extra_count, no mapping
     so, do = si[ok], di[ok]
-    da.index[do] = sa.index[so]
-    da.mapping[do] = sa.mapping[so]
-    sfl = sa.flags[so]
-    da.flags[do] |= (sfl & np.uint32(PG_dirty | PG_uptodate)) | (sfl & np.uint32(PG_anon_exclusive))
+    folio_migrate_mapping_pages(da, do, sa, so)
+    folio_migrate_flags_pages(da, do, sa, so)
     for j in np.flatnonzero(~ok).tolist():
         i = busy[j]
         src[i] = int(src[i]) & ~MIGRATE_PFN_MIGRATE
@@ -655,9 +666,8 @@ def migrate_vma_finalize_remove(ref: Reference, migrate, busy: list[int]):
     ):
         raise KernelBug("fast migrate_vma_finalize_remove: a word differs from the reference")
     words[tables, col] = new
-    da._refcount[di] += 1
-    da._mapcount[di] += 1
-    da.flags[di[excl]] |= np.uint32(PG_anon_exclusive)
+    folio_get_pages(da, di)
+    folio_add_anon_rmap_pte_pages(da, di, excl)
     if len(slots) == len(busy):
         # no hole slots: the rest of each slot's finalize in bulk as well
         _finalize_unlock_put(ref, k, sa, si, da, di)
@@ -675,13 +685,11 @@ def _finalize_unlock_put(ref: Reference, k, sa, si, da, di) -> None:
     runs the driver's callback, whose free list is order-sensitive).
     """
     if not da.pgmap[di[0]]:
-        da.flags[di] |= np.uint32(PG_lru)
-    unlock = ~np.uint32(PG_locked)
-    sa.flags[si] &= unlock
-    da.flags[di] &= unlock
-    sa._refcount[si] -= 1
-    da._refcount[di] -= 1
-    gone = si[sa._refcount[si] == 0]
+        folio_add_lru_pages(da, di)
+    folio_unlock_pages(sa, si)
+    folio_unlock_pages(da, di)
+    gone = folio_put_testzero_pages(sa, si)
+    folio_put_testzero_pages(da, di)  # mapped now: none reaches 0
     if sa is k.mem.ram.pages:
         k.mem.free_folios_order0(gone + sa.base)
         return
