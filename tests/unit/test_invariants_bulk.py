@@ -121,3 +121,110 @@ def test_bulk_verify_reports_the_first_lost_byte_like_the_per_page_loop():
                 verify(p, addr, n)
         counted.append(w.bytes_checked)
     assert counted[0] == counted[1] > 0
+
+
+# --- dmirror's invariant hook: whole-column checks against one gather per column ------------
+def _dev_break(k, what: str) -> None:
+    """Break the first device that has free pages, at three of its free pages."""
+    from hmmsim.drivers.test_hmm import dmirror_device
+    from hmmsim.include.mm_types import PG_locked
+
+    devs = [d for _, d in sorted(k.devices.items()) if isinstance(d, dmirror_device)]
+    d = next(d for d in devs if len(d.free_pages.items) > 100)
+    items = d.free_pages.items
+    picks = [items[7], items[len(items) // 2], items[-3]]
+    for v in picks:
+        a, i = d.free_pages.arrays[v >> 32], v & 0xFFFFFFFF
+        if what == "refcount":
+            a._refcount[i] += 1
+        elif what == "mapcount":
+            a._mapcount[i] += 1
+        elif what == "mapping":
+            a.mapping[i] = 0x1000
+        elif what == "lock":
+            a.flags[i] |= PG_locked
+        elif what == "twice":
+            items.append(v)
+        elif what == "lost":
+            items.remove(v)
+    d.free_pages._low = 0  # items changed in the middle: as_array() rebuilds
+
+
+def _thp_device_kernel():
+    """A kernel whose device 0 has free THP folios (a THP migrated there and back)."""
+    import numpy as np
+
+    from hmmsim.drivers.test_hmm import hmm_dmirror_init
+    from hmmsim.drivers.test_hmm_uapi import (
+        HMM_DMIRROR_MIGRATE_TO_DEV,
+        HMM_DMIRROR_MIGRATE_TO_SYS,
+        hmm_dmirror_cmd,
+    )
+    from hmmsim.include.mman import MAP_ANONYMOUS, MAP_PRIVATE, O_RDWR, PROT_READ, PROT_WRITE
+    from hmmsim.kernel import Kernel
+
+    k = Kernel(ram_bytes=64 << 20, hugetlb_pages=0, features=frozenset("d"))
+    hmm_dmirror_init(k)
+    k.thp_enabled = "always"
+    p = k.spawn("p")
+    fd = p.open("/dev/hmm_dmirror0", O_RDWR)
+    a = p.mmap(0, 4 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)
+    a = (a + (2 << 20) - 1) & ~((2 << 20) - 1)
+    p.store(a, b"x" * (2 << 20))
+    buf = np.zeros(2 << 20, np.uint8)
+    for cmd in (HMM_DMIRROR_MIGRATE_TO_DEV, HMM_DMIRROR_MIGRATE_TO_SYS):
+        assert p.ioctl(fd, cmd, hmm_dmirror_cmd(addr=a, ptr=buf, npages=512)) == 0
+    d = k.devices["/dev/hmm_dmirror0"]
+    assert len(d.free_folios.items) > 3
+    return k, d
+
+
+@pytest.mark.parametrize("seed", [1, 5])
+def test_dmirror_hook_agrees_on_a_clean_world(seed):
+    from hmmsim.drivers.test_hmm.device import (
+        dmirror_check_device_pages,
+        dmirror_check_device_pages_slow,
+    )
+
+    w = _world(seed, steps=200)
+    assert dmirror_check_device_pages(w.k) == dmirror_check_device_pages_slow(w.k) == []
+
+
+@pytest.mark.parametrize("what", ["refcount", "mapcount", "mapping", "lock", "twice", "lost"])
+def test_dmirror_hook_reports_what_the_gather_form_reports(what):
+    from hmmsim.drivers.test_hmm.device import (
+        dmirror_check_device_pages,
+        dmirror_check_device_pages_slow,
+    )
+
+    w = _world(6, steps=150)
+    _dev_break(w.k, what)
+    got = dmirror_check_device_pages(w.k)
+    assert got, what
+    assert got == dmirror_check_device_pages_slow(w.k)
+
+
+@pytest.mark.parametrize("what", ["clean", "tail_ref", "folio_twice", "head_on_pages", "lost"])
+def test_dmirror_hook_free_folios_like_the_gather_form(what):
+    from hmmsim.drivers.test_hmm.device import (
+        dmirror_check_device_pages,
+        dmirror_check_device_pages_slow,
+    )
+
+    k, d = _thp_device_kernel()
+    folios = d.free_folios.items
+    v = folios[1]
+    a, i = d.free_folios.arrays[v >> 32], v & 0xFFFFFFFF
+    if what == "tail_ref":
+        a._refcount[i + 7] = 1
+    elif what == "folio_twice":
+        folios.append(v)
+    elif what == "head_on_pages":  # a free folio's pages also on the order-0 list
+        d.free_pages.items.append(folios[2])
+        d.free_pages.items.append(folios[2] + 5)
+    elif what == "lost":
+        folios.remove(v)
+    d.free_folios._low = d.free_pages._low = 0
+    got = dmirror_check_device_pages(k)
+    assert bool(got) == (what != "clean")
+    assert got == dmirror_check_device_pages_slow(k)

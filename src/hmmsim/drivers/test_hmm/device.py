@@ -43,6 +43,87 @@ def dmirror_check_device_pages(k) -> list[str]:
     a folio with a reference (mapped by a device entry, isolated for a
     migration, or held by the driver). Not kernel code: the checker's view of
     what lib/test_hmm.c's free lists promise.
+
+    Checks each free list with whole-column operations over the pages it
+    covers (a mask) rather than a gather per column; a list where any check
+    fails is checked again the way dmirror_check_device_pages_slow() does
+    it, so the problems and their order are exactly that function's
+    (tests/unit/test_invariants_bulk.py compares the two).
+    """
+    from hmmsim.include.mm_types import PG_locked
+
+    problems: list[str] = []
+    for name, d in sorted(k.devices.items()):
+        if not isinstance(d, dmirror_device):
+            continue
+        free: dict[int, np.ndarray] = {}  # id(PageArrays) -> bool mask
+        for lst, n in ((d.free_pages, 1), (d.free_folios, HPAGE_PMD_NR)):
+            if not lst.items:
+                continue
+            items = lst.as_array()
+            hi = items >> 32
+            for aid, a in enumerate(lst.arrays):
+                idx = items[hi == aid] & 0xFFFFFFFF if aid or hi.any() else items
+                if not idx.size:
+                    continue
+                if n > 1:
+                    idx = (idx[:, None] + np.arange(n)[None, :]).ravel()
+                mask = free.setdefault(id(a), np.zeros(a.nr, dtype=bool))
+                if int(idx.max()) >= a.nr:  # not a page of a: fail as the slow form does
+                    return dmirror_check_device_pages_slow(k)
+                before = int(np.count_nonzero(mask))
+                was = mask.copy() if before else None
+                mask[idx] = True
+                dup = int(np.count_nonzero(mask)) - before != idx.size
+                if dup or (
+                    (mask & (a._refcount != 0)).any()
+                    or (mask & (a._mapcount != -1)).any()
+                    or (mask & (a.mapping != 0)).any()
+                    or (mask & ((a.flags & PG_locked) != 0)).any()
+                ):
+                    # some check fails: report as the per-gather form does
+                    prior = was if was is not None else np.zeros(a.nr, dtype=bool)
+                    counts = np.bincount(idx, minlength=a.nr)
+                    for i in np.nonzero((counts > 1) | (prior & (counts > 0)))[0][:5]:
+                        problems.append(f"{name}: device page {a.base + int(i):#x} is free twice")
+                    checks = (
+                        (a._refcount[idx] != 0, "a reference"),
+                        (a._mapcount[idx] != -1, "a mapping"),
+                        (a.mapping[idx] != 0, "a stale folio->mapping"),
+                        ((a.flags[idx] & PG_locked) != 0, "the page lock"),
+                    )
+                    for bad, what in checks:
+                        for i in idx[bad][:5]:
+                            problems.append(
+                                f"{name}: free device page {a.base + int(i):#x} has {what}"
+                            )
+        for chunk in d.devmem_chunks:
+            if chunk.remove:
+                continue
+            a = chunk.first_page(k).a
+            mask = free.get(id(a), np.zeros(a.nr, dtype=bool))
+            # a folio's head holds its references; tails (head_off != 0) go with it
+            idle = ~mask & (a._refcount == 0) & (a.head_off == 0)
+            for i in np.nonzero(idle)[0][:5]:
+                problems.append(
+                    f"{name}: device page {a.base + int(i):#x} is neither free in the "
+                    "driver nor referenced (lost to the driver)"
+                )
+    return problems
+
+
+def dmirror_check_device_pages_slow(k) -> list[str]:
+    """dmirror_check_device_pages() as one gather per page column (its
+    specification: the fast form must report exactly what this reports).
+
+    Every device page is in exactly one state.
+
+    A page on a driver free list (a free large folio covers its tail pages)
+    has no reference, no mapping, no lock and no folio->mapping, and is
+    listed once; a page of a live chunk that is not on a free list belongs to
+    a folio with a reference (mapped by a device entry, isolated for a
+    migration, or held by the driver). Not kernel code: the checker's view of
+    what lib/test_hmm.c's free lists promise.
     """
     from hmmsim.include.mm_types import PG_locked
 
