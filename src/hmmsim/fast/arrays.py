@@ -9,13 +9,19 @@ loop would.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import compress
 from operator import or_
+from typing import Any, TypeAlias
 
 import numpy as np
+from numpy.typing import NDArray
+
+#: a migrate src/dst array: a driver's list of unsigned longs or a NumPy array
+SlotArray: TypeAlias = list[int] | NDArray[Any]
 
 
-def busy_slots(npages: int, *arrays) -> list[int]:
+def busy_slots(npages: int, *arrays: SlotArray) -> list[int]:
     """Indices < npages where any array is non-zero, in order.
 
     Every phase of a migration after collect does nothing for a slot whose
@@ -32,14 +38,17 @@ def busy_slots(npages: int, *arrays) -> list[int]:
         if len(a) != len(b):
             raise ValueError("src and dst differ in length")
         return list(compress(range(npages), map(or_, a, b)))
-    mask = None
+    mask: NDArray[np.bool_] | None = None
     for arr in arrays:
-        m = np.asarray(arr[:npages]) != 0
+        m: NDArray[np.bool_] = np.asarray(arr[:npages]) != 0
         mask = m if mask is None else (mask | m)
-    return np.nonzero(mask)[0].tolist() if mask is not None else []
+    if mask is None:
+        return []
+    busy: list[int] = np.flatnonzero(mask).tolist()
+    return busy
 
 
-def has_duplicates(values: np.ndarray) -> bool:
+def has_duplicates(values: NDArray[Any]) -> bool:
     """Whether an integer array holds some value twice (the bulk passes'
     guard; a sort is several times cheaper than np.unique for window-sized
     arrays)."""
@@ -49,7 +58,7 @@ def has_duplicates(values: np.ndarray) -> bool:
     return bool((s[1:] == s[:-1]).any())
 
 
-def distinct_values(values: np.ndarray) -> list[int]:
+def distinct_values(values: NDArray[Any]) -> list[int]:
     """The distinct values of a non-empty integer array, ascending, as ints
     (np.unique, but a window whose values are all one, the common case,
     costs one comparison)."""
@@ -59,12 +68,12 @@ def distinct_values(values: np.ndarray) -> list[int]:
     return [int(v) for v in np.unique(values).tolist()]
 
 
-def sliceable(arr) -> bool:
+def sliceable(arr: object) -> bool:
     """A src/dst array that takes slice stores: a list or a 1-D NumPy array."""
     return isinstance(arr, list) or isinstance(arr, np.ndarray) and arr.ndim == 1
 
 
-def slot_words(arr, busy):
+def slot_words(arr: SlotArray, busy: Sequence[int]) -> NDArray[np.uint64]:
     """The words of slots `busy` (sorted, distinct) of a src/dst array, as uint64."""
     if isinstance(arr, np.ndarray):
         return arr[np.asarray(busy, dtype=np.int64)].astype(np.uint64)
@@ -73,7 +82,9 @@ def slot_words(arr, busy):
     return np.fromiter(map(arr.__getitem__, busy), dtype=np.uint64, count=len(busy))
 
 
-def store_slots(arr, slots, words) -> None:
+def store_slots(
+    arr: SlotArray, slots: Sequence[int] | NDArray[Any], words: Sequence[int] | NDArray[Any]
+) -> None:
     """arr[slots[j]] = words[j] for sorted, distinct slots (a src/dst array).
 
     The same stores as a loop: one slice when the slots are a run of a list,

@@ -14,7 +14,11 @@ Output words: (in & HMM_PFN_INOUT_FLAGS) | pfn | flags, as mm/hmm.py's _set.
 
 from __future__ import annotations
 
+from collections.abc import Sized
+from typing import Any, TypeAlias
+
 import numpy as np
+from numpy.typing import NDArray
 
 from hmmsim.include.hmm import HMM_NEED_FAULT, HMM_NEED_WRITE_FAULT
 from hmmsim.include.pgtable import (
@@ -32,14 +36,19 @@ from hmmsim.kconfig import PAGE_SHIFT
 #: shortest span worth a bulk pass (below it the per-entry loop is cheaper)
 MIN_RUN = 8
 
+U64Array: TypeAlias = NDArray[np.uint64]
+#: mm/hmm.py's walk state (w.k, w.range, w.L): passed in, never imported here
+Walk: TypeAlias = Any
 
-def _slots(hp, i: int, n: int):
+
+def _slots(hp: Sized, i: int, n: int) -> U64Array | None:
     """hmm_pfns[i:i+n] as uint64, or None where the caller's array is not one
     the bulk stores can write back (a list of ints or a uint64 array)."""
     if len(hp) < i + n:
         return None
     if isinstance(hp, np.ndarray):
-        return hp[i : i + n] if hp.dtype == np.uint64 else None
+        view: U64Array = hp[i : i + n]
+        return view if hp.dtype == np.uint64 else None
     if isinstance(hp, list):
         try:
             return np.array(hp[i : i + n], dtype=np.uint64)
@@ -48,16 +57,16 @@ def _slots(hp, i: int, n: int):
     return None
 
 
-def _store(hp, i: int, out) -> None:
+def _store(hp: list[int] | U64Array, i: int, out: U64Array) -> None:
     hp[i : i + len(out)] = out.tolist() if isinstance(hp, list) else out
 
 
-def _requests(r, inp):
+def _requests(r: Any, inp: U64Array) -> U64Array:
     """Each slot's request as hmm_pte_need_fault() sees it."""
     return (inp & np.uint64(r.pfn_flags_mask & U64)) | np.uint64(r.default_flags & U64)
 
 
-def hmm_range_need_fault(w, i: int, npages: int, cpu_flags: int) -> int | None:
+def hmm_range_need_fault(w: Walk, i: int, npages: int, cpu_flags: int) -> int | None:
     """The OR of hmm_pte_need_fault over slots i..i+npages-1, or None (decline).
 
     The per-slot loop's early exit only skips slots that cannot add a bit.
@@ -80,7 +89,7 @@ def hmm_range_need_fault(w, i: int, npages: int, cpu_flags: int) -> int | None:
     return 0
 
 
-def hmm_pfns_set(w, i: int, n: int, pfn: int | None, flags: int) -> int:
+def hmm_pfns_set(w: Walk, i: int, n: int, pfn: int | None, flags: int) -> int:
     """Slots i..i+n-1 = (in & INOUT) | (pfn + j if pfn is not None) | flags.
 
     Returns n, or 0 (nothing written) where it does not apply, or where a
@@ -102,7 +111,7 @@ def hmm_pfns_set(w, i: int, n: int, pfn: int | None, flags: int) -> int:
     return n
 
 
-def hmm_vma_handle_ptes(w, ptep: int, i: int, n: int) -> int:
+def hmm_vma_handle_ptes(w: Walk, ptep: int, i: int, n: int) -> int:
     """hmm_vma_handle_pte for the leading run of common PTEs from ptep.
 
     Returns how many (slots i.. written), or 0 when that run is shorter than

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 from numpy.typing import NDArray
@@ -75,9 +75,9 @@ from hmmsim.mm.page_batch import (
 #: shortest window worth a bulk pass (below it the per-entry loop is cheaper)
 MIN_RUN = 8
 
-I64Array = NDArray[np.int64]
-U64Array = NDArray[np.uint64]
-BoolArray = NDArray[np.bool_]
+I64Array: TypeAlias = NDArray[np.int64]
+U64Array: TypeAlias = NDArray[np.uint64]
+BoolArray: TypeAlias = NDArray[np.bool_]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +109,8 @@ def _plain_anon_pages(k: Any, ptes: U64Array) -> I64Array | None:
     file, reserved or device page, a PFN mapped twice."""
     special = pte_special_array(ptes)
     pfns = pte_pfn_array(ptes)
-    pfns = pfns[~special & (pfns != k.mem.zero_pfn)]
+    normal: BoolArray = ~special & (pfns != k.mem.zero_pfn)
+    pfns = pfns[normal]
     if not len(pfns):
         return pfns
     ram = k.mem.ram.pages
