@@ -23,7 +23,9 @@ Differences from kernel: no LRU lists (PG_lru marks an isolatable folio),
 no memcg charging, TLB flushes are implicit.
 
 Speed: the loops here are the reference; each offers its window to
-hmmsim/fast/migrate_device.py in one line (`fast_md.*`), which handles a run
+hmmsim/fast/migrate_device.py in one line (`fast_md.*`; the device-range
+forms, eviction's migrate_device_range/pages/finalize without a migrate_vma,
+in hmmsim/fast/migrate_device_range.py, `fast_mdr.*`), which handles a run
 in bulk or declines (docs/design.md, "The reference code and the fast
 layer"). Skipping those lines leaves the kernel's loops.
 """
@@ -33,6 +35,7 @@ from __future__ import annotations
 from hmmsim.bug import KernelBug
 from hmmsim.errno import EAGAIN, EINVAL, ENOENT
 from hmmsim.fast import migrate_device as fast_md
+from hmmsim.fast import migrate_device_range as fast_mdr
 from hmmsim.fast.arrays import busy_slots, sliceable, slot_words, store_slots  # noqa: F401
 from hmmsim.include.migrate import (
     MIGRATE_PFN_COMPOUND,
@@ -63,7 +66,7 @@ from hmmsim.include.mm_types import (
     page_folio,
     vma_is_anonymous,
 )
-from hmmsim.include.mmu_notifier import MMU_NOTIFY_MIGRATE
+from hmmsim.include.mmu_notifier import MMU_NOTIFY_CLEAR, MMU_NOTIFY_MIGRATE
 from hmmsim.include.pgtable import (
     pfn_pte,
     pmd_leaf,
@@ -145,6 +148,8 @@ _FAST_REF = fast_md.Reference(
     pte_lockptr=pte_lockptr,
     free_zone_device_folios_order0=free_zone_device_folios_order0,
 )
+
+_FAST_RANGE_REF = fast_mdr.RangeReference(notify_range=notify_range, notify_clear=MMU_NOTIFY_CLEAR)
 
 
 def thp_migration_supported() -> bool:
@@ -597,6 +602,10 @@ def migrate_device_unmap(src_pfns, npages: int, fault_page, *, k) -> int:
     busy = busy_slots(npages, src_pfns)
     if n := fast_md.migrate_device_unmap(_FAST_REF, src_pfns, busy, fault_page, k=k):
         return n  # the whole window, in bulk
+    if n := fast_mdr.migrate_device_range_unmap(
+        _FAST_REF, _FAST_RANGE_REF, src_pfns, busy, fault_page, k=k
+    ):
+        return n  # mapped device pages (a device range), in bulk
     fault_folio = page_folio(fault_page) if fault_page is not None else None
     restore = 0
     unmapped = 0
@@ -1027,6 +1036,10 @@ def migrate_vma_pages(migrate) -> None:
 
 
 def migrate_device_pages(src_pfns, dst_pfns, npages: int, *, k) -> None:
+    if fast_mdr.migrate_device_pages(
+        _FAST_REF, src_pfns, dst_pfns, busy_slots(npages, src_pfns, dst_pfns), k=k
+    ):
+        return  # the whole window, in bulk
     __migrate_device_pages(src_pfns, dst_pfns, npages, None, k=k)
 
 
@@ -1042,7 +1055,9 @@ def __migrate_device_finalize(
     # the fast layer may rewrite the migration entries of the window (bulk), and
     # then also do every slot's unlock and put (whole)
     bulk, whole = (
-        fast_md.migrate_vma_finalize_remove(_FAST_REF, migrate, busy) if migrate else ([], False)
+        fast_md.migrate_vma_finalize_remove(_FAST_REF, migrate, busy)
+        if migrate
+        else fast_mdr.migrate_device_finalize_remove(_FAST_REF, src_pfns, dst_pfns, busy, k=k)
     )
     if whole:
         return
