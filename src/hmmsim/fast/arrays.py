@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import compress
-from operator import or_
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -31,13 +30,23 @@ def busy_slots(npages: int, *arrays: SlotArray) -> list[int]:
     """
     # a driver's unsigned long[]: compress() walks the list in C (a THP
     # window is one busy slot in 512)
+    # (range(npages) bounds compress(), so the lists need no slicing)
+    slots = range(npages)
     if len(arrays) == 1 and type(arrays[0]) is list:
-        return list(compress(range(npages), arrays[0][:npages]))
+        return list(compress(slots, arrays[0]))
     if len(arrays) == 2 and type(arrays[0]) is list and type(arrays[1]) is list:
-        a, b = arrays[0][:npages], arrays[1][:npages]
-        if len(a) != len(b):
+        a, b = arrays
+        if min(len(a), npages) != min(len(b), npages):
             raise ValueError("src and dst differ in length")
-        return list(compress(range(npages), map(or_, a, b)))
+        busy_a = list(compress(slots, a))
+        if len(busy_a) == npages:
+            return busy_a  # every slot (a window of 4 KiB pages)
+        busy_b = list(compress(slots, b))
+        if busy_b == busy_a or not busy_b:
+            return busy_a  # dst busy where src is (or nowhere): the usual windows
+        if not busy_a:
+            return busy_b
+        return sorted(set(busy_a).union(busy_b))
     mask: NDArray[np.bool_] | None = None
     for arr in arrays:
         m: NDArray[np.bool_] = np.asarray(arr[:npages]) != 0
