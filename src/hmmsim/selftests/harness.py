@@ -710,6 +710,10 @@ class user_ptr:
         """(first index, count) for each contiguous run of the sorted index array."""
         if idx.size == 0:
             return
+        if int(idx[-1]) - int(idx[0]) == idx.size - 1:
+            # strictly increasing (_index checked it) and spanning size - 1: one run
+            yield int(idx[0]), int(idx.size)
+            return
         breaks = np.flatnonzero(np.diff(idx) != 1) + 1
         starts = np.concatenate(([0], breaks))
         ends = np.concatenate((breaks, [idx.size]))
@@ -726,7 +730,7 @@ class user_ptr:
         idx = np.asarray(key)
         if idx.ndim != 1 or idx.dtype.kind not in "iu":
             raise TypeError("index a user_ptr with an int, a slice or a 1-D integer array")
-        if idx.size > 1 and np.any(np.diff(idx) <= 0):
+        if idx.size > 1 and not (idx[1:] > idx[:-1]).all():
             raise ValueError("index arrays must be strictly increasing (C loop order)")
         return idx
 
