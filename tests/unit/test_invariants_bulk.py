@@ -228,3 +228,37 @@ def test_dmirror_hook_free_folios_like_the_gather_form(what):
     got = dmirror_check_device_pages(k)
     assert bool(got) == (what != "clean")
     assert got == dmirror_check_device_pages_slow(k)
+
+
+# --- the buddy lists: a coverage count against block-by-block slices ------------------------
+def _buddy_problems(k, fast: bool) -> list[str]:
+    c = _Checker(k)
+    if not fast:
+        c._free_lists_mask = lambda *a: None  # every block through the slow form
+    c.run()
+    return c.problems
+
+
+@pytest.mark.parametrize(
+    "what", ["clean", "misaligned", "overlap", "past_ram", "both", "pcp_also_buddy"]
+)
+def test_buddy_coverage_reports_what_the_block_loop_reports(what):
+    w = _world(7, steps=150)
+    mem = w.k.mem
+    nr = mem.ram.pages.nr
+    top = max(o for o, fa in enumerate(mem.free_area) if fa)
+    blk = min(mem.free_area[top])
+    if what in ("misaligned", "both"):
+        mem.free_area[1].add(blk + 3)  # order 1 at an odd pfn, inside a free block too
+    if what in ("overlap", "both"):
+        mem.free_area[0].add(blk + 8)
+    if what == "past_ram":
+        mem.free_area[2].add(nr - 2)
+    if what == "pcp_also_buddy" and mem.pcp_pfns().size:
+        mem.free_area[0].add(int(mem.pcp_pfns()[0]))
+    c = _Checker(w.k)
+    fast = c._free_lists_mask(mem, nr)
+    assert (fast is None) == (what in ("misaligned", "overlap", "past_ram", "both"))
+    got = _buddy_problems(w.k, fast=True)
+    assert bool(got) == (what != "clean")
+    assert got == _buddy_problems(w.k, fast=False)

@@ -147,14 +147,9 @@ class _Checker:
     def check_buddy(self) -> None:
         mem = self.k.mem
         p = mem.ram.pages
-        in_lists = np.zeros(p.nr, dtype=bool)
-        for order, blocks in enumerate(mem.free_area):
-            for pfn in blocks:
-                if pfn % (1 << order):
-                    self.bad(f"free block {pfn:#x} of order {order} is misaligned")
-                if in_lists[pfn : pfn + (1 << order)].any():
-                    self.bad(f"free block {pfn:#x} overlaps another free block")
-                in_lists[pfn : pfn + (1 << order)] = True
+        in_lists = self._free_lists_mask(mem, p.nr)
+        if in_lists is None:
+            in_lists = self._free_lists_mask_slow(mem, p.nr)
         buddy = (p.flags & PGTY_buddy) != 0
         if (buddy != in_lists).any():
             pfn = int(np.nonzero(buddy != in_lists)[0][0])
@@ -175,6 +170,44 @@ class _Checker:
             self.bad("a free page has a reference or a mapping")
         if len(pcp) and ((p._refcount[pcp] != 0).any() or (p._mapcount[pcp] != -1).any()):
             self.bad("a pcp page has a reference or a mapping")
+
+    def _free_lists_mask_slow(self, mem, nr: int) -> np.ndarray:
+        """The pages on the buddy lists, block by block: misaligned and
+        overlapping blocks are reported in list order (the specification of
+        _free_lists_mask)."""
+        in_lists = np.zeros(nr, dtype=bool)
+        for order, blocks in enumerate(mem.free_area):
+            for pfn in blocks:
+                if pfn % (1 << order):
+                    self.bad(f"free block {pfn:#x} of order {order} is misaligned")
+                if in_lists[pfn : pfn + (1 << order)].any():
+                    self.bad(f"free block {pfn:#x} overlaps another free block")
+                in_lists[pfn : pfn + (1 << order)] = True
+        return in_lists
+
+    @staticmethod
+    def _free_lists_mask(mem, nr: int) -> np.ndarray | None:
+        """_free_lists_mask_slow() as arrays: a coverage count per page from
+        the blocks' starts and ends. None when a block is misaligned,
+        overlaps another or lies outside RAM (the slow form then reports
+        those exactly, in list order)."""
+        starts, sizes = [], []
+        for order, blocks in enumerate(mem.free_area):
+            if blocks:
+                b = np.fromiter(blocks, dtype=np.int64)
+                starts.append(b)
+                sizes.append(np.full(len(b), 1 << order, dtype=np.int64))
+        if not starts:
+            return np.zeros(nr, dtype=bool)
+        st = np.concatenate(starts)
+        ends = st + np.concatenate(sizes)
+        if int(st.min()) < 0 or int(ends.max()) > nr or ((st & (ends - st - 1)) != 0).any():
+            return None
+        edges = np.bincount(st, minlength=nr + 1) - np.bincount(ends, minlength=nr + 1)
+        cover = np.cumsum(edges[:nr])
+        if (cover > 1).any():
+            return None
+        return cover == 1
 
     # --- page tables ------------------------------------------------------------------------
     def check_mm(self, mm) -> None:
