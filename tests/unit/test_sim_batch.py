@@ -22,6 +22,7 @@ CASES = [
     ("pingpong:size=2M,rounds=2,oversub=1.5", "nvidia-uvm-thrash"),
     ("random:size=2M,n=1200,oversub=1", "nvidia-uvm-ac"),  # remote hits, notifications
     ("graph:size=32K", "amd-svm"),  # accesses spanning pages, 4-byte writes
+    ("pingpong:size=2M,rounds=1", "amd-svm-thp"),  # THP first touch: no CPU store runs
 ]
 
 
@@ -46,6 +47,22 @@ def test_batched_engine_matches_per_access(spec, policy):
     ]
     assert got.m.gpu_faults > 0 and got.m.data_errors == 0
     assert np.array_equal(got.shadow, ref.shadow)
+
+
+def test_cpu_store_runs_are_used_and_charged_per_access(monkeypatch):
+    """The CPU initialisation of a stream is written in store runs (one
+    store per run of consecutive pages), with every first touch counted."""
+    calls = []
+    real = Simulation._cpu_store_run
+
+    def spy(self, vpn, first, n):
+        calls.append(n)
+        return real(self, vpn, first, n)
+
+    monkeypatch.setattr(Simulation, "_cpu_store_run", spy)
+    m = Simulation("stream:size=4M,passes=1", "naive").run()
+    assert sum(calls) == m.cpu_accesses == m.cpu_faults_other == 1024
+    assert max(calls) == 512
 
 
 def test_batched_engine_counts_a_lost_write():

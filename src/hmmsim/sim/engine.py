@@ -52,6 +52,8 @@ MAX_HEAT_SAMPLES = 4096
 #: GPU accesses per batch of the batched engine, and page events per NumPy segment
 GPU_CHUNK = 1 << 16
 SEGMENT = 4096
+#: most pages one CPU store run writes (2 MiB)
+CPU_RUN = 512
 
 
 class SimError(RuntimeError):
@@ -168,6 +170,11 @@ class Simulation:
         #: process accesses in NumPy batches (False: one access at a time, the
         #: reference the batched engine must match)
         self.batched = batched
+        # CPU write runs as one store: not where a first touch may fault in a
+        # THP (then the pages after it in the run do not fault)
+        self._cpu_bulk = (
+            batched and not getattr(policy, "compound", False) and self.k.thp_enabled != "always"
+        )
         # the pages the workload touches, and per page the value last written
         # (0: never written); the device page table keeps NumPy columns for them
         self.tvpns = self._touched_vpns()
@@ -260,11 +267,63 @@ class Simulation:
         self._bytes_accessed += int(sizes.astype(np.int64).sum())
         writes = acc["write"].tolist()
         fl, la = first.tolist(), last.tolist()
-        for j in range(hi - lo):
+        # runs of one-page writes to consecutive pages not on the device: one store
+        ok = (first == last) & acc["write"]
+        nxt = np.zeros(len(ok), dtype=bool)
+        nxt[:-1] = first[1:] == first[:-1] + 1
+        where = self.dev.where
+        j = 0
+        n = hi - lo
+        while j < n:
+            if self._cpu_bulk and ok[j]:
+                r = j
+                while (
+                    r < n
+                    and r - j < CPU_RUN
+                    and ok[r]
+                    and fl[r] not in where
+                    and (r == j or nxt[r - 1])
+                ):
+                    r += 1
+                if r - j >= 8:
+                    self._cpu_store_run(fl[j], lo + j, r - j)
+                    j = r
+                    continue
             self._sync()
             self.m.cpu_accesses += 1
             for vpn in range(fl[j], la[j] + 1):
                 self._cpu_access(vpn, writes[j], lo + j + 1)
+            j += 1
+
+    def _cpu_store_run(self, vpn: int, first_access: int, n: int) -> None:
+        """n CPU writes, access first_access + 1 ... to pages vpn ... vpn + n - 1
+        (none on the device): one store of the n pages, each holding its
+        access number in its first 8 bytes (the other bytes of every page
+        are 0 in a simulation, so the whole-page store leaves what n 8-byte
+        stores leave; first touches go through the kernel's bulk fault
+        path). Charged as _cpu_access charges each."""
+        self._sync()
+        p = self.params
+        proc = self.proc
+        m = self.m
+        m.cpu_accesses += n
+        addr = vpn << PAGE_SHIFT
+        faults = np.array(
+            [proc._translate(addr + (i << PAGE_SHIFT), True) is None for i in range(n)], dtype=bool
+        )
+        values = np.arange(first_access + 1, first_access + n + 1, dtype=np.uint64)
+        buf = np.zeros((n, PAGE_SIZE // 8), dtype=np.uint64)
+        buf[:, 0] = values
+        before = self.dev.cpu_faults
+        proc.store(addr, buf.view(np.uint8).reshape(-1))
+        if self.dev.cpu_faults != before:
+            raise SimError("a CPU store run reached migrate_to_ram")
+        ti = self.space.pt.index(np.arange(vpn, vpn + n, dtype=np.int64))
+        self.shadow[ti] = values
+        m.cpu_faults_other += int(faults.sum())
+        costs = np.full(n, p.cpu_access_ns / 1000)
+        costs[faults] += p.cpu_minor_fault_us
+        self.clock.now = float(np.cumsum(np.concatenate([[self.clock.now], costs]))[-1])
 
     def _gpu_run(self, lo: int, hi: int) -> None:
         """GPU accesses [lo, hi) in NumPy segments: resident-page hits in bulk,
@@ -452,12 +511,11 @@ class Simulation:
             row = self.dev.vram_row(page)
         else:
             row = self.k.mem.frame(page.pfn)
-        word = row[:8].view(np.uint64)
         ti = self._ti(vpn)
-        if write:
-            word[0] = value
+        if write:  # a store of the first 8 bytes (a token page's token)
+            row[:8] = np.array([value], dtype="<u8").view(np.uint8)
             self.shadow[ti] = value
-        elif int(word[0]) != int(self.shadow[ti]):
+        elif int(np.asarray(row[:8]).view("<u8")[0]) != int(self.shadow[ti]):
             self.m.data_errors += 1
 
     def _service(self) -> None:
