@@ -276,6 +276,7 @@ class Simulation:
         n = hi - lo
         while j < n:
             if self._cpu_bulk and ok[j]:
+                self._sync()  # (outstanding GPU faults may move pages of the run)
                 r = j
                 while (
                     r < n
