@@ -113,13 +113,22 @@ class FrameCopies:
         if self.to:
             to, frm = np.array(self.to), np.array(self.frm)
             n = len(to)
-            # runs where both sides step by one frame: a slice copy each is one
-            # pass over the bytes; a gather and scatter is two
-            cut = (np.flatnonzero((np.diff(to) != 1) | (np.diff(frm) != 1)) + 1).tolist()
+            # runs where both sides step by one frame the same way, up or down
+            # (pages handed out from a pcp list come in descending runs): a
+            # slice copy each is one pass over the bytes; a gather and scatter is two
+            dt, df = np.diff(to), np.diff(frm)
+            lock = (dt == df) & ((dt == 1) | (dt == -1))
+            brk = ~lock
+            brk[1:] |= lock[1:] & lock[:-1] & (dt[1:] != dt[:-1])  # up turns down
+            cut = np.flatnonzero(brk) + 1
             if len(cut) * 4 < n:
-                for lo, hi in zip([0, *cut], [*cut, n], strict=True):
-                    t, f = int(to[lo]), int(frm[lo])
-                    frames[t : t + hi - lo] = frames[f : f + hi - lo]
+                lo = np.concatenate(([0], cut))
+                hi = np.concatenate((cut, [n]))
+                # a run's lowest frames on both sides pair up (either direction)
+                t0 = np.minimum(to[lo], to[hi - 1]).tolist()
+                f0 = np.minimum(frm[lo], frm[hi - 1]).tolist()
+                for t, f, m in zip(t0, f0, (hi - lo).tolist(), strict=True):
+                    frames[t : t + m] = frames[f : f + m]
             else:
                 buf = _copy_scratch(self.mdev, n)
                 np.take(frames, frm, axis=0, out=buf, mode="clip")  # indices checked on entry
