@@ -32,6 +32,17 @@ Index: TypeAlias = NDArray[np.integer[Any]] | list[int]
 I64Array: TypeAlias = NDArray[np.int64]
 
 
+def _pgmap_counts(a: PageArrays, pos: I64Array) -> tuple[list[int], list[int]]:
+    """The distinct pagemap ids of pages a[pos], ascending, and how many
+    pages have each (np.unique, but one comparison when all pages share one
+    pagemap: a window from one chunk)."""
+    pg = a.pgmap[pos]
+    if len(pg) and (pg == pg[0]).all():
+        return [int(pg[0])], [len(pg)]
+    pids, counts = np.unique(pg, return_counts=True)
+    return pids.tolist(), counts.tolist()
+
+
 def zone_device_pages_init_would_warn(a: PageArrays, idx: Index, *, k: Any) -> bool:
     """Would zone_device_page_init of some order-0 page a[idx] warn (a page
     still referenced, or its dev_pagemap being unmapped)? The batch form
@@ -39,7 +50,7 @@ def zone_device_pages_init_would_warn(a: PageArrays, idx: Index, *, k: Any) -> b
     pos = np.asarray(idx, dtype=np.int64)
     if (a._refcount[pos] != 0).any():
         return True
-    return any(k.pgmaps[pid]._killed for pid in np.unique(a.pgmap[pos]).tolist())
+    return any(k.pgmaps[pid]._killed for pid in _pgmap_counts(a, pos)[0])
 
 
 def zone_device_pages_init(a: PageArrays, idx: Index, *, k: Any) -> None:
@@ -56,8 +67,8 @@ def zone_device_pages_init(a: PageArrays, idx: Index, *, k: Any) -> None:
     a.mapping[pos] = 0
     a._mapcount[pos] = -1
     a._refcount[pos] = 1
-    pids, counts = np.unique(a.pgmap[pos], return_counts=True)
-    for pid, cnt in zip(pids.tolist(), counts.tolist(), strict=True):
+    pids, counts = _pgmap_counts(a, pos)
+    for pid, cnt in zip(pids, counts, strict=True):
         k.pgmaps[pid]._refs += cnt
 
 
