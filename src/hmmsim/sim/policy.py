@@ -22,6 +22,8 @@ the drivers' public defaults; docs/simulation.md cites each one.
 
 from __future__ import annotations
 
+import numpy as np
+
 from hmmsim.drivers.gpu import CHUNK_PAGES
 from hmmsim.kconfig import PAGE_SHIFT
 from hmmsim.mm.mmap import vma_lookup
@@ -98,23 +100,21 @@ class NvidiaUvm(Policy):
         blocks: dict[int, list[int]] = {}
         for v in faulted:
             blocks.setdefault(v // CHUNK_PAGES, []).append(v)
+        big = self.granularity >> PAGE_SHIFT
         for b, vs in blocks.items():
             base = b * CHUNK_PAGES
             vlo, vhi = vma_bounds(space, vs[0])
             lo, hi = max(base, vlo), min(base + CHUNK_PAGES, vhi)
-            occupied = [False] * CHUNK_PAGES
+            occupied = np.zeros(CHUNK_PAGES, dtype=bool)
             for v in range(lo, hi):
                 if space.resident(v):
                     occupied[v - base] = True
-            big = self.granularity >> PAGE_SHIFT
             for v in vs:  # grow_fault_granularity: whole big pages
                 s = (v - base) & ~(big - 1)
-                for i in range(s, s + big):
-                    occupied[i] = True
+                occupied[s : s + big] = True
             # prefix counts for subtree sums
-            pre = [0]
-            for o in occupied:
-                pre.append(pre[-1] + o)
+            pre = [0, *np.cumsum(occupied).tolist()]
+            sel = np.zeros(CHUNK_PAGES, dtype=bool)
             for v in sorted(vs):
                 i = v - base
                 best = None
@@ -126,8 +126,8 @@ class NvidiaUvm(Policy):
                         best = (s, s + size)
                     size <<= 1
                 if best is not None:
-                    for j in range(max(best[0] + base, lo), min(best[1] + base, hi)):
-                        out.add(j)
+                    sel[best[0] : best[1]] = True
+            out.update((np.flatnonzero(sel[lo - base : hi - base]) + lo).tolist())
         return out - faulted
 
 
