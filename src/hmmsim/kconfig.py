@@ -105,6 +105,11 @@ class KConfig:
             Only series (c) reads it.
         bugs: known kernel bugs to put back (names from `hmmsim.mutants`);
             empty for the fixed kernel.
+        data_plane: how page contents are stored: "bytes" (4096 real bytes
+            per page, the default) or "tokens" (one u64 token per page: its
+            bytes are the token, little-endian, then 4088 zeros; a store that
+            would make another byte non-zero raises TokenPlaneError). Not a
+            kernel option: a host-memory choice (hmmsim.data_plane).
 
     Invariant: every series in SERIES_REQUIRES has its prerequisites enabled.
     """
@@ -118,6 +123,7 @@ class KConfig:
     bugs: frozenset[str] = frozenset()
     kernel: str = "mainline"
     pvmw_form: str = "flag"
+    data_plane: str = "bytes"
 
     def __post_init__(self) -> None:
         from hmmsim.mutants import check_bugs
@@ -156,6 +162,8 @@ class KConfig:
                 f"pvmw_form must be 'flag' (series (c) v3+) or 'pfn-bit' (v1/v2), "
                 f"not {self.pvmw_form!r}"
             )
+        if self.data_plane not in ("bytes", "tokens"):
+            raise ConfigError(f"data_plane must be 'bytes' or 'tokens', not {self.data_plane!r}")
         if self.bits_per_long not in (32, 64):
             raise ConfigError("bits_per_long must be 32 or 64")
         if self.ram_bytes < 16 * PMD_SIZE or self.ram_bytes % PMD_SIZE:
@@ -206,6 +214,7 @@ class KConfig:
                 else ""
             )
             + (f" bugs={','.join(sorted(self.bugs))}" if self.bugs else "")
+            + (" data=tokens" if self.data_plane == "tokens" else "")
             + ">"
         )
 

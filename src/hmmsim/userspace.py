@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from hmmsim.bug import KernelBug
+from hmmsim.data_plane import TokenPlaneError, check_store_tokens  # noqa: F401 (re-exported)
 from hmmsim.errno import EBADF, ECHILD, EINVAL, EMFILE, ENOENT, ENOTTY, EPERM, ESRCH
 from hmmsim.fast import memory as fast_mem
 from hmmsim.include.mm import (
@@ -776,13 +777,18 @@ class Process:
 
     def store(self, addr: int, data: bytes | bytearray | memoryview | np.ndarray) -> None:
         """Write data at addr like CPU stores (data: bytes-like or a NumPy
-        array of numbers; anything else is a TypeError naming `data`)."""
+        array of numbers; anything else is a TypeError naming `data`).
+
+        With the token data plane (KConfig.data_plane "tokens"), a store that
+        would make a byte at a page offset >= 8 non-zero raises
+        hmmsim.data_plane.TokenPlaneError before anything happens (no fault
+        taken, no byte stored)."""
         if (
             isinstance(data, np.ndarray)
             and not data.dtype.hasobject
             and data.dtype.itemsize
             and not any(
-                r.frames is not None and np.may_share_memory(data, r.frames)
+                isinstance(r.frames, np.ndarray) and np.may_share_memory(data, r.frames)
                 for r in self.k.mem.ranges
             )
         ):  # its bytes in place (no host copy): the source cannot alias a frame
@@ -790,6 +796,9 @@ class Process:
         else:
             buf = np.frombuffer(_user_bytes(data, "data"), dtype=np.uint8)
         addr = ulong(addr, "addr")
+        if self.k.mem.data_plane == "tokens":
+            # the whole store is checked before any page is faulted or written
+            check_store_tokens(addr, buf)
         pos = 0
         n = buf.size
         bulk_at = 0  # the next position worth offering to the bulk fault path

@@ -11,6 +11,9 @@ NumPy array the OS commits lazily, so a Kernel with GiBs of modelled RAM is
 cheap until pages are touched. Page-table pages are ordinary frames viewed
 as 512 little-endian u64 words, as on x86-64. ZONE_DEVICE ranges are added
 by memremap (later) as further `PageArrays`, with or without frame bytes.
+With `KConfig(data_plane="tokens")` every page holds one u64 token instead
+of its bytes and page tables keep their words in a store of their own
+(hmmsim.data_plane: 8 bytes of host memory per page).
 
 Per-CPU page lists (issue 13): the orders the kernel keeps on pcp lists
 (0..PAGE_ALLOC_COSTLY_ORDER and the PMD order, pcp_allowed_order) are freed
@@ -77,6 +80,7 @@ import math
 import numpy as np
 
 from hmmsim.bug import KernelBug
+from hmmsim.data_plane import TableWords, TokenPlaneError, frames_array  # noqa: F401 (re-exported)
 from hmmsim.fast.arrays import distinct_values, has_duplicates  # noqa: F401 (re-exported)
 from hmmsim.include.mm_types import (
     FOLIO_MAPPING_ANON,
@@ -291,14 +295,31 @@ class PerCpuPages:
 
 
 class MemRange:
-    """A contiguous PFN range with struct pages and, if CPU-addressable, bytes."""
+    """A contiguous PFN range with struct pages and, if CPU-addressable, data.
 
-    __slots__ = ("pages", "frames", "words", "name", "pgmap_id")
+    Fields: pages (the struct page columns); frames (the pages' contents:
+    a (nr, 4096) uint8 array in the byte data plane, a `TokenPages` view of
+    `tokens` in the token plane; None without a linear map); tokens (the
+    token plane's one u64 per page, else None); words (RAM: the page-table
+    words, a u64 view of frames in byte mode, `TableWords` in token mode);
+    name; pgmap_id. See hmmsim.data_plane for the token semantics.
+    """
 
-    def __init__(self, base: int, nr: int, name: str, with_frames: bool) -> None:
+    __slots__ = ("pages", "frames", "words", "tokens", "name", "pgmap_id")
+
+    def __init__(
+        self, base: int, nr: int, name: str, with_frames: bool, data_plane: str = "bytes"
+    ) -> None:
         self.pages = PageArrays(base, nr)
-        self.frames = np.zeros((nr, PAGE_SIZE), dtype=np.uint8) if with_frames else None
-        self.words = self.frames.view(np.uint64) if with_frames else None
+        self.frames = frames_array(data_plane, nr) if with_frames else None
+        if self.frames is None:
+            self.tokens = self.words = None
+        elif data_plane == "tokens":
+            self.tokens = self.frames.tokens
+            self.words = TableWords()
+        else:
+            self.tokens = None
+            self.words = self.frames.view(np.uint64)
         self.name = name
         self.pgmap_id = 0
 
@@ -425,7 +446,9 @@ class PhysMem:
 
     def __init__(self, k, nr_ram_pages: int) -> None:
         self.k = k
-        self.ram = MemRange(0, nr_ram_pages, "System RAM", with_frames=True)
+        #: "bytes" or "tokens" (KConfig.data_plane; hmmsim.data_plane)
+        self.data_plane = getattr(getattr(k, "config", None), "data_plane", "bytes")
+        self.ram = MemRange(0, nr_ram_pages, "System RAM", True, self.data_plane)
         self.ranges: list[MemRange] = [self.ram]
         self._bases: list[int] = [0]
         #: free_area[order]: the start PFNs of free blocks of that order (RAM only).
@@ -470,7 +493,7 @@ class PhysMem:
         for r in self.ranges:
             if base < r.end and r.base < base + nr:
                 raise KernelBug(f"add_range: {name} overlaps {r!r}")
-        r = MemRange(base, nr, name, with_frames)
+        r = MemRange(base, nr, name, with_frames, self.data_plane)
         i = bisect.bisect(self._bases, base)
         self.ranges.insert(i, r)
         self._bases.insert(i, base)
@@ -517,6 +540,23 @@ class PhysMem:
     def table(self, pfn: int) -> np.ndarray:
         """A page-table page as 512 u64 words (RAM only)."""
         return self.ram.words[pfn]
+
+    def table_attach(self, pfn: int) -> None:
+        """pfn became a page table (pagetable_alloc): in the token data plane
+        it gets table words of its own (hmmsim.data_plane.TableWords); in the
+        byte plane its frame is the table already."""
+        if self.ram.tokens is not None:
+            self.ram.words.attach(pfn)
+
+    def table_detach(self, pfn: int) -> None:
+        """pfn stops being a page table (pagetable_free; its words are zero)."""
+        if self.ram.tokens is not None:
+            self.ram.words.detach(pfn)
+
+    def new_frames(self, nr: int):
+        """Contents for nr pages a driver keeps itself (a GPU's VRAM), in
+        this kernel's data plane: zeroed bytes or token-0 TokenPages."""
+        return frames_array(self.data_plane, nr)
 
     def copy_frame(self, dst_pfn: int, src_pfn: int) -> None:
         self.frame(dst_pfn)[:] = self.frame(src_pfn)

@@ -81,6 +81,7 @@ def alloc_table(k) -> int | None:
     if page is None:
         return None
     page.set(PGTY_table)
+    k.mem.table_attach(page.pfn)  # the token data plane's table words
     k.ptlocks[page.pfn] = Lock(k, f"ptl@{page.pfn:#x}")
     return page.pfn
 
@@ -94,6 +95,7 @@ def free_table(k, pfn: int) -> None:
         raise KernelBug(f"free_table: {lock!r} still held")
     page = k.mem.pfn_to_page(pfn)
     page.clear(PGTY_table)
+    k.mem.table_detach(pfn)
     from hmmsim.include.mm_types import folio_put
 
     folio_put(page)
