@@ -38,6 +38,7 @@ from hmmsim.drivers.gpu import (
     GpuFaultBuffer,
     GpuNoMemory,
 )
+from hmmsim.include.mman import MAP_NORESERVE
 from hmmsim.kconfig import PAGE_SHIFT, PAGE_SIZE
 from hmmsim.sim.clock import EventClock
 from hmmsim.sim.params import SimParams
@@ -101,6 +102,41 @@ class Metrics:
         return asdict(self)
 
 
+def touched_pages(workload: Workload) -> np.ndarray:
+    """Sorted distinct page numbers, relative to the buffer's start, that the
+    workload's accesses touch."""
+    acc = workload.accesses
+    if not len(acc):
+        return np.zeros(0, dtype=np.int64)
+    off = acc["off"].astype(np.int64)
+    first = off >> PAGE_SHIFT
+    last = (off + np.maximum(1, acc["size"].astype(np.int64)) - 1) >> PAGE_SHIFT
+    if int((last - first).max()) == 0:
+        return np.unique(first)
+    cnt = last - first + 1
+    return np.unique(np.repeat(first, cnt) + _ramp(cnt))
+
+
+def modelled_ram_bytes(workload: Workload, touched: np.ndarray | None = None) -> int:
+    """The RAM a simulation's Kernel models: 1.25 x the footprint plus 48 MiB;
+    for a sparse workload (touching less than half its pages) 1.25 x what it
+    can use (its touched pages, a page table per 2 MiB region touched and
+    one per 1 GiB) plus 48 MiB, so a TB-sized virtual range costs what its
+    touched pages cost. Whole 2 MiB."""
+    fp = workload.footprint
+    if touched is None:
+        touched = touched_pages(workload)
+    n = len(touched)
+    if 2 * n >= workload.npages:
+        ram = fp + fp // 4
+    else:
+        tables = len(np.unique(touched >> 9)) + len(np.unique(touched >> 18)) + 64
+        ram = (n + tables) * PAGE_SIZE
+        ram += ram // 4
+    ram += 48 << 20
+    return (ram + GPU_ROOT_CHUNK_SIZE - 1) // GPU_ROOT_CHUNK_SIZE * GPU_ROOT_CHUNK_SIZE
+
+
 def default_device_mem(footprint: int, oversub: float | None) -> int:
     """Device memory for a footprint: footprint / oversub, else room for all
     of it; whole root chunks, at least one."""
@@ -140,8 +176,9 @@ class Simulation:
             raise ValueError(
                 f"device memory must be at least one 2 MiB root chunk ({self.device_mem})"
             )
-        ram = fp + fp // 4 + (48 << 20)
-        ram = (ram + GPU_ROOT_CHUNK_SIZE - 1) // GPU_ROOT_CHUNK_SIZE * GPU_ROOT_CHUNK_SIZE
+        # the pages the accesses touch, relative to the buffer's (2 MiB aligned) start
+        self._touched = touched_pages(workload)
+        ram = modelled_ram_bytes(workload, self._touched)
         if config is not None:
             from dataclasses import replace
 
@@ -152,7 +189,11 @@ class Simulation:
                 kw["features"] = frozenset(features)
             self.k = Kernel(**kw)
         self.proc = self.k.spawn("sim")
-        self.base = self._map_buffer(fp)
+        # a footprint beyond the modelled RAM (a sparse workload) is mapped
+        # MAP_NORESERVE, as a program reserving a huge virtual range does: the
+        # model's heuristic overcommit (OVERCOMMIT_GUESS) refuses larger
+        # accounted mappings than RAM
+        self.base = self._map_buffer(fp, noreserve=fp > ram)
         if getattr(policy, "compound", False):
             from hmmsim.include.mman import MADV_HUGEPAGE
 
@@ -177,7 +218,7 @@ class Simulation:
         )
         # the pages the workload touches, and per page the value last written
         # (0: never written); the device page table keeps NumPy columns for them
-        self.tvpns = self._touched_vpns()
+        self.tvpns = self._touched + (self.base >> PAGE_SHIFT)
         self.shadow = np.zeros(len(self.tvpns), dtype=np.uint64)
         self.space.pt.track(self.tvpns)
         self.residency: list[tuple[float, int]] = [(0.0, 0)]
@@ -199,10 +240,11 @@ class Simulation:
             oversubscription=round(fp / (self.dev.capacity_pages * PAGE_SIZE), 4),
         )
 
-    def _map_buffer(self, size: int) -> int:
+    def _map_buffer(self, size: int, noreserve: bool = False) -> int:
         p = self.proc
         span = size + GPU_ROOT_CHUNK_SIZE
-        addr = p.mmap(0, span, PROT_RW, MAP_PRIVATE_ANON, -1, 0)
+        flags = MAP_PRIVATE_ANON | (MAP_NORESERVE if noreserve else 0)
+        addr = p.mmap(0, span, PROT_RW, flags, -1, 0)
         if addr < 0 or addr >= 1 << 63:
             raise SimError(f"mmap of the {size >> 20} MiB buffer failed ({addr})")
         base = (addr + GPU_ROOT_CHUNK_SIZE - 1) & ~(GPU_ROOT_CHUNK_SIZE - 1)
@@ -212,18 +254,6 @@ class Simulation:
         if end > base + size:
             p.munmap(base + size, end - (base + size))
         return base
-
-    def _touched_vpns(self) -> np.ndarray:
-        """Sorted distinct vpns the workload's accesses touch."""
-        acc = self.workload.accesses
-        if not len(acc):
-            return np.zeros(0, dtype=np.int64)
-        first, last = self._page_span(acc["off"], acc["size"])
-        if int((last - first).max()) == 0:
-            return np.unique(first)
-        cnt = last - first + 1
-        v = np.repeat(first, cnt) + _ramp(cnt)
-        return np.unique(v)
 
     def _page_span(self, off: np.ndarray, size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         addr = off.astype(np.int64) + self.base
@@ -718,4 +748,13 @@ def run(workload: Workload | str, policy: Policy | str = "naive", **kw) -> Metri
     return Simulation(workload, policy, **kw).run()
 
 
-__all__ = ["CHUNK_PAGES", "Metrics", "SimError", "Simulation", "default_device_mem", "run"]
+__all__ = [
+    "CHUNK_PAGES",
+    "Metrics",
+    "SimError",
+    "Simulation",
+    "default_device_mem",
+    "modelled_ram_bytes",
+    "run",
+    "touched_pages",
+]
