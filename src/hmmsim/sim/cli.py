@@ -160,10 +160,14 @@ def sim_command(
             import matplotlib  # noqa: F401
         except ImportError:
             raise click.UsageError("--plot needs matplotlib: pip install 'hmmsim[plot]'") from None
-    # the modelled RAM (about 1.25x the footprint) and the device's bytes
-    check_host_memory(
-        2 * wl.footprint + (dev_bytes or wl.footprint) + (64 << 20), f"workload {workload}"
-    )
+    # the modelled RAM (about 1.25x the footprint, or 1.25x the touched pages
+    # of a sparse workload) and the device's bytes (at most what is touched)
+    from hmmsim.sim.engine import modelled_ram_bytes, touched_pages
+
+    touched = touched_pages(wl)
+    ram = modelled_ram_bytes(wl, touched)
+    dev_need = min(dev_bytes or wl.footprint, len(touched) * 4096)
+    check_host_memory(ram + ram // 4 + dev_need + (64 << 20), f"workload {workload}")
     cfg = build_config(features, "mainline", conflict_resolution)
     try:
         sim = Simulation(
@@ -174,6 +178,8 @@ def sim_command(
             config=cfg,
             check_invariants=check_invariants,
             seed=seed,
+            # the per-page move log only where an output shows it
+            log_moves=bool(why_path or trace_path or plot_dir),
         )
         progress = None
         if not as_json and len(wl.accesses) > 200_000:
