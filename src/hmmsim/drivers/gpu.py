@@ -143,10 +143,11 @@ class GpuChunk:
 
     __slots__ = ("pagemap", "index", "vram", "used", "last_alloc", "last_access", "first", "pages")
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, vram=None) -> None:
         self.pagemap = dev_pagemap()
         self.index = index
-        self.vram = np.zeros((CHUNK_PAGES, PAGE_SIZE), dtype=np.uint8)
+        # the kernel's data plane (k.mem.new_frames): bytes, or one token a page
+        self.vram = np.zeros((CHUNK_PAGES, PAGE_SIZE), dtype=np.uint8) if vram is None else vram
         self.used = 0
         self.last_alloc = 0
         self.last_access = 0
@@ -310,7 +311,7 @@ class GpuDevice:
     def _add_chunk(self) -> int:
         """memremap one more root chunk; 0 or -errno."""
         k = self.k
-        chunk = GpuChunk(len(self.chunks))
+        chunk = GpuChunk(len(self.chunks), k.mem.new_frames(CHUNK_PAGES))
         pgmap = chunk.pagemap
         pgmap.type = MEMORY_DEVICE_PRIVATE
         pgmap.nr_range = 1

@@ -79,6 +79,7 @@ from hmmsim.testing.fuzz.ops import (
     Store,
     feature_configs,
     fill,
+    tokens,
 )
 from hmmsim.testing.fuzz.peek import peek, peek_frame
 from hmmsim.testing.fuzz.rules import WEIGHTS, Generator
@@ -114,6 +115,7 @@ __all__ = [
     "execute",
     "feature_configs",
     "fill",
+    "tokens",
     "peek",
     "peek_frame",
     "replay_script",

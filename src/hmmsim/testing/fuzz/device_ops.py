@@ -38,6 +38,7 @@ from hmmsim.testing.fuzz.ops import (
     Ioctl,
     Open,
     fill,
+    tokens,
 )
 from hmmsim.testing.fuzz.peek import PeekError, peek_frame
 from hmmsim.testing.fuzz.shadow import (
@@ -190,8 +191,13 @@ class DeviceOps:
         n = op.npages
         size = n if op.cmd == "SNAPSHOT" else n * PAGE_SIZE
         if op.cmd == "WRITE":
-            buf = np.frombuffer(fill(op.tag, size), dtype=np.uint8).copy()
-            self.emit(f"buf = np.frombuffer(fill({op.tag}, {size:#x}), np.uint8).copy()")
+            src = f"fill({op.tag}, {size:#x})"
+            data = fill(op.tag, size)
+            if self.token_stores:  # only a page's first 8 bytes (the token plane)
+                data = tokens(data, op.addr)
+                src = f"tokens({src}, {op.addr:#x})"
+            buf = np.frombuffer(data, dtype=np.uint8).copy()
+            self.emit(f"buf = np.frombuffer({src}, np.uint8).copy()")
         else:
             buf = np.zeros(size, dtype=np.uint8)
             self.emit(f"buf = np.zeros({size:#x}, np.uint8)")

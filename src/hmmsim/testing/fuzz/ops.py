@@ -37,7 +37,7 @@ from hmmsim.include.mman import (
     PROT_READ,
     PROT_WRITE,
 )
-from hmmsim.kconfig import SERIES, SERIES_ABSENT, SERIES_REQUIRES, KConfig
+from hmmsim.kconfig import PAGE_SIZE, SERIES, SERIES_ABSENT, SERIES_REQUIRES, KConfig
 from hmmsim.kernel import Kernel
 
 # --- geometry of the generated workloads ------------------------------------------------------
@@ -118,6 +118,15 @@ def fill(tag: int, n: int) -> bytes:
     return words.view(np.uint8)[:n].tobytes()
 
 
+def tokens(data: bytes, addr: int) -> bytes:
+    """data as stored at addr with the bytes that fall at page offsets >= 8
+    zeroed: what the fuzzer stores in the token data plane (hmmsim.data_plane),
+    where only a page's first 8 bytes (its token) may be non-zero."""
+    arr = np.frombuffer(data, dtype=np.uint8).copy()
+    arr[(addr + np.arange(arr.size)) % PAGE_SIZE >= 8] = 0
+    return arr.tobytes()
+
+
 def describe_bytes(data) -> str:
     """A short description of a buffer: zeros, or where its data came from."""
     arr = np.frombuffer(bytes(data), dtype=np.uint8) if not isinstance(data, np.ndarray) else data
@@ -144,6 +153,7 @@ class SeqConfig:
     ram_bytes: int = DEFAULT_RAM
     bugs: frozenset = frozenset()  # known-bug mutants (hmmsim.mutants); none normally
     kernel: str = "mainline"  # KConfig.kernel: the pin or the "6.12" profile
+    data_plane: str = "bytes"  # KConfig.data_plane; "tokens": stores are token-form
 
     def make_kernel(self) -> Kernel:
         k = Kernel(
@@ -153,6 +163,7 @@ class SeqConfig:
             conflict_resolution=self.conflict_resolution,
             bugs=frozenset(self.bugs),
             kernel=self.kernel,
+            data_plane=self.data_plane,
         )
         hmm_dmirror_init(k)
         k.thp_enabled = self.thp
@@ -163,6 +174,8 @@ class SeqConfig:
         if self.conflict_resolution:
             f += f"/{self.conflict_resolution}"
         kern = f" kernel={self.kernel}" if self.kernel != "mainline" else ""
+        if self.data_plane != "bytes":
+            kern += f" data={self.data_plane}"
         return f"features={f} thp={self.thp}{kern}"
 
     def kernel_source(self) -> str:
@@ -173,6 +186,8 @@ class SeqConfig:
         cr = f", conflict_resolution={cr!r}" if cr else ""
         bugs = f", bugs=frozenset({sorted(self.bugs)!r})" if self.bugs else ""
         kern = f", kernel={self.kernel!r}" if self.kernel != "mainline" else ""
+        if self.data_plane != "bytes":
+            kern += f", data_plane={self.data_plane!r}"
         return (
             f"Kernel(ram_bytes={self.ram_bytes:#x}, hugetlb_pages=0, "
             f"features={feats}{cr}{bugs}{kern})"

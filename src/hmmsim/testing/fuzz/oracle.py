@@ -128,6 +128,8 @@ class Oracle:
         linear map) hold exactly the shadow bytes of pages pgs, in one
         compare; False also when a PFN has no frame (the per-page path then
         reports it)."""
+        if self.k.mem.data_plane == "tokens":
+            return self._tokens_equal(pgs, pfns)
         got = np.empty((len(pfns), PAGE_SIZE), dtype=np.uint8)
         covered = 0
         for r in self.k.mem.ranges:
@@ -143,6 +145,31 @@ class Oracle:
             return False
         want = b"".join(_ZERO_PAGE if pg.cell.data is None else pg.cell.data for pg in pgs)
         return got.tobytes() == want
+
+    def _tokens_equal(self, pgs: list, pfns: np.ndarray) -> bool:
+        """_frames_equal in the token data plane: the pages' tokens against the
+        shadow's first 8 bytes, and the shadow's other bytes zero (what a
+        token page reads as), in one compare."""
+        got = np.empty(len(pfns), dtype=np.uint64)
+        covered = 0
+        for r in self.k.mem.ranges:
+            sel = (pfns >= r.base) & (pfns < r.end)
+            n = int(np.count_nonzero(sel))
+            if not n:
+                continue
+            if r.tokens is None:
+                return False
+            got[sel] = r.tokens[pfns[sel] - r.base]
+            covered += n
+        if covered != len(pfns):
+            return False
+        want = np.zeros((len(pgs), PAGE_SIZE), dtype=np.uint8)
+        for i, pg in enumerate(pgs):
+            if pg.cell.data is not None:
+                want[i] = np.frombuffer(pg.cell.data, dtype=np.uint8)
+        if want[:, 8:].any():
+            return False  # the per-page path reports the bytes a token page cannot hold
+        return bool((want[:, :8].copy().view("<u8")[:, 0] == got).all())
 
     def _ptes_equal(self, ps: ProcState, addr: int, ptes: np.ndarray) -> list[bool] | None:
         """verify()'s bulk form for one table: the pages mapped by present PTEs

@@ -33,6 +33,7 @@ from hmmsim.testing.fuzz.ops import (
     _flag_names,
     describe_bytes,
     fill,
+    tokens,
 )
 from hmmsim.testing.fuzz.peek import peek
 from hmmsim.testing.fuzz.shadow import (
@@ -364,18 +365,19 @@ class ProcessOps:
         if ps is None:
             return False
         data = fill(op.tag, op.n)
+        src = f"fill({op.tag}, {op.n})"
+        if self.token_stores:  # only a page's first 8 bytes (the token plane)
+            data = tokens(data, op.addr)
+            src = f"tokens({src}, {op.addr:#x})"
         done, sig = self._access_plan(ps, op.addr, op.n, write=True)
         if sig:
             exc = SegmentationFault if sig == "SIGSEGV" else BusError
-            self.emit(
-                f"expect_signal({exc.__name__}, p{op.h}.store, {op.addr:#x}, "
-                f"fill({op.tag}, {op.n}))"
-            )
+            self.emit(f"expect_signal({exc.__name__}, p{op.h}.store, {op.addr:#x}, {src})")
             r = self._cpu(ps.proc.store, op.addr, data, expect=exc)
             if r == "ok":
                 raise FuzzFailure("signal", f"store: expected {sig}, but it completed")
         else:
-            self.emit(f"p{op.h}.store({op.addr:#x}, fill({op.tag}, {op.n}))")
+            self.emit(f"p{op.h}.store({op.addr:#x}, {src})")
             r = self._cpu(ps.proc.store, op.addr, data)
         if r == "oom":  # the chunks before the failed fault were stored, in order
             done = 0

@@ -119,6 +119,7 @@ def run_fuzz(
     shared_anon: float = 0.15,
     bugs: frozenset = frozenset(),
     kernel: str = "mainline",
+    data_plane: str = "bytes",
 ) -> FuzzReport:
     """Run `steps` generated operations in sequences of `sequence_steps`.
 
@@ -135,6 +136,8 @@ def run_fuzz(
     shared_anon: probability that a generated mmap is MAP_SHARED.
     bugs: known-bug mutants to put back in every sequence's Kernel.
     kernel: the KConfig.kernel profile of every sequence ("mainline", "6.12").
+    data_plane: every sequence's KConfig.data_plane; with "tokens" the
+    stores and device writes keep to a page's first 8 bytes (ops.tokens).
     """
     configs = configs or feature_configs(kernel)
     rep = FuzzReport(seed=seed, check_every=check_every, sweep_every=sweep_every)
@@ -147,7 +150,13 @@ def run_fuzz(
     while rep.steps < steps and rep.failing_sequences < max_violations:
         fs, cr = configs[master.randrange(len(configs))]
         cfg = SeqConfig(
-            frozenset(fs), cr, master.choice(THP_MODES), ram_bytes, frozenset(bugs), kernel
+            frozenset(fs),
+            cr,
+            master.choice(THP_MODES),
+            ram_bytes,
+            frozenset(bugs),
+            kernel,
+            data_plane,
         )
         sseed = _seq_seed(seed, index)
         n = min(sequence_steps, steps - rep.steps)

@@ -272,6 +272,13 @@ def fill(tag, n):
     return words.view(np.uint8)[:n].tobytes()
 
 
+def tokens(data, addr):
+    """data with the bytes at page offsets >= 8 zeroed (the token data plane's stores)."""
+    arr = np.frombuffer(data, dtype=np.uint8).copy()
+    arr[(addr + np.arange(arr.size)) % 4096 >= 8] = 0
+    return arr.tobytes()
+
+
 def blob(*parts):
     return zlib.decompress(base64.b85decode("".join(parts)))
 

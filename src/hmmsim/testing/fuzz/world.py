@@ -49,12 +49,15 @@ class World(ProcessOps, DeviceOps, Oracle):
     one operation and its checks, raising FuzzFailure on any disagreement;
     `check()` runs the invariant checker and sweeps every mapped page. With
     record=True every step appends the Python lines a replay script needs to
-    `lines`.
+    `lines`. `token_stores` (default: the Kernel has the token data plane):
+    stores and device writes put data in a page's first 8 bytes only
+    (ops.tokens), so a byte-plane World can replay a token-plane sequence.
     """
 
     def __init__(self, cfg: SeqConfig, *, record: bool = False) -> None:
         self.cfg = cfg
         self.k = cfg.make_kernel()
+        self.token_stores = self.k.config.data_plane == "tokens"
         self.k.word_checks.append(strict_word_check)
         self.procs: dict[int, ProcState] = {}
         self.dead: set[int] = set()
