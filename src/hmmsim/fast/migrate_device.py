@@ -25,9 +25,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
+from numpy.typing import NDArray
 
 from hmmsim.bug import KernelBug
 from hmmsim.fast.arrays import distinct_values, has_duplicates, sliceable, slot_words
@@ -47,6 +48,7 @@ from hmmsim.include.mm import GUP_PIN_COUNTING_BIAS
 from hmmsim.include.mm_types import (
     FOLIO_MAPPING_ANON,
     Page,
+    PageArrays,
     PG_anon_exclusive,
     PG_head,
     PG_locked,
@@ -132,11 +134,16 @@ class Reference:
     free_zone_device_folios_order0: Callable[[Any, Any, Any], None]
 
 
-def _offered(k, fault_page) -> bool:
+I64Array: TypeAlias = NDArray[np.int64]
+U64Array: TypeAlias = NDArray[np.uint64]
+BoolArray: TypeAlias = NDArray[np.bool_]
+
+
+def _offered(k: Any, fault_page: Any) -> bool:
     return bool(k.fastpath) and fault_page is None
 
 
-def _window_pages(ref: Reference, k, vals):
+def _window_pages(ref: Reference, k: Any, vals: U64Array) -> tuple[PageArrays, I64Array] | None:
     """(arrays, index array) of the pages that migrate PFNs vals name, or None.
 
     None unless every value is VALID and names a page of one PageArrays (one
@@ -157,13 +164,13 @@ def _window_pages(ref: Reference, k, vals):
     return a, pos
 
 
-def _swap_index_base(a) -> int:
+def _swap_index_base(a: PageArrays) -> int:
     """What page_swp_index() adds to a page's position in `a`: its PFN base,
     or its device-private offset base (series (c)'s own index space)."""
     return a.base - DEVICE_PRIVATE_BASE if a.base >= DEVICE_PRIVATE_BASE else a.base
 
 
-def _order0_locked(a, pos) -> bool:
+def _order0_locked(a: PageArrays, pos: I64Array) -> bool:
     fl = a.flags[pos]
     return bool(
         ((fl & np.uint32(PG_head | PG_locked)) == PG_locked).all()
@@ -176,7 +183,7 @@ def _order0_locked(a, pos) -> bool:
 # collect
 
 
-def _collectable(a, pos):
+def _collectable(a: PageArrays, pos: I64Array) -> BoolArray:
     """Per page: order-0, unlocked, referenced, mapped, anon, and not pinned
     if anon-exclusive (the reference path's share check would fail)."""
     fl = a.flags[pos]
@@ -189,10 +196,13 @@ def _collectable(a, pos):
         & ((a.mapping[pos] & np.uint32(FOLIO_MAPPING_ANON)) != 0)
     )
     excl = (fl & np.uint32(PG_anon_exclusive)) != 0
-    return ok & ~(excl & (ref + 1 >= GUP_PIN_COUNTING_BIAS))
+    collectable: BoolArray = ok & ~(excl & (ref + 1 >= GUP_PIN_COUNTING_BIAS))
+    return collectable
 
 
-def migrate_vma_collect_ptes(ref: Reference, migrate, vma, ptep: int, addr: int, end: int) -> int:
+def migrate_vma_collect_ptes(
+    ref: Reference, migrate: Any, vma: Any, ptep: int, addr: int, end: int
+) -> int:
     """Collect the leading run of common PTEs of [addr, end) in one pass.
 
     Returns how many PTEs (from ptep on) it consumed; the per-entry loop of
@@ -270,7 +280,10 @@ def migrate_vma_collect_ptes(ref: Reference, migrate, vma, ptep: int, addr: int,
     good = np.ones(run, dtype=bool)
     is_ram = kind == 2
     is_dev = kind == 3
-    for sel, a, pos in ((is_ram, ram, pfn), (is_dev, dpa, dpos)):
+    groups: list[tuple[BoolArray, PageArrays, I64Array]] = [(is_ram, ram, pfn)]
+    if dpa is not None and dpos is not None:  # else no entry is kind 3
+        groups.append((is_dev, dpa, dpos))
+    for sel, a, pos in groups:
         if not sel.any():
             continue
         pos = pos[:run]
@@ -290,12 +303,18 @@ def migrate_vma_collect_ptes(ref: Reference, migrate, vma, ptep: int, addr: int,
     check = None  # (slot, page view, old PTE, anon-exclusive before) of one converted entry
     if len(conv):
         j = int(conv[0])
-        a, i = (ram, int(pfn[j])) if kind[j] == 2 else (dpa, int(dpos[j]))
+        if kind[j] == 2:
+            a, i = ram, int(pfn[j])
+        else:
+            assert dpa is not None and dpos is not None  # kind 3 comes with both
+            a, i = dpa, int(dpos[j])
         check = (j, Page(k, a, i), int(pte[j]), bool(a.flags[i] & PG_anon_exclusive))
-    for sel, a, pos, is_present in (
-        (is_ram, ram, pfn[:run][is_ram], True),
-        (is_dev, dpa, dpos[:run][is_dev] if dpos is not None else None, False),
-    ):
+    converts: list[tuple[BoolArray, PageArrays, I64Array, bool]] = [
+        (is_ram, ram, pfn[:run][is_ram], True)
+    ]
+    if dpa is not None and dpos is not None:
+        converts.append((is_dev, dpa, dpos[:run][is_dev], False))
+    for sel, a, pos, is_present in converts:
         if not sel.any():
             continue
         old = pte[sel]
@@ -315,6 +334,7 @@ def migrate_vma_collect_ptes(ref: Reference, migrate, vma, ptep: int, addr: int,
             )
             mflag = 0
         else:
+            assert entries is not None  # SELECT_DEVICE_PRIVATE decoded them
             write = swp.softleaf_is_device_private_write_array(entries[:run][sel])
             young = dirty = np.zeros(len(old), dtype=bool)
             soft = pte_swp_soft_dirty_array(old)
@@ -365,7 +385,7 @@ def migrate_vma_collect_ptes(ref: Reference, migrate, vma, ptep: int, addr: int,
     return run
 
 
-def _check_collect(ref: Reference, check, new: int, out: int) -> None:
+def _check_collect(ref: Reference, check: tuple[int, Page, int, bool], new: int, out: int) -> None:
     """The first converted entry against the per-entry builder (the tail of
     migrate_vma_collect_install)."""
     _, page, old, excl = check
@@ -392,7 +412,7 @@ def _check_collect(ref: Reference, check, new: int, out: int) -> None:
 # the device-range variants
 
 
-def migrate_device_range_in_use(page_at, npages: int) -> list[int] | None:
+def migrate_device_range_in_use(page_at: Any, npages: int) -> list[int] | None:
     """The slots of a device range whose page is in use, or None.
 
     migrate_device_range() visits every page; a free page (no reference) or
@@ -417,7 +437,9 @@ def migrate_device_range_in_use(page_at, npages: int) -> list[int] | None:
 # unmap
 
 
-def migrate_device_unmap(ref: Reference, src_pfns, busy: list[int], fault_page, *, k) -> int:
+def migrate_device_unmap(
+    ref: Reference, src_pfns: Any, busy: list[int], fault_page: Any, *, k: Any
+) -> int:
     """migrate_device_unmap for a window where every slot is the common case.
 
     `busy` lists the non-zero slots. Returns the unmapped count, or 0
@@ -470,7 +492,7 @@ def migrate_device_unmap(ref: Reference, src_pfns, busy: list[int], fault_page, 
 # migrate_vma_pages
 
 
-def migrate_vma_pages(ref: Reference, migrate, busy: list[int]) -> int:
+def migrate_vma_pages(ref: Reference, migrate: Any, busy: list[int]) -> int:
     """migrate_vma_pages for a window where every slot is the common case.
 
     `busy` lists the slots whose src or dst is non-zero. Returns how many it
@@ -499,7 +521,7 @@ def migrate_vma_pages(ref: Reference, migrate, busy: list[int]) -> int:
         return 0
     s = _window_pages(ref, k, sv)
     d = _window_pages(ref, k, dv) if s is not None else None
-    if d is None:
+    if s is None or d is None:
         return 0
     sa, si = s
     da, di = d
@@ -531,7 +553,9 @@ def migrate_vma_pages(ref: Reference, migrate, busy: list[int]) -> int:
 # finalize
 
 
-def migrate_vma_finalize_remove(ref: Reference, migrate, busy: list[int]):
+def migrate_vma_finalize_remove(
+    ref: Reference, migrate: Any, busy: list[int]
+) -> tuple[list[int], bool]:
     """remove_migration_ptes(src, dst) for a whole migrate window at once.
 
     Returns (slots done, whole): the per-entry finalize skips that one call
@@ -572,7 +596,7 @@ def migrate_vma_finalize_remove(ref: Reference, migrate, busy: list[int]):
         return [], False
     srcs = _window_pages(ref, k, sv)
     dsts = _window_pages(ref, k, dv) if srcs is not None else None
-    if dsts is None:
+    if srcs is None or dsts is None:
         return [], False
     sa, si = srcs
     da, di = dsts
@@ -675,7 +699,9 @@ def migrate_vma_finalize_remove(ref: Reference, migrate, busy: list[int]):
     return slots.tolist(), False
 
 
-def _finalize_unlock_put(ref: Reference, k, sa, si, da, di) -> None:
+def _finalize_unlock_put(
+    ref: Reference, k: Any, sa: PageArrays, si: I64Array, da: PageArrays, di: I64Array
+) -> None:
     """The per-slot tail of __migrate_device_finalize for migrated order-0 slots.
 
     Destinations in system RAM go on the LRU; sources and destinations are

@@ -20,8 +20,10 @@ the pagemap of a page is `k.page_pgmap(page)`.
 from __future__ import annotations
 
 from collections import deque
+from typing import Any, TypeAlias, cast
 
 import numpy as np
+from numpy.typing import NDArray
 
 from hmmsim.drivers.test_hmm_uapi import (
     HMM_DMIRROR_FLAG_FAIL_ALLOC,
@@ -41,7 +43,7 @@ from hmmsim.include.migrate import (
     MIGRATE_PFN_VALID,
     MIGRATE_PFN_WRITE,
 )
-from hmmsim.include.mm_types import Page, PG_head
+from hmmsim.include.mm_types import Page, PageArrays, PG_head
 from hmmsim.kconfig import DEVICE_PRIVATE_BASE, PAGE_SHIFT, PAGE_SIZE, PMD_SHIFT, PUD_SHIFT
 from hmmsim.mm.page_batch import (
     folio_lock_pages,
@@ -57,14 +59,21 @@ DPT_XA_TAG_WRITE = 3
 GFP_HIGHUSER_MOVABLE = 0x140CCA
 
 
-def _copy_scratch(mdev, n: int) -> np.ndarray:
+I64Array: TypeAlias = NDArray[np.int64]
+U8Array: TypeAlias = NDArray[np.uint8]
+#: one run of _read_plan: (frames, indices, s, e), page s..e-1 being frames[indices]
+ReadRun: TypeAlias = tuple[U8Array, I64Array, int, int]
+
+
+def _copy_scratch(mdev: Any, n: int) -> U8Array:
     """A reused (n, PAGE_SIZE) host buffer for gathered frames, kept by the
     device (`mdev.frame_copy_scratch`; issue 7)."""
     buf = mdev.frame_copy_scratch
     if buf is None or len(buf) < n:
         buf = np.empty((max(n, 512), PAGE_SIZE), dtype=np.uint8)
         mdev.frame_copy_scratch = buf
-    return buf[:n]
+    out: U8Array = buf[:n]
+    return out
 
 
 class FrameCopies:
@@ -81,7 +90,7 @@ class FrameCopies:
 
     __slots__ = ("mdev", "k", "ram", "to", "frm", "zero")
 
-    def __init__(self, mdev) -> None:
+    def __init__(self, mdev: Any) -> None:
         self.mdev = mdev
         k = self.k = mdev.k
         self.ram = k.mem.ram
@@ -138,7 +147,7 @@ class FrameCopies:
         self.to, self.frm, self.zero = [], [], []
 
 
-def dmirror_devmem_free_bulk(mdev, a, idx) -> bool:
+def dmirror_devmem_free_bulk(mdev: Any, a: PageArrays, idx: I64Array) -> bool:
     """dmirror_devmem_free of order-0 device pages a[idx], in order (issue 7).
 
     Only where each is a device-private page of a live chunk backed by an
@@ -171,7 +180,7 @@ def dmirror_devmem_free_bulk(mdev, a, idx) -> bool:
     return True
 
 
-def _read_plan(d, start: int, end: int, limit: int):
+def _read_plan(d: Any, start: int, end: int, limit: int) -> tuple[int, list[ReadRun]]:
     """The leading run of at most `limit` mirrored pages of [start, end)
     that have a linear map, as (m, runs): runs are (frames, indices, s, e),
     page s..e-1 of the run being frames[indices]. Issue 7, not in the C."""
@@ -184,7 +193,7 @@ def _read_plan(d, start: int, end: int, limit: int):
     aids = arr >> 40
     idx = (arr >> 2) & pt.IDX_MASK
     mem = d.mdevice.k.mem
-    runs = []
+    runs: list[ReadRun] = []
     segs = [0, *(np.flatnonzero(np.diff(aids) != 0) + 1).tolist(), m]
     for s, e in zip(segs, segs[1:], strict=False):  # runs of one PageArrays
         base = pt.arrays[int(aids[s])].base
@@ -198,7 +207,7 @@ def _read_plan(d, start: int, end: int, limit: int):
     return m, runs
 
 
-def _read_runs(runs, out: np.ndarray) -> None:
+def _read_runs(runs: list[ReadRun], out: U8Array) -> None:
     """Copy the pages of _read_plan's runs into out (one row per page)."""
     for frames, sub, s, e in runs:
         cuts = [0, *(np.flatnonzero(np.diff(sub) != 1) + 1).tolist(), e - s]
@@ -211,7 +220,7 @@ def _read_runs(runs, out: np.ndarray) -> None:
             out[s + c0 : s + c1] = frames[first : first + c1 - c0]
 
 
-def dmirror_do_read_bulk(d, start: int, end: int, bounce, off: int) -> int:
+def dmirror_do_read_bulk(d: Any, start: int, end: int, bounce: Any, off: int) -> int:
     """dmirror_do_read's loop for the leading run of mirrored pages that
     have a linear map, copied per run of consecutive frames (or as one
     gather); returns how many pages it copied. Not in the C (issue 7):
@@ -229,7 +238,7 @@ def dmirror_do_read_bulk(d, start: int, end: int, bounce, off: int) -> int:
     return m
 
 
-def dmirror_read_to_user(d, start: int, size: int, uptr) -> int | None:
+def dmirror_read_to_user(d: Any, start: int, size: int, uptr: Any) -> int | None:
     """dmirror_do_read into a bounce, then copy_to_user, as one copy.
 
     Only where the outcome cannot differ from the two steps: the fast
@@ -245,7 +254,8 @@ def dmirror_read_to_user(d, start: int, size: int, uptr) -> int | None:
         return None
     if not uptr.flags.c_contiguous:
         return None
-    view = np.frombuffer(memoryview(uptr).cast("B"), dtype=np.uint8)
+    # the caller's buffer as bytes (numpy's stubs do not call an ndarray a Buffer)
+    view = np.frombuffer(memoryview(cast(Any, uptr)).cast("B"), dtype=np.uint8)
     if view.size < size or not view.flags.writeable:
         return None  # copy_to_user's own path decides what happens
     npages = size >> PAGE_SHIFT
@@ -257,7 +267,7 @@ def dmirror_read_to_user(d, start: int, size: int, uptr) -> int | None:
     return npages
 
 
-def dmirror_do_fault_bulk(d, r: hmm_range) -> int:
+def dmirror_do_fault_bulk(d: Any, r: hmm_range) -> int:
     """dmirror_do_fault where every word is VALID, not ERROR, names a
     system RAM page and, if the range asked for write, grants it: the
     loop would warn about nothing and map each vpn to that page, tagged
@@ -267,7 +277,7 @@ def dmirror_do_fault_bulk(d, r: hmm_range) -> int:
         return 0
     L = d.mdevice.k.hmm
     n = (r.end - r.start) >> PAGE_SHIFT
-    hp = r.hmm_pfns
+    hp: Any = r.hmm_pfns
     if n < 8 or len(hp) < n:
         return 0
     try:
@@ -291,7 +301,7 @@ def dmirror_do_fault_bulk(d, r: hmm_range) -> int:
     return n
 
 
-def dmirror_range_snapshot_bulk(d, entries, n: int, perm: np.ndarray) -> int:
+def dmirror_range_snapshot_bulk(d: Any, entries: Any, n: int, perm: NDArray[Any]) -> int:
     """perm[i] = dmirror_mkentry(entries[i]) for i < n, system RAM pages in
     one NumPy pass; returns n (0 without Kernel.fastpath).
 
@@ -323,7 +333,7 @@ def dmirror_range_snapshot_bulk(d, entries, n: int, perm: np.ndarray) -> int:
     return n
 
 
-def dmirror_migrate_alloc_and_copy_bulk(d, args, copies) -> int:
+def dmirror_migrate_alloc_and_copy_bulk(d: Any, args: Any, copies: FrameCopies) -> int:
     """dmirror_migrate_alloc_and_copy for a window of order-0 system pages
     and holes: returns the window's slot count, or 0 having done nothing.
 
@@ -342,7 +352,7 @@ def dmirror_migrate_alloc_and_copy_bulk(d, args, copies) -> int:
     mdev = d.mdevice
     if not k.fastpath or d.flags & HMM_DMIRROR_FLAG_FAIL_ALLOC or not mdev.is_private_zone():
         return 0
-    n = (args.end - args.start) >> PAGE_SHIFT
+    n: int = (args.end - args.start) >> PAGE_SHIFT
     src, dst = args.src, args.dst
     sv = slot_words(src, range(n))
     take = np.flatnonzero((sv & np.uint64(MIGRATE_PFN_MIGRATE)) != 0)
@@ -398,7 +408,9 @@ def dmirror_migrate_alloc_and_copy_bulk(d, args, copies) -> int:
     return n
 
 
-def dmirror_migrate_finalize_and_map_bulk(d, args, hole_write: bool, migrate_pfn_to_page) -> int:
+def dmirror_migrate_finalize_and_map_bulk(
+    d: Any, args: Any, hole_write: bool, migrate_pfn_to_page: Any
+) -> int:
     """The mirror update of dmirror_migrate_finalize_and_map for a window
     of order-0 device-private destinations (issue 7, not in the C): every
     MIGRATE slot's mirror entry is its backing page, tagged writable as
@@ -407,7 +419,7 @@ def dmirror_migrate_finalize_and_map_bulk(d, args, hole_write: bool, migrate_pfn
     k = d.mdevice.k
     if not k.fastpath or not d.mdevice.is_private_zone():
         return 0
-    n = (args.end - args.start) >> PAGE_SHIFT
+    n: int = (args.end - args.start) >> PAGE_SHIFT
     sv = slot_words(args.src, range(n))
     take = np.flatnonzero((sv & np.uint64(MIGRATE_PFN_MIGRATE)) != 0)
     if len(take) < 8:
@@ -443,7 +455,9 @@ def dmirror_migrate_finalize_and_map_bulk(d, args, hole_write: bool, migrate_pfn
     return n
 
 
-def dmirror_devmem_fault_alloc_and_copy_bulk(d, args, copies, migrate_pfn_to_page) -> int:
+def dmirror_devmem_fault_alloc_and_copy_bulk(
+    d: Any, args: Any, copies: FrameCopies, migrate_pfn_to_page: Any
+) -> int:
     """dmirror_devmem_fault_alloc_and_copy for a window of order-0
     device-private pages: the window's slot count, or 0 having done nothing.
 
@@ -458,7 +472,7 @@ def dmirror_devmem_fault_alloc_and_copy_bulk(d, args, copies, migrate_pfn_to_pag
     k = d.mdevice.k
     if not k.fastpath or d.flags & HMM_DMIRROR_FLAG_FAIL_ALLOC or not d.mdevice.is_private_zone():
         return 0
-    n = (args.end - args.start) >> PAGE_SHIFT
+    n: int = (args.end - args.start) >> PAGE_SHIFT
     src, dst = args.src, args.dst
     sv = slot_words(src, range(n))
     need = np.uint64(MIGRATE_PFN_VALID | MIGRATE_PFN_MIGRATE)
