@@ -41,6 +41,7 @@ def _human(m: dict) -> str:
             f"{m['gpu_faults']} / {m['gpu_faults_unique']} / {m['fault_batches']}",
         ),
         ("CPU faults (migrate_to_ram / other)", f"{m['cpu_faults']} / {m['cpu_faults_other']}"),
+        ("pages device->host by CPU faults", str(m["pages_d2h_cpu"])),
         (
             "pages host->device (fault / prefetch)",
             f"{m['pages_h2d']} ({m['pages_faulted_in']} / {m['pages_prefetched']})",
@@ -50,8 +51,8 @@ def _human(m: dict) -> str:
         ("evictions (chunks / pages)", f"{m['evictions']} / {m['evicted_pages']}"),
         ("remote accesses", str(m["remote_accesses"])),
         (
-            "access counters (notifications / pages)",
-            f"{m['ac_notifications']} / {m['pages_access_counter']}",
+            "access counters (notifications / batches / pages)",
+            f"{m['ac_notifications']} / {m['ac_batches']} / {m['pages_access_counter']}",
         ),
         ("simulated time", f"{m['sim_time_s'] * 1e3:.3f} ms"),
         ("achieved migration bandwidth", f"{m['achieved_bandwidth_gbps']:.2f} GB/s"),

@@ -77,6 +77,7 @@ class Metrics:
     replays: int = 0  # accesses that faulted again after their batch
     cpu_faults: int = 0  # CPU faults that reached migrate_to_ram
     cpu_faults_other: int = 0  # other CPU faults (first touch)
+    pages_d2h_cpu: int = 0  # d2h pages that CPU faults pulled back (migrate_to_ram)
     pages_h2d: int = 0
     pages_d2h: int = 0
     bytes_h2d: int = 0
@@ -85,6 +86,7 @@ class Metrics:
     pages_prefetched: int = 0  # h2d pages moved by granularity or prefetch
     pages_access_counter: int = 0  # h2d pages moved on access counter notifications
     ac_notifications: int = 0  # access counter notifications serviced
+    ac_batches: int = 0  # access counter services (batches of notifications)
     evictions: int = 0  # root chunks evicted
     evicted_pages: int = 0
     remote_accesses: int = 0
@@ -417,7 +419,7 @@ class Simulation:
                     p += 1
                     if end_of[p - 1]:
                         break
-                if self.dev.ac_notifications:
+                if len(self.dev.ac_notifications) >= self.params.ac_batch:
                     self._service_ac()
 
     def _bulk(self, t, vpn, w, value, hit, dt: float, lru_access: bool) -> None:
@@ -499,7 +501,7 @@ class Simulation:
                 self.m.gpu_accesses += 1
                 for vpn in range(first, last + 1):
                     self._gpu_access(vpn, w, i + 1)
-                if self.dev.ac_notifications:
+                if len(self.dev.ac_notifications) >= self.params.ac_batch:
                     self._service_ac()
             if progress is not None and i % step == 0:
                 progress(i, n)
@@ -511,6 +513,8 @@ class Simulation:
         """The CPU waits for the GPU: service outstanding faults, close the kernel span."""
         while self.pending:
             self._service()
+        if self.dev.ac_notifications:
+            self._service_ac()
         if self._gpu_open is not None:
             dur = self.clock.now - self._gpu_open
             self.clock.span("gpu", "kernel", self._gpu_open, dur)
@@ -610,10 +614,22 @@ class Simulation:
                 raise SimError(f"invariant broken after batch {m.fault_batches}: {problems[0]}")
 
     def _service_ac(self) -> None:
-        """Service access counter notifications: the driver's bottom half
-        migrates the hot pages; the clock charges it like a fault batch
-        (assumed: the device is not stalled by it on hardware, but the copy
-        occupies the link)."""
+        """Service the pending access counter notifications, at most
+        params.ac_batch per batch (the driver fetches
+        uvm_perf_access_counter_batch_count entries from the notification
+        buffer and services them together, uvm_gpu_access_counters.c)."""
+        dev = self.dev
+        b = int(self.params.ac_batch)
+        while dev.ac_notifications:
+            rest = dev.ac_notifications[b:]
+            dev.ac_notifications = dev.ac_notifications[:b]
+            self._service_ac_batch()
+            dev.ac_notifications = rest + dev.ac_notifications
+
+    def _service_ac_batch(self) -> None:
+        """One batch: the driver's bottom half migrates the hot pages; the
+        clock charges it like a fault batch (assumed: the device is not
+        stalled by it on hardware, but the copy occupies the link)."""
         try:
             res = self.dev.service_access_counters()
         except GpuNoMemory as e:
@@ -630,6 +646,7 @@ class Simulation:
             + p.map_per_page_us * res.mapped
         )
         m.ac_notifications += res.notifications
+        m.ac_batches += 1
         m.pages_access_counter += h2d
         m.pages_h2d += h2d
         m.evictions += res.evicted_chunks
@@ -690,6 +707,7 @@ class Simulation:
             npages = dev.d2h_cpu - moved
             self.m.cpu_faults += dev.cpu_faults - before
             self.m.pages_d2h += npages
+            self.m.pages_d2h_cpu += npages
             cost += (
                 p.cpu_fault_us
                 + p.per_page_kernel_us * npages

@@ -53,6 +53,10 @@ class SimParams:
     cpu_access_ns: CPU compute per access.
     ac_service_us: fixed cost of servicing access counter notifications
       (interrupt, notification buffer fetch, counter clear), per service.
+    ac_batch: access counter notifications fetched and serviced per batch
+      (NVIDIA uvm_perf_access_counter_batch_count, 256); the engine services
+      the buffer when it holds a batch, with every fault batch and when the
+      CPU waits for the device (1: after each access that raised one).
     """
 
     interconnect: str = "pcie4"
@@ -71,6 +75,7 @@ class SimParams:
     remote_access_ns: float = 1000.0
     cpu_access_ns: float = 5.0
     ac_service_us: float = 20.0
+    ac_batch: int = 256
 
     def __post_init__(self) -> None:
         self.validate()
@@ -88,8 +93,10 @@ class SimParams:
                 raise ParamError(f"{f.name} must be a number, not {v!r}")
             if v < 0:
                 raise ParamError(f"{f.name} must not be negative ({v})")
-        if self.fault_batch < 1 or int(self.fault_batch) != self.fault_batch:
-            raise ParamError(f"fault_batch must be a positive integer ({self.fault_batch})")
+        for name in ("fault_batch", "ac_batch"):
+            v = getattr(self, name)
+            if v < 1 or int(v) != v:
+                raise ParamError(f"{name} must be a positive integer ({v})")
         if not 0 < self.link_efficiency <= 1:
             raise ParamError(f"link_efficiency must be in (0, 1] ({self.link_efficiency})")
         if self.bandwidth_gbps is not None and self.bandwidth_gbps <= 0:
