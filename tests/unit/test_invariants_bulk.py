@@ -10,6 +10,7 @@ breaks one thing on purpose, and compares the two forms.
 
 import random
 
+import numpy as np
 import pytest
 
 from hmmsim.include.mm_types import FOLIO_MAPPING_ANON, PGTY_buddy
@@ -262,3 +263,69 @@ def test_buddy_coverage_reports_what_the_block_loop_reports(what):
     got = _buddy_problems(w.k, fast=True)
     assert bool(got) == (what != "clean")
     assert got == _buddy_problems(w.k, fast=False)
+
+
+# --- device mirrors: a packed dmirror table's present PTEs as arrays -------------------------
+def _mirror_problems(k, bulk: bool) -> list[str]:
+    c = _Checker(k)
+    c.mirror_bulk = bulk
+    c.run()
+    return c.problems
+
+
+def _mirror_world():
+    """A world whose dmirror tables hold entries (seed picked for many of them)."""
+    for seed in range(8, 40):
+        w = _world(seed, steps=200)
+        tables = [
+            mni.ops.pt
+            for p in w.k.processes.values()
+            if p.alive
+            for mni in p.mm.notifier_subscriptions
+            if hasattr(getattr(mni.ops, "pt", None), "_d") and len(mni.ops.pt) > 20
+        ]
+        if tables:
+            return w, tables
+    raise AssertionError("no world with a populated mirror")  # pragma: no cover
+
+
+@pytest.mark.parametrize("what", ["clean", "other_page", "write_tag", "unmapped", "all"])
+def test_mirror_bulk_reports_what_the_per_entry_check_reports(what):
+    w, tables = _mirror_world()
+    pt = tables[0]
+    vpns = list(pt._d)
+    if what in ("other_page", "all"):
+        v = pt._d[vpns[len(vpns) // 2]]
+        pt._d[vpns[len(vpns) // 2]] = v + (5 << 2)  # five pages further in its array
+    if what in ("write_tag", "all"):
+        proc = next(p for p in w.k.processes.values() if any(m.ops.pt is pt for m in _subs(p)))
+        for vpn in vpns[:: max(1, len(vpns) // 4)]:
+            pt._d[vpn] |= 3  # WRITE-tagged ...
+            _clear_pte_rw(w.k, proc, vpn << 12)  # ... where the CPU maps it read-only
+    if what in ("unmapped", "all"):
+        pt._d[(1 << 35) + 17] = pt._d[vpns[0]]  # an address nothing maps
+    got = _mirror_problems(w.k, bulk=True)
+    assert (got == []) == (what == "clean"), got
+    assert got == _mirror_problems(w.k, bulk=False)
+    c = _Checker(w.k)
+    p = next(p for p in w.k.processes.values() if any(m.ops.pt is pt for m in _subs(p)))
+    assert c._mirror_bulk(p, pt, {})[2].any()  # the bulk form took some entries
+
+
+def _subs(p):
+    return [m for m in p.mm.notifier_subscriptions if getattr(m.ops, "pt", None) is not None]
+
+
+def _clear_pte_rw(k, proc, addr: int) -> None:
+    """Clear _PAGE_RW of the present PTE mapping addr, if there is one."""
+    from hmmsim.include.pgtable import _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW, table_entry_pfn
+    from hmmsim.mm.pgtable import pmd_offset, pmdp_get
+
+    pmdp = pmd_offset(proc.mm, addr)
+    pmd = 0 if pmdp is None else pmdp_get(k, pmdp)
+    if not pmd or pmd & _PAGE_PSE or not pmd & _PAGE_PRESENT:
+        return
+    words = k.mem.ram.words
+    t, i = table_entry_pfn(pmd), (addr >> 12) & 511
+    if pte_present(int(words[t, i])):
+        words[t, i] &= ~np.uint64(_PAGE_RW)

@@ -536,6 +536,9 @@ class _Checker:
             self.tables[t] += 1
 
     # --- device mirrors ----------------------------------------------------------------------
+    #: check_mirrors() compares the plain present PTEs of a dmirror table in bulk
+    mirror_bulk = True
+
     def check_mirrors(self, proc) -> None:
         """A device page table never maps what the CPU no longer maps there.
 
@@ -544,56 +547,117 @@ class _Checker:
         address (for device-private memory, the page's backing page; for a
         device-exclusive entry, the page it names), and a WRITE-tagged entry
         needs a CPU mapping that is writable or a writable device entry.
-        """
-        from hmmsim.include.pgtable import _PAGE_RW, pte_present
 
-        k = self.k
-        swp = k.swp
+        Entries of a packed dmirror table whose CPU entry is a present PTE of
+        the same page (writable where the tag is WRITE) are checked as arrays
+        (`_mirror_bulk`); every other entry goes through `_mirror_entry`, in
+        the table's order, so the problems and their order are the per-entry
+        check's.
+        """
         for mni in proc.mm.notifier_subscriptions:
             pt = getattr(mni.ops, "pt", None)
             if pt is None or not callable(getattr(pt, "items", None)):
                 continue
             backing = getattr(type(mni.ops), "backing_page", None)
             pmds: dict[int, int] = {}
-            for vpn, (page, tag) in pt.items():
-                addr = vpn << PAGE_SHIFT
-                level, e = self._entry_at(proc, addr, pmds)
-                ok, writable = False, False
-                if level == "pmd" and pmd_present(e):
-                    ok = pmd_pfn(e) + ((addr >> PAGE_SHIFT) & 511) == page.pfn
-                    writable = bool(e & _PAGE_RW)
-                elif e and pte_present(e):
-                    ok = pte_pfn(e) == page.pfn
-                    writable = bool(e & _PAGE_RW)
-                elif e:
-                    entry = swp.softleaf_from_pmd(e) if level == "pmd" else swp.softleaf_from_pte(e)
-                    if swp.softleaf_has_pfn(entry) and not swp.softleaf_is_migration(entry):
-                        from hmmsim.include.mm_types import Page, page_folio
+            bulk = self._mirror_bulk(proc, pt, pmds) if self.mirror_bulk else None
+            if bulk is None:
+                for vpn, (page, tag) in pt.items():
+                    self._mirror_entry(proc, mni, backing, pmds, vpn, page, tag)
+                continue
+            vpns, packed, good = bulk
+            for j in np.flatnonzero(~good).tolist():
+                page, tag = pt._unpack(packed[j])
+                self._mirror_entry(proc, mni, backing, pmds, vpns[j], page, tag)
 
-                        cpu_page = k.softleaf_to_page(entry)
-                        sub = vpn & 511 if level == "pmd" else 0
-                        cpu_page = Page(k, cpu_page.a, cpu_page.i + sub)
-                        same = cpu_page == page
-                        if not same and backing is not None:
-                            head = page_folio(cpu_page)
-                            rhead = backing(head)
-                            if rhead is not None:
-                                off = cpu_page.i - head.i
-                                same = Page(k, rhead.a, rhead.i + off) == page
-                        ok = same
-                        writable = swp.softleaf_is_device_private_write(entry) or (
-                            swp.softleaf_is_device_exclusive(entry)
-                        )
-                if not ok:
-                    self.bad(
-                        f"pid {proc.pid}: mirror {mni.ops!r} maps {addr:#x} -> "
-                        f"{page.pfn:#x} but the CPU has {level} {e:#x}"
-                    )
-                elif tag == 3 and not writable:
-                    self.bad(
-                        f"pid {proc.pid}: mirror {mni.ops!r} maps {addr:#x} writable "
-                        f"but the CPU mapping is read-only"
-                    )
+    def _mirror_bulk(self, proc, pt, pmds: dict[int, int]):
+        """(vpns, packed entries, good mask) of a packed dmirror table (the
+        `_MirrorTable` of drivers/test_hmm/mirror.py) in its iteration order:
+        good where the CPU maps the entry's page with a present PTE, writable
+        if the entry is WRITE-tagged; None for any other kind of table."""
+        from hmmsim.include.pgtable import _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW, table_entry_pfn
+        from hmmsim.mm.pgtable import pmd_offset, pmdp_get
+
+        d = getattr(pt, "_d", None)
+        if not isinstance(d, dict) or not d or not hasattr(pt, "_unpack"):
+            return None
+        k = self.k
+        n = len(d)
+        vpn_list = list(d.keys())
+        packed_list = list(d.values())
+        vpns = np.array(vpn_list, dtype=np.int64)
+        packed = np.array(packed_list, dtype=np.int64)
+        bases = np.array([a.base for a in pt.arrays] or [0], dtype=np.int64)
+        aid = packed >> 40
+        if int(aid.max()) >= len(pt.arrays) or int(aid.min()) < 0:
+            return None
+        pfn = bases[aid] + ((packed >> 2) & pt.IDX_MASK)
+        e = np.zeros(n, dtype=np.uint64)
+        ok_level = np.zeros(n, dtype=bool)
+        words = k.mem.ram.words
+        keys = vpns >> (PMD_SHIFT - PAGE_SHIFT)
+        order = np.argsort(keys, kind="stable")
+        ks = keys[order]
+        cuts = np.flatnonzero(ks[1:] != ks[:-1]) + 1
+        for grp in np.split(order, cuts):
+            key = int(keys[grp[0]])
+            pmd = pmds.get(key)
+            if pmd is None:
+                pmdp = pmd_offset(proc.mm, key << PMD_SHIFT)
+                pmd = pmds[key] = 0 if pmdp is None else pmdp_get(k, pmdp)
+            if not pmd or pmd & _PAGE_PSE or not pmd & _PAGE_PRESENT:
+                continue  # no table, or a PMD leaf: per entry
+            e[grp] = words[table_entry_pfn(pmd), vpns[grp] & 511]
+            ok_level[grp] = True
+        rw = (e & np.uint64(_PAGE_RW)) != 0
+        good = ok_level & pte_present_array(e) & (pte_pfn_array(e) == pfn)
+        good &= ((packed & 3) != 3) | rw
+        return vpn_list, packed_list, good
+
+    def _mirror_entry(self, proc, mni, backing, pmds, vpn: int, page, tag: int) -> None:
+        """check_mirrors() for one entry vpn -> (page, tag) of mni's table."""
+        from hmmsim.include.pgtable import _PAGE_RW, pte_present
+
+        k = self.k
+        swp = k.swp
+        addr = vpn << PAGE_SHIFT
+        level, e = self._entry_at(proc, addr, pmds)
+        ok, writable = False, False
+        if level == "pmd" and pmd_present(e):
+            ok = pmd_pfn(e) + ((addr >> PAGE_SHIFT) & 511) == page.pfn
+            writable = bool(e & _PAGE_RW)
+        elif e and pte_present(e):
+            ok = pte_pfn(e) == page.pfn
+            writable = bool(e & _PAGE_RW)
+        elif e:
+            entry = swp.softleaf_from_pmd(e) if level == "pmd" else swp.softleaf_from_pte(e)
+            if swp.softleaf_has_pfn(entry) and not swp.softleaf_is_migration(entry):
+                from hmmsim.include.mm_types import Page, page_folio
+
+                cpu_page = k.softleaf_to_page(entry)
+                sub = vpn & 511 if level == "pmd" else 0
+                cpu_page = Page(k, cpu_page.a, cpu_page.i + sub)
+                same = cpu_page == page
+                if not same and backing is not None:
+                    head = page_folio(cpu_page)
+                    rhead = backing(head)
+                    if rhead is not None:
+                        off = cpu_page.i - head.i
+                        same = Page(k, rhead.a, rhead.i + off) == page
+                ok = same
+                writable = swp.softleaf_is_device_private_write(entry) or (
+                    swp.softleaf_is_device_exclusive(entry)
+                )
+        if not ok:
+            self.bad(
+                f"pid {proc.pid}: mirror {mni.ops!r} maps {addr:#x} -> "
+                f"{page.pfn:#x} but the CPU has {level} {e:#x}"
+            )
+        elif tag == 3 and not writable:
+            self.bad(
+                f"pid {proc.pid}: mirror {mni.ops!r} maps {addr:#x} writable "
+                f"but the CPU mapping is read-only"
+            )
 
     def _entry_at(self, proc, addr: int, pmds: dict[int, int]) -> tuple[str, int]:
         """userspace.entry_at(proc, addr), reading each PMD once per check
