@@ -60,7 +60,15 @@ BREAKS = {
     "index": lambda p: p.a.index.__setitem__(p.i, p.a.index[p.i] + 7),
     "anon_vma": lambda p: p.a.mapping.__setitem__(p.i, 0x7FFFFF | FOLIO_MAPPING_ANON),
     "free": lambda p: p.a.flags.__setitem__(p.i, p.a.flags[p.i] | PGTY_buddy),
+    "on_pcp": lambda p: _put_on_pcp(p),
 }
+
+
+def _put_on_pcp(page) -> None:
+    """A mapped page also on the order-0 per-cpu list (a page freed while mapped)."""
+    pcp = page.k.mem.pcp
+    pcp.lists[0].append(page.pfn)
+    pcp.count += 1
 
 
 @pytest.mark.parametrize("seed", [1, 2])

@@ -121,6 +121,7 @@ class _Checker:
         # with pte_maps and refs in check_counts)
         self.bulk: dict[int, tuple[list, list]] = {}
         self.pcp_arr: np.ndarray | None = None
+        self.pcp_mask: np.ndarray | None = None
 
     def bad(self, msg: str) -> None:
         self.problems.append(msg)
@@ -157,6 +158,9 @@ class _Checker:
         pcp = mem.pcp_pfns()  # pages on the per-cpu lists: free, not PageBuddy
         self.pcp_free = set(pcp.tolist())
         self.pcp_arr = np.unique(pcp)
+        if len(pcp) and 0 <= int(self.pcp_arr[0]) and int(self.pcp_arr[-1]) < p.nr:
+            self.pcp_mask = np.zeros(p.nr, dtype=bool)  # pcp_arr as a per-page mask
+            self.pcp_mask[self.pcp_arr] = True
         if len(pcp) != mem.pcp.count:
             self.bad(f"pcp count {mem.pcp.count} but {len(pcp)} pages on the pcp lists")
         if len(pcp) and (in_lists[pcp].any() or len(np.unique(pcp)) != len(pcp)):
@@ -366,10 +370,12 @@ class _Checker:
         good = np.ones(len(i), dtype=bool)
         if r is k.mem.ram:  # a free page (buddy or pcp) is a problem
             good &= (pa.flags[i] & PGTY_buddy) == 0
-            if self.pcp_arr is not None and len(self.pcp_arr):
+            if self.pcp_mask is not None and r.base == 0:
+                good &= ~self.pcp_mask[i]  # np.isin(i + r.base, pcp_arr), as a lookup
+            elif self.pcp_arr is not None and len(self.pcp_arr):
                 good &= ~np.isin(i + r.base, self.pcp_arr)
         pgmap = pa.pgmap[i]
-        for pid in np.unique(pgmap).tolist():
+        for pid in np.unique(pgmap).tolist() if pgmap.any() else ():
             if pid and k.pgmaps[pid].type == MEMORY_DEVICE_PRIVATE:
                 good &= pgmap != pid
         mapping = pa.mapping[i].astype(np.int64)
