@@ -646,7 +646,9 @@ class Process:
 
     def pwrite(self, fd: int, data: bytes, offset: int) -> int:
         """pwrite(2) (int fd, the buffer, off_t offset): bytes written, or -errno
-        (ksys_pwrite64 and rw_verify_area, as pread)."""
+        (ksys_pwrite64 and rw_verify_area, as pread). In the token data plane
+        data that would make a byte at a file-page offset >= 8 non-zero raises
+        TokenPlaneError before anything is written."""
         self._check_alive()
         fd, offset = c_int(fd, "fd"), loff_t(offset, "offset")
         data = _user_bytes(data, "data")
@@ -657,6 +659,8 @@ class Process:
             return -EBADF
         if offset + len(data) > _LONG_MAX:
             return -EINVAL
+        if self.k.mem.data_plane == "tokens":  # refused whole, before any page changes
+            check_store_tokens(offset, np.frombuffer(data[:MAX_RW_COUNT], dtype=np.uint8))
         return inode.write(offset, data[:MAX_RW_COUNT])
 
     def ftruncate(self, fd: int, length: int) -> int:

@@ -244,3 +244,40 @@ def test_page_tables_keep_their_words_in_their_own_store():
     p._exit(0)
     assert len(words) == base  # freed tables gave theirs back
     check_invariants(k)
+
+
+def test_file_and_device_writes_are_refused_whole():
+    """pwrite and a dmirror WRITE that would make a byte at a page offset >= 8
+    non-zero raise TokenPlaneError with nothing written (no locked folio,
+    no bounce buffer left behind); a device READ into user memory at an
+    offset that would put a token past byte 7 raises it too, not -EFAULT."""
+    from hmmsim.drivers.test_hmm import hmm_dmirror_init
+    from hmmsim.drivers.test_hmm_uapi import HMM_DMIRROR_READ, HMM_DMIRROR_WRITE, hmm_dmirror_cmd
+    from hmmsim.include.mman import O_RDWR, O_TMPFILE
+
+    k = Kernel(data_plane="tokens")
+    hmm_dmirror_init(k)
+    p = k.spawn("p")
+    fd = p.open("/tmp", O_TMPFILE | O_RDWR)
+    assert p.pwrite(fd, np.concatenate([tok(1), tok(2)]).tobytes(), 0) == 2 * PAGE_SIZE
+    bad = np.concatenate([tok(3), tok(4)])
+    bad[PAGE_SIZE + 9] = 1
+    with pytest.raises(TokenPlaneError, match="byte 9 of the page at 0x1000"):
+        p.pwrite(fd, bad.tobytes(), 0)
+    assert p.pread(fd, 2 * PAGE_SIZE, 0) == np.concatenate([tok(1), tok(2)]).tobytes()
+    a = p.mmap(0, 4 * PAGE_SIZE, RW, ANON)
+    p.store(a, np.concatenate([tok(5), tok(6)]))
+    dfd = p.open("/dev/hmm_dmirror0", O_RDWR)
+    free = k.mem.nr_free
+    with pytest.raises(TokenPlaneError):
+        p.ioctl(dfd, HMM_DMIRROR_WRITE, hmm_dmirror_cmd(a, bad, 2))
+    assert k.mem.nr_free == free  # the bounce buffer's pages went back
+    assert u64(p.load(a, 8)) == 5 and u64(p.load(a + PAGE_SIZE, 8)) == 6
+    good = np.concatenate([tok(0x1122334455667788), tok(8)])
+    assert p.ioctl(dfd, HMM_DMIRROR_WRITE, hmm_dmirror_cmd(a, good, 2)) == 0
+    assert u64(p.load(a + PAGE_SIZE, 8)) == 8
+    with pytest.raises(TokenPlaneError):  # the token's bytes 4..7 would land at 8..11
+        p.ioctl(dfd, HMM_DMIRROR_READ, hmm_dmirror_cmd(a, a + 2 * PAGE_SIZE + 4, 1))
+    assert p.ioctl(dfd, HMM_DMIRROR_READ, hmm_dmirror_cmd(a, a + 2 * PAGE_SIZE, 2)) == 0
+    assert u64(p.load(a + 3 * PAGE_SIZE, 8)) == 8
+    check_invariants(k)

@@ -261,7 +261,9 @@ def dmirror_read_to_user(d: Any, start: int, size: int, uptr: Any) -> int | None
     npages = size >> PAGE_SHIFT
     with d.mutex:
         m, runs = _read_plan(d, start, start + size, npages)
-        if m != npages or any(np.may_share_memory(view, f) for f, *_ in runs):
+        if m != npages or any(
+            isinstance(f, np.ndarray) and np.may_share_memory(view, f) for f, *_ in runs
+        ):  # (token-plane frames are no host memory a user buffer could alias)
             return None
         _read_runs(runs, view[:size].reshape(npages, PAGE_SIZE))
     return npages

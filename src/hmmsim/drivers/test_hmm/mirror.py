@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from hmmsim.data_plane import TokenPlaneError, check_store_tokens
 from hmmsim.drivers.test_hmm.devmem import (
     BACKING_PAGE,
     DMIRROR_RANGE_FAULT_TIMEOUT,
@@ -368,6 +369,12 @@ class dmirror(dmirror_migrate_ops, dmirror_exclusive_ops):
             dmirror_bounce_fini(k, bounce)
             return data
         bounce.ptr[:] = data
+        if k.mem.data_plane == "tokens":  # the model's token plane: refused before any store
+            try:
+                check_store_tokens(start & PAGE_MASK, bounce.ptr)
+            except TokenPlaneError:
+                dmirror_bounce_fini(k, bounce)
+                raise
         while True:
             with self.mutex:
                 ret = self.dmirror_do_write(start, end, bounce)

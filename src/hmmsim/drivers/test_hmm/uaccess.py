@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from hmmsim.bug import KernelOops
+from hmmsim.data_plane import TokenPlaneError
 from hmmsim.errno import EFAULT, ENOMEM
 from hmmsim.include.mm_types import (
     Page,
@@ -133,6 +134,8 @@ def _copy_to_user(proc, uptr, data: np.ndarray, off: int = 0, view=None) -> int:
     if isinstance(uptr, int):
         try:
             proc.store((uptr + off) & U64_MASK, data)
+        except TokenPlaneError:
+            raise  # the token data plane refused the bytes: not a user fault
         except Exception:  # noqa: BLE001 - a user fault is -EFAULT here
             return -EFAULT
         return 0
