@@ -274,3 +274,21 @@ def test_copy_paths_take_little_host_memory_on_a_big_token_kernel():
     finally:
         tracemalloc.stop()
     assert peak < 64 << 20, peak
+
+
+def test_sim_cli_data_plane_option():
+    import json
+
+    from click.testing import CliRunner
+
+    from hmmsim.cli import main
+
+    base = ["sim", "pingpong:size=2M,rounds=2,oversub=1.5", "--json"]
+    rb = CliRunner().invoke(main, base)
+    rt = CliRunner().invoke(main, [*base, "--data-plane", "tokens"])
+    assert rb.exit_code == 0 and rt.exit_code == 0, rt.output
+    db, dt = json.loads(rb.output), json.loads(rt.output)
+    assert db.pop("data_plane") == "bytes" and dt.pop("data_plane") == "tokens"
+    assert db == dt and dt["pages_d2h"] and dt["data_errors"] == 0
+    r = CliRunner().invoke(main, [*base, "--data-plane", "words"])
+    assert r.exit_code == 2 and "'words' is not one of 'bytes', 'tokens'" in r.output

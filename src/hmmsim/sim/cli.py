@@ -101,6 +101,14 @@ def _human(m: dict) -> str:
     "--check-invariants", is_flag=True, help="Run the invariant checker after every fault batch."
 )
 @click.option("--list", "list_", is_flag=True, help="List workloads, policies, interconnects.")
+@click.option(
+    "--data-plane",
+    type=click.Choice(["bytes", "tokens"]),
+    default="bytes",
+    show_default=True,
+    help="Page contents: 4096 bytes per page, or one 64-bit token per page (8 bytes of host "
+    "memory; the simulator's writes fit in it), for footprints beyond host memory.",
+)
 @feature_option()
 @conflict_option
 def sim_command(
@@ -117,6 +125,7 @@ def sim_command(
     why_path,
     check_invariants,
     list_,
+    data_plane,
     features,
     conflict_resolution,
 ) -> None:
@@ -168,8 +177,15 @@ def sim_command(
     touched = touched_pages(wl)
     ram = modelled_ram_bytes(wl, touched)
     dev_need = min(dev_bytes or wl.footprint, len(touched) * 4096)
-    check_host_memory(ram + ram // 4 + dev_need + (64 << 20), f"workload {workload}")
-    cfg = build_config(features, "mainline", conflict_resolution)
+    if data_plane == "tokens":  # a token and a struct page per page, the page tables' words
+        from hmmsim.include.mm_types import STRUCT_PAGE_BYTES
+
+        pages = (ram + dev_need) >> 12
+        need = pages * (8 + STRUCT_PAGE_BYTES) + ram // 256 + (64 << 20)
+    else:
+        need = ram + ram // 4 + dev_need + (64 << 20)
+    check_host_memory(need, f"workload {workload}")
+    cfg = build_config(features, "mainline", conflict_resolution, data_plane=data_plane)
     try:
         sim = Simulation(
             wl,
@@ -210,6 +226,7 @@ def sim_command(
     d = m.as_dict()
     if as_json:
         d["params"] = params.as_dict()
+        d["data_plane"] = data_plane
         d["written"] = written
         click.echo(json.dumps(d))
         return
