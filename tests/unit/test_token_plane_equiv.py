@@ -292,3 +292,17 @@ def test_sim_cli_data_plane_option():
     assert db == dt and dt["pages_d2h"] and dt["data_errors"] == 0
     r = CliRunner().invoke(main, [*base, "--data-plane", "words"])
     assert r.exit_code == 2 and "'words' is not one of 'bytes', 'tokens'" in r.output
+
+
+def test_fuzz_cli_data_plane_option(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from hmmsim.cli import main
+
+    args = ["fuzz", "--steps", "60", "--seed", "3", "--data-plane", "tokens", "--json"]
+    r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "s.py")])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert d["data_plane"] == "tokens" and d["failing_sequences"] == 0 and d["steps"] == 60

@@ -138,6 +138,14 @@ def _script_paths(out: str | None, seed: int, n: int) -> list[Path]:
     show_default=True,
     help="Kernel profile: the pin, or Linux 6.12's behaviours (no series d).",
 )
+@click.option(
+    "--data-plane",
+    type=click.Choice(["bytes", "tokens"]),
+    default="bytes",
+    show_default=True,
+    help="Page contents: bytes, or one 64-bit token per page (stores keep to a page's first 8 "
+    "bytes; hmmsim.data_plane).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object, no progress bar.")
 @click.option(
     "--workers",
@@ -171,6 +179,7 @@ def fuzz(
     keep_going: bool,
     bugs: tuple[str, ...],
     kernel: str,
+    data_plane: str,
     as_json: bool,
     workers: int | None,
     ray: str | None,
@@ -186,6 +195,8 @@ def fuzz(
         run_fuzz = parallel_runner(workers, ray)  # seeds sharded, one merged report
     if kernel != "mainline":
         feature_label += f"; kernel profile {kernel}"
+    if data_plane != "bytes":
+        feature_label += f"; data plane {data_plane}"
     progress = None
     task = None
     if not as_json:
@@ -237,6 +248,7 @@ def fuzz(
             on_progress=on_progress,
             bugs=frozenset(bugs),
             kernel=kernel,
+            data_plane=data_plane,
         )
     except KeyboardInterrupt:
         # What the run found so far: the violations already shrunk and
@@ -261,6 +273,7 @@ def fuzz(
         data["conflict_resolution"] = conflict_resolution
         data["bugs"] = sorted(bugs)
         data["kernel"] = kernel
+        data["data_plane"] = data_plane
         data["replay_scripts"] = [str(p) for p in paths[: len(rep.violations)]]
         data["interrupted"] = interrupted
         click.echo(json.dumps(data, indent=2))
