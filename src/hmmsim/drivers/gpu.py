@@ -23,7 +23,8 @@ only what a real driver may call:
   chunk the policy picks.
 
 Device memory has bytes of its own (``vram``: one NumPy row of 4096 bytes per
-device page, allocated per root chunk), so the data moves with every
+device page, allocated per root chunk; one 64-bit token per page with the
+token data plane, hmmsim.data_plane), so the data moves with every
 migration and can be checked end to end.
 
 A replayable fault buffer (``GpuFaultBuffer``) collects device accesses that
@@ -136,9 +137,10 @@ class GpuChunk:
     """One 2 MiB root chunk: its dev_pagemap, bytes and LRU stamps.
 
     Fields: pagemap; index (allocation order); vram (CHUNK_PAGES x 4096
-    bytes); used (device pages handed out and not yet freed); last_alloc and
-    last_access (the device's own clocks, in service sequence numbers: the
-    policy's LRU reads them).
+    bytes, or TokenPages of CHUNK_PAGES tokens: k.mem.new_frames); used
+    (device pages handed out and not yet freed); last_alloc and last_access
+    (the device's own clocks, in service sequence numbers: the policy's LRU
+    reads them).
     """
 
     __slots__ = ("pagemap", "index", "vram", "used", "last_alloc", "last_access", "first", "pages")
