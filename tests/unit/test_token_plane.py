@@ -281,3 +281,26 @@ def test_file_and_device_writes_are_refused_whole():
     assert p.ioctl(dfd, HMM_DMIRROR_READ, hmm_dmirror_cmd(a, a + 2 * PAGE_SIZE, 2)) == 0
     assert u64(p.load(a + 3 * PAGE_SIZE, 8)) == 8
     check_invariants(k)
+
+
+def test_the_invariant_checker_checks_the_table_store():
+    from hmmsim.mm.pgtable import alloc_table, free_table
+
+    k = Kernel(data_plane="tokens")
+    p = k.spawn("p")
+    a = p.mmap(0, PAGE_SIZE, RW, ANON)
+    p.store(a, tok(1))
+    assert check_invariants(k, raise_on_error=False) == []
+    pfn = alloc_table(k)
+    k.mem.ram.words.detach(pfn)  # a table without its words
+    problems = check_invariants(k, raise_on_error=False)
+    assert f"page table {pfn:#x} has no table words (token data plane)" in problems
+    k.mem.ram.words.attach(pfn)
+    k.mem.ram.tokens[pfn] = 5
+    problems = check_invariants(k, raise_on_error=False)
+    assert f"page table {pfn:#x} has token 0x5, not 0" in problems
+    k.mem.ram.tokens[pfn] = 0
+    free_table(k, pfn)
+    k.mem.ram.words.attach(pfn)  # words kept by a page that is no table
+    problems = check_invariants(k, raise_on_error=False)
+    assert f"page {pfn:#x} keeps table words but is not a page table" in problems

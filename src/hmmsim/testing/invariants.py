@@ -141,6 +141,7 @@ class _Checker:
                 self.check_mirrors(p)
                 self.check_notifier_seqs(p)
         self.check_at_rest()
+        self.check_token_plane()
         for hook in getattr(k, "invariant_hooks", ()):
             self.problems.extend(hook(k))
 
@@ -528,6 +529,22 @@ class _Checker:
         for i in tables:
             if not self.tables.get(ram.base + int(i)):
                 self.bad(f"page table {ram.base + int(i):#x} is referenced by nothing (leaked)")
+
+    def check_token_plane(self) -> None:
+        """The token data plane (hmmsim.data_plane): exactly the page-table
+        pages have table words, and a table page's token is 0 (nothing stores
+        data in a table page)."""
+        ram = self.k.mem.ram
+        if ram.tokens is None:
+            return
+        tables = np.flatnonzero(ram.pages.flags & PGTY_table)
+        have = np.array(sorted(ram.words._row), dtype=np.int64)
+        for pfn in np.setdiff1d(tables, have)[:10].tolist():
+            self.bad(f"page table {pfn:#x} has no table words (token data plane)")
+        for pfn in np.setdiff1d(have, tables)[:10].tolist():
+            self.bad(f"page {pfn:#x} keeps table words but is not a page table")
+        for pfn in tables[ram.tokens[tables] != 0][:10].tolist():
+            self.bad(f"page table {pfn:#x} has token {int(ram.tokens[pfn]):#x}, not 0")
 
     def check_deposits(self) -> None:
         dep = set(self.k.deposited)
