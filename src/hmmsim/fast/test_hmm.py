@@ -119,7 +119,9 @@ class FrameCopies:
 
     def flush(self) -> None:
         frames = self.ram.frames
-        if self.to:
+        if self.to and not isinstance(frames, np.ndarray):  # the token data plane
+            frames[np.array(self.to)] = frames[np.array(self.frm)]  # one token gather
+        elif self.to:
             to, frm = np.array(self.to), np.array(self.frm)
             n = len(to)
             # runs where both sides step by one frame the same way, up or down
