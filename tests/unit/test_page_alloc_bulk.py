@@ -259,3 +259,30 @@ def test_vfree_drops_only_the_areas_references():
     k.driver_refs[extra] += 1  # a second holder: the per-page loop's case
     vfree_pages(k, vm)
     assert dict(k.driver_refs) == {other: 1, extra: 1}
+
+
+def test_vmalloc_uncounted_area_is_the_counted_one_counted_late():
+    """An area made with counted=False takes the same pages and leaves the
+    same allocator state; vm_count_pages then gives Kernel.driver_refs what
+    counted=True gives, and vfree of an uncounted area leaves driver_refs
+    as it found them."""
+    from hmmsim.mm.vmalloc import vfree_pages, vm_count_pages, vmalloc_pages
+
+    a, b = _fragmented([(1, 0), (0, 1)]), _fragmented([(1, 0), (0, 1)])
+    size = 600 * 4096  # a pages array of more than one page: a nested area
+    va = vmalloc_pages(a, size)
+    vb = vmalloc_pages(b, size, counted=False)
+    assert va.pfns == vb.pfns and va.array.pfns == vb.array.pfns
+    assert _same(_state(a), _state(b))
+    assert not b.driver_refs
+    vm_count_pages(b, vb)
+    assert a.driver_refs == b.driver_refs
+    vfree_pages(a, va)
+    vfree_pages(b, vb)
+    assert not a.driver_refs and not b.driver_refs
+    assert _same(_state(a), _state(b))
+    vb = vmalloc_pages(b, size, counted=False)
+    vfree_pages(b, vb)
+    vfree_pages(a, vmalloc_pages(a, size))
+    assert not b.driver_refs
+    assert _same(_state(a), _state(b))

@@ -98,13 +98,15 @@ VMALLOC_BULK_CHUNK = 100
 
 class VmPages:
     """The pages of one vmalloc area (vm_struct->pages, nr_pages) and, when
-    that array was itself vmalloc()ed, its area."""
+    that array was itself vmalloc()ed, its area. `counted`: its pages hold
+    their reference in Kernel.driver_refs (the invariant checker's view)."""
 
-    __slots__ = ("pfns", "array")
+    __slots__ = ("pfns", "array", "counted")
 
-    def __init__(self, pfns: list[int], array: VmPages | None) -> None:
+    def __init__(self, pfns: list[int], array: VmPages | None, counted: bool = True) -> None:
         self.pfns = pfns
         self.array = array
+        self.counted = counted
 
 
 def vm_area_alloc_pages(k, nr_pages: int) -> list[int]:
@@ -140,23 +142,39 @@ def vm_area_alloc_pages(k, nr_pages: int) -> list[int]:
     return out
 
 
-def vmalloc_pages(k, size: int) -> VmPages | None:
+def vmalloc_pages(k, size: int, counted: bool = True) -> VmPages | None:
     """The page allocations of __vmalloc_area_node for `size` bytes (the
     caller checked the size): the nested pages array first when it needs
     more than a page, then the area's pages. None when a page could not be
-    had; what was taken has been freed again (vfree of the partial area)."""
+    had; what was taken has been freed again (vfree of the partial area).
+
+    counted=False leaves the pages out of Kernel.driver_refs, for a caller
+    that frees the area again before anything can look (no scheduler point,
+    Kernel.fastpath) or counts it with vm_count_pages first (issue 16: a
+    1 GiB bounce is 262144 Counter updates)."""
     nr_pages = (size + PAGE_SIZE - 1) >> PAGE_SHIFT
     array = None
     if nr_pages * 8 > PAGE_SIZE:
-        array = vmalloc_pages(k, nr_pages * 8)
+        array = vmalloc_pages(k, nr_pages * 8, counted)
         if array is None:
             return None
-    vm = VmPages(vm_area_alloc_pages(k, nr_pages), array)
-    k.driver_refs.update(vm.pfns)  # the area's reference, for the invariant checker
+    vm = VmPages(vm_area_alloc_pages(k, nr_pages), array, counted)
+    if counted:
+        k.driver_refs.update(vm.pfns)  # the area's reference, for the invariant checker
     if len(vm.pfns) != nr_pages:
         vfree_pages(k, vm)
         return None
     return vm
+
+
+def vm_count_pages(k, vm: VmPages | None) -> None:
+    """Put the pages of an area made with counted=False (and of its pages
+    array) into Kernel.driver_refs, as vmalloc_pages would have."""
+    while vm is not None:
+        if not vm.counted:
+            k.driver_refs.update(vm.pfns)
+            vm.counted = True
+        vm = vm.array
 
 
 def vfree_pages(k, vm: VmPages | None) -> None:
@@ -164,7 +182,11 @@ def vfree_pages(k, vm: VmPages | None) -> None:
     kvfree of the pages array (vfree when it was vmalloc()ed)."""
     if vm is None:
         return
-    if vm.pfns:
+    if vm.pfns and not vm.counted:
+        pfns = np.asarray(vm.pfns, dtype=np.int64)
+        k.mem.ram.pages._refcount[pfns] = 0  # put_page_testzero: the only reference
+        k.mem.free_folios_order0(pfns)
+    elif vm.pfns:
         refs = k.driver_refs
         if len(set(vm.pfns)) == len(vm.pfns) and set(map(refs.get, vm.pfns)) == {1}:
             deque(map(refs.pop, vm.pfns), maxlen=0)  # each count 1 -> 0: the loop below

@@ -84,7 +84,7 @@ from hmmsim.mm.mmu_notifier import (
 from hmmsim.mm.page_alloc import (
     GFP_HIGHUSER_MOVABLE,
 )
-from hmmsim.mm.vmalloc import vfree_pages, vmalloc_pages, vmalloc_size_ok
+from hmmsim.mm.vmalloc import vfree_pages, vm_count_pages, vmalloc_pages, vmalloc_size_ok
 
 
 class dmirror_devmem_fault_ops:
@@ -381,7 +381,10 @@ class dmirror_migrate_ops:
         k = self.mdevice.k
         if not vmalloc_size_ok(k, size):
             return -ENOMEM  # dmirror_bounce_init
-        vm = vmalloc_pages(k, size)
+        # with the fast paths on nothing can look at the bounce's pages before
+        # the direct read frees them again, so they skip the invariant
+        # checker's count unless the bounce is used
+        vm = vmalloc_pages(k, size, counted=not k.fastpath)
         if vm is None:
             return -ENOMEM  # dmirror_bounce_init
         done = fast.dmirror_read_to_user(self, cmd.addr, size, cmd.ptr)
@@ -389,6 +392,7 @@ class dmirror_migrate_ops:
             cmd.cpages = done
             vfree_pages(k, vm)  # dmirror_bounce_fini
             return 0
+        vm_count_pages(k, vm)
         bounce = dmirror_bounce(cmd.addr, size, self.mdevice)
         bounce.vm = vm
         with self.mutex:
