@@ -59,7 +59,8 @@ class TokenPlaneError(ValueError):
 
 
 def _is_int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+    t = type(x)
+    return t is int or (t is not bool and isinstance(x, (int, np.integer)))
 
 
 def _ix(rows):
@@ -395,8 +396,12 @@ class TableWords:
             ) from None
 
     def __getitem__(self, key):
-        if isinstance(key, tuple):
+        if type(key) is tuple:
             p, col = key
+            if type(p) is int:  # a ptep_get: the hot path
+                row = self._row.get(p)
+                if row is not None:
+                    return row[col]
             if _is_int(p):
                 return self.row(int(p))[col]
             p = np.asarray(p, dtype=np.int64)
@@ -413,8 +418,13 @@ class TableWords:
         return np.stack([self.row(pf) for pf in p.tolist()])
 
     def __setitem__(self, key, value) -> None:
-        if isinstance(key, tuple):
+        if type(key) is tuple:
             p, col = key
+            if type(p) is int:  # a set_pte_at: the hot path
+                row = self._row.get(p)
+                if row is not None:
+                    row[col] = value
+                    return
             if _is_int(p):
                 self.row(int(p))[col] = value
                 return
