@@ -10,6 +10,8 @@ The device pages come from the mixed world of test_fastpath_differential
 (writable, read-only, COW-shared after fork, pages of other devices), then
 some are made read-only by mprotect or shared by a second fork, so windows
 of every kind reach the bulk forms and most of them are declined somewhere.
+The driver's own destination loop (GpuDevice._evict_alloc_bulk, the same
+alloc_pages calls in bulk) runs in the fast world only, so it is compared too.
 """
 
 from __future__ import annotations

@@ -58,6 +58,7 @@ from hmmsim.include.migrate import (
     MIGRATE_VMA_SELECT_COMPOUND,
     MIGRATE_VMA_SELECT_DEVICE_PRIVATE,
     MIGRATE_VMA_SELECT_SYSTEM,
+    migrate_pfn_array,
     migrate_vma,
 )
 from hmmsim.include.mm import VM_FAULT_OOM, VM_FAULT_SIGBUS, VM_READ
@@ -95,6 +96,7 @@ from hmmsim.mm.mmu_notifier import (
     mmu_interval_set_seq,
 )
 from hmmsim.mm.page_alloc import GFP_HIGHUSER_MOVABLE
+from hmmsim.mm.page_batch import folio_lock_pages
 
 #: NVIDIA UVM's root chunk: device memory is managed in 2 MiB chunks
 #: (uvm_pmm_gpu.h UVM_CHUNK_SIZE_MAX); eviction works on whole root chunks.
@@ -483,8 +485,9 @@ class GpuDevice:
         src = np.zeros(CHUNK_PAGES, dtype=np.uint64)
         dst = np.zeros(CHUNK_PAGES, dtype=np.uint64)
         migrate_device_range(src, chunk.first, CHUNK_PAGES, k=k, device_private=True)
-        moved = []
-        for i in np.flatnonzero(src).tolist():
+        bulk = self._evict_alloc_bulk(chunk, src, dst)
+        moved = [] if bulk is None else bulk
+        for i in np.flatnonzero(src).tolist() if bulk is None else ():
             sv = int(src[i])
             spage = migrate_pfn_to_page(sv, k=k)
             if spage is None or not sv & MIGRATE_PFN_MIGRATE:
@@ -515,6 +518,38 @@ class GpuDevice:
         self.evicted_pages += n
         self.evicted_chunks += 1
         return n
+
+    def _evict_alloc_bulk(self, chunk: GpuChunk, src: np.ndarray, dst: np.ndarray):
+        """The destination loop of evict_chunk for a chunk of order-0 pages:
+        the same alloc_pages() calls (PhysMem.alloc_pages_order0_bulk hands
+        out the same pages in the same order), folio_lock, dst words and
+        copies, as arrays. [(slot, device pfn, 1)] or None (nothing done:
+        Kernel.fastpath off, a compound slot, or allocations the bulk form
+        does not take)."""
+        k = self.k
+        if not k.fastpath:  # the per-page loop: the differential tests' reference
+            return None
+        slots = np.flatnonzero(src)
+        if not len(slots):
+            return []
+        sv = src[slots]
+        if (sv & np.uint64(MIGRATE_PFN_COMPOUND)).any() or not (
+            sv & np.uint64(MIGRATE_PFN_MIGRATE)
+        ).all():
+            return None
+        # slot i of the range is page i of the chunk
+        first = migrate_pfn_to_page(int(sv[0]), k=k)
+        if first is None or first.a is not chunk.pages or first.i != int(slots[0]):
+            return None
+        pfns = k.mem.alloc_pages_order0_bulk(len(slots), GFP_HIGHUSER_MOVABLE)
+        if pfns is None:
+            return None
+        folio_lock_pages(k.mem.ram.pages, pfns)
+        d = migrate_pfn_array(pfns)
+        dst[slots] = d | (sv & np.uint64(MIGRATE_PFN_WRITE))
+        k.mem.ram.frames[pfns] = chunk.vram[slots]
+        base = chunk.pages.base
+        return [(i, base + i, 1) for i in slots.tolist()]
 
     def _log(self, vpn: int, direction: str, reason: str, path: str) -> None:
         if self.log_moves:
