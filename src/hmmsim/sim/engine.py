@@ -667,6 +667,8 @@ class Simulation:
 
     def _replay(self, stalled) -> None:
         now = self.clock.now
+        if self.batched and len(stalled) >= 8 and self._replay_bulk(stalled, now):
+            return
         for vpn, write, t0, value in stalled:
             if len(self.latencies) < MAX_LATENCIES:
                 self.latencies.append(now - t0)
@@ -683,6 +685,32 @@ class Simulation:
             else:
                 self._stuck.pop(vpn, None)
                 self._gpu_complete(vpn, write, value, r)
+
+    def _replay_bulk(self, stalled, now: float) -> bool:
+        """Replay a batch's stalled accesses at once when every one now hits a
+        device page (what _replay does entry by entry then: a latency each,
+        the LRU stamp, the access's time and data); False (nothing done)
+        otherwise."""
+        pt = self.space.pt
+        vpn = np.fromiter((e[0] for e in stalled), dtype=np.int64, count=len(stalled))
+        w = np.fromiter((e[1] for e in stalled), dtype=bool, count=len(stalled))
+        ti = pt.index(vpn)
+        if (ti < 0).any():
+            return False
+        hit = (pt.kind[ti] == 1) & (~w | pt.writable[ti])
+        if not hit.all():
+            return False
+        room = MAX_LATENCIES - len(self.latencies)
+        if room > 0:
+            t0 = np.fromiter((e[2] for e in stalled), dtype=np.float64, count=len(stalled))
+            self.latencies.extend((now - t0[:room]).tolist())
+        if self._stuck:
+            for v in vpn.tolist():
+                self._stuck.pop(v, None)
+        value = np.fromiter((e[3] for e in stalled), dtype=np.uint64, count=len(stalled))
+        lru = self.policy is None or getattr(self.policy, "lru", "access") == "access"
+        self._bulk(ti, vpn, w, value, hit, self.params.gpu_access_ns / 1000, lru)
+        return True
 
     # --- CPU side ---------------------------------------------------------------------------
     def _cpu_access(self, vpn: int, write: bool, value: int) -> None:
