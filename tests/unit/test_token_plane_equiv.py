@@ -306,3 +306,15 @@ def test_fuzz_cli_data_plane_option(tmp_path):
     assert r.exit_code == 0, r.output
     d = json.loads(r.output)
     assert d["data_plane"] == "tokens" and d["failing_sequences"] == 0 and d["steps"] == 60
+
+
+def test_the_alias_and_device_allocator_fuzzers_run_clean_on_tokens():
+    """Their driver copies (a device's own store, buddy-allocated device
+    pages, THP and split migrations) move tokens; the data checks see them."""
+    from hmmsim.testing.alias_fuzz import run_alias_fuzz
+    from hmmsim.testing.devalloc_fuzz import run_devalloc_fuzz
+
+    rep = run_alias_fuzz(3, 1, data_plane="tokens")
+    assert not rep.failure and rep.migrated and rep.aliased
+    rep = run_devalloc_fuzz(1, 1, data_plane="tokens")
+    assert not rep.failure and rep.migrated

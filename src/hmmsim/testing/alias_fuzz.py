@@ -244,12 +244,14 @@ def _present_pfns(procs, base: int) -> list[int]:
 
 
 def run_alias_fuzz(
-    runs: int, seed: int = 0, *, bugs=frozenset(), pvmw_form=None
+    runs: int, seed: int = 0, *, bugs=frozenset(), pvmw_form=None, data_plane: str = "bytes"
 ) -> AliasFuzzReport:
     """`runs` fresh worlds of ROUNDS rounds each; stop at the first failure.
 
     Each world takes the series (c) marker form `pvmw_form` ("flag" or
-    "pfn-bit"), or a random one when None.
+    "pfn-bit"), or a random one when None. `data_plane` "tokens": the
+    Kernel keeps a token per page and the writes keep to a page's first 8
+    bytes (hmmsim.data_plane).
     """
     rep = AliasFuzzReport(seed=seed)
     master = random.Random(seed)
@@ -262,6 +264,7 @@ def run_alias_fuzz(
             features=frozenset("abcd"),
             pvmw_form=form,
             bugs=frozenset(bugs),
+            data_plane=data_plane,
         )
         k.word_checks.append(strict_word_check)
         rep.runs += 1
@@ -281,6 +284,9 @@ def _world(k, rng, rep: AliasFuzzReport, opened: list) -> None:
     words = NPAGES * PAGE_SIZE // 4
     shadow = {}
     sh = rng.randrange(1, 1 << 30) + np.arange(words, dtype=np.int64)
+    tokens = k.mem.data_plane == "tokens"
+    if tokens:  # a token page: only its first two words may be non-zero
+        sh.reshape(-1, 1024)[:, 2:] = 0
     shadow[parent] = sh.astype(np.int32)
     parent.store_array(base, shadow[parent])
     child = parent.child(parent.fork())
@@ -319,6 +325,8 @@ def _world(k, rng, rep: AliasFuzzReport, opened: list) -> None:
         op = rng.random()
         if op < 0.2 and not busy(p, i):  # a CPU write (COW, or a fault back from the device)
             vals = (rng.randrange(1, 1 << 30) + np.arange(1024)).astype(np.int32)
+            if tokens:
+                vals[2:] = 0
             p.store_array(addr, vals)
             shadow[p][i * 1024 : (i + 1) * 1024] = vals
         elif op < 0.3 and not busy(p, i):  # a CPU read

@@ -145,13 +145,17 @@ def _migrate(k, p, dev: BuddyDevice, start: int, n: int, to_device: bool) -> int
     return moved
 
 
-def run_devalloc_fuzz(runs: int, seed: int = 0, *, bugs=frozenset()) -> DevAllocFuzzReport:
-    """`runs` fresh worlds of twelve migration rounds each; stop at the first failure."""
+def run_devalloc_fuzz(
+    runs: int, seed: int = 0, *, bugs=frozenset(), data_plane: str = "bytes"
+) -> DevAllocFuzzReport:
+    """`runs` fresh worlds of twelve migration rounds each; stop at the first
+    failure. `data_plane` "tokens": a token per page, and the data keeps to a
+    page's first 8 bytes (hmmsim.data_plane)."""
     rep = DevAllocFuzzReport(seed=seed)
     master = random.Random(seed)
     for run in range(runs):
         rng = random.Random(master.getrandbits(63))
-        k = Kernel(ram_bytes=64 << 20, hugetlb_pages=0, bugs=bugs)
+        k = Kernel(ram_bytes=64 << 20, hugetlb_pages=0, bugs=bugs, data_plane=data_plane)
         k.word_checks.append(strict_word_check)
         p = k.spawn("driver-client")
         rep.runs += 1
@@ -166,6 +170,8 @@ def run_devalloc_fuzz(runs: int, seed: int = 0, *, bugs=frozenset()) -> DevAlloc
                 k.thp_enabled = "madvise" if rng.random() < 0.6 else "never"
                 lo, hi = j * PMD_SIZE // 4, (j + 1) * PMD_SIZE // 4
                 shadow[lo:hi] = rng.randrange(1, 1 << 30) + np.arange(hi - lo)
+                if data_plane == "tokens":  # only a page's first two words
+                    shadow[lo:hi].reshape(-1, 1024)[:, 2:] = 0
                 p.store_array(base + j * PMD_SIZE, shadow[lo:hi])
             k.thp_enabled = "madvise"
             for _ in range(12):
