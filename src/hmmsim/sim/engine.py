@@ -39,7 +39,7 @@ from hmmsim.drivers.gpu import (
     GpuNoMemory,
 )
 from hmmsim.include.mman import MAP_NORESERVE
-from hmmsim.kconfig import PAGE_SHIFT, PAGE_SIZE
+from hmmsim.kconfig import PAGE_SHIFT, PAGE_SIZE, PMD_SIZE
 from hmmsim.sim.clock import EventClock
 from hmmsim.sim.params import SimParams
 from hmmsim.sim.policy import Policy, make_policy
@@ -341,22 +341,54 @@ class Simulation:
         m = self.m
         m.cpu_accesses += n
         addr = vpn << PAGE_SHIFT
-        faults = np.array(
-            [proc._translate(addr + (i << PAGE_SHIFT), True) is None for i in range(n)], dtype=bool
-        )
         values = np.arange(first_access + 1, first_access + n + 1, dtype=np.uint64)
         buf = np.zeros((n, PAGE_SIZE // 8), dtype=np.uint64)
         buf[:, 0] = values
         before = self.dev.cpu_faults
+        # a write to a page of a private anon buffer not on the device faults
+        # at most once (do_anonymous_page or do_wp_page map it writable): the
+        # kernel's fault count tells how many of the n pages faulted
+        faults = self._store_faulted(addr, n)
+        nfaults = self.k.stats["faults"]
         proc.store(addr, buf.view(np.uint8).reshape(-1))
-        if self.dev.cpu_faults != before:
-            raise SimError("a CPU store run reached migrate_to_ram")
+        nfaults = self.k.stats["faults"] - nfaults
+        if self.dev.cpu_faults != before or nfaults != int(faults.sum()):
+            raise SimError("a CPU store run took other faults than one per unmapped page")
         ti = self.space.pt.index(np.arange(vpn, vpn + n, dtype=np.int64))
         self.shadow[ti] = values
-        m.cpu_faults_other += int(faults.sum())
+        m.cpu_faults_other += nfaults
         costs = np.full(n, p.cpu_access_ns / 1000)
         costs[faults] += p.cpu_minor_fault_us
         self.clock.now = float(np.cumsum(np.concatenate([[self.clock.now], costs]))[-1])
+
+    def _store_faulted(self, addr: int, n: int) -> np.ndarray:
+        """Which of the n pages from addr a CPU write faults on: those whose
+        PTE is not present, user and writable (the MMU walk's test, read
+        for whole PTE tables; a missing table faults every page it would
+        hold). The run never covers a PMD mapping (no THP may appear)."""
+        from hmmsim.include.pgtable import _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW, _PAGE_USER
+        from hmmsim.mm.pgtable import pmd_offset, pmdp_get, pte_offset_map
+
+        k = self.k
+        mm = self.proc.mm
+        need = _PAGE_PRESENT | _PAGE_USER | _PAGE_RW
+        out = np.ones(n, dtype=bool)
+        i = 0
+        while i < n:
+            a = addr + (i << PAGE_SHIFT)
+            cnt = min(n - i, (PMD_SIZE - (a & (PMD_SIZE - 1))) >> PAGE_SHIFT)
+            pmdp = pmd_offset(mm, a)
+            pmd = pmdp_get(k, pmdp) if pmdp is not None else 0
+            if pmd & _PAGE_PRESENT:
+                if pmd & _PAGE_PSE:
+                    raise SimError("a CPU store run met a PMD mapping")
+                ptep = pte_offset_map(k, pmd, a)
+                if ptep is not None:
+                    col = (ptep >> 3) & 511
+                    w = np.asarray(k.mem.ram.words[ptep >> PAGE_SHIFT, col : col + cnt])
+                    out[i : i + cnt] = (w & np.uint64(need)) != need
+            i += cnt
+        return out
 
     def _gpu_run(self, lo: int, hi: int) -> None:
         """GPU accesses [lo, hi) in NumPy segments: resident-page hits in bulk,
