@@ -6,8 +6,9 @@
 2. an oversubscription sweep of a cyclic 8-pass stream under LRU,
 3. thrashing mitigation on a tight CPU-GPU ping-pong,
 4. fault-driven migration vs access counters on sparse and dense random
-   reads, and
-5. an oversubscription sweep of a tiled GEMM,
+   reads,
+5. an oversubscription sweep of a tiled GEMM, and
+6. an oversubscription sweep of a graph traversal (BFS, irregular),
 
 and prints the tables as Markdown. The numbers in docs/simulation.md come
 from this script at its defaults (the cost model's default parameters).
@@ -83,7 +84,7 @@ def access_counter_table(size: str, ns=(1024, 65536)) -> list[str]:
     """Fault-driven migration vs access counters on uniform random reads."""
     rows = [
         "| workload | policy | pages h2d | by faults + prefetch | by access counters "
-        "| notifications | remote accesses | GPU time (ms) |",
+        "| notifications (batches) | remote accesses | GPU time (ms) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for n in ns:
@@ -93,7 +94,8 @@ def access_counter_table(size: str, ns=(1024, 65536)) -> list[str]:
             rows.append(
                 f"| `{spec}` | {name} | {m.pages_h2d} | "
                 f"{m.pages_faulted_in + m.pages_prefetched} | {m.pages_access_counter} | "
-                f"{m.ac_notifications} | {m.remote_accesses} | {m.gpu_time_s * 1e3:.2f} |"
+                f"{m.ac_notifications} ({m.ac_batches}) | {m.remote_accesses} | "
+                f"{m.gpu_time_s * 1e3:.2f} |"
             )
     return rows
 
@@ -118,11 +120,46 @@ def gemm_table(policies=("naive", "nvidia-uvm", "amd-svm")) -> list[str]:
     return rows
 
 
+GRAPH = "graph:size=12M"
+GRAPH_OVERSUB = (1.0, 1.5, 2.0, 3.0)
+
+
+def graph_table(policies=("naive", "nvidia-uvm", "amd-svm")) -> list[str]:
+    """BFS over a power-law graph: data-dependent, irregular accesses."""
+    rows = [
+        "| policy | oversubscription | GPU unique faults | evicted chunks | pages h2d "
+        "| pages d2h | GPU time (ms) | GPU throughput (GB/s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    from hmmsim.sim.engine import default_device_mem
+    from hmmsim.sim.workloads import make_workload
+
+    wl = make_workload(GRAPH)  # generated once (a BFS trace takes seconds)
+    for name in policies:
+        for r in GRAPH_OVERSUB:
+            dev = default_device_mem(wl.footprint, r)
+            m = Simulation(wl, name, device_mem=dev, log_moves=False).run()
+            rows.append(
+                f"| {name} | {m.oversubscription:.2f} | {m.gpu_faults_unique} | {m.evictions} | "
+                f"{m.pages_h2d} | {m.pages_d2h} | {m.gpu_time_s * 1e3:.2f} | "
+                f"{m.gpu_throughput_gbps:.2f} |"
+            )
+    return rows
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="16M")
-    ap.add_argument("--only", choices=("all", "new"), default="all")
+    ap.add_argument("--only", choices=("all", "new", "ac", "graph"), default="all")
     a = ap.parse_args(argv)
+    if a.only in ("ac", "graph"):
+        if a.only == "ac":
+            print(f"## Access counters on random:size={a.size}\n")
+            print("\n".join(access_counter_table(a.size)))
+        else:
+            print(f"## Oversubscription, {GRAPH}\n")
+            print("\n".join(graph_table()))
+        return
     if a.only == "new":
         print(f"## Thrashing mitigation on {PINGPONG}\n")
         print("\n".join(thrash_table()))
@@ -130,6 +167,8 @@ def main(argv=None) -> None:
         print("\n".join(access_counter_table(a.size)))
         print(f"\n## Oversubscription, {GEMM}\n")
         print("\n".join(gemm_table()))
+        print(f"\n## Oversubscription, {GRAPH}\n")
+        print("\n".join(graph_table()))
         return
     print(f"## Prefetch on stream:size={a.size} (PCIe 4 x16)\n")
     print("\n".join(prefetch_table(a.size)))
@@ -141,6 +180,8 @@ def main(argv=None) -> None:
     print("\n".join(access_counter_table(a.size)))
     print(f"\n## Oversubscription, {GEMM}\n")
     print("\n".join(gemm_table()))
+    print(f"\n## Oversubscription, {GRAPH}\n")
+    print("\n".join(graph_table()))
 
 
 if __name__ == "__main__":
