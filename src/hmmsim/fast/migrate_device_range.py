@@ -22,9 +22,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
+from numpy.typing import NDArray
 
 from hmmsim.bug import KernelBug
 from hmmsim.fast import migrate_device as fast_md
@@ -37,6 +38,7 @@ from hmmsim.include.mm_types import (
     PG_anon_exclusive,
     PG_head,
     PG_locked,
+    PageArrays,
     vma_pages,
 )
 from hmmsim.include.pgtable import (
@@ -59,6 +61,7 @@ from hmmsim.mm.page_batch import (
 )
 
 MIN_RUN = fast_md.MIN_RUN
+I64Array: TypeAlias = NDArray[np.int64]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,11 +86,11 @@ class _Window:
     fault_page: Any = None
 
 
-def _swap_index_base(a) -> int:
+def _swap_index_base(a: PageArrays) -> int:
     return a.base - DEVICE_PRIVATE_BASE if a.base >= DEVICE_PRIVATE_BASE else a.base
 
 
-def _one_vma(k, a, pos):
+def _one_vma(k: Any, a: PageArrays, pos: I64Array) -> Any:
     """The one vma an rmap walk of these anon order-0 pages would visit, or None.
 
     All pages of one anon_vma; exactly one of its vmas spans their indices
@@ -114,7 +117,13 @@ def _one_vma(k, a, pos):
 
 
 def migrate_device_range_unmap(
-    ref: fast_md.Reference, rref: RangeReference, src_pfns, busy: list[int], fault_page, *, k
+    ref: fast_md.Reference,
+    rref: RangeReference,
+    src_pfns: Any,
+    busy: list[int],
+    fault_page: Any,
+    *,
+    k: Any,
 ) -> int:
     """migrate_device_unmap of locked device-private pages each mapped once.
 
@@ -233,11 +242,13 @@ def migrate_device_range_unmap(
     return len(busy)
 
 
-def _page(ref, k, word):
+def _page(ref: fast_md.Reference, k: Any, word: Any) -> Any:
     return ref.migrate_pfn_to_page(int(word), k=k)
 
 
-def _window(ref, k, src_pfns, dst_pfns, busy: list[int]):
+def _window(
+    ref: fast_md.Reference, k: Any, src_pfns: Any, dst_pfns: Any, busy: list[int]
+) -> _Window | None:
     """A _Window over the one vma the sources are mapped in, or None."""
     sv = slot_words(src_pfns, busy)
     valid = (sv & np.uint64(MIGRATE_PFN_VALID)) != 0
@@ -255,7 +266,9 @@ def _window(ref, k, src_pfns, dst_pfns, busy: list[int]):
     return _Window(vma, src_pfns, dst_pfns)
 
 
-def migrate_device_pages(ref: fast_md.Reference, src_pfns, dst_pfns, busy: list[int], *, k) -> bool:
+def migrate_device_pages(
+    ref: fast_md.Reference, src_pfns: Any, dst_pfns: Any, busy: list[int], *, k: Any
+) -> bool:
     """__migrate_device_pages(src, dst, npages, NULL) for a whole window, or
     False (nothing done): the window's sources must be mapped (as migration
     entries) in one vma; then fast_md.migrate_vma_pages decides, whose
@@ -268,8 +281,8 @@ def migrate_device_pages(ref: fast_md.Reference, src_pfns, dst_pfns, busy: list[
 
 
 def migrate_device_finalize_remove(
-    ref: fast_md.Reference, src_pfns, dst_pfns, busy: list[int], *, k
-):
+    ref: fast_md.Reference, src_pfns: Any, dst_pfns: Any, busy: list[int], *, k: Any
+) -> tuple[list[int], bool]:
     """remove_migration_ptes() of __migrate_device_finalize(src, dst, npages,
     NULL) for a whole window: fast_md.migrate_vma_finalize_remove over the
     one vma the sources are mapped in (the reference rmap walk visits only
