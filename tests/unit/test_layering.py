@@ -61,8 +61,11 @@ def test_fast_layer_imports_no_behaviour():
 COLUMNS = frozenset(name for name, _ in PAGE_FIELDS)
 #: the direct struct-page stores fast/ may make: the dmirror driver's own
 #: page->zone_device_data, in the driver's bulk forms (as drivers/ may,
-#: tests/unit/test_driver_api.py)
-FAST_MAY_STORE = {"test_hmm.py": {"zone_device_data"}}
+#: tests/unit/test_driver_api.py), device-private and device-coherent
+FAST_MAY_STORE = {
+    "test_hmm.py": {"zone_device_data"},
+    "test_hmm_coherent.py": {"zone_device_data"},
+}
 #: NumPy calls and ndarray methods that write into their first argument / self
 _WRITING_FUNCS = frozenset({"put", "copyto", "place", "putmask", "put_along_axis"})
 _WRITING_METHODS = frozenset({"fill", "put", "itemset", "setfield", "sort", "partition"})

@@ -25,7 +25,9 @@ no memcg charging, TLB flushes are implicit.
 Speed: the loops here are the reference; each offers its window to
 hmmsim/fast/migrate_device.py in one line (`fast_md.*`; the device-range
 forms, eviction's migrate_device_range/pages/finalize without a migrate_vma,
-in hmmsim/fast/migrate_device_range.py, `fast_mdr.*`), which handles a run
+in hmmsim/fast/migrate_device_range.py, `fast_mdr.*`; the collect of
+device-coherent pages in hmmsim/fast/migrate_device_coherent.py,
+`fast_mdc.*`), which handles a run
 in bulk or declines (docs/design.md, "The reference code and the fast
 layer"). Skipping those lines leaves the kernel's loops.
 """
@@ -35,6 +37,7 @@ from __future__ import annotations
 from hmmsim.bug import KernelBug
 from hmmsim.errno import EAGAIN, EINVAL, ENOENT
 from hmmsim.fast import migrate_device as fast_md
+from hmmsim.fast import migrate_device_coherent as fast_mdc
 from hmmsim.fast import migrate_device_range as fast_mdr
 from hmmsim.fast.arrays import busy_slots, sliceable, slot_words, store_slots  # noqa: F401
 from hmmsim.include.migrate import (
@@ -408,7 +411,9 @@ def migrate_vma_collect_pmd(pmdp: int, start: int, end: int, walk) -> int:
         ptl.lock()
         ptep = ptep0 + ((addr - start) // PAGE_SIZE) * 8
         # offer the rest of this table to the fast layer; it takes a leading run or none
-        n = fast_md.migrate_vma_collect_ptes(_FAST_REF, migrate, vma, ptep, addr, end)
+        n = fast_md.migrate_vma_collect_ptes(
+            _FAST_REF, migrate, vma, ptep, addr, end
+        ) or fast_mdc.migrate_vma_collect_coherent_ptes(_FAST_REF, migrate, vma, ptep, addr, end)
         addr, ptep = addr + n * PAGE_SIZE, ptep + n * 8
         while addr < end:
             mpfn = migrate_vma_collect_pte(migrate, vma, addr, ptep, ptl, fault_folio)

@@ -22,6 +22,7 @@ from hmmsim.drivers.test_hmm_uapi import (
 )
 from hmmsim.errno import EINVAL, ENOMEM
 from hmmsim.fast import test_hmm as fast
+from hmmsim.fast import test_hmm_coherent as fast_coh
 from hmmsim.fault_inject import should_fail
 from hmmsim.include.memremap import (
     MEMORY_DEVICE_COHERENT,
@@ -363,7 +364,9 @@ class dmirror_devmem:
     def dmirror_devmem_free_bulk(self, a, idx) -> bool:
         """dev_pagemap_ops.folio_free_bulk (model-only): the fast layer's
         dmirror_devmem_free of order-0 pages a[idx], or False."""
-        return fast.dmirror_devmem_free_bulk(self, a, idx)
+        return fast.dmirror_devmem_free_bulk(
+            self, a, idx
+        ) or fast_coh.dmirror_devmem_free_coherent_bulk(self, a, idx)
 
     def dmirror_devmem_folio_split(self, head, tail) -> None:
         """dev_pagemap_ops.folio_split: give each new tail its backing subpage."""

@@ -7,7 +7,8 @@ dmirror_migrate_finalize_and_map, dmirror_devmem_fault (the
 dev_pagemap_ops migrate_to_ram callback) and
 dmirror_devmem_fault_alloc_and_copy; series (e)'s
 dmirror_fault_and_migrate_to_device. Each loop offers its window to the
-fast layer (hmmsim/fast/test_hmm.py) with one line first.
+fast layer (hmmsim/fast/test_hmm.py, and hmmsim/fast/test_hmm_coherent.py
+for the device-coherent device) with one line first.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from hmmsim.drivers.test_hmm_uapi import (
 )
 from hmmsim.errno import EBUSY, EFAULT, EINVAL, ENOMEM
 from hmmsim.fast import test_hmm as fast
+from hmmsim.fast import test_hmm_coherent as fast_coh
 from hmmsim.fault_inject import should_fail
 from hmmsim.include.hmm import hmm_range
 from hmmsim.include.migrate import (
@@ -153,7 +155,9 @@ class dmirror_migrate_ops:
 
     def _alloc_and_copy(self, args, copies) -> None:
         k = self.mdevice.k
-        if fast.dmirror_migrate_alloc_and_copy_bulk(self, args, copies):
+        if fast.dmirror_migrate_alloc_and_copy_bulk(
+            self, args, copies
+        ) or fast_coh.dmirror_migrate_alloc_and_copy_coherent_bulk(self, args):
             return
         src, dst = args.src, args.dst
         i = 0
@@ -234,6 +238,8 @@ class dmirror_migrate_ops:
         hole_write = _hole_dst_writable(k, args)
         with self.mutex:
             if fast.dmirror_migrate_finalize_and_map_bulk(
+                self, args, hole_write, migrate_pfn_to_page
+            ) or fast_coh.dmirror_migrate_finalize_and_map_coherent_bulk(
                 self, args, hole_write, migrate_pfn_to_page
             ):
                 return 0
@@ -413,7 +419,11 @@ class dmirror_migrate_ops:
 
     def _fault_alloc_and_copy(self, args, copies) -> int:
         k = self.mdevice.k
-        if fast.dmirror_devmem_fault_alloc_and_copy_bulk(self, args, copies, migrate_pfn_to_page):
+        if fast.dmirror_devmem_fault_alloc_and_copy_bulk(
+            self, args, copies, migrate_pfn_to_page
+        ) or fast_coh.dmirror_devmem_fault_alloc_and_copy_coherent_bulk(
+            self, args, migrate_pfn_to_page
+        ):
             return 0
         src, dst = args.src, args.dst
         i = 0
