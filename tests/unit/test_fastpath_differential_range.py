@@ -63,10 +63,11 @@ def build(seed: int, fast: bool, cfg: str, common: float, mode: str):
 def _cases():
     for cfg in sorted(CONFIGS):
         yield pytest.param(1, 1.0, "plain", True, cfg, id=f"bulk-{cfg}")
+        # CI time: one declining case in the default run, the rest under -m slow
         slow = () if cfg == "d" else (pytest.mark.slow,)
-        yield pytest.param(4, 1.0, "ro", True, cfg, id=f"bulk-ro-{cfg}", marks=slow)
+        yield pytest.param(4, 1.0, "ro", True, cfg, id=f"bulk-ro-{cfg}", marks=pytest.mark.slow)
         yield pytest.param(2, 0.97, "plain", False, cfg, id=f"odd-pages-{cfg}", marks=slow)
-        yield pytest.param(3, 1.0, "fork", False, cfg, id=f"fork-{cfg}", marks=slow)
+        yield pytest.param(3, 1.0, "fork", False, cfg, id=f"fork-{cfg}", marks=pytest.mark.slow)
 
 
 @pytest.mark.parametrize(("seed", "common", "mode", "bulk", "cfg"), list(_cases()))

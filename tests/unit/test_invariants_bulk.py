@@ -337,3 +337,71 @@ def _clear_pte_rw(k, proc, addr: int) -> None:
     t, i = table_entry_pfn(pmd), (addr >> 12) & 511
     if pte_present(int(words[t, i])):
         words[t, i] &= ~np.uint64(_PAGE_RW)
+
+
+# --- device-private and device-exclusive PTEs in the bulk walk ------------------------------
+def _device_leaf_pages(w: World, exclusive: bool = True):
+    """Pages named by device-private (and device-exclusive) PTEs of the world's processes."""
+    swp = w.k.swp
+    out = []
+    for ps in w.procs.values():
+        for vpn in ps.keys():
+            level, e = entry_at(ps.proc, vpn << 12)
+            if level != "pte" or not e or pte_present(e):
+                continue
+            sl = swp.softleaf_from_pte(e)
+            if swp.softleaf_is_device_private(sl) or (
+                exclusive and swp.softleaf_is_device_exclusive(sl)
+            ):
+                out.append(w.k.softleaf_to_page(sl))
+    return out
+
+
+def _device_leaf_world(kernel: str = "mainline", series_c: bool = False):
+    for seed in range(20, 60):
+        fs, cr = feature_configs(kernel)[seed % len(feature_configs(kernel))]
+        if ("c" in fs) != series_c:  # series (c)'s device-private offsets stay per entry
+            continue
+        w = World(SeqConfig(frozenset(fs), cr, "always", DEFAULT_RAM, frozenset(), kernel))
+        gen = Generator(w, random.Random(seed))
+        for _ in range(200):
+            w.apply(gen.next())
+        # Linux 6.12's device-exclusive entries stay per entry: look for device-private ones
+        pages = _device_leaf_pages(w, exclusive=kernel != "6.12")
+        if len(pages) >= 6:
+            return w, pages
+    raise AssertionError("no world with device-private entries")  # pragma: no cover
+
+
+@pytest.mark.parametrize("kernel", ["mainline", "6.12"])
+@pytest.mark.parametrize("what", ["clean", "mapcount", "refcount"])
+def test_device_leaf_bulk_reports_what_the_per_entry_walk_reports(kernel, what):
+    w, pages = _device_leaf_world(kernel)
+    if what != "clean":
+        for page in pages[:: max(1, len(pages) // 3)][:3]:
+            BREAKS[what](page)
+    taken = []
+    c = _Checker(w.k)
+    orig = c._device_leaf_bulk
+
+    def spy(wd, where, ok):
+        before = ok.copy()
+        orig(wd, where, ok)
+        taken.append(int((ok & ~before).sum()))
+
+    c._device_leaf_bulk = spy
+    c.run()
+    assert sum(taken) > 0  # the bulk form accounted device entries
+    assert (c.problems == []) == (what == "clean"), c.problems
+    assert c.problems == _problems(w.k, bulk=False)
+
+
+@pytest.mark.parametrize("what", ["clean", "mapcount"])
+def test_device_leaf_bulk_leaves_series_c_offsets_to_the_per_entry_walk(what):
+    w, pages = _device_leaf_world(series_c=True)
+    if what != "clean":
+        for page in pages[:3]:
+            BREAKS[what](page)
+    got = _problems(w.k, bulk=True)
+    assert (got == []) == (what == "clean"), got
+    assert got == _problems(w.k, bulk=False)

@@ -53,12 +53,15 @@ from hmmsim.include.hmm import hmm_range
 from hmmsim.include.memremap import MEMORY_DEVICE_PRIVATE, dev_pagemap, dev_pagemap_ops
 from hmmsim.include.migrate import (
     MIGRATE_PFN_COMPOUND,
+    MIGRATE_PFN_DEVICE_PRIVATE,
     MIGRATE_PFN_MIGRATE,
+    MIGRATE_PFN_VALID,
     MIGRATE_PFN_WRITE,
     MIGRATE_VMA_SELECT_COMPOUND,
     MIGRATE_VMA_SELECT_DEVICE_PRIVATE,
     MIGRATE_VMA_SELECT_SYSTEM,
     migrate_pfn_array,
+    migrate_pfn_to_pfn_array,
     migrate_vma,
 )
 from hmmsim.include.mm import VM_FAULT_OOM, VM_FAULT_SIGBUS, VM_READ
@@ -96,7 +99,11 @@ from hmmsim.mm.mmu_notifier import (
     mmu_interval_set_seq,
 )
 from hmmsim.mm.page_alloc import GFP_HIGHUSER_MOVABLE
-from hmmsim.mm.page_batch import folio_lock_pages
+from hmmsim.mm.page_batch import (
+    folio_lock_pages,
+    zone_device_pages_init,
+    zone_device_pages_init_would_warn,
+)
 
 #: NVIDIA UVM's root chunk: device memory is managed in 2 MiB chunks
 #: (uvm_pmm_gpu.h UVM_CHUNK_SIZE_MAX); eviction works on whole root chunks.
@@ -376,6 +383,45 @@ class GpuDevice:
         chunk.last_alloc = self.seq
         chunk.last_access = self.seq
         return page
+
+    def alloc_pages_bulk(self, m: int) -> list[Page] | None:
+        """m alloc_page() calls at once (Kernel.fastpath): the pages they
+        would return, in order, fewer if device memory runs out; None when
+        declined (nothing done). Chunks are added where alloc_page would add
+        them (when the free list is empty); the pages of each chunk are
+        initialised with mm/page_batch.zone_device_pages_init; a batch whose
+        initialisation would warn goes through alloc_page one by one."""
+        k = self.k
+        if not k.fastpath:
+            return None
+        out: list[Page] = []
+        while len(out) < m:
+            if not self.free and len(self.chunks) < self.max_chunks:
+                if self._add_chunk():
+                    break
+            if not self.free:
+                break
+            t = min(len(self.free), m - len(out))
+            take = self.free[-t:]
+            take.reverse()
+            groups: dict[int, tuple] = {}
+            for p in take:
+                groups.setdefault(id(p.a), (p, []))[1].append(p.i)
+            if any(zone_device_pages_init_would_warn(g[0].a, g[1], k=k) for g in groups.values()):
+                if not out:
+                    return None
+                while len(out) < m and (page := self.alloc_page()) is not None:
+                    out.append(page)
+                return out
+            del self.free[-t:]
+            for first, idx in groups.values():
+                zone_device_pages_init(first.a, idx, k=k)
+                chunk = self.chunk_of_pgmap[id(page_pgmap(first))]
+                chunk.used += len(idx)
+                chunk.last_alloc = chunk.last_access = self.seq
+            self._used += t
+            out += take
+        return out
 
     def alloc_folio(self) -> Page | None:
         """A whole free root chunk as one locked order-9 device folio (the
@@ -1138,7 +1184,7 @@ class GpuVaSpace:
             return
         res.windows += 1
         big: dict[int, int] = {}  # slot -> pages of a compound destination
-        i = 0
+        i = n if self._alloc_and_copy_bulk(args, n) else 0
         while i < n:
             s = int(src[i])
             if s & MIGRATE_PFN_MIGRATE and s & MIGRATE_PFN_COMPOUND:
@@ -1184,6 +1230,53 @@ class GpuVaSpace:
                     PATH_ACCESS_COUNTER if reason == "access-counter" else PATH_TO_DEVICE,
                 )
         migrate_vma_finalize(args)
+
+    def _alloc_and_copy_bulk(self, args, n: int) -> bool:
+        """The destination loop of migrate_to_device for a window of order-0
+        slots, at once: alloc_pages_bulk for the MIGRATE slots in slot
+        order (a slot left without a page, memory full, stays on the CPU as
+        in the loop), the copies per chunk, the dst words. False (nothing
+        done) for a compound slot, a source outside RAM, a short window or
+        a declined allocation."""
+        dev = self.device
+        k = dev.k
+        if not k.fastpath:
+            return False
+        src, dst = args.src, args.dst
+        sv = np.asarray([int(x) for x in src[:n]], dtype=np.uint64)
+        mig = (sv & np.uint64(MIGRATE_PFN_MIGRATE)) != 0
+        if (sv[mig] & np.uint64(MIGRATE_PFN_COMPOUND)).any():
+            return False
+        slots = np.flatnonzero(mig)
+        if len(slots) < 8:
+            return False
+        valid = (sv[slots] & np.uint64(MIGRATE_PFN_VALID)) != 0
+        pfns = migrate_pfn_to_pfn_array(sv[slots])
+        if valid.any() and (
+            (sv[slots][valid] & np.uint64(MIGRATE_PFN_DEVICE_PRIVATE)).any()
+            or int(pfns[valid].max()) >= k.mem.ram.pages.base + k.mem.ram.pages.nr
+        ):
+            return False
+        pages = dev.alloc_pages_bulk(len(slots))
+        if pages is None:
+            return False
+        got = len(pages)
+        rows = np.fromiter((p.i for p in pages), dtype=np.int64, count=got)
+        chunks = [dev.chunk_of_pgmap[id(page_pgmap(p))] for p in pages]
+        cidx = np.fromiter((c.index for c in chunks), dtype=np.int64, count=got)
+        dev._busy.update(cidx.tolist())
+        v, f = valid[:got], pfns[:got]
+        for c in np.unique(cidx).tolist():
+            sel = cidx == c
+            vram = dev.chunks[c].vram
+            if (sel & v).any():
+                vram[rows[sel & v]] = k.mem.ram.frames[f[sel & v]]
+            if (sel & ~v).any():
+                vram[rows[sel & ~v]] = 0  # holes: zeroed pages
+        write = sv[slots] & np.uint64(MIGRATE_PFN_WRITE)
+        for j, page in enumerate(pages):
+            dst[int(slots[j])] = migrate_pfn_from_page(page) | int(write[j])
+        return True
 
     def _alloc_compound(self, args, i: int, big: dict[int, int]) -> int:
         """Destinations for the compound source slot i; the next slot to look at."""

@@ -357,7 +357,50 @@ class _Checker:
                         self._bulk_range(r, pfn[where] - r.base, addr[where], vma_of[where], vmas)
                     ]
                 ] = True
+        leaf = ~present & in_vma
+        if self.device_leaf_bulk and leaf.any():
+            self._device_leaf_bulk(w, np.flatnonzero(leaf), ok)
         return ~(ok | (zero & in_vma))
+
+    #: _pte_bulk also accounts device-private and device-exclusive entries
+    device_leaf_bulk = True
+
+    def _device_leaf_bulk(self, w: np.ndarray, where: np.ndarray, ok: np.ndarray) -> None:
+        """The device-private and device-exclusive entries among w[where]
+        (non-present PTEs inside a vma): account them as `_pte_entry` does
+        (a PTE mapping of the page, a reference and an anon rss page for its
+        folio) and set them in ok. Only entries naming a page of a memory
+        range whose folio is anonymous are taken; series (c)'s device-private
+        offsets and Linux 6.12's device-exclusive entries (no mapping counted)
+        stay per entry, like everything else."""
+        from hmmsim.include.swapops import softleaf_from_pte_array
+
+        k = self.k
+        swp = k.swp
+        sl = softleaf_from_pte_array(w[where])
+        dp = swp.softleaf_is_device_private_array(sl)
+        ex = swp.softleaf_is_device_exclusive_array(sl)
+        take = (ex if k.config.has("c") else dp | ex) & swp.softleaf_has_pfn_array(sl)
+        if k.config.kernel == "6.12":
+            take &= ~ex
+        if not take.any():
+            return
+        where, pfn = where[take], swp.softleaf_to_pfn_array(sl[take])
+        for r in k.mem.ranges:
+            sel = (pfn >= r.base) & (pfn < r.end)
+            if not sel.any():
+                continue
+            i = pfn[sel] - r.base
+            pa = r.pages
+            head = i - pa.head_off[i].astype(np.int64)
+            anon = (pa.mapping[head].astype(np.int64) & FOLIO_MAPPING_ANON) != 0
+            if not anon.any():
+                continue
+            acc = self.bulk.setdefault(id(r), ([], []))
+            acc[0].append(i[anon])
+            acc[1].append(head[anon])
+            self.rss[MM_ANONPAGES] += int(anon.sum())
+            ok[where[sel][anon]] = True
 
     def _bulk_range(
         self, r, i: np.ndarray, addr: np.ndarray, vma_of: np.ndarray, vmas
