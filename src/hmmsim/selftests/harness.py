@@ -734,10 +734,26 @@ class user_ptr:
             raise ValueError("index arrays must be strictly increasing (C loop order)")
         return idx
 
+    @staticmethod
+    def _unit_slice(key) -> tuple[int, int] | None:
+        """(first, count) of a `ptr[a:b]` key with step 1: one run, no index array built."""
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            return None
+        if key.stop is None:
+            raise ValueError("a C pointer has no length: give the slice an end")
+        first = int(key.start or 0)
+        return first, max(0, int(key.stop) - first)
+
     def __getitem__(self, key):
         proc = current_process()
-        idx = self._index(key)
         size = self.dtype.itemsize
+        run = self._unit_slice(key)
+        if run is not None:
+            first, n = run
+            if not n:
+                return np.empty(0, dtype=self.dtype)
+            return proc.load_array(self.addr + first * size, n, self.dtype)
+        idx = self._index(key)
         if isinstance(idx, int):
             return proc.load_array(self.addr + idx * size, 1, self.dtype)[0]
         out = np.empty(idx.size, dtype=self.dtype)
@@ -749,16 +765,38 @@ class user_ptr:
 
     def __setitem__(self, key, values) -> None:
         proc = current_process()
-        idx = self._index(key)
         size = self.dtype.itemsize
+        run = self._unit_slice(key)
+        if run is not None:
+            # `for (i = a; i < b; ++i) ptr[i] = values[i - a]`: one store, ascending
+            first, n = run
+            if n:
+                vals = np.broadcast_to(np.asarray(values), (n,)).astype(self.dtype, copy=False)
+                proc.store_array(self.addr + first * size, vals)
+            return
+        idx = self._index(key)
         if isinstance(idx, int):
             proc.store_array(self.addr + idx * size, np.array([values]).astype(self.dtype))
             return
-        vals = np.broadcast_to(np.asarray(values), idx.shape).astype(self.dtype)
+        vals = np.broadcast_to(np.asarray(values), idx.shape).astype(self.dtype, copy=False)
         pos = 0
         for first, n in self._runs(idx):
             proc.store_array(self.addr + first * size, vals[pos : pos + n])
             pos += n
+
+
+def low_bytes(start: int, stop: int, dtype=np.int32) -> np.ndarray:
+    """The values `i & 0xFF` for i in [start, stop), as `dtype` (the C loop's `int`).
+
+    Built by repeating one 256-element period, without the int64 index
+    array and mask temporaries that `np.arange(start, stop) & 0xFF` makes
+    (hmm-tests.c's benchmark fills up to 256 MiB this way). start >= 0.
+    """
+    if start < 0:
+        raise ValueError("low_bytes: start must be >= 0")
+    n = max(0, stop - start)
+    period = np.roll(np.arange(256, dtype=dtype), -(start & 0xFF))
+    return np.resize(period, n)
 
 
 #: malloc() hands out whole pages (see malloc).

@@ -117,6 +117,7 @@ from hmmsim.selftests.harness import (
     in_child,
     ioctl,
     kill,
+    low_bytes,
     madvise,
     malloc,
     memset,
@@ -2475,10 +2476,12 @@ def run_migration_benchmark(
     if ret:
         return ret
 
-    # Touch every page so that it is allocated.
-    i = ints(buffer_size)
+    # Touch every page so that it is allocated: `ptr[i] = i & 0xFF` for every int
+    # (one ascending store of those values; low_bytes builds them without int64
+    # temporaries, up to 256 MiB here).
+    nints = buffer_size // SIZEOF_INT
     ptr = user_ptr(buffer.ptr)
-    ptr[i] = i & 0xFF
+    ptr[0:nints] = low_bytes(0, nints)
 
     # Warm-up round trip.
     ret = hmm_migrate_sys_to_dev(fd, buffer, npages)
