@@ -1142,6 +1142,8 @@ def _range_pages(k, src_pfns, npages: int, page_at) -> None:
     candidates = fast_md.migrate_device_range_in_use(page_at, npages)
     if candidates is None:
         candidates = range(npages)
+    elif sliceable(src_pfns) and len(src_pfns) >= npages:  # the loop's stores at once
+        src_pfns[:npages] = [0] * npages if isinstance(src_pfns, list) else 0
     else:
         for i in range(npages):
             src_pfns[i] = 0
