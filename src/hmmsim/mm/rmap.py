@@ -342,11 +342,15 @@ def rmap_walk(folio: Page, rwc: rmap_walk_control) -> None:
     try:
         pgoff = int(folio.a.index[folio.i])
         nr = folio_nr_pages(folio)
-        key = lambda v: (v.vm_mm.owner.pid if v.vm_mm.owner else 0, v.vm_start)  # noqa: E731
-        for vma in sorted(vmas, key=key):
+        key = lambda va: (va[0].vm_mm.owner.pid if va[0].vm_mm.owner else 0, va[0].vm_start)  # noqa: E731
+        # the vmas that cover the folio (vma_address), then in walk order
+        hits = []
+        for vma in vmas:
             address = vma_address(vma, pgoff, nr)
-            if address is None:
-                continue
+            if address is not None:
+                hits.append((vma, address))
+        hits.sort(key=key)
+        for vma, address in hits:
             if not rwc.rmap_one(folio, vma, address, rwc.arg):
                 break
             if rwc.done is not None and rwc.done(folio):
