@@ -133,6 +133,15 @@ def pud_offset(mm, addr: int, alloc: bool = False) -> int | None:
 
 def pmd_offset(mm, addr: int, alloc: bool = False) -> int | None:
     """Pointer to the PMD entry for addr, or None if a level is missing."""
+    if not alloc:  # the two reads of pud_offset + _next_level, inline
+        words = mm.k.mem.ram.words
+        e = int(words[mm.pgd, pgd_index(addr)])
+        if not e:
+            return None
+        e = int(words[table_entry_pfn(e), pud_index(addr)])
+        if not e:
+            return None
+        return entry_ptr(table_entry_pfn(e), pmd_index(addr))
     pudp = pud_offset(mm, addr, alloc)
     if pudp is None:
         return None
