@@ -102,3 +102,23 @@ def test_descending_runs_are_slice_copies_not_a_gather():
     copies.flush()
     assert dev.frame_copy_scratch is None
     assert np.array_equal(k.mem.ram.frames[56:96], _kernel().mem.ram.frames[8:48])
+
+
+def test_one_queued_copy_is_that_copy():
+    """A CPU fault's single page (no zero-fill): the frame is copied, nothing else moves."""
+    bulk, ref = _kernel(), _kernel()
+    dev = _Dev(bulk)
+    copies = FrameCopies(dev)
+    copies.copy_pfn(50, 7)
+    copies.flush()
+    frames = ref.mem.ram.frames
+    frames[50] = frames[7]
+    assert np.array_equal(bulk.mem.ram.frames[:NFRAMES], frames[:NFRAMES])
+    assert not copies.to and not copies.frm and not copies.zero
+    assert dev.frame_copy_scratch is None
+    copies.copy_pfn(51, 8)  # the queue is reusable after the flush
+    copies.zero.append(52)
+    copies.flush()
+    frames[51] = frames[8]
+    frames[52] = 0
+    assert np.array_equal(bulk.mem.ram.frames[:NFRAMES], frames[:NFRAMES])

@@ -119,6 +119,11 @@ class FrameCopies:
 
     def flush(self) -> None:
         frames = self.ram.frames
+        if len(self.to) == 1 and not self.zero and isinstance(frames, np.ndarray):
+            # one page (a CPU fault on one device page): one frame copy, no index arrays
+            frames[self.to[0]] = frames[self.frm[0]]
+            self.to, self.frm = [], []
+            return
         if self.to and not isinstance(frames, np.ndarray):  # the token data plane
             frames[np.array(self.to)] = frames[np.array(self.frm)]  # one token gather
         elif self.to:
@@ -477,6 +482,8 @@ def dmirror_devmem_fault_alloc_and_copy_bulk(
     if not k.fastpath or d.flags & HMM_DMIRROR_FLAG_FAIL_ALLOC or not d.mdevice.is_private_zone():
         return 0
     n: int = (args.end - args.start) >> PAGE_SHIFT
+    if n < 8:
+        return 0  # fewer slots than the bulk form takes (a CPU fault on one page)
     src, dst = args.src, args.dst
     sv = slot_words(src, range(n))
     need = np.uint64(MIGRATE_PFN_VALID | MIGRATE_PFN_MIGRATE)
