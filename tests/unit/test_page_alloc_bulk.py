@@ -286,3 +286,165 @@ def test_vmalloc_uncounted_area_is_the_counted_one_counted_late():
     vfree_pages(a, vmalloc_pages(a, size))
     assert not b.driver_refs
     assert _same(_state(a), _state(b))
+
+
+def _whole_state(k: Kernel):
+    """_state plus the per-page buddy orders (checked against the lists) and
+    the allocation migratetypes."""
+    mem = k.mem
+    expect = np.full(len(mem.buddy_orders), -1, dtype=np.int8)
+    for o, fa in enumerate(mem.free_area):
+        expect[sorted(fa)] = o
+    assert np.array_equal(mem.buddy_orders, expect), "buddy_orders disagrees with the lists"
+    return (*_state(k), mem.alloc_mt.copy())
+
+
+def _same_whole(a, b) -> bool:
+    return _same(a, b) and np.array_equal(a[4], b[4])
+
+
+STEPS = st.lists(
+    st.tuples(
+        st.sampled_from(["movable", "unmovable", "free", "free", "block"]),
+        st.integers(1, 1500),
+        st.integers(0, 2**16),
+    ),
+    min_size=1,
+    max_size=10,
+)
+
+
+@settings(max_examples=30, deadline=None)
+@given(steps=STEPS, ram=RAM, fragment=st.booleans())
+def test_bulk_paths_are_the_per_page_paths_step_by_step(steps, ram, fragment):
+    """Random runs of bulk allocations (both pcp migratetypes), bulk frees
+    of random subsets in random order, and single blocks of orders 1-3 and
+    9 allocated and freed in between: after every step the bulk kernel and
+    the per-page kernel (alloc_pages / folio_put of each page) hand out the
+    same PFNs and hold the same free lists, pcp lists, counters and struct
+    pages (mm/page_alloc.c rmqueue_bulk, free_pcppages_bulk,
+    __free_one_page, expand)."""
+    from hmmsim.mm.page_alloc import (
+        GFP_HIGHUSER_MOVABLE,
+        GFP_KERNEL,
+        gfp_migratetype,
+        order_to_pindex,
+    )
+
+    a, b = (
+        _fragmented([(1, 0), (0, 2)] * 20, ram)
+        if fragment
+        else Kernel(ram_bytes=ram, hugetlb_pages=0)
+        for _ in range(2)
+    )
+    held: list[int] = []
+    blocks_a, blocks_b = [], []
+    for kind, n, seed in steps:
+        rng = np.random.default_rng(seed)
+        if kind in ("movable", "unmovable"):
+            gfp = GFP_HIGHUSER_MOVABLE if kind == "movable" else GFP_KERNEL
+            lst = a.mem.pcp.lists[order_to_pindex(0, gfp_migratetype(gfp))]
+            n = min(n, len(lst) + a.mem.nr_free - a.mem.pcp.count)
+            got = a.mem.alloc_pages_order0_bulk(n, gfp)
+            one_by_one = [b.mem.alloc_pages(0, gfp).pfn for _ in range(n)]
+            assert got.tolist() == one_by_one
+            held += one_by_one
+        elif kind == "free" and held:
+            idx = rng.permutation(len(held))[: min(n, len(held))]
+            pfns = np.array(held, dtype=np.int64)[idx]
+            gone = set(pfns.tolist())
+            held = [p for p in held if p not in gone]
+            a.mem.ram.pages._refcount[pfns] = 0
+            a.mem.free_folios_order0(pfns)
+            for pfn in pfns.tolist():
+                folio_put(b.mem.pfn_to_page(pfn))
+        elif kind == "block":
+            order = (1, 2, 3, 9)[seed % 4]
+            if blocks_a and seed % 3 == 0:
+                folio_put(blocks_a.pop())
+                folio_put(blocks_b.pop())
+            else:
+                pa, pb = a.mem.alloc_pages(order), b.mem.alloc_pages(order)
+                assert (pa is None) == (pb is None)
+                if pa is not None:
+                    assert pa.pfn == pb.pfn
+                    blocks_a.append(pa)
+                    blocks_b.append(pb)
+        assert _same_whole(_whole_state(a), _whole_state(b))
+
+
+def _two(ops, ram):
+    return _fragmented(ops, ram), _fragmented(ops, ram)
+
+
+@settings(max_examples=30, deadline=None)
+@given(ops=OPS, ram=RAM, m=st.integers(1, 3000), pre=st.integers(0, 700))
+def test_buddy_take_order0_is_rmqueue_smallest_calls(ops, ram, m, pre):
+    """The refill's take of m pages against m __rmqueue_smallest(0) calls
+    (mm/page_alloc.c, with expand), also stopping inside a split block."""
+    a, b = _two(ops, ram)
+    for k in (a, b):  # pages allocated and freed: blocks of many orders
+        got = [k.mem.alloc_pages(0) for _ in range(pre)]
+        for page in got[::2]:
+            folio_put(page)
+        k.mem.drain_all_pages()
+    m = min(m, a.mem.nr_free - a.mem.pcp.count)
+    took = a.mem._buddy_take_order0(m)
+    calls = [b.mem._rmqueue_smallest(0) for _ in range(m)]
+    assert took == calls
+    assert _same_whole(_whole_state(a), _whole_state(b))
+
+
+@settings(max_examples=30, deadline=None)
+@given(ops=OPS, ram=RAM, n=st.integers(1, 3000), seed=st.integers(0, 2**16))
+def test_merge_many_is_merge_of_each(ops, ram, n, seed):
+    """The drain's merge of many order-0 pages at once against
+    __free_one_page of each in turn (_merge(pfn, 0)), any order of frees."""
+    a, b = _two(ops, ram)
+    n = min(n, a.mem.nr_free - a.mem.pcp.count)
+    pfns = np.array(a.mem._buddy_take_order0(n), dtype=np.int64)
+    assert b.mem._buddy_take_order0(n) == pfns.tolist()
+    pfns = pfns[np.random.default_rng(seed).permutation(n)]
+    a.mem._merge_many(pfns)
+    for pfn in pfns.tolist():
+        b.mem._merge(pfn, 0)
+    assert _same_whole(_whole_state(a), _whole_state(b))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    ram=RAM,
+    lens=st.lists(st.integers(0, 300), min_size=14, max_size=14),
+    pindex=st.integers(0, 13),
+    to_free=st.integers(1, 1200),
+)
+def test_drain_is_free_pcppages_bulk_calls(ram, lens, pindex, to_free):
+    """free_frozen_page_commit's drain against its loop of batch-sized
+    free_pcppages_bulk calls starting at the freed page's list, with pages
+    on any of the 14 lists."""
+    from hmmsim.mm.page_alloc import NR_PCP_LISTS, pindex_to_order
+
+    a, b = Kernel(ram_bytes=ram, hugetlb_pages=0), Kernel(ram_bytes=ram, hugetlb_pages=0)
+    for k in (a, b):  # fake blocks (state only): distinct aligned PFNs per list
+        base = 1 << 12
+        for i in range(NR_PCP_LISTS):
+            order = pindex_to_order(i)
+            n = lens[i] if order < 9 else lens[i] % 3
+            k.mem.pcp.lists[i] = [base + (j << order) for j in range(n)]
+            base += (n + 1) << order
+            k.mem.pcp.count += n << order
+    order = pindex_to_order(pindex)
+    sink_a: list = []
+    a.mem._drain_pcp(to_free, pindex, order, sink_a)
+    sink_b: list = []
+    left = to_free
+    while left > 0 and b.mem.pcp.count > 0:
+        chunk = min(left, b.mem.pcp.batch)
+        b.mem._free_pcppages_bulk(chunk, pindex, sink_b)
+        left -= chunk
+
+    def flat(sink):
+        return [(o, pfn) for o, pfns in sink for pfn in pfns]
+
+    assert flat(sink_a) == flat(sink_b)
+    assert a.mem.pcp.state() == b.mem.pcp.state()

@@ -141,6 +141,8 @@ PAGEBLOCK_NR_PAGES = 1 << HPAGE_PMD_ORDER  # pageblock_order == HPAGE_PMD_ORDER 
 #: whole last-level cache of a one-CPU machine, taken as 2 MiB); only compared
 #: with 3 * batch pages to set PCPF_FREE_HIGH_BATCH (zone_pcp_update_cacheinfo).
 PER_CPU_DATA_SLICE_BYTES = 2 << 20
+#: 0 .. 2^o - 1 per order, for expanding block starts into pages.
+_ARANGE = [np.arange(1 << o, dtype=np.int64) for o in range(HPAGE_PMD_ORDER + 1)]
 
 
 def pcp_allowed_order(order: int) -> bool:
@@ -359,25 +361,39 @@ class FreeArea:
     earlier merges or on the host's set implementation: a seed replays the
     same on any Python. (The per-cpu lists in front of it are LIFO, as in
     the kernel.) A set answers membership; a heap with lazy deletion gives
-    the lowest block.
+    the lowest block. With `orders` (one int8 per RAM page, shared by all
+    orders' lists: the order of the free block starting there, -1 if none;
+    the kernel's buddy_order of a PageBuddy page) membership of many PFNs at
+    once is one array lookup (`has_many`).
     """
 
-    __slots__ = ("_set", "_heap")
+    __slots__ = ("_set", "_heap", "order", "_orders")
 
-    def __init__(self) -> None:
+    def __init__(self, order: int = 0, orders: np.ndarray | None = None) -> None:
         self._set: set[int] = set()
         self._heap: list[int] = []
+        self.order = order
+        self._orders = orders
 
     def add(self, pfn: int) -> None:
         self._set.add(pfn)
         heapq.heappush(self._heap, pfn)
+        if self._orders is not None:
+            self._orders[pfn] = self.order
 
     def discard(self, pfn: int) -> None:
-        self._set.discard(pfn)
-        if len(self._heap) > 2 * len(self._set) + 64:  # drop stale heap entries
-            self._heap = sorted(self._set)
+        s = self._set
+        if pfn not in s:
+            return
+        s.remove(pfn)
+        if self._orders is not None:
+            self._orders[pfn] = -1
+        if len(self._heap) > 2 * len(s) + 64:  # drop stale heap entries
+            self._heap = sorted(s)
 
     def add_many(self, pfns: list[int]) -> None:
+        if not pfns:
+            return
         self._set.update(pfns)
         h = self._heap
         if len(pfns) > 8 + len(h) // 8:
@@ -386,11 +402,29 @@ class FreeArea:
         else:
             for pfn in pfns:
                 heapq.heappush(h, pfn)
+        if self._orders is not None:
+            self._orders[pfns] = self.order
 
     def discard_many(self, pfns: list[int]) -> None:
-        self._set.difference_update(pfns)
-        if len(self._heap) > 2 * len(self._set) + 64:
-            self._heap = sorted(self._set)
+        """Remove blocks that are on this list (all of them must be)."""
+        if not pfns:
+            return
+        s = self._set
+        s.difference_update(pfns)
+        if self._orders is not None:
+            self._orders[pfns] = -1
+        if len(self._heap) > 2 * len(s) + 64:
+            self._heap = sorted(s)
+
+    def has_many(self, pfns: np.ndarray) -> np.ndarray:
+        """Which of `pfns` (RAM PFNs) start a block on this list."""
+        if self._orders is not None:
+            return self._orders[pfns] == self.order
+        s = self._set
+        if not s:
+            return np.zeros(len(pfns), dtype=bool)
+        hits = s.intersection(pfns.tolist())
+        return np.isin(pfns, np.fromiter(hits, dtype=np.int64, count=len(hits)))
 
     def pop(self) -> int:
         """Remove and return the lowest free block (KeyError if none)."""
@@ -399,6 +433,8 @@ class FreeArea:
             pfn = heapq.heappop(h)
             if pfn in s:
                 s.remove(pfn)
+                if self._orders is not None:
+                    self._orders[pfn] = -1
                 return pfn
         raise KeyError("pop from an empty free area")
 
@@ -413,10 +449,17 @@ class FreeArea:
             raise KeyError("pop_lowest: not that many free blocks")
         if t * 4 < len(s):
             return [self.pop() for _ in range(t)]
-        rest = sorted(s)
-        out, rest = rest[:t], rest[t:]
-        s.difference_update(out)
-        self._heap = rest
+        if t == len(s):
+            out = sorted(s)
+            s.clear()
+            self._heap = []
+        else:
+            rest = sorted(s)
+            out, rest = rest[:t], rest[t:]
+            s.difference_update(out)
+            self._heap = rest
+        if self._orders is not None:
+            self._orders[out] = -1
         return out
 
     def __contains__(self, pfn: object) -> bool:
@@ -452,7 +495,12 @@ class PhysMem:
         self.ranges: list[MemRange] = [self.ram]
         self._bases: list[int] = [0]
         #: free_area[order]: the start PFNs of free blocks of that order (RAM only).
-        self.free_area: list[FreeArea] = [FreeArea() for _ in range(MAX_ORDER_MODELLED + 1)]
+        #: The order of the free buddy block starting at each RAM page, -1 if
+        #: none (kept by the FreeAreas; the kernel's buddy_order of PageBuddy).
+        self.buddy_orders = np.full(nr_ram_pages, -1, dtype=np.int8)
+        self.free_area: list[FreeArea] = [
+            FreeArea(o, self.buddy_orders) for o in range(MAX_ORDER_MODELLED + 1)
+        ]
         self.nr_free = 0
         #: The migratetype each RAM page was last allocated with (every page of
         #: a block): a free goes to that pcp list. The kernel reads the
@@ -703,45 +751,48 @@ class PhysMem:
     def _buddy_take_order0(self, m: int) -> list[int]:
         """m __rmqueue_smallest(0) calls, in order (the buddy holds >= m pages).
 
-        The free-list steps are the same as m calls would take, so the lists
-        and the PFNs handed out are identical.
+        One call takes the lowest order-0 block, else splits the lowest block
+        of the smallest order that has one (expand: the upper halves go back
+        one order each) and hands out its first page, and the next calls then
+        take the split-off halves in address order, so every block of order o
+        is handed out whole, in address order, before any of order o + 1 is
+        touched. So m calls take: every order-0 block ascending, then every
+        order-1 block ascending, and so on, and the last block they reach,
+        if they stop inside it after k pages, is left as expand leaves it:
+        its pages from k on as the aligned blocks that cover them, smallest
+        first. The free lists and the PFNs handed out are those of the m calls.
         """
         area = self.free_area
-        area0 = area[0]
-        pop0 = area0.pop
         out: list[int] = []
-        append = out.append
         left = m
-        while left:
-            n0 = len(area0)
-            if n0 > 8:  # the next pops all come straight off the order-0 list
-                take = min(n0, left)
-                out += area0.pop_lowest(take)
-                left -= take
+        for o in range(MAX_ORDER_MODELLED + 1):
+            fa = area[o]
+            if not fa:
                 continue
-            if n0:
-                append(pop0())
-                left -= 1
-                continue
-            o = 1
-            while not area[o]:  # the buddy holds >= left pages: some block is free
-                o += 1
-            whole = min(len(area[o]), left >> o)
+            whole = min(len(fa), left >> o)
             if whole:
-                # Orders below o are all empty, so one call per page would
-                # split the lowest block and hand out all of it in address
-                # order, leaving those orders empty again, then the next
-                # lowest: take those `whole` blocks at once.
-                firsts = np.asarray(area[o].pop_lowest(whole), dtype=np.int64)
-                out += (firsts[:, None] + np.arange(1 << o)).ravel().tolist()
+                firsts = fa.pop_lowest(whole)
+                if o == 0:
+                    out += firsts
+                elif whole << o < 64:
+                    n = 1 << o
+                    out += [f + i for f in firsts for i in range(n)]
+                else:
+                    out += (
+                        (np.asarray(firsts, dtype=np.int64)[:, None] + _ARANGE[o]).ravel().tolist()
+                    )
                 left -= whole << o
-                continue
-            pfn = area[o].pop()
-            while o > 0:  # expand(): the upper halves go back
-                o -= 1
-                area[o].add(pfn + (1 << o))
-            append(pfn)
-            left -= 1
+            if not left:
+                break
+            if fa:  # left < 1 << o: the calls stop inside the lowest block left
+                first = fa.pop()
+                out += range(first, first + left)
+                x, end = left, 1 << o
+                while x < end:  # what expand and the calls after it leave free
+                    j = (x & -x).bit_length() - 1
+                    area[j].add(first + x)
+                    x += 1 << j
+                break
         return out
 
     def alloc_pages_order0_bulk(
@@ -775,17 +826,28 @@ class PhysMem:
         pcp.count -= take
         self.nr_free -= take  # kept current: the buddy's share is nr_free - pcp.count
         left = m - take
-        while left:
-            got = self._rmqueue_bulk(0, self._nr_pcp_alloc(0))  # the buddy is not empty
-            pcp.count += len(got)
-            use = min(left, len(got))
-            out += got[:use]
-            rest = got[use:]
+        if left:
+            # The refills' sizes (nr_pcp_alloc) depend on the pcp counters
+            # only, never on which pages come, and every refill but the last
+            # is used up before the next: size them all first, then take
+            # their pages from the buddy in one go (consecutive
+            # __rmqueue_smallest calls are the same calls however grouped).
+            buddy = self.nr_free - pcp.count  # the buddy holds >= left pages
+            need, total = left, 0
+            while need:
+                n = min(self._nr_pcp_alloc(0), buddy - total)  # rmqueue_bulk's count
+                use = min(need, n)
+                pcp.count += n - use
+                need -= use
+                total += n
+            got = self._buddy_take_order0(total)
+            p = self.ram.pages
+            p.flags[got] = 0  # rmqueue_bulk: no longer PageBuddy
+            out += got[:left]
+            rest = got[left:]
             rest.reverse()
             lst.extend(rest)
-            pcp.count -= use
-            self.nr_free -= use
-            left -= use
+            self.nr_free -= left
         if shift_free_count:
             pcp.free_count >>= m
         pfns = np.asarray(out, dtype=np.int64)
@@ -917,7 +979,22 @@ class PhysMem:
         high = self._nr_pcp_high(batch, free_high)
         if pcp.count < high:
             return
-        to_free = self._nr_pcp_free(batch, high, free_high)
+        self._drain_pcp(self._nr_pcp_free(batch, high, free_high), pindex, order, sink)
+
+    def _drain_pcp(self, to_free: int, pindex: int, order: int, sink: list) -> None:
+        """free_frozen_page_commit's drain: free_pcppages_bulk calls of at
+        most `batch` pages, each starting at `pindex`, until to_free pages
+        are gone (or the lists are empty)."""
+        pcp = self.pcp
+        lst = pcp.lists[pindex]
+        if not order and len(lst) >= to_free:
+            # Every call starts at this list and finds enough on it:
+            # together they take its to_free oldest pages.
+            sink.append((0, lst[:to_free]))
+            del lst[:to_free]
+            pcp.count -= to_free
+            return
+        batch = pcp.batch
         while to_free > 0 and pcp.count > 0:
             chunk = min(to_free, batch)
             self._free_pcppages_bulk(chunk, pindex, sink)
@@ -1097,21 +1174,27 @@ class PhysMem:
         fa = self.free_area
         cur = np.sort(pfns)  # distinct: the caller checked
         for o in range(MAX_ORDER_MODELLED):
-            if not len(cur):
+            n = len(cur)
+            if not n:
                 return
             bit = 1 << o
-            buddy = cur ^ bit
-            at = np.searchsorted(cur, buddy)  # cur is sorted and unique
-            in_cur = cur[np.minimum(at, len(cur) - 1)] == buddy
-            hits = fa[o]._set.intersection(buddy.tolist()) if fa[o] else ()
-            if hits:
-                in_free = np.isin(buddy, np.fromiter(hits, dtype=np.int64, count=len(hits)))
-            else:
-                in_free = np.zeros(len(cur), dtype=bool)
-            fa[o].add_many(cur[~(in_cur | in_free)].tolist())
-            fa[o].discard_many(buddy[in_free].tolist())
-            cur = np.concatenate((cur[in_cur & (cur < buddy)], cur[in_free])) & ~np.int64(bit)
-            cur.sort()
+            # cur holds sorted order-o block starts, so two buddies that are
+            # both new sit next to each other (nothing aligned lies between).
+            pair = np.zeros(n, dtype=bool)
+            pair[:-1] = (cur[1:] - cur[:-1] == bit) & ((cur[:-1] & bit) == 0)
+            keep = pair.copy()  # the lower one of each pair goes on up
+            pair[1:] |= keep[:-1]
+            alone = np.flatnonzero(~pair)
+            if len(alone):
+                single = cur[alone]
+                in_free = fa[o].has_many(single ^ bit)
+                fa[o].add_many(single[~in_free].tolist())
+                if in_free.any():
+                    fa[o].discard_many((single[in_free] ^ bit).tolist())
+                    keep[alone[in_free]] = True
+            # x -> x & ~bit keeps sorted order on aligned starts, and each
+            # pair is now one parent start: cur stays sorted and distinct.
+            cur = cur[keep] & ~np.int64(bit)
         if len(cur):
             fa[MAX_ORDER_MODELLED].add_many(cur.tolist())
 
