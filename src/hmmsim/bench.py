@@ -10,6 +10,15 @@ whole unpopulated range); and fork + exit of a populated range. It reports media
 min and max time, GB/s, and each median's ratio to the copy bound of the
 same size measured in the same run; plus the model's metadata bytes per
 modelled 4 KiB page.
+
+The migration rows' bound is measured again around every repetition (a copy
+of the same size before the first and after each one), and their `vs_copy`
+is the median of the per-repetition ratios, each repetition against the mean
+of the copies just before and after it: on a shared host the copy's speed
+drifts with the load, and a ratio against a bound measured once, minutes
+earlier, drifts with it. `copy_s` is the median of those interleaved bounds
+and `vs_copy_once` the ratio against the once-measured bound (the older
+definition); both are None in the other rows.
 """
 
 from __future__ import annotations
@@ -69,6 +78,11 @@ class Row:
     gbps: float
     vs_copy: float
     pages_per_s: float
+    #: migration rows: the median of the copy bounds interleaved with the
+    #: repetitions (else None)
+    copy_s: float | None = None
+    #: migration rows: median / (copies x the once-measured bound) (else None)
+    vs_copy_once: float | None = None
 
 
 def sizes_up_to(limit: int) -> list[int]:
@@ -135,9 +149,24 @@ class Bench:
         self.add("numpy copy (bound)", size, times)
         return self.copy_bound[size]
 
-    def add(self, op: str, size: int, times: list[float], copies: int = 1) -> Row:
+    def add(
+        self,
+        op: str,
+        size: int,
+        times: list[float],
+        copies: int = 1,
+        bounds: list[float] | None = None,
+    ) -> Row:
+        """A row; with `bounds` (one copy bound per repetition, measured
+        around it) vs_copy is the median of the per-repetition ratios."""
         med = statistics.median(times)
         bound = self.copy_bound.get(size) or 1e-12
+        vs_once = med / (copies * bound)
+        extra = {}
+        if bounds is not None:
+            ratios = [t / (copies * b) for t, b in zip(times, bounds, strict=True)]
+            extra = {"copy_s": statistics.median(bounds), "vs_copy_once": vs_once}
+            vs_once = statistics.median(ratios)
         row = Row(
             op=op,
             size=size,
@@ -145,8 +174,9 @@ class Bench:
             min_s=min(times),
             max_s=max(times),
             gbps=size / med / 1e9 if med else 0.0,
-            vs_copy=med / (copies * bound),
+            vs_copy=vs_once,
             pages_per_s=(size // PAGE_SIZE) / med if med else 0.0,
+            **extra,
         )
         self.rows.append(row)
         return row
@@ -164,7 +194,16 @@ class Bench:
         a = self.buffer(size, thp)
         mirror = np.zeros(size // 4, dtype=np.int32)
         kind = "THP" if thp else "4K"
-        to_dev, to_sys = [], []
+        src = np.ones(size, dtype=np.uint8)
+        dst = np.empty_like(src)
+        np.copyto(dst, src)  # untimed: dst's host pages are touched once
+
+        def copy_s() -> float:
+            t0 = time.perf_counter()
+            np.copyto(dst, src)
+            return time.perf_counter() - t0
+
+        to_dev, to_sys, copies = [], [], [copy_s()]
         for _ in range(self.repeat):
             t0 = time.perf_counter()
             self.ioctl(HMM_DMIRROR_MIGRATE_TO_DEV, a, size, mirror)
@@ -173,13 +212,17 @@ class Bench:
             t2 = time.perf_counter()
             to_dev.append(t1 - t0)
             to_sys.append(t2 - t1)
-        self.add(f"migrate to device ({kind})", size, to_dev)
-        self.add(f"migrate to system ({kind})", size, to_sys)
+            copies.append(copy_s())
+        # each repetition against the copies right before and after it
+        bounds = [(x + y) / 2 for x, y in zip(copies[:-1], copies[1:], strict=True)]
+        self.add(f"migrate to device ({kind})", size, to_dev, bounds=bounds)
+        self.add(f"migrate to system ({kind})", size, to_sys, bounds=bounds)
         self.add(
             f"round trip ({kind})",
             size,
             [x + y for x, y in zip(to_dev, to_sys, strict=True)],
             copies=2,
+            bounds=bounds,
         )
         self.p.munmap(a, size)
 
