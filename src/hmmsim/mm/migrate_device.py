@@ -69,7 +69,12 @@ from hmmsim.include.mm_types import (
     page_folio,
     vma_is_anonymous,
 )
-from hmmsim.include.mmu_notifier import MMU_NOTIFY_CLEAR, MMU_NOTIFY_MIGRATE
+from hmmsim.include.mmu_notifier import (
+    MMU_NOTIFIER_RANGE_BLOCKABLE,
+    MMU_NOTIFY_CLEAR,
+    MMU_NOTIFY_MIGRATE,
+    mmu_notifier_range,
+)
 from hmmsim.include.pgtable import (
     pfn_pte,
     pmd_leaf,
@@ -117,7 +122,11 @@ from hmmsim.mm.migrate import (
     migration_pte_restored,
     remove_migration_ptes,
 )
-from hmmsim.mm.mmu_notifier import notify_range
+from hmmsim.mm.mmu_notifier import (
+    mmu_notifier_invalidate_range_end,
+    mmu_notifier_invalidate_range_start,
+    notify_range,
+)
 from hmmsim.mm.pagewalk import mm_walk_ops, walk_page_range
 from hmmsim.mm.pgtable import (
     pmd_lockptr,
@@ -578,10 +587,20 @@ def migrate_vma_collect(migrate) -> None:
     """Walk [start, end) under one MMU_NOTIFY_MIGRATE notification (owner = pgmap_owner)."""
     mm = migrate.vma.vm_mm
     ops = mm_walk_ops(pmd_entry=migrate_vma_collect_pmd, pte_hole=migrate_vma_collect_hole)
-    with notify_range(
-        mm, MMU_NOTIFY_MIGRATE, migrate.start, migrate.end, owner=migrate.pgmap_owner, flags=0
-    ):
+    # notify_range's start/end without its generator (one per CPU fault on a device page)
+    r = mmu_notifier_range(
+        mm=mm,
+        start=migrate.start,
+        end=migrate.end,
+        flags=MMU_NOTIFIER_RANGE_BLOCKABLE,
+        event=MMU_NOTIFY_MIGRATE,
+        owner=migrate.pgmap_owner,
+    )
+    hit = mmu_notifier_invalidate_range_start(r)
+    try:
         walk_page_range(mm, migrate.start, migrate.end, ops, migrate)
+    finally:
+        mmu_notifier_invalidate_range_end(r, hit)
     migrate.end = migrate.start + (migrate.npages << PAGE_SHIFT)
 
 
