@@ -35,10 +35,10 @@ from hmmsim.include.migrate import MIGRATE_PFN_COMPOUND, MIGRATE_PFN_MIGRATE, MI
 from hmmsim.include.mm import GUP_PIN_COUNTING_BIAS
 from hmmsim.include.mm_types import (
     FOLIO_MAPPING_ANON,
+    PageArrays,
     PG_anon_exclusive,
     PG_head,
     PG_locked,
-    PageArrays,
     vma_pages,
 )
 from hmmsim.include.pgtable import (
