@@ -11,6 +11,8 @@ Checked:
 - no lock is held (the checker runs between syscalls);
 - every free RAM page carries PGTY_buddy (or, on a pcp list, not), refcount
   0, mapcount -1, and PhysMem.nr_free matches the buddy and pcp lists;
+- PhysMem.buddy_orders names the order at each free buddy block's head
+  page and -1 everywhere else;
 - every entry decodes: present entries name an allocated page (never a
   free one), software leaf entries have a known type and name a page;
 - vmas are sorted, disjoint, page aligned, and no entry maps outside a vma;
@@ -175,6 +177,40 @@ class _Checker:
             self.bad("a free page has a reference or a mapping")
         if len(pcp) and ((p._refcount[pcp] != 0).any() or (p._mapcount[pcp] != -1).any()):
             self.bad("a pcp page has a reference or a mapping")
+        self.check_buddy_orders(mem, p.nr)
+
+    #: At most this many pages are named when PhysMem.buddy_orders disagrees.
+    BUDDY_ORDER_SHOWN = 8
+
+    def check_buddy_orders(self, mem, nr: int) -> None:
+        """PhysMem.buddy_orders against the free lists, as arrays: the head
+        page of each free buddy block carries the block's order (the
+        kernel's buddy_order of a PageBuddy head, set by set_buddy_order in
+        mm/page_alloc.c), every other RAM page -1. Mismatches are named in
+        PFN order (the first BUDDY_ORDER_SHOWN, then a count). Blocks outside
+        RAM are left to check_buddy's coverage report; a head on two lists
+        expects the higher order (the overlap is reported there too)."""
+        got = getattr(mem, "buddy_orders", None)
+        if not isinstance(got, np.ndarray) or got.shape != (nr,):
+            shape = None if got is None else getattr(got, "shape", type(got).__name__)
+            self.bad(f"buddy_orders is {shape}, not one order per RAM page ({nr})")
+            return
+        want = np.full(nr, -1, dtype=np.int16)
+        for order, blocks in enumerate(mem.free_area):
+            if blocks:
+                b = np.fromiter(blocks, dtype=np.int64)
+                want[b[(b >= 0) & (b < nr)]] = order
+        off = np.nonzero(got.astype(np.int16) != want)[0]
+        for pfn in off[: self.BUDDY_ORDER_SHOWN].tolist():
+            w, g = int(want[pfn]), int(got[pfn])
+            if w < 0:
+                self.bad(f"pfn {pfn:#x}: buddy_orders {g} but no free block starts there")
+            elif g < 0:
+                self.bad(f"pfn {pfn:#x}: free block of order {w} but buddy_orders -1")
+            else:
+                self.bad(f"pfn {pfn:#x}: free block of order {w} but buddy_orders {g}")
+        if len(off) > self.BUDDY_ORDER_SHOWN:
+            self.bad(f"buddy_orders disagrees with the free lists at {len(off)} pages")
 
     def _free_lists_mask_slow(self, mem, nr: int) -> np.ndarray:
         """The pages on the buddy lists, block by block: misaligned and
