@@ -806,6 +806,7 @@ class Process:
         pos = 0
         n = buf.size
         bulk_at = 0  # the next position worth offering to the bulk fault path
+        huge_at = 0  # the next position worth checking for a huge mapping
         while pos < n:
             a = addr + pos
             off = a & (PAGE_SIZE - 1)
@@ -824,6 +825,12 @@ class Process:
             frame = self.k.mem.frame(self.page_for(a, write=True))
             frame[off : off + chunk] = buf[pos : pos + chunk]
             pos += chunk
+            if pos < n and pos >= huge_at and self.k.fastpath:
+                done = self._store_huge_run(a, buf[pos:])
+                if done:
+                    pos += done
+                else:  # not a huge mapping: look again at the next PMD
+                    huge_at = pos + ((PMD_SIZE - ((addr + pos) & (PMD_SIZE - 1))) & (PMD_SIZE - 1))
 
     def _store_first_touch_bulk(self, a: int, buf: np.ndarray) -> tuple[int, int]:
         """The whole pages of buf stored from page-aligned a on, while they
@@ -850,6 +857,38 @@ class Process:
         done = len(pfns) << PAGE_SHIFT
         self.k.mem.ram.frames[pfns] = buf[:done].reshape(len(pfns), PAGE_SIZE)
         return done, 0
+
+    def _store_huge_run(self, prev: int, rest: np.ndarray) -> int:
+        """After a store to the page at prev: when a writable huge PMD maps
+        it, already accessed and dirty (the store's translation made it so),
+        the rest of that PMD's bytes of rest are stored in one copy. The
+        per-page loop would translate each of those pages through the same
+        PMD and change nothing (no fault, no PMD update), so the state is
+        the same. Returns the bytes stored (0: not such a mapping, nothing
+        done). Not a kernel function (issue 16)."""
+        mm = self.mm
+        pmdp = pmd_offset(mm, prev)
+        if pmdp is None:
+            return 0
+        pmd = pmdp_get(self.k, pmdp)
+        need = _PAGE_PRESENT | _PAGE_PSE | _PAGE_USER | _PAGE_RW | _PAGE_ACCESSED | _PAGE_DIRTY
+        if pmd & need != need:
+            return 0
+        start = (prev | (PAGE_SIZE - 1)) + 1  # the next page: where rest begins
+        if (start ^ prev) & ~(PMD_SIZE - 1):
+            return 0  # rest begins in the next PMD
+        nbytes = min(rest.size, PMD_SIZE - (start & (PMD_SIZE - 1)))
+        pfn = pmd_pfn(pmd) + ((start & (PMD_SIZE - 1)) >> PAGE_SHIFT)
+        npages = (nbytes + PAGE_SIZE - 1) >> PAGE_SHIFT
+        r = self.k.mem.range_of(pfn)
+        frames = None if r is None else r.frames
+        if not isinstance(frames, np.ndarray) or pfn + npages > r.end:
+            return 0  # the token data plane, or not one range: page by page
+        view = frames[pfn - r.base : pfn - r.base + npages]
+        if not view.flags.c_contiguous:
+            return 0
+        view.reshape(-1)[:nbytes] = rest[:nbytes]
+        return nbytes
 
     def load_array(self, addr: int, count: int, dtype=np.int32) -> np.ndarray:
         """Read `count` elements of dtype at addr (e.g. an int buffer)."""

@@ -4,7 +4,8 @@ what the per-entry code gives.
 The same worlds as tests/unit/test_fastpath_differential.py (one kernel with
 `Kernel.fastpath` on, one with it off), compared with its whole-machine
 state after every step: stores spanning unpopulated, partially populated,
-THP-eligible (MADV_HUGEPAGE) and several vmas' anonymous pages; fork of
+THP-eligible (MADV_HUGEPAGE) and several vmas' anonymous pages, stores
+filling THPs (Process.store's huge-PMD runs); fork of
 populated, zero-page, read-only, device-private and THP ranges; the
 child's exit; munmap. (The model has no swap device, so no swap entries.)
 """
@@ -21,7 +22,7 @@ import hmmsim.fast.memory as fast_mem
 from hmmsim.include.mman import MADV_HUGEPAGE, MADV_NOHUGEPAGE, PROT_READ
 from hmmsim.kconfig import PAGE_SIZE, PMD_SIZE
 from hmmsim.testing.invariants import check_invariants
-from hmmsim.userspace import SegmentationFault
+from hmmsim.userspace import Process, SegmentationFault
 
 
 @pytest.fixture
@@ -47,6 +48,15 @@ def ran(monkeypatch):
     counting(fast_mem, "do_anonymous_pages", "fault")
     counting(fast_mem, "copy_pte_range", "copy")
     counting(fast_mem, "zap_pte_range", "zap")
+    taken["huge"] = 0
+    real_huge = Process._store_huge_run
+
+    def huge_spy(self, prev, rest):
+        done = real_huge(self, prev, rest)
+        taken["huge"] += done > 0
+        return done
+
+    monkeypatch.setattr(Process, "_store_huge_run", huge_spy)
     return taken
 
 
@@ -155,3 +165,40 @@ def test_fork_and_exit_match(seed, cfg, ran):
     assert_same(fast, slow, "second child's exit: the last references")
     check_invariants(fast.k)
     assert ran["copy"] > 0 and ran["zap"] > 0 and ran["fault"] > 0, ran
+
+
+@pytest.mark.parametrize("cfg", sorted(CONFIGS))
+@pytest.mark.parametrize("seed", [5, 6])
+def test_thp_fill_matches(seed, cfg, ran):
+    """Stores over a MADV_HUGEPAGE vma of three PMDs, one of them holding
+    the huge zero page (read first), one with a PTE table: after each
+    store's first fault per PMD the rest of a THP is one copy in the fast
+    world, page by page in the other; same state, and the bytes read back."""
+    fast, slow = pair(seed, cfg, fork=False, common=0.9)
+    rng = random.Random(seed)
+    span = 3 * PMD_SIZE
+    bufs = []
+    for w in (fast, slow):
+        p = w.p
+        b = p.mmap(0, span + PMD_SIZE, RW, ANON)
+        b = (b + PMD_SIZE - 1) & ~(PMD_SIZE - 1)
+        p.madvise(b, span, MADV_HUGEPAGE)
+        p.load(b + PMD_SIZE + 7 * PAGE_SIZE, 1)  # the huge zero page
+        p.madvise(b + 2 * PMD_SIZE, PMD_SIZE, MADV_NOHUGEPAGE)
+        p.store(b + 2 * PMD_SIZE + 3 * PAGE_SIZE, b"\x5a")  # a PTE table
+        p.madvise(b + 2 * PMD_SIZE, PMD_SIZE, MADV_HUGEPAGE)
+        bufs.append(b)
+    assert bufs[0] == bufs[1]
+    b = bufs[0]
+    assert_same(fast, slow, "setup")
+    # unaligned start, a partial last page; then over the THPs again
+    for start, n in ((b + 3 * PAGE_SIZE + 5, span - 4 * PAGE_SIZE - 11), (b + 9, PMD_SIZE)):
+        data = rng.randbytes(n)
+        assert _store(fast, start, data) is None and _store(slow, start, data) is None
+        assert_same(fast, slow, f"store at {start - b:#x}")
+        assert fast.p.load(start, n) == data
+    check_invariants(fast.k)
+    for w in (fast, slow):
+        w.p.munmap(b, span)
+    assert_same(fast, slow, "munmap")
+    assert ran["huge"] >= 3, ran
