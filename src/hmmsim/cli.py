@@ -23,8 +23,10 @@ from hmmsim.cli_options import (
     check_host_memory,
     config_json,
     conflict_option,
+    data_plane_option,
     guarded_main,
     kernel_host_bytes,
+    page_host_bytes,
 )
 from hmmsim.cli_options import feature_option as _feature_option
 from hmmsim.kconfig import KERNEL_COMMIT, KERNEL_TAG, KERNEL_TREE, KERNELS, SERIES, KConfig
@@ -54,9 +56,11 @@ def _make_config(
     """The KConfig of a command: series (d) (merged at the pin; `--feature
     no-d` removes it) plus `features`, for the `kernel` profile. A series the
     profile lacks, (c)+(e) without a conflict resolution, or a --ram the host
-    cannot hold is a usage error (one line)."""
+    cannot hold is a usage error (one line); the host memory is counted for
+    the KConfig.data_plane in `fields`."""
     ram_bytes = _parse_size(ram)
-    check_host_memory(kernel_host_bytes(ram_bytes), f"--ram {ram}")
+    plane = fields.get("data_plane", "bytes")
+    check_host_memory(kernel_host_bytes(ram_bytes, plane), f"--ram {ram}")
     return build_config(features, kernel, conflict_resolution, ram_bytes=ram_bytes, **fields)
 
 
@@ -108,20 +112,22 @@ def main() -> None:
 @conflict_option
 @ram_option
 @kernel_option
+@data_plane_option()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def info(
     features: tuple[str, ...],
     conflict_resolution: str | None,
     ram: str,
     kernel: str,
+    data_plane: str,
     as_json: bool,
 ) -> None:
-    """Show the pinned kernel, the seed-series switches and memory sizes."""
+    """Show the pinned kernel, the seed-series switches, the data plane and memory sizes."""
     import time
 
     from hmmsim.kernel import Kernel
 
-    cfg = _make_config(features, ram, kernel, conflict_resolution)
+    cfg = _make_config(features, ram, kernel, conflict_resolution, data_plane=data_plane)
     t0 = time.perf_counter()
     k = Kernel(cfg)
     boot = time.perf_counter() - t0
@@ -140,6 +146,9 @@ def info(
         "bits_per_long": cfg.bits_per_long,
         "memory": mem,
         "metadata_bytes_per_page": mem["struct_page_bytes"],
+        "data_plane": cfg.data_plane,
+        "host_bytes_per_page": page_host_bytes(cfg.data_plane),
+        "host_bytes": kernel_host_bytes(mem["ram_bytes"], cfg.data_plane),
         "kernel_create_seconds": round(boot, 4),
         "thp_enabled": k.thp_enabled,
     }
@@ -161,6 +170,11 @@ def info(
     click.echo(
         f"metadata   {mem['struct_page_bytes']} bytes per 4 KiB page "
         f"({mem['metadata_bytes'] >> 20} MiB in all; the kernel's struct page is 64)"
+    )
+    per_page = page_host_bytes(cfg.data_plane)
+    click.echo(
+        f"data plane {cfg.data_plane}: at most {per_page} host bytes per page "
+        f"({kernel_host_bytes(mem['ram_bytes'], cfg.data_plane) >> 20} MiB for this RAM)"
     )
     click.echo(f"hugetlb    {mem['hugetlb_pages']} x 2 MiB pages ({mem['hugetlb_free']} free)")
     click.echo(f"THP        enabled=[{k.thp_enabled}]")

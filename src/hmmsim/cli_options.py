@@ -147,6 +147,24 @@ _pvmw_form_option = click.option(
 )
 
 
+#: The KConfig.data_plane values (hmmsim.data_plane.DATA_PLANES; spelled
+#: out here so that building the CLI does not import NumPy).
+DATA_PLANES = ("bytes", "tokens")
+
+
+def data_plane_option(help_text: str | None = None):
+    """--data-plane bytes|tokens: KConfig.data_plane (hmmsim.data_plane)."""
+    return click.option(
+        "--data-plane",
+        type=click.Choice(DATA_PLANES),
+        default="bytes",
+        show_default=True,
+        help=help_text
+        or "Page contents: 4096 bytes per page, or one 64-bit token per page (stores keep to "
+        "a page's first 8 bytes; hmmsim.data_plane).",
+    )
+
+
 def conflict_option(f):
     """--conflict-resolution and --pvmw-form: the sub-switches of the seed
     series, on every command that builds a kernel. build_config reads
@@ -262,13 +280,22 @@ def host_memory_available() -> int | None:
     return avail if room is None else min(avail, room)
 
 
-def kernel_host_bytes(ram_bytes: int) -> int:
-    """Host memory a Kernel with `ram_bytes` of modelled RAM may come to use:
-    the frames themselves (allocated lazily, but a run can touch all of them)
-    and the per-page metadata arrays."""
+def page_host_bytes(data_plane: str = "bytes") -> int:
+    """Host bytes one modelled 4 KiB page may come to use: its contents
+    (4096 bytes, or one 8-byte token with the token data plane,
+    hmmsim.data_plane) and its struct page arrays."""
+    from hmmsim.data_plane import TOKEN_BYTES
     from hmmsim.include.mm_types import STRUCT_PAGE_BYTES
+    from hmmsim.kconfig import PAGE_SIZE
 
-    return ram_bytes + (ram_bytes >> 12) * STRUCT_PAGE_BYTES
+    return (TOKEN_BYTES if data_plane == "tokens" else PAGE_SIZE) + STRUCT_PAGE_BYTES
+
+
+def kernel_host_bytes(ram_bytes: int, data_plane: str = "bytes") -> int:
+    """Host memory a Kernel with `ram_bytes` of modelled RAM may come to use:
+    the frames (or tokens) themselves (allocated lazily, but a run can touch
+    all of them) and the per-page metadata arrays."""
+    return (ram_bytes >> 12) * page_host_bytes(data_plane)
 
 
 def _gib(n: int) -> str:

@@ -6,7 +6,14 @@ import json
 
 import click
 
-from hmmsim.cli_options import build_config, check_host_memory, conflict_option, feature_option
+from hmmsim.cli_options import (
+    build_config,
+    check_host_memory,
+    conflict_option,
+    data_plane_option,
+    feature_option,
+    kernel_host_bytes,
+)
 
 
 def _list_text() -> str:
@@ -101,13 +108,9 @@ def _human(m: dict) -> str:
     "--check-invariants", is_flag=True, help="Run the invariant checker after every fault batch."
 )
 @click.option("--list", "list_", is_flag=True, help="List workloads, policies, interconnects.")
-@click.option(
-    "--data-plane",
-    type=click.Choice(["bytes", "tokens"]),
-    default="bytes",
-    show_default=True,
-    help="Page contents: 4096 bytes per page, or one 64-bit token per page (8 bytes of host "
-    "memory; the simulator's writes fit in it), for footprints beyond host memory.",
+@data_plane_option(
+    "Page contents: 4096 bytes per page, or one 64-bit token per page (8 bytes of host "
+    "memory; the simulator's writes fit in it), for footprints beyond host memory."
 )
 @feature_option()
 @conflict_option
@@ -178,10 +181,7 @@ def sim_command(
     ram = modelled_ram_bytes(wl, touched)
     dev_need = min(dev_bytes or wl.footprint, len(touched) * 4096)
     if data_plane == "tokens":  # a token and a struct page per page, the page tables' words
-        from hmmsim.include.mm_types import STRUCT_PAGE_BYTES
-
-        pages = (ram + dev_need) >> 12
-        need = pages * (8 + STRUCT_PAGE_BYTES) + ram // 256 + (64 << 20)
+        need = kernel_host_bytes(ram + dev_need, "tokens") + ram // 256 + (64 << 20)
     else:
         need = ram + ram // 4 + dev_need + (64 << 20)
     check_host_memory(need, f"workload {workload}")

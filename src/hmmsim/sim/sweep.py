@@ -15,7 +15,10 @@ docs/examples/sweep-grid.toml)::
     interconnect = ["pcie4", "pcie5"]
     oversub = [1.0, 1.5]            # a workload parameter: appended to each spec
     device_mem = ["16M"]            # device memory (overrides oversub's sizing)
+    data_plane = ["bytes", "tokens"]  # KConfig.data_plane (as `hmmsim sim --data-plane`)
 
+A top-level ``data_plane = "tokens"`` sets every point's page contents
+(hmmsim.data_plane; default "bytes"); as a ``[grid]`` axis it varies them.
 A ``[grid]`` key that names a cost-model parameter (``SimParams``) sets it,
 ``device_mem`` sets the device memory, and any other key is appended to
 every workload spec as ``key=value`` (so it must be a parameter of each
@@ -45,7 +48,18 @@ from dataclasses import dataclass, field, fields
 from hmmsim.sim.engine import Metrics
 
 #: Top-level keys a grid file may have.
-GRID_KEYS = ("workloads", "policies", "seeds", "features", "params", "grid", "plot_metric")
+GRID_KEYS = (
+    "workloads",
+    "policies",
+    "seeds",
+    "features",
+    "data_plane",
+    "params",
+    "grid",
+    "plot_metric",
+)
+#: The KConfig.data_plane values a grid may name (hmmsim.data_plane.DATA_PLANES).
+DATA_PLANES = ("bytes", "tokens")
 #: The metric the summary plot shows unless the grid says ``plot_metric``.
 DEFAULT_PLOT_METRIC = "sim_time_s"
 METRIC_FIELDS = [f.name for f in fields(Metrics)]
@@ -61,6 +75,9 @@ class Grid:
     policies: list[str]
     seeds: list[int] = field(default_factory=lambda: [0])
     features: list[str] = field(default_factory=list)
+    #: every point's KConfig.data_plane unless a data_plane axis varies it;
+    #: None: not given (bytes, and no data_plane column)
+    data_plane: str | None = None
     params: dict = field(default_factory=dict)
     axes: dict[str, list] = field(default_factory=dict)
     plot_metric: str = DEFAULT_PLOT_METRIC
@@ -81,11 +98,14 @@ class Grid:
                         params = dict(self.params)
                         extra = []
                         device_mem = None
+                        data_plane = self.data_plane or "bytes"
                         for n, v in values.items():
                             if n in param_names:
                                 params[n] = v
                             elif n == "device_mem":
                                 device_mem = v
+                            elif n == "data_plane":
+                                data_plane = v
                             else:
                                 extra.append(f"{n}={v}")
                         out.append(
@@ -98,6 +118,7 @@ class Grid:
                                 "axes": values,
                                 "params": params,
                                 "device_mem": device_mem,
+                                "data_plane": data_plane,
                                 "features": list(self.features),
                             }
                         )
@@ -106,6 +127,8 @@ class Grid:
     def columns(self) -> list[str]:
         """The CSV header: point columns, axes, then the metrics and ``error``."""
         head = ["point", "workload_spec", "policy", "seed"]
+        if self.data_plane is not None and "data_plane" not in self.axes:
+            head.append("data_plane")
         head += [n for n in self.axes if n not in head]
         return head + [m for m in METRIC_FIELDS if m not in head] + ["error"]
 
@@ -162,6 +185,7 @@ def grid_from_dict(data: dict, path: str = "<grid>") -> Grid:
         policies=_list(data, "policies", path),
         seeds=_list(data, "seeds", path, int, [0]),
         features=_list(data, "features", path, str, []) if data.get("features") else [],
+        data_plane=data.get("data_plane"),
         path=path,
     )
     params = data.get("params", {})
@@ -191,6 +215,12 @@ def check_grid(g: Grid) -> None:
     from hmmsim.sim.workloads import GENERATORS, WorkloadError, parse_size
 
     where = g.path
+    planes = [g.data_plane] if g.data_plane is not None else []
+    for v in planes + list(g.axes.get("data_plane", [])):
+        if v not in DATA_PLANES:
+            raise SweepError(
+                f"{where}: data_plane must be one of {', '.join(DATA_PLANES)}, not {v!r}"
+            )
     for pol in g.policies:
         if pol not in POLICIES:
             raise SweepError(f"{where}: unknown policy {pol!r} (choose from {', '.join(POLICIES)})")
@@ -264,6 +294,7 @@ def run_point(point: dict) -> dict:
         "policy": point["policy"],
         "seed": point["seed"],
     }
+    row["data_plane"] = point.get("data_plane", "bytes")
     for n, v in point["axes"].items():
         row.setdefault(n, v)
     try:
@@ -272,12 +303,15 @@ def run_point(point: dict) -> dict:
         wl = make_workload(point["workload_spec"], seed=point["seed"])
         dev = parse_size(str(point["device_mem"])) if point["device_mem"] is not None else None
         cfg = None
-        if point["features"]:
+        plane = point.get("data_plane", "bytes")
+        if point["features"] or plane != "bytes":
             from hmmsim.cli_options import resolution_for, series_set
             from hmmsim.kconfig import KConfig
 
             fs = series_set(tuple(point["features"]), "mainline")
-            cfg = KConfig(features=fs, conflict_resolution=resolution_for(fs, None))
+            cfg = KConfig(
+                features=fs, conflict_resolution=resolution_for(fs, None), data_plane=plane
+            )
         sim = Simulation(
             wl,
             point["policy"],

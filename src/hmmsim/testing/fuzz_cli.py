@@ -25,6 +25,7 @@ from hmmsim.cli_options import (
     RESOLUTIONS,
     Interrupted,
     conflict_option,
+    data_plane_option,
     feature_option,
     guarded_main,
     resolution_for,
@@ -138,14 +139,7 @@ def _script_paths(out: str | None, seed: int, n: int) -> list[Path]:
     show_default=True,
     help="Kernel profile: the pin, or Linux 6.12's behaviours (no series d).",
 )
-@click.option(
-    "--data-plane",
-    type=click.Choice(["bytes", "tokens"]),
-    default="bytes",
-    show_default=True,
-    help="Page contents: bytes, or one 64-bit token per page (stores keep to a page's first 8 "
-    "bytes; hmmsim.data_plane).",
-)
+@data_plane_option()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object, no progress bar.")
 @click.option(
     "--workers",
