@@ -1205,30 +1205,46 @@ class GpuVaSpace:
                 row[:] = 0  # a hole: a zeroed page
             dst[i - 1] = migrate_pfn_from_page(dpage) | (s & MIGRATE_PFN_WRITE)
         migrate_vma_pages(args)
+        # the driver's bookkeeping per moved page, in slot order; the lookups
+        # that do not change inside the window (thrashing lapse, move log,
+        # heat bins, the tables) are taken once per window
+        owner_of, where, moved = dev.owner_of, dev.where, res.moved
+        thrash = getattr(dev.policy, "thrash_lapse_us", None) is not None
+        log = dev.log_moves
+        heat = dev.heat is not None
+        nfault = nac = npre = 0
         for i in range(n):
-            if not (int(src[i]) & MIGRATE_PFN_MIGRATE and dst[i]):
+            d = dst[i]
+            if not (d and int(src[i]) & MIGRATE_PFN_MIGRATE):
                 continue
-            head = migrate_pfn_to_page(int(dst[i]), k=k)
+            head_pfn = migrate_pfn_to_page(int(d), k=k).pfn
             for j in range(big.get(i, 1)):
                 vpn = lo + i + j
                 reason = why.get(vpn, "prefetch")
                 if reason == "fault":
-                    res.migrated_fault += 1
+                    nfault += 1
                 elif reason == "access-counter":
-                    res.migrated_ac += 1
+                    nac += 1
                 else:
-                    res.migrated_prefetch += 1
-                pfn = head.pfn + j
-                dev.owner_of[pfn] = vpn
-                res.moved.append(vpn)
-                dev.note_migration(vpn)
-                dev._set_where(vpn, pfn)
-                dev._log(
-                    vpn,
-                    "h2d",
-                    reason,
-                    PATH_ACCESS_COUNTER if reason == "access-counter" else PATH_TO_DEVICE,
-                )
+                    npre += 1
+                pfn = head_pfn + j
+                owner_of[pfn] = vpn
+                moved.append(vpn)
+                if thrash:
+                    dev.note_migration(vpn)
+                if heat and vpn not in where:
+                    dev._heat_add(vpn, 1)
+                where[vpn] = pfn
+                if log:
+                    dev._log(
+                        vpn,
+                        "h2d",
+                        reason,
+                        PATH_ACCESS_COUNTER if reason == "access-counter" else PATH_TO_DEVICE,
+                    )
+        res.migrated_fault += nfault
+        res.migrated_ac += nac
+        res.migrated_prefetch += npre
         migrate_vma_finalize(args)
 
     def _alloc_and_copy_bulk(self, args, n: int) -> bool:
@@ -1352,16 +1368,20 @@ class GpuVaSpace:
             if mmu_interval_read_retry(self.notifier, r.notifier_seq):
                 self.mutex.unlock()
                 continue
+            valid, error, writable = L.HMM_PFN_VALID, L.HMM_PFN_ERROR, L.HMM_PFN_WRITE
+            pt = self.pt
+            mapped = remote = 0
             for i in range(n):
                 v = int(pfns[i])
-                if not v & L.HMM_PFN_VALID or v & L.HMM_PFN_ERROR:
+                if not v & valid or v & error:
                     continue
                 page = hmm_pfn_to_page(k, v)
-                tag = TAG_WRITE if v & L.HMM_PFN_WRITE else TAG_READ
-                self.pt[lo + i] = (page, tag)
-                res.mapped += 1
+                pt[lo + i] = (page, TAG_WRITE if v & writable else TAG_READ)
+                mapped += 1
                 if not is_device_private_page(page):
-                    res.remote += 1
+                    remote += 1
+            res.mapped += mapped
+            res.remote += remote
             self.mutex.unlock()
             return 0
         return -EBUSY
