@@ -131,37 +131,35 @@ class Oracle:
         if self.k.mem.data_plane == "tokens":
             return self._tokens_equal(pgs, pfns)
         got = np.empty((len(pfns), PAGE_SIZE), dtype=np.uint8)
+        if not self._gather(pfns, "frames", got):
+            return False
+        want = b"".join(_ZERO_PAGE if pg.cell.data is None else pg.cell.data for pg in pgs)
+        return got.tobytes() == want
+
+    def _gather(self, pfns: np.ndarray, plane: str, got: np.ndarray) -> bool:
+        """Fill got[i] with the contents of page pfns[i] from each memory
+        range's `plane` array ("frames": 4096 bytes a row, "tokens": one
+        token); False when a PFN lies in no range or in one without that
+        array."""
         covered = 0
         for r in self.k.mem.ranges:
             sel = (pfns >= r.base) & (pfns < r.end)
             n = int(np.count_nonzero(sel))
             if not n:
                 continue
-            if r.frames is None:
+            arr = getattr(r, plane)
+            if arr is None:
                 return False
-            got[sel] = r.frames[pfns[sel] - r.base]
+            got[sel] = arr[pfns[sel] - r.base]
             covered += n
-        if covered != len(pfns):
-            return False
-        want = b"".join(_ZERO_PAGE if pg.cell.data is None else pg.cell.data for pg in pgs)
-        return got.tobytes() == want
+        return covered == len(pfns)
 
     def _tokens_equal(self, pgs: list, pfns: np.ndarray) -> bool:
         """_frames_equal in the token data plane: the pages' tokens against the
         shadow's first 8 bytes, and the shadow's other bytes zero (what a
         token page reads as), in one compare."""
         got = np.empty(len(pfns), dtype=np.uint64)
-        covered = 0
-        for r in self.k.mem.ranges:
-            sel = (pfns >= r.base) & (pfns < r.end)
-            n = int(np.count_nonzero(sel))
-            if not n:
-                continue
-            if r.tokens is None:
-                return False
-            got[sel] = r.tokens[pfns[sel] - r.base]
-            covered += n
-        if covered != len(pfns):
+        if not self._gather(pfns, "tokens", got):
             return False
         want = np.zeros((len(pgs), PAGE_SIZE), dtype=np.uint8)
         for i, pg in enumerate(pgs):
