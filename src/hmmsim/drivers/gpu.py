@@ -1256,8 +1256,8 @@ class GpuVaSpace:
         a declined allocation."""
         dev = self.device
         k = dev.k
-        if not k.fastpath:
-            return False
+        if not k.fastpath or n < 8:
+            return False  # under 8 slots, so under 8 MIGRATE slots: the loop, no array work
         src, dst = args.src, args.dst
         sv = np.asarray([int(x) for x in src[:n]], dtype=np.uint64)
         mig = (sv & np.uint64(MIGRATE_PFN_MIGRATE)) != 0
