@@ -48,6 +48,7 @@ SPIED = (
     (fthc, "dmirror_migrate_finalize_and_map_coherent_bulk"),
     (fthc, "dmirror_devmem_fault_alloc_and_copy_coherent_bulk"),
     (fthc, "dmirror_devmem_free_coherent_bulk"),
+    (fthc, "dmirror_alloc_and_copy_coherent_split_bulk"),
 )
 
 
@@ -139,7 +140,8 @@ def test_coherent_round_trips_match(seed, fork, common, cfg, spies):
     check_invariants(fast.k)
     check_invariants(slow.k)
     if common > 0.9:  # long runs of plain pages: every coherent bulk form took some
-        assert all(v[0] > 0 for v in spies.values()), spies
+        split = "dmirror_alloc_and_copy_coherent_split_bulk"  # (its own test below)
+        assert all(v[0] > 0 for name, v in spies.items() if name != split), spies
     assert spies["migrate_vma_collect_coherent_ptes"][1] > 0, spies  # and declined some
 
 
@@ -208,3 +210,38 @@ def test_coherent_collect_matches_before_finalize(seed, cfg, spies):
     check_invariants(fast.k)
     taken, declined = spies["migrate_vma_collect_coherent_ptes"]
     assert taken > 0 and declined > 0, spies
+
+
+@pytest.mark.parametrize("seed,cfg,first", [(26, "d", 0), (27, "abcd", 1), (29, "d", 2)])
+def test_coherent_thp_first_trip_matches(seed, cfg, first, spies):
+    """A THP's first trip to the coherent device and back: no device THP is
+    free, so the driver's alloc_and_copy moves the compound source through
+    order-0 device pages (the split bulk form), then migrate_vma_pages
+    splits the source. The THP alone (its allocation adds the device's
+    first chunk), with 4 KiB pages before it in the window, and after the
+    chunk was added by 4 KiB pages; then back, then part of it again."""
+    fast, slow = pair(seed, cfg, False, 0.97)
+    thp = NPAGES  # slot of the THP in the buffer
+    lo = thp
+    while first and lo > thp - 40 and fast.kinds[lo - 1] == "rw":
+        lo -= 1  # plain pages just before the THP
+    if first == 2:
+        for w in (fast, slow):  # the chunk comes from the 4 KiB pages' allocations
+            assert (
+                w.ioctl(COHERENT, HMM_DMIRROR_MIGRATE_TO_DEV, w.a + lo * PAGE_SIZE, thp - lo)[0]
+                == 0
+            )
+        assert_same(fast, slow, "setup")
+    steps = [(lo, thp + 512 - lo, HMM_DMIRROR_MIGRATE_TO_DEV)]
+    steps.append((lo, thp + 512 - lo, HMM_DMIRROR_MIGRATE_TO_SYS))
+    steps.append((thp + 100, 300, HMM_DMIRROR_MIGRATE_TO_DEV))  # part of it
+    steps.append((thp, 512, HMM_DMIRROR_MIGRATE_TO_SYS))
+    for step, (s, npages, req) in enumerate(steps):
+        args = (COHERENT, req, fast.a + s * PAGE_SIZE, npages)
+        rf, rs = fast.ioctl(*args), slow.ioctl(*args)
+        assert rf[:3] == rs[:3] and np.array_equal(rf[3], rs[3]), f"step {step}"
+        assert rf[0] == 0, f"step {step}: {rf[:3]}"
+        assert_same(fast, slow, f"step {step}")
+    check_invariants(fast.k)
+    check_invariants(slow.k)
+    assert spies["dmirror_alloc_and_copy_coherent_split_bulk"][0] > 0, spies

@@ -20,7 +20,11 @@ free), or declines with 0 (False) having changed nothing:
 - `dmirror_devmem_fault_alloc_and_copy_coherent_bulk`:
   dmirror_devmem_fault_alloc_and_copy (dev -> sys) for order-0 coherent sources;
 - `dmirror_devmem_free_coherent_bulk`: dmirror_devmem_free (folio_free) of
-  order-0 coherent pages.
+  order-0 coherent pages;
+- `dmirror_alloc_and_copy_coherent_split_bulk`: offered one compound source
+  slot inside dmirror_migrate_alloc_and_copy's loop, its per-page fallback
+  (no device THP: the source's pages to order-0 device pages), returning
+  the slots it handled.
 
 Imports and struct-page stores follow fast/'s rules (docs/design.md): the
 only column written directly is the driver's own zone_device_data.
@@ -250,3 +254,63 @@ def dmirror_devmem_free_coherent_bulk(mdev: Any, a: PageArrays, idx: I64Array) -
         mdev.cfree += len(idx)
         mdev.free_pages.extend_indices(a, idx.tolist())
     return True
+
+
+def dmirror_alloc_and_copy_coherent_split_bulk(d: Any, args: Any, i: int, s: int, nr: int) -> int:
+    """The per-page fallback of dmirror_migrate_alloc_and_copy for one
+    compound source slot on the coherent device (lib/test_hmm.c: no device
+    THP was free, so the THP's nr pages go to nr order-0 device pages): the
+    number of slots handled from slot i, or 0 having changed nothing.
+
+    Only with Kernel.fastpath, no fault injection armed (so no allocation
+    can be failed), at least MIN_RUN slots, enough pages on the device's
+    free list (no chunk would be added mid-window), all in one range with
+    frames, none that zone_device_folio_init would warn about, and a source
+    (when s is VALID) whose nr frames are in system RAM. Then, as the loop's
+    dmirror_devmem_alloc_page(is_large=False) per slot in order: the page
+    popped, initialised, owned by this mirror; dst = its migrate PFN |
+    WRITE as the compound source had; the source's j-th frame (or zeros)
+    copied into it.
+    """
+    k = d.mdevice.k
+    mdev = d.mdevice
+    if not _coherent_mirror(d) or k.fault_inject is not None:
+        return 0
+    n_slots: int = (args.end - args.start) >> PAGE_SHIFT
+    m = min(nr, n_slots - i)
+    if m < MIN_RUN:
+        return 0
+    ram = k.mem.ram
+    valid = bool(s & MIGRATE_PFN_VALID)
+    spfn = s >> 6
+    if valid and (s & MIGRATE_PFN_DEVICE_PRIVATE or spfn + m > ram.pages.nr):
+        return 0
+    free = mdev.free_pages
+    if len(free) < m:
+        return 0  # the per-slot path allocates a chunk
+    items = np.array(free.items[-m:][::-1], dtype=np.int64)  # what m pops return
+    aids = items >> 32
+    didx = items & 0xFFFFFFFF
+    if len(distinct_values(aids)) != 1:
+        return 0
+    a = free.arrays[int(aids[0])]
+    r = k.mem.range_of(a.base)
+    if r is None or r.pages is not a or r.frames is None:
+        return 0
+    if zone_device_pages_init_would_warn(a, didx, k=k):
+        return 0
+    with mdev.lock:
+        free.drop_last(m)
+        mdev.calloc += m
+    zone_device_pages_init(a, didx, k=k)
+    if d._zdd_id is None:
+        d._zdd_id = k.new_object_id(d)
+    a.zone_device_data[didx] = d._zdd_id  # _zdd_set(BACKING_PAGE(dpage), dmirror)
+    out = migrate_pfn_array(didx + a.base) | np.uint64(s & MIGRATE_PFN_WRITE)
+    store_slots(args.dst, np.arange(i, i + m, dtype=np.int64), out)
+    frames = r.frames
+    if valid:
+        frames[didx] = ram.frames[spfn : spfn + m]
+    else:
+        frames[didx] = 0
+    return m

@@ -188,7 +188,8 @@ class dmirror_migrate_ops:
                     continue
                 nr = HPAGE_PMD_NR if spage is None else folio_nr_pages(page_folio(spage))
                 spfn = s >> 6
-                j = 0
+                j = fast_coh.dmirror_alloc_and_copy_coherent_split_bulk(self, args, i, s, nr)
+                i, addr = i + j, addr + j * PAGE_SIZE
                 while j < nr and addr < args.end:
                     dpage = self.mdevice.dmirror_devmem_alloc_page(self, False)
                     rpage = BACKING_PAGE(dpage)
