@@ -49,6 +49,7 @@ SPIED = (
     (fthc, "dmirror_devmem_fault_alloc_and_copy_coherent_bulk"),
     (fthc, "dmirror_devmem_free_coherent_bulk"),
     (fthc, "dmirror_alloc_and_copy_coherent_split_bulk"),
+    (fmdc, "migrate_split_run_pages"),
 )
 
 
@@ -140,8 +141,8 @@ def test_coherent_round_trips_match(seed, fork, common, cfg, spies):
     check_invariants(fast.k)
     check_invariants(slow.k)
     if common > 0.9:  # long runs of plain pages: every coherent bulk form took some
-        split = "dmirror_alloc_and_copy_coherent_split_bulk"  # (its own test below)
-        assert all(v[0] > 0 for name, v in spies.items() if name != split), spies
+        split = ("dmirror_alloc_and_copy_coherent_split_bulk", "migrate_split_run_pages")
+        assert all(v[0] > 0 for name, v in spies.items() if name not in split), spies
     assert spies["migrate_vma_collect_coherent_ptes"][1] > 0, spies  # and declined some
 
 
@@ -245,3 +246,4 @@ def test_coherent_thp_first_trip_matches(seed, cfg, first, spies):
     check_invariants(fast.k)
     check_invariants(slow.k)
     assert spies["dmirror_alloc_and_copy_coherent_split_bulk"][0] > 0, spies
+    assert spies["migrate_split_run_pages"][0] > 0, spies

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from hmmsim.fast.arrays import has_duplicates, sliceable
+from hmmsim.fast.arrays import has_duplicates, sliceable, slot_words
 from hmmsim.fast.migrate_device import (
     MIN_RUN,
     BoolArray,
@@ -34,12 +34,15 @@ from hmmsim.fast.migrate_device import (
 )
 from hmmsim.include.memremap import MEMORY_DEVICE_COHERENT
 from hmmsim.include.migrate import (
+    MIGRATE_PFN_COMPOUND,
     MIGRATE_PFN_MIGRATE,
+    MIGRATE_PFN_VALID,
     MIGRATE_PFN_WRITE,
     MIGRATE_VMA_SELECT_DEVICE_COHERENT,
     migrate_pfn_array,
+    migrate_pfn_to_pfn_array,
 )
-from hmmsim.include.mm_types import Page, PG_anon_exclusive
+from hmmsim.include.mm_types import Page, PG_anon_exclusive, PG_head
 from hmmsim.include.pgtable import (
     pte_dirty_array,
     pte_pfn_array,
@@ -58,6 +61,8 @@ from hmmsim.kconfig import PAGE_SHIFT
 from hmmsim.mm.page_batch import (
     folio_lock_pages,
     folio_mark_dirty_pages,
+    folio_migrate_flags_pages,
+    folio_migrate_mapping_pages,
     folio_remove_rmap_pte_pages,
     folio_try_share_anon_rmap_pte_pages,
 )
@@ -167,3 +172,63 @@ def migrate_vma_collect_coherent_ptes(
         dst[lo : lo + run] = 0
     migrate.npages += run
     return run
+
+
+def migrate_split_run_pages(
+    k: Any, src_pfns: Any, dst_pfns: Any, i: int, nr: int, npages: int, mapping: Any, extra: int
+) -> int:
+    """The per-page tail of __migrate_device_pages (mm/migrate_device.c)
+    for a compound source just split into nr order-0 folios whose
+    destinations are order-0 device-coherent pages: folio_migrate_mapping
+    and folio_migrate_flags of each slot i..i+nr-1 (cut at npages). The
+    slots handled, or 0 having changed nothing.
+
+    Only with Kernel.fastpath, an anonymous source (no mapping), no extra
+    reference (not the fault page), every source an order-0 system RAM folio
+    holding only the expected reference (so no slot fails with -EAGAIN),
+    every destination an order-0 page of one device-coherent range, no page
+    twice.
+    """
+    if not k.fastpath or mapping is not None or extra:
+        return 0
+    m = min(nr, npages - i)
+    if m < 8:
+        return 0
+    slots = range(i, i + m)
+    sv = slot_words(src_pfns, slots)
+    dv = slot_words(dst_pfns, slots)
+    valid = np.uint64(MIGRATE_PFN_VALID)
+    if ((sv & valid) == 0).any() or ((dv & valid) == 0).any():
+        return 0
+    if ((sv & np.uint64(MIGRATE_PFN_COMPOUND)) != 0).any() or (
+        (dv & np.uint64(MIGRATE_PFN_COMPOUND)) != 0
+    ).any():
+        return 0
+    ram = k.mem.ram
+    sa = ram.pages
+    spos = migrate_pfn_to_pfn_array(sv) - sa.base
+    if (spos < 0).any() or (spos >= sa.nr).any() or has_duplicates(spos):
+        return 0
+    dpfn = migrate_pfn_to_pfn_array(dv)
+    r = k.mem.range_of(int(dpfn[0]))
+    if r is None or r is ram or not r.pgmap_id:
+        return 0
+    da = r.pages
+    dpos = dpfn - da.base
+    if (dpos < 0).any() or (dpos >= da.nr).any() or has_duplicates(dpos):
+        return 0
+    pgmap = k.pgmaps.get(r.pgmap_id)
+    if pgmap is None or pgmap.type != MEMORY_DEVICE_COHERENT:
+        return 0
+    if (da.pgmap[dpos] != r.pgmap_id).any():
+        return 0
+    head = np.uint32(PG_head)
+    if (sa.flags[spos] & head).any() or (sa.head_off[spos] != 0).any():
+        return 0
+    if (da.flags[dpos] & head).any() or (da.head_off[dpos] != 0).any():
+        return 0
+    if (sa._refcount[spos] != 1).any():
+        return 0  # some slot's folio_migrate_mapping returns -EAGAIN
+    folio_migrate_mapping_pages(da, dpos, sa, spos)
+    folio_migrate_flags_pages(da, dpos, sa, spos)
+    return m

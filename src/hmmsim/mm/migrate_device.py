@@ -1031,7 +1031,10 @@ def __migrate_device_pages(src_pfns, dst_pfns, npages: int, migrate, *, k) -> No
                 bi = _skip(busy, bi, i + nr)
                 continue
             extra_cnt = 1 if migrate is not None and migrate.fault_page == page else 0
-            for j in range(nr):
+            done = nr > 1 and fast_mdc.migrate_split_run_pages(
+                k, src_pfns, dst_pfns, i, nr, npages, mapping, extra_cnt
+            )
+            for j in range(done, nr):
                 if i + j >= npages:
                     break
                 sf = page_folio(migrate_pfn_to_page(_rd(src_pfns, i + j), k=k))
