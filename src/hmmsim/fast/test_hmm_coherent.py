@@ -92,6 +92,39 @@ def _coherent_pages(
     return a, pos, pid
 
 
+def _take_device_pages(
+    d: Any, mdev: Any, k: Any, m: int
+) -> tuple[PageArrays, I64Array, Any] | None:
+    """The m device pages that m dmirror_devmem_alloc_page pops would give, taken
+    and initialised as that loop leaves them (free-list pops, calloc,
+    zone_device_page_init, the mirror in zone_device_data): (pages, their
+    indices, their MemRange), or None, having changed nothing, where the
+    per-page loop would do something else (add a chunk, cross two ranges,
+    warn)."""
+    free = mdev.free_pages
+    if len(free) < m:
+        return None  # the per-slot path allocates a chunk
+    items = np.array(free.items[-m:][::-1], dtype=np.int64)  # what m pops return
+    aids = items >> 32
+    didx = items & 0xFFFFFFFF
+    if len(distinct_values(aids)) != 1:
+        return None
+    a = free.arrays[int(aids[0])]
+    r = k.mem.range_of(a.base)
+    if r is None or r.pages is not a or r.frames is None:
+        return None
+    if zone_device_pages_init_would_warn(a, didx, k=k):
+        return None
+    with mdev.lock:
+        free.drop_last(m)
+        mdev.calloc += m
+    zone_device_pages_init(a, didx, k=k)
+    if d._zdd_id is None:
+        d._zdd_id = k.new_object_id(d)
+    a.zone_device_data[didx] = d._zdd_id  # _zdd_set(BACKING_PAGE(dpage), dmirror)
+    return a, didx, r
+
+
 def dmirror_migrate_alloc_and_copy_coherent_bulk(d: Any, args: Any) -> int:
     """dmirror_migrate_alloc_and_copy on the coherent device for a window of
     order-0 system pages and holes: the window's slot count, or 0.
@@ -125,27 +158,10 @@ def dmirror_migrate_alloc_and_copy_coherent_bulk(d: Any, args: Any) -> int:
         spfn[valid] >= ram.pages.nr
     ).any():
         return 0  # a source outside system RAM: the per-slot path warns
-    free = mdev.free_pages
-    if len(free) < m:
-        return 0  # the per-slot path allocates a chunk
-    items = np.array(free.items[-m:][::-1], dtype=np.int64)  # what m pops return
-    aids = items >> 32
-    didx = items & 0xFFFFFFFF
-    if len(distinct_values(aids)) != 1:
+    took = _take_device_pages(d, mdev, k, m)
+    if took is None:
         return 0
-    a = free.arrays[int(aids[0])]
-    r = k.mem.range_of(a.base)
-    if r is None or r.pages is not a or r.frames is None:
-        return 0
-    if zone_device_pages_init_would_warn(a, didx, k=k):
-        return 0
-    with mdev.lock:
-        free.drop_last(m)
-        mdev.calloc += m
-    zone_device_pages_init(a, didx, k=k)
-    if d._zdd_id is None:
-        d._zdd_id = k.new_object_id(d)
-    a.zone_device_data[didx] = d._zdd_id  # _zdd_set(BACKING_PAGE(dpage), dmirror)
+    a, didx, r = took
     out = migrate_pfn_array(didx + a.base) | (vals & np.uint64(MIGRATE_PFN_WRITE))
     store_slots(dst, take, out)
     frames = r.frames
@@ -285,27 +301,10 @@ def dmirror_alloc_and_copy_coherent_split_bulk(d: Any, args: Any, i: int, s: int
     spfn = s >> 6
     if valid and (s & MIGRATE_PFN_DEVICE_PRIVATE or spfn + m > ram.pages.nr):
         return 0
-    free = mdev.free_pages
-    if len(free) < m:
-        return 0  # the per-slot path allocates a chunk
-    items = np.array(free.items[-m:][::-1], dtype=np.int64)  # what m pops return
-    aids = items >> 32
-    didx = items & 0xFFFFFFFF
-    if len(distinct_values(aids)) != 1:
+    took = _take_device_pages(d, mdev, k, m)
+    if took is None:
         return 0
-    a = free.arrays[int(aids[0])]
-    r = k.mem.range_of(a.base)
-    if r is None or r.pages is not a or r.frames is None:
-        return 0
-    if zone_device_pages_init_would_warn(a, didx, k=k):
-        return 0
-    with mdev.lock:
-        free.drop_last(m)
-        mdev.calloc += m
-    zone_device_pages_init(a, didx, k=k)
-    if d._zdd_id is None:
-        d._zdd_id = k.new_object_id(d)
-    a.zone_device_data[didx] = d._zdd_id  # _zdd_set(BACKING_PAGE(dpage), dmirror)
+    a, didx, r = took
     out = migrate_pfn_array(didx + a.base) | np.uint64(s & MIGRATE_PFN_WRITE)
     store_slots(args.dst, np.arange(i, i + m, dtype=np.int64), out)
     frames = r.frames
