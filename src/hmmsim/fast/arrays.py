@@ -91,6 +91,21 @@ def slot_words(arr: SlotArray, busy: Sequence[int]) -> NDArray[np.uint64]:
     return np.fromiter(map(arr.__getitem__, busy), dtype=np.uint64, count=len(busy))
 
 
+def store_collected_run(src: SlotArray, dst: SlotArray, lo: int, out: NDArray[Any]) -> None:
+    """What collect leaves in a run of slots from lo: src[lo + j] = out[j] and
+    dst[lo + j] = 0 (migrate_vma_collect_pte's stores), as two slice stores on
+    a list or an array."""
+    run = len(out)
+    if isinstance(src, list):
+        src[lo : lo + run] = out.tolist()
+    else:
+        src[lo : lo + run] = out
+    if isinstance(dst, list):
+        dst[lo : lo + run] = [0] * run
+    else:
+        dst[lo : lo + run] = 0
+
+
 def store_slots(
     arr: SlotArray, slots: Sequence[int] | NDArray[Any], words: Sequence[int] | NDArray[Any]
 ) -> None:

@@ -31,7 +31,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from hmmsim.bug import KernelBug
-from hmmsim.fast.arrays import distinct_values, has_duplicates, sliceable, slot_words
+from hmmsim.fast.arrays import (
+    distinct_values,
+    has_duplicates,
+    sliceable,
+    slot_words,
+    store_collected_run,
+)
 from hmmsim.include.memremap import MEMORY_DEVICE_COHERENT, MEMORY_DEVICE_PRIVATE
 from hmmsim.include.migrate import (
     MIGRATE_PFN_COMPOUND,
@@ -375,12 +381,7 @@ def migrate_vma_collect_ptes(
         _check_collect(ref, check, int(new[check[0]]), int(out[check[0]]))
     words[table, col : col + run] = new
     migrate.cpages += run
-    if isinstance(src, list):
-        src[lo : lo + run] = out.tolist()
-        dst[lo : lo + run] = [0] * run
-    else:
-        src[lo : lo + run] = out
-        dst[lo : lo + run] = 0
+    store_collected_run(src, dst, lo, out)
     migrate.npages += run
     return run
 

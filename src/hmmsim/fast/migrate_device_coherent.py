@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from hmmsim.fast.arrays import has_duplicates, sliceable, slot_words
+from hmmsim.fast.arrays import has_duplicates, sliceable, slot_words, store_collected_run
 from hmmsim.fast.migrate_device import (
     MIN_RUN,
     BoolArray,
@@ -164,12 +164,7 @@ def migrate_vma_collect_coherent_ptes(
     folio_remove_rmap_pte_pages(a, pos)
     words[table, col : col + run] = new
     migrate.cpages += run
-    if isinstance(src, list):
-        src[lo : lo + run] = out.tolist()
-        dst[lo : lo + run] = [0] * run
-    else:
-        src[lo : lo + run] = out
-        dst[lo : lo + run] = 0
+    store_collected_run(src, dst, lo, out)
     migrate.npages += run
     return run
 
